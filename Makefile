@@ -1,0 +1,39 @@
+# Two commands on a fresh machine: `make run` and `make test`. Each bootstraps what it needs.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+APT_PKGS := espeak-ng libespeak-ng1 libsndfile1
+
+.PHONY: run test system venv clean
+
+# System packages (only when root and missing; otherwise say what is needed).
+system:
+	@missing=""; for p in $(APT_PKGS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing system packages:$$missing"; \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	      || echo "warning: apt-get could not install$$missing"; \
+	  else echo "note: missing system packages:$$missing (install them for speech synthesis/audio I/O)"; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need Python 3.11 ($(PY))"; exit 1; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip >/dev/null
+	# CPU torch first: a plain 'torch' requirement would pull a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv: system $(STAMP)
+
+test: venv
+	$(BIN)/python -m pytest -q
+
+run: venv
+	$(BIN)/dpt-live animate --audio clients/demo/speech.wav -o out/demo.npz
+
+clean:
+	rm -rf $(VENV) build *.egg-info
