@@ -1,0 +1,46 @@
+"""`dpt-live` console script. Each capability registers its subcommands from its own module;
+heavy imports (torch, transformers) happen inside the command functions, not at registration."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from dpt_live import __version__
+from dpt_live.errors import UserError
+
+# Modules that expose register(subparsers). Order = order in --help.
+COMMAND_MODULES = [
+    "engines.commands",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dpt-live", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dpt-live {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from engines.safe_pickle import CheckpointError, UnsafePickleError
+
+    try:
+        return int(args.func(args) or 0)
+    except (UserError, CheckpointError, UnsafePickleError) as exc:
+        print(f"dpt-live {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

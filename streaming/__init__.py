@@ -1,0 +1,1 @@
+"""Live audio in, motion frames out: audio I/O, sources, windowing and the streaming engine."""
