@@ -14,6 +14,7 @@ from dpt_live.errors import UserError
 # Modules that expose register(subparsers). Order = order in --help.
 COMMAND_MODULES = [
     "engines.commands",
+    "engines.flame",
 ]
 
 

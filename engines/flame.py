@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import pickle
 import zipfile
 from typing import Any
 
@@ -132,13 +131,9 @@ class FlameData:
 
 def _read_pickle(path: pathlib.Path) -> Any:
     try:
-        with open(path, "rb") as f:
-            unpickler = safe_pickle._AllowListUnpickler(f, _flame_globals(str(path)), str(path))
-            # latin1: a Python 2 `str` holds numpy's raw bytes, which numpy re-encodes; harmless for
-            # py3 pickles. It must reach Unpickler.__init__: the C unpickler ignores an `encoding`
-            # attribute set afterwards (what safe_pickle.load(encoding=...) does), so re-initialise.
-            pickle.Unpickler.__init__(unpickler, f, encoding="latin1")
-            return unpickler.load()
+        # latin1: a Python 2 `str` holds numpy's raw bytes, which numpy re-encodes; harmless for
+        # py3 pickles.
+        return safe_pickle.load(path, _flame_globals(str(path)), encoding="latin1")
     except UnsafePickleError:
         raise
     except Exception as exc:  # truncated stream, malformed stand-in state, ...

@@ -84,8 +84,8 @@ ARGS_AND_PATHS: dict[tuple[str, str], Any] = {
 
 class _AllowListUnpickler(pickle.Unpickler):
     def __init__(self, file, allowed: Mapping[tuple[str, str], Any], source: str,
-                 persistent_load: Callable[[Any], Any] | None = None):
-        super().__init__(file)
+                 persistent_load: Callable[[Any], Any] | None = None, encoding: str = "ASCII"):
+        super().__init__(file, encoding=encoding)  # py2 pickles (FLAME 2020) need latin1
         self._allowed = allowed
         self._source = source
         if persistent_load is not None:
@@ -111,10 +111,7 @@ def load(path: str | pathlib.Path, allowed: Mapping[tuple[str, str], Any] = PLAI
     """Unpickle a plain pickle file allowing only ``allowed`` globals."""
     path = pathlib.Path(path)
     with open(path, "rb") as f:
-        unpickler = _AllowListUnpickler(f, allowed, str(path))
-        if encoding != "ASCII":
-            unpickler.encoding = encoding  # py2 pickles (FLAME 2020) need latin1
-        return unpickler.load()
+        return _AllowListUnpickler(f, allowed, str(path), encoding=encoding).load()
 
 
 # --- torch.save files ---------------------------------------------------------------------------
