@@ -29,8 +29,8 @@ HUBERT_BASE: dict[str, Any] = {
 
 # A HuBERT of the same structure, small enough for unit tests (same conv strides: 320-sample hop).
 HUBERT_TINY: dict[str, Any] = {
-    **HUBERT_BASE, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
-    "intermediate_size": 64, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
+    **HUBERT_BASE, "hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 1,
+    "intermediate_size": 128, "conv_dim": [16] * 7, "num_conv_pos_embeddings": 16,
     "num_conv_pos_embedding_groups": 4, "layerdrop": 0.0, "mask_time_prob": 0.0,
 }
 
@@ -149,7 +149,7 @@ class ModelConfig:
 
 def tiny_config(**overrides: Any) -> ModelConfig:
     """A structurally complete model small enough for unit tests."""
-    base = dict(feature_dim=32, n_heads=4, n_layers=2, mlp_ratio=2, d_style=16, audio_hidden=32,
+    base = dict(feature_dim=32, n_heads=4, n_layers=2, mlp_ratio=2, d_style=16, audio_hidden=64,
                 n_diff_steps=20, hubert=dict(HUBERT_TINY),
                 style_encoder=StyleEncoderConfig(feature_dim=16, n_heads=2, n_layers=1, mlp_ratio=2))
     base.update(overrides)

@@ -66,6 +66,31 @@ def _count_layers(state: dict, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
+def hubert_config(state: dict, source: Path) -> dict[str, Any]:
+    """hubert-base's config, with sizes read from the weights (strides cannot be read; HuBERT's are
+    kept). Heads = hidden / 64, HuBERT's head width."""
+    hubert = dict(HUBERT_BASE)
+    proj = _require(state, "audio_encoder.feature_projection.projection.weight", source)
+    hidden = int(proj.shape[0])
+    convs = [state[f"audio_encoder.feature_extractor.conv_layers.{i}.conv.weight"]
+             for i in range(_count_layers(state, "audio_encoder.feature_extractor.conv_layers."))]
+    pos = state.get("audio_encoder.encoder.pos_conv_embed.conv.weight_v",
+                    state.get("audio_encoder.encoder.pos_conv_embed.conv.weight"))
+    ff = _require(state, "audio_encoder.encoder.layers.0.feed_forward.intermediate_dense.weight", source)
+    hubert.update(
+        hidden_size=hidden, num_attention_heads=max(1, hidden // 64), intermediate_size=int(ff.shape[0]),
+        num_hidden_layers=_count_layers(state, "audio_encoder.encoder.layers."),
+        conv_dim=[int(c.shape[0]) for c in convs], conv_kernel=[int(c.shape[2]) for c in convs],
+        num_feat_extract_layers=len(convs),
+        feat_proj_layer_norm="audio_encoder.feature_projection.layer_norm.weight" in state)
+    if len(convs) != len(hubert["conv_stride"]):
+        raise CheckpointError(f"{source}: {len(convs)} HuBERT conv layers, expected 7")
+    if pos is not None:
+        hubert.update(num_conv_pos_embeddings=int(pos.shape[2]),
+                      num_conv_pos_embedding_groups=hidden // int(pos.shape[1]))
+    return hubert
+
+
 def denoiser_config(args: Any, state: dict, source: Path) -> ModelConfig:
     start_motion = _require(state, "start_motion_feat", source)
     fmap = _require(state, "audio_feature_map.weight", source)
@@ -90,11 +115,7 @@ def denoiser_config(args: Any, state: dict, source: Path) -> ModelConfig:
             width = 1 if _opt(args, "use_alignment_mask") else 0
     conds = _opt(args, "guiding_conditions")
     conds = [c for c in conds.split(",") if c in ("audio", "style")] if conds else []
-    hubert = dict(HUBERT_BASE)
-    hubert["feat_proj_layer_norm"] = "audio_encoder.feature_projection.layer_norm.weight" in state
-    n_hubert_layers = _count_layers(state, "audio_encoder.encoder.layers.")
-    if n_hubert_layers:
-        hubert["num_hidden_layers"] = n_hubert_layers
+    hubert = hubert_config(state, source)
     cfg = ModelConfig(
         head_pose=motion_dim == 54, n_motions=int(n_motions), n_prev_motions=int(n_prev),
         fps=int(_opt(args, "fps", 25) or 25), pad_mode=_opt(args, "pad_mode", "zero") or "zero",
