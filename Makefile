@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := espeak-ng libespeak-ng1 libsndfile1
+APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2
 
 .PHONY: run test system venv clean
 
@@ -33,7 +33,7 @@ test: venv
 	$(BIN)/python -m pytest -q
 
 run: venv
-	$(BIN)/dpt-live animate --audio clients/demo/speech.wav -o out/demo.npz
+	$(BIN)/dpt-live animate --audio clients/demo/speech.flac -o out/demo.npz
 
 clean:
 	rm -rf $(VENV) build *.egg-info
