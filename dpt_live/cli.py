@@ -15,6 +15,7 @@ from dpt_live.errors import UserError
 COMMAND_MODULES = [
     "engines.commands",
     "engines.flame",
+    "training.synth.command",
 ]
 
 
