@@ -1,0 +1,185 @@
+"""The streaming session: 16 kHz audio in, 25 fps FLAME motion frames out, step by step.
+
+Each step (see streaming/windowing.py for the arithmetic):
+
+1. running-normalise the fixed-length audio window (context + hop + lookahead) and extract its
+   features — the audio encoder always sees the same shape;
+2. build the denoiser window: the last ``n_prev`` frames already emitted (motion and the audio
+   features they were made from) as the "previous" condition, then ``hop + lookahead`` frames of
+   real audio features (indicator 1) and padding up to the model's window (indicator 0, features
+   of silence computed once at start-up) — the same padded-window form the reference uses for
+   its last window;
+3. sample the window from the session's fixed x_T and emit only the ``hop`` frames; the
+   lookahead frames are regenerated next step with more audio behind them.
+
+The session does no I/O and no threading: a caller feeds it blocks (:meth:`feed`) and ends the
+stream (:meth:`finish`); streaming/runner.py connects it to an audio source."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from streaming.backends import AudioFeatureEngine, CoefDecoder, MotionEngine
+from streaming.conditioning import AudioConditioner, RunningNormalizer
+from streaming.eyes import ProceduralEyes
+from streaming.ring import RingBuffer
+from streaming.style import StyleFader
+from streaming.windowing import FPS, FRAME_SAMPLES, SAMPLE_RATE, WindowSpec, frames_in
+
+MAX_CHUNK = 4 * SAMPLE_RATE  # a feed() longer than this is processed in pieces (flat memory)
+
+
+@dataclass
+class StreamConfig:
+    hop_ms: int = 80
+    lookahead_ms: int = 80
+    context_ms: int = 800
+    norm_tau_s: float = 8.0  # running audio statistics time constant
+    norm_floor: float = 3e-3  # smallest std the audio is divided by (about -50 dBFS)
+    style_fade_s: float = 0.5
+    eyes: bool = False
+    seed: int = 0
+
+    def spec(self) -> WindowSpec:
+        return WindowSpec.from_ms(self.hop_ms, self.lookahead_ms, self.context_ms)
+
+
+@dataclass
+class Frame:
+    index: int  # 0-based frame number in the stream
+    step: int  # the step that emitted it
+    audio_time: float  # seconds from stream start to the centre of its 40 ms of audio
+    arrival_time: float  # session clock (s) when all of its audio had arrived
+    emit_time: float  # session clock (s) when it was emitted
+    motion: np.ndarray  # (D,) normalised network motion vector
+    exp: np.ndarray  # (50,) FLAME expression
+    pose: np.ndarray  # (6,) global rotation (3) + jaw (3), axis-angle
+    eyes: np.ndarray | None  # (4,) see streaming/eyes.py, or None when eyes are off
+
+    @property
+    def latency(self) -> float:
+        return self.emit_time - self.arrival_time
+
+
+@dataclass
+class StepInfo:
+    step: int
+    first_frame: int
+    n_frames: int
+    compute_s: float  # features + denoising + decoding of this step
+    features_s: float  # of which the audio encoder
+
+
+class StreamSession:
+    def __init__(self, audio: AudioFeatureEngine, motion: MotionEngine, decoder: CoefDecoder,
+                 config: StreamConfig | None = None, style: np.ndarray | None = None,
+                 clock: Callable[[], float] = time.perf_counter,
+                 on_step: Callable[[StepInfo], None] | None = None):
+        self.config = config or StreamConfig()
+        self.spec = spec = self.config.spec()
+        spec.check_model(motion.n_motions)
+        if audio.window_samples != spec.window_samples:
+            raise ValueError(f"audio engine is fixed to {audio.window_samples} samples, the window "
+                             f"needs {spec.window_samples}")
+        self.audio, self.motion, self.decoder = audio, motion, decoder
+        self.clock, self.on_step = clock, on_step
+        self.t0 = clock()
+        self.start_wall = time.time()  # epoch seconds of session clock 0 (to align with other clocks)
+        self.ring = RingBuffer(spec.window_samples + MAX_CHUNK)
+        self.conditioner = AudioConditioner()
+        self.normalizer = RunningNormalizer(self.config.norm_tau_s, self.config.norm_floor)
+        self.style = StyleFader(style, motion.null_style, self.config.style_fade_s * FPS)
+        self.eyes = ProceduralEyes(self.config.seed + 1) if self.config.eyes else None
+        # "previous" condition: starts as the model's learned first-window condition, then holds the
+        # last n_prev emitted frames and their audio features
+        self.prev_motion = np.array(motion.start_motion, dtype=np.float32)
+        self.prev_audio = np.array(motion.start_audio, dtype=np.float32)
+        # features of a silent window, for padded frames (computed once: fixed shape, no audio)
+        silent = audio.features(np.zeros(spec.window_samples, np.float32))
+        self.silence = silent[len(silent) // 2].copy()
+        self.step = 0
+        self.emitted = 0
+        self._consumed = 0  # samples already folded into the running statistics
+        self.finished = False
+
+    # --- public API ------------------------------------------------------------------------------
+    def feed(self, samples: np.ndarray, arrival: float | None = None) -> list[Frame]:
+        """Append 16 kHz mono samples (arrival: the clock time they arrived; default now) and run
+        every step whose audio is complete. Returns the frames emitted."""
+        if self.finished:
+            raise RuntimeError("session already finished")
+        samples = self.conditioner(samples)
+        arrival = self.clock() if arrival is None else arrival
+        frames: list[Frame] = []
+        for i in range(0, len(samples), MAX_CHUNK):
+            self.ring.write(samples[i:i + MAX_CHUNK], arrival)
+            while self.ring.written >= self.spec.audio_end(self.step):
+                frames += self._run_step(final=False)
+        return frames
+
+    def finish(self) -> list[Frame]:
+        """End of stream: emit the remaining whole frames (missing audio is silence/padding)."""
+        frames: list[Frame] = []
+        total = frames_in(self.ring.written)
+        while self.emitted < total:
+            frames += self._run_step(final=True, total=total)
+        self.finished = True
+        return frames
+
+    def set_style(self, style: np.ndarray | None) -> None:
+        """Crossfade to ``style`` (None: the null style) starting at the next frame."""
+        self.style.set(style, self.emitted)
+
+    # --- one step --------------------------------------------------------------------------------
+    def _run_step(self, final: bool, total: int | None = None) -> list[Frame]:
+        spec, L = self.spec, self.motion.n_motions
+        first = spec.first_frame(self.step)
+        end = spec.audio_end(self.step)
+        t_start = self.clock()
+
+        # statistics from exactly the samples this step sees for the first time
+        new_end = min(end, self.ring.written)
+        if new_end > self._consumed:
+            self.normalizer.update(self.ring.read(self._consumed, new_end)[0])
+            self._consumed = new_end
+        window, lo, hi = self.ring.read(end - spec.window_samples, end)
+        feats = self.audio.features(self.normalizer.normalise(window, lo, hi))
+        t_feat = self.clock() - t_start
+
+        # frames with real audio: all hop + lookahead, except at the end of the stream
+        n_real = spec.new_frames if not final else min(spec.new_frames, total - first)
+        audio_feat = np.tile(self.silence, (L, 1))
+        audio_feat[:n_real] = feats[spec.context:spec.context + n_real]
+        indicator = np.zeros(L, np.float32)
+        indicator[:n_real] = 1
+        style = self.style.at(first)
+        motion = self.motion.sample(audio_feat, indicator, self.prev_motion, self.prev_audio, style, self.step)
+
+        n_emit = spec.hop if not final else min(spec.hop, n_real)
+        out = motion[:n_emit]
+        n_prev = self.motion.n_prev
+        self.prev_motion = np.concatenate([self.prev_motion, out])[-n_prev:]
+        self.prev_audio = np.concatenate([self.prev_audio, audio_feat[:n_emit]])[-n_prev:]
+        exp, pose = self.decoder(out)
+        compute = self.clock() - t_start
+
+        emit = self.clock() - self.t0
+        frames = []
+        for i in range(n_emit):
+            j = first + i
+            arrival = self.ring.arrival_of((j + 1) * FRAME_SAMPLES)
+            frames.append(Frame(
+                index=j, step=self.step, audio_time=(j + 0.5) / FPS,
+                arrival_time=(arrival if arrival is not None else t_start) - self.t0, emit_time=emit,
+                motion=out[i], exp=exp[i], pose=pose[i],
+                eyes=self.eyes.next() if self.eyes is not None else None))
+        self.ring.forget_arrivals((first + n_emit) * FRAME_SAMPLES)
+        if self.on_step is not None:
+            self.on_step(StepInfo(self.step, first, n_emit, compute, t_feat))
+        self.step += 1
+        self.emitted += n_emit
+        return frames

@@ -1,0 +1,87 @@
+"""Windowing arithmetic: which audio samples and which motion frames each streaming step uses.
+
+All three knobs are in milliseconds and must be whole 40 ms motion frames (25 fps at 16 kHz:
+640 samples per frame), so every step's audio window has the SAME length,
+context + hop + lookahead, and the audio encoder always sees one fixed input shape (what an
+ONNX/TensorRT engine built for that shape needs).
+
+Step k emits frames [k*hop, (k+1)*hop). Its audio window ends ``lookahead`` frames after the last
+emitted frame and starts ``context`` frames before the first one:
+
+    |<- context ->|<-- hop (emitted) -->|<- lookahead (regenerated next step) ->|
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from dpt_live.errors import UserError
+
+SAMPLE_RATE = 16000
+FPS = 25
+FRAME_MS = 1000 // FPS  # 40
+FRAME_SAMPLES = SAMPLE_RATE // FPS  # 640
+
+
+def ms_to_frames(ms: int, what: str) -> int:
+    if ms < 0 or ms % FRAME_MS:
+        raise UserError(f"{what} must be a non-negative multiple of {FRAME_MS} ms (one motion frame), got {ms}")
+    return ms // FRAME_MS
+
+
+@dataclass(frozen=True)
+class WindowSpec:
+    hop: int  # frames emitted per step
+    lookahead: int  # future frames generated for the newest emitted frame, then discarded
+    context: int  # past frames the audio encoder sees before the first emitted frame
+
+    @classmethod
+    def from_ms(cls, hop_ms: int, lookahead_ms: int, context_ms: int) -> WindowSpec:
+        spec = cls(ms_to_frames(hop_ms, "hop"), ms_to_frames(lookahead_ms, "lookahead"),
+                   ms_to_frames(context_ms, "left context"))
+        if spec.hop < 1:
+            raise UserError("hop must be at least one frame (40 ms)")
+        return spec
+
+    def check_model(self, n_motions: int) -> None:
+        """hop + lookahead frames must fit the denoiser's window (the rest is padding)."""
+        if self.new_frames > n_motions:
+            raise UserError(f"hop + lookahead = {self.new_frames * FRAME_MS} ms exceeds the model's window "
+                            f"of {n_motions * FRAME_MS} ms")
+
+    @property
+    def new_frames(self) -> int:
+        """Frames with real audio in each denoiser window: emitted + lookahead."""
+        return self.hop + self.lookahead
+
+    @property
+    def window_frames(self) -> int:
+        return self.context + self.hop + self.lookahead
+
+    @property
+    def window_samples(self) -> int:
+        return self.window_frames * FRAME_SAMPLES
+
+    def first_frame(self, step: int) -> int:
+        return step * self.hop
+
+    def audio_end(self, step: int) -> int:
+        """Sample index one past the last sample step ``step`` needs."""
+        return ((step + 1) * self.hop + self.lookahead) * FRAME_SAMPLES
+
+    def audio_start(self, step: int) -> int:
+        """First sample of step ``step``'s window (negative at the start of a stream)."""
+        return self.audio_end(step) - self.window_samples
+
+    def steps_for(self, n_frames: int) -> int:
+        """Steps needed to emit ``n_frames`` frames."""
+        return -(-n_frames // self.hop)
+
+    def describe(self) -> dict:
+        return {"hop_ms": self.hop * FRAME_MS, "lookahead_ms": self.lookahead * FRAME_MS,
+                "context_ms": self.context * FRAME_MS, "window_ms": self.window_frames * FRAME_MS}
+
+
+def frames_in(n_samples: int) -> int:
+    """Motion frames a stream of ``n_samples`` yields: whole 40 ms frames (as offline animate)."""
+    return n_samples // FRAME_SAMPLES

@@ -1,0 +1,223 @@
+"""Streaming building blocks without a model: window arithmetic, ring buffer, conditioning,
+running normalisation, PCM conversion, style crossfade, procedural eyes, metrics."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from dpt_live.errors import UserError
+from streaming.audio_io import StreamResampler, pcm_to_float
+from streaming.conditioning import AudioConditioner, RunningNormalizer
+from streaming.eyes import ProceduralEyes
+from streaming.metrics import replay_latency, seam_smoothness
+from streaming.ring import RingBuffer
+from streaming.style import StyleFader, smoothstep
+from streaming.windowing import FRAME_SAMPLES, WindowSpec, frames_in
+
+# --- windowing ------------------------------------------------------------------------------------
+
+def test_window_arithmetic():
+    spec = WindowSpec.from_ms(80, 120, 800)
+    assert (spec.hop, spec.lookahead, spec.context) == (2, 3, 20)
+    assert spec.new_frames == 5 and spec.window_frames == 25 and spec.window_samples == 25 * 640
+    # step k emits frames [2k, 2k+2) and needs audio up to frame 2k+2+3
+    assert spec.first_frame(4) == 8
+    assert spec.audio_end(4) == (10 + 3) * FRAME_SAMPLES
+    # every window has the same length; the first ones start before the stream (negative)
+    for k in range(50):
+        assert spec.audio_end(k) - spec.audio_start(k) == spec.window_samples
+    assert spec.audio_start(0) < 0
+    # consecutive windows advance by exactly one hop
+    assert spec.audio_end(1) - spec.audio_end(0) == 2 * FRAME_SAMPLES
+    assert spec.steps_for(7) == 4 and spec.steps_for(8) == 4
+    assert frames_in(16000) == 25 and frames_in(16000 + 639) == 25
+
+
+@pytest.mark.parametrize("args", [(60, 80, 800), (80, 30, 800), (80, 80, 810), (0, 80, 800), (80, -40, 800)])
+def test_window_rejects_bad_knobs(args):
+    with pytest.raises(UserError):
+        WindowSpec.from_ms(*args)
+
+
+def test_window_must_fit_model():
+    WindowSpec.from_ms(2000, 2000, 0).check_model(100)
+    with pytest.raises(UserError, match="exceeds the model's window"):
+        WindowSpec.from_ms(2000, 2040, 0).check_model(100)
+
+
+# --- ring buffer ----------------------------------------------------------------------------------
+
+def test_ring_wraps_and_pads():
+    ring = RingBuffer(10)
+    data = np.arange(1, 26, dtype=np.float32)
+    for i in range(0, 25, 3):
+        ring.write(data[i:i + 3], arrival=float(i))
+    assert ring.written == 25 and ring.oldest == 15
+    out, lo, hi = ring.read(15, 25)
+    np.testing.assert_array_equal(out, data[15:25])
+    # beyond the end: zeros, mask says where real audio is
+    out, lo, hi = ring.read(20, 30)
+    np.testing.assert_array_equal(out[:5], data[20:25])
+    assert (lo, hi) == (0, 5) and not out[5:].any()
+    with pytest.raises(ValueError, match="overwritten"):
+        ring.read(10, 20)
+    # before the stream start
+    fresh = RingBuffer(8)
+    fresh.write(np.ones(4, np.float32))
+    out, lo, hi = fresh.read(-4, 4)
+    assert (lo, hi) == (4, 8) and out[:4].sum() == 0 and out[4:].sum() == 4
+
+
+def test_ring_arrival_times_are_bounded():
+    ring = RingBuffer(100)
+    for i in range(1000):
+        ring.write(np.zeros(10, np.float32), arrival=float(i))
+        ring.forget_arrivals(i * 10 - 50)
+    assert len(ring._arrivals) <= 7
+    assert ring.arrival_of(10_000) == 999.0 and ring.arrival_of(9_991) == 999.0 and ring.arrival_of(9_990) == 998.0
+
+
+# --- conditioning ---------------------------------------------------------------------------------
+
+def test_nonfinite_replaced_and_logged_once(caplog):
+    cond = AudioConditioner()
+    block = np.ones(100, np.float32) * 0.1
+    block[[3, 50]] = [np.nan, np.inf]
+    with caplog.at_level(logging.WARNING, logger="dpt_live.stream"):
+        out1 = cond(block)
+        out2 = cond(block)
+    assert np.all(np.isfinite(out1)) and out1[3] == 0 and out1[50] == 0 and np.array_equal(out1, out2)
+    assert cond.nonfinite == 4
+    assert sum("NaN/inf" in r.message for r in caplog.records) == 1
+
+
+def test_clipping_noticed(caplog):
+    cond = AudioConditioner()
+    square = np.sign(np.sin(np.arange(1000) / 5)).astype(np.float32)
+    with caplog.at_level(logging.WARNING, logger="dpt_live.stream"):
+        cond(square)
+        cond(square)
+        cond(square * 0.5)
+    assert cond.clipped_blocks == 2
+    assert sum("clipping" in r.message for r in caplog.records) == 1
+
+
+def test_running_normaliser_removes_dc_and_scale():
+    rng = np.random.default_rng(0)
+    speech = rng.normal(scale=0.05, size=16000 * 4).astype(np.float32)
+    a, b = RunningNormalizer(), RunningNormalizer()
+    for i in range(0, len(speech), 1280):
+        a.update(speech[i:i + 1280])
+        b.update(3 * speech[i:i + 1280] + 0.4)  # louder, with a DC offset
+    w = speech[-4000:]
+    np.testing.assert_allclose(a.normalise(w), b.normalise(3 * w + 0.4), atol=2e-3)
+    assert abs(a.normalise(w).std() - 1) < 0.05
+
+
+def test_running_normaliser_floor_and_padding():
+    n = RunningNormalizer(floor=3e-3)
+    n.update(np.zeros(16000, np.float32))
+    assert n.std == 3e-3  # silence is not amplified without bound
+    hiss = np.full(100, 1e-4, np.float32)
+    assert np.abs(n.normalise(hiss)).max() < 0.05
+    out = n.normalise(np.ones(10, np.float32), lo=2, hi=8)
+    assert not out[:2].any() and not out[8:].any() and out[2:8].all()
+
+
+def test_running_normaliser_first_hop_uses_real_statistics():
+    n = RunningNormalizer(tau_s=8.0)
+    n.update(np.full(1280, 0.3, np.float32) + np.tile([0.1, -0.1], 640).astype(np.float32))
+    assert n.mean == pytest.approx(0.3, abs=1e-6) and n.std == pytest.approx(0.1, rel=1e-3)
+
+
+# --- PCM conversion and resampling ----------------------------------------------------------------
+
+def test_pcm_int16_stereo_bytes():
+    pcm = np.array([[16384, -16384], [32767, 0]], np.int16)
+    out = pcm_to_float(pcm.tobytes(), "int16", 2)
+    np.testing.assert_allclose(out, [[0.5, -0.5], [32767 / 32768, 0]])
+    with pytest.raises(UserError, match="channel"):
+        pcm_to_float(np.zeros(3, np.int16).tobytes(), "int16", 2)
+    with pytest.raises(UserError, match="unsupported"):
+        pcm_to_float(b"\x00" * 8, "float64", 1)
+
+
+def test_stream_resampler_downmixes_and_is_block_independent():
+    rate = 44100
+    t = np.arange(rate) / rate
+    stereo = np.stack([np.sin(2 * np.pi * 200 * t), np.sin(2 * np.pi * 200 * t + np.pi)], 1).astype(np.float32)
+    r = StreamResampler(rate)
+    mono = np.concatenate([r(stereo[i:i + 441]) for i in range(0, rate, 441)] + [r.flush()])
+    assert len(mono) == 16000 and np.abs(mono).max() < 1e-3  # antiphase channels cancel
+    left = stereo.copy()
+    left[:, 1] = left[:, 0]
+    r1, r2 = StreamResampler(rate), StreamResampler(rate)
+    a = np.concatenate([r1(left[i:i + 1000]) for i in range(0, rate, 1000)] + [r1.flush()])
+    b = np.concatenate([r2(left[i:i + 777]) for i in range(0, rate, 777)] + [r2.flush()])
+    np.testing.assert_array_equal(a, b)
+
+
+# --- style crossfade ------------------------------------------------------------------------------
+
+def test_style_crossfade_is_gradual_and_eased():
+    a, b, null = np.zeros(4, np.float32), np.ones(4, np.float32), np.full(4, -1, np.float32)
+    fader = StyleFader(a, null, fade_frames=12.5)
+    np.testing.assert_array_equal(fader.at(100), a)
+    fader.set(b, at_frame=50)
+    w = np.array([fader.at(f)[0] for f in range(50, 64)])
+    assert w[0] == 0 and w[-1] == 1 and np.all(np.diff(w) >= 0)
+    assert np.abs(np.diff(w)).max() < 1.6 / 12.5  # no pop: at most ~1.5x the linear rate
+    assert np.diff(w)[0] < 0.05 and np.diff(w)[-1] < 0.05  # eased in and out
+    # switching mid-fade starts from where the fade is, not from either end
+    fader.set(a, at_frame=56)
+    assert fader.at(56)[0] == pytest.approx(smoothstep(6 / 12.5))
+
+
+def test_style_crossfade_to_and_from_null():
+    null = np.full(3, 2.0, np.float32)
+    fader = StyleFader(None, null, fade_frames=10)
+    assert fader.at(0) is None
+    fader.set(np.zeros(3, np.float32), at_frame=0)
+    assert fader.at(5)[0] == pytest.approx(1.0)  # half way from the null vector
+    fader.set(None, at_frame=20)
+    assert fader.at(25)[0] == pytest.approx(1.0) and fader.at(30) is None
+
+
+# --- eyes -----------------------------------------------------------------------------------------
+
+def test_procedural_eyes():
+    eyes = ProceduralEyes(seed=3)
+    e = np.stack([eyes.next() for _ in range(25 * 120)])
+    assert e.shape == (3000, 4)
+    closed = e[:, 0] > 0
+    starts = np.flatnonzero(closed[1:] & ~closed[:-1]) + 1
+    gaps = np.diff(starts) / 25
+    assert len(starts) >= 18 and gaps.min() >= 2.0 and gaps.max() <= 6.3
+    lengths = [np.argmin(closed[s:]) for s in starts]
+    assert max(lengths) <= 4  # ~150 ms = 3-4 frames
+    assert e[:, 0].max() > 0.75 and np.array_equal(e[:, 0], e[:, 1])
+    assert np.abs(e[:, 2:]).max() <= 0.05 and np.abs(np.diff(e[:, 2])).max() > 0  # saccades happen
+    again = ProceduralEyes(seed=3)
+    np.testing.assert_array_equal(e[:50], np.stack([again.next() for _ in range(50)]))
+
+
+# --- metrics --------------------------------------------------------------------------------------
+
+def test_seam_smoothness_counts_seams():
+    m = np.zeros((9, 2))
+    m[4:, 0] = 1  # one jump into frame 4: a seam for hop 2 and hop 4
+    s = seam_smoothness(m, 2)
+    assert s["seam"] == pytest.approx(1 / 4) and s["inside"] == 0
+    assert seam_smoothness(np.cumsum(np.ones((9, 1)), 0), 3)["ratio"] == pytest.approx(1.0)
+
+
+def test_replay_latency():
+    spec = WindowSpec.from_ms(80, 80, 400)
+    lat = replay_latency([0.01] * 10, spec, n_frames=20, block_samples=320)
+    # frame 0 arrives at 40 ms, step 0 needs audio to 160 ms, computes 10 ms: 130 ms; frame 1: 90 ms
+    assert lat[0] == pytest.approx(0.13) and lat[1] == pytest.approx(0.09)
+    slow = replay_latency([0.2] * 10, spec, n_frames=20)
+    assert slow[-1] > slow[0]  # compute slower than the hop: latency grows (queueing)
