@@ -1,0 +1,78 @@
+"""Evaluation metrics on known inputs, and `eval` end to end on a tiny model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+
+
+def _stats():
+    return {"exp_std": np.full(50, 2.0, np.float32), "pose_std": np.full(6, 0.5, np.float32)}
+
+
+def test_perfect_prediction():
+    from training.evaluate import head_pose_error_deg, lip_error, pearson
+
+    rng = np.random.default_rng(0)
+    gt = {"exp": rng.normal(size=(80, 50)), "pose": rng.normal(scale=0.1, size=(80, 6))}
+    assert lip_error(gt, gt, _stats()) == 0.0
+    assert pearson(gt["pose"][:, 3], gt["pose"][:, 3]) == pytest.approx(1.0)
+    assert head_pose_error_deg(gt, gt) == 0.0
+
+
+def test_known_errors():
+    from training.evaluate import diversity, head_pose_error_deg, lip_error, pearson
+
+    gt = {"exp": np.zeros((10, 50)), "pose": np.zeros((10, 6))}
+    pred = {"exp": np.zeros((10, 50)), "pose": np.zeros((10, 6))}
+    pred["exp"][:, :5] = 2.0  # one std on 5 of the 6 mouth coefficients
+    assert lip_error(pred, gt, _stats()) == pytest.approx(np.sqrt(5 / 6))
+    pred["exp"][:, 5:] = 100.0  # not mouth coefficients: no effect
+    assert lip_error(pred, gt, _stats()) == pytest.approx(np.sqrt(5 / 6))
+    pred["pose"][:, :3] = np.radians(2.0)
+    assert head_pose_error_deg(pred, gt) == pytest.approx(2.0)
+    x = np.arange(20.0)
+    assert pearson(x, -3 * x + 1) == pytest.approx(-1.0)
+    assert diversity(np.stack([np.zeros((5, 3)), np.ones((5, 3))])) == pytest.approx(1.0)
+
+
+def test_retrieval_and_leave_one_out():
+    from training.evaluate import retrieval_top1, speaker_styles
+
+    gallery = {"a": np.array([1.0, 0]), "b": np.array([0, 1.0])}
+    assert retrieval_top1([("a", np.array([2.0, 0.1])), ("b", np.array([0.1, 3.0]))], gallery) == 1.0
+    assert retrieval_top1([("a", np.array([0.0, 1.0]))], gallery) == 0.0
+    clips = {"a/000": ("a", np.array([1.0, 0])), "a/001": ("a", np.array([3.0, 0])),
+             "b/000": ("b", np.array([0, 1.0]))}
+    gal = speaker_styles(clips)
+    np.testing.assert_allclose(gal["a/000"]["a"], [3.0, 0])  # the query clip is left out
+    np.testing.assert_allclose(gal["b/000"]["a"], [2.0, 0])
+    np.testing.assert_allclose(gal["b/000"]["b"], [0, 1.0])  # single clip: itself
+
+
+def test_eval_end_to_end(tmp_path):
+    import torch
+
+    from engines.model import DiffPoseTalk
+    from engines.model_dir import save_model_dir
+    from tests.test_train import write_tiny_lmdb
+    from training.archs import make_config
+    from training.evaluate import cmd_eval
+    from training.train_data import load_stats_np
+
+    data = write_tiny_lmdb(tmp_path / "lmdb", n_people=5, clips=2, frames=210)
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    model = save_model_dir(tmp_path / "m", cfg, DiffPoseTalk(cfg), load_stats_np(data))
+    args = argparse.Namespace(model=model, data=data, split="test", json=tmp_path / "e.json", sampler="ddim",
+                              steps=2, seeds=2, max_clips=None, max_seconds=None, cfg_audio=1.15,
+                              cfg_style=3.0, flame=None, threads=1, device="cpu")
+    assert cmd_eval(args) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    m = result["metrics"]
+    assert result["clips"] == 2 and set(result["definitions"]) >= {"lip_error", "mouth_corr_mean", "diversity"}
+    assert np.isfinite(m["lip_error"]) and m["diversity"] > 0
+    assert 0.0 <= m["style_retrieval_gt"] <= 1.0

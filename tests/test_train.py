@@ -1,0 +1,209 @@
+"""Trainers on a tiny lmdb: losses, masks, condition dropout, resume determinism, errors."""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pytest
+import torch
+
+from dpt_live.errors import UserError
+
+
+def write_tiny_lmdb(path, n_people=6, clips=2, frames=260, seed=0):
+    """p0..p3 train, p4 val, p5 test; jaw and mouth follow the audio envelope."""
+    from training.tfhp_writer import TfhpWriter
+
+    rng = np.random.default_rng(seed)
+    with TfhpWriter(path, map_size=1 << 27) as w:
+        for p in range(n_people):
+            split = "train" if p < n_people - 2 else ("val" if p == n_people - 2 else "test")
+            amp = 0.5 + p
+            for v in range(clips):
+                env = np.abs(np.sin(np.arange(frames) / 7.0 + p + v))
+                exp = rng.normal(scale=0.1, size=(frames, 50)).astype(np.float32)
+                exp[:, :5] += amp * env[:, None]
+                pose = rng.normal(scale=0.01, size=(frames, 6)).astype(np.float32)
+                pose[:, 3] = 0.1 * amp * env
+                shape = np.repeat(rng.normal(size=(1, 100)), frames, 0).astype(np.float32)
+                audio = (np.repeat(env, 640) * rng.uniform(-0.5, 0.5, frames * 640)).astype(np.float32)
+                w.add_clip(f"p{p}", v, split, exp, pose, shape, audio)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """One thread: these models are too small to gain from two, and on a shared box two threads
+    of a small model mostly wait for each other."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return write_tiny_lmdb(tmp_path_factory.mktemp("tfhp") / "lmdb")
+
+
+def train_args(**kw):
+    base = dict(iters=2, batch=2, lr=1e-3, warmup=1, schedule="constant", clip=1.0, seed=3, device="cpu",
+                threads=1, resume=False, val_every=100, save_every=100, quiet=True, arch="tiny",
+                temperature=0.1, no_head_pose=False, freeze_audio="none", flame=None, val_batches=1,
+                dropout=None)
+    base.update(kw)
+    return argparse.Namespace(**base)
+
+
+# --- pure pieces ---------------------------------------------------------------------------------
+
+def test_nt_xent_known_values():
+    from training.losses import nt_xent
+
+    # orthogonal pairs, identical partners: logit 1/T for the partner, 0 for the 2 others
+    a = torch.eye(2)
+    loss = nt_xent(a, a.clone(), temperature=0.5)
+    expected = -np.log(np.exp(2) / (np.exp(2) + 2))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    # swapping partners makes it much worse
+    assert nt_xent(a, a.flip(0), 0.1).item() > 5
+
+
+def test_condition_dropout_proportions():
+    from training.train_denoiser import condition_drop
+
+    u = np.random.default_rng(0).random(200_000)
+    style, audio = condition_drop(u)
+    assert np.mean(~style) == pytest.approx(0.55, abs=0.01)  # full conditions
+    assert np.mean(style & ~audio) == pytest.approx(0.35, abs=0.01)  # no style
+    assert np.mean(audio) == pytest.approx(0.10, abs=0.01)  # neither
+    assert not np.any(audio & ~style)  # audio is only dropped together with style
+
+
+def test_truncation_draws():
+    from training.train_denoiser import draw_truncation
+
+    end = draw_truncation(np.random.default_rng(0), 100_000, 100)
+    cut = end < 100
+    assert cut[:, 0].mean() == pytest.approx(0.3, abs=0.01)
+    assert cut[:, 1].mean() == pytest.approx(0.4, abs=0.01)
+    assert end.min() >= 1
+
+
+def test_padded_frames_do_not_count(tiny_data):
+    """Loss is unchanged by GT values after a window's end index (they are zeroed and masked)."""
+    from engines.model import DiffPoseTalk
+    from training.archs import make_config
+    from training.train_data import WindowBank, load_split, load_stats_np
+    from training.train_denoiser import denoiser_losses, make_batch
+
+    cfg = make_config("tiny")
+    torch.manual_seed(0)
+    model = DiffPoseTalk(cfg).eval()
+    bank = WindowBank(load_split(tiny_data, "train"), 200, "train")
+    b = make_batch(bank, np.random.default_rng(1), 2, load_stats_np(tiny_data), cfg)
+    b.end[:] = [[60, 100], [100, 30]]
+    b.u[:] = 1.0  # null style: the style encoder sees full GT windows (as the reference)
+    with torch.no_grad():
+        ref = denoiser_losses(model, b, "cpu")
+        b.motion[0, 60:90] += 5.0  # padded part of sample 0, window 0 (90:100 are window 1's prev GT)
+        b.motion[1, 130:] -= 3.0  # padded part of sample 1, window 1
+        again = denoiser_losses(model, b, "cpu")
+    for k in ref:
+        assert again[k].item() == pytest.approx(ref[k].item(), rel=1e-5), k
+
+
+def test_fixed_batch_losses_decrease(tiny_data):
+    from engines.model import DiffPoseTalk
+    from engines.style_encoder import StyleEncoder
+    from training.archs import make_config
+    from training.losses import LossWeights, nt_xent, total_loss
+    from training.train_data import WindowBank, load_split, load_stats_np
+    from training.train_denoiser import denoiser_losses, make_batch, set_dropout
+    from training.train_style import style_pair_batch
+
+    cfg = make_config("tiny")
+    stats = load_stats_np(tiny_data)
+    clips = load_split(tiny_data, "train")
+    torch.manual_seed(0)
+    enc = StyleEncoder(cfg.style_encoder, cfg.motion_dim).eval()
+    a, b = (torch.from_numpy(x) for x in style_pair_batch(WindowBank(clips, 100, "t"), np.random.default_rng(0),
+                                                          4, stats, True))
+    opt = torch.optim.Adam(enc.parameters(), 3e-3)
+    se_losses = []
+    for _ in range(6):
+        loss = nt_xent(enc(a), enc(b))
+        opt.zero_grad(); loss.backward(); opt.step()
+        se_losses.append(loss.item())
+    assert np.isfinite(se_losses).all() and se_losses[-1] < se_losses[0]
+
+    model = DiffPoseTalk(cfg)
+    set_dropout(model, 0.0)
+    batch = make_batch(WindowBank(clips, 200, "t"), np.random.default_rng(0), 2, stats, cfg)
+    opt = torch.optim.Adam(model.parameters(), 3e-3)
+    losses = []
+    for _ in range(6):
+        loss = total_loss(denoiser_losses(model, batch, "cpu"), LossWeights())
+        opt.zero_grad(); loss.backward(); opt.step()
+        losses.append(loss.item())
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+# --- trainers end to end ---------------------------------------------------------------------------
+
+def _weights(path, name):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / name))
+
+
+def test_style_encoder_resume_is_identical(tiny_data, tmp_path):
+    from training.train_style import WEIGHTS, train_style_encoder
+
+    train_style_encoder(train_args(data=tiny_data, out=tmp_path / "full", iters=4))
+    train_style_encoder(train_args(data=tiny_data, out=tmp_path / "half", iters=2))
+    train_style_encoder(train_args(data=tiny_data, out=tmp_path / "half", iters=4, resume=True))
+    full, half = _weights(tmp_path / "full", WEIGHTS), _weights(tmp_path / "half", WEIGHTS)
+    assert all(torch.equal(full[k], half[k]) for k in full)
+
+
+def test_denoiser_trains_and_resumes_identically(tiny_data, tmp_path):
+    from engines.model_dir import load_model_dir
+    from training.train_denoiser import train_denoiser
+    from training.train_style import train_style_encoder
+
+    se = train_style_encoder(train_args(data=tiny_data, out=tmp_path / "se", iters=1))
+    kw = dict(data=tiny_data, style_encoder=se, batch=2)
+    train_denoiser(train_args(out=tmp_path / "full", iters=2, **kw))
+    train_denoiser(train_args(out=tmp_path / "half", iters=1, **kw))
+    train_denoiser(train_args(out=tmp_path / "half", iters=2, resume=True, **kw))
+    full, half = (_weights(tmp_path / d, "weights.safetensors") for d in ("full", "half"))
+    assert all(torch.equal(full[k], half[k]) for k in full)
+    loaded = load_model_dir(tmp_path / "full")  # a usable model directory
+    se_w = _weights(se, "style_encoder.safetensors")
+    assert torch.equal(loaded.model.style_encoder.motion_proj.weight, se_w["motion_proj.weight"])  # frozen
+    with pytest.raises(UserError, match="not empty"):
+        train_denoiser(train_args(out=tmp_path / "full", iters=2, **kw))
+
+
+def test_bad_data_path_and_split(tiny_data, tmp_path):
+    from training.train_data import find_split_file, load_split
+
+    with pytest.raises(UserError, match="no lmdb dataset"):
+        load_split(tmp_path / "nowhere", "train")
+    with pytest.raises(UserError, match="unknown split"):
+        load_split(tiny_data, "dev")
+    (tmp_path / "d").mkdir()
+    with pytest.raises(UserError, match="split file"):
+        find_split_file(tmp_path / "d", "train")
+
+
+def test_demo_arch_size():
+    from engines.model import DiffPoseTalk
+    from training.archs import make_config
+
+    cfg = make_config("demo")
+    assert cfg.hubert["hidden_size"] // 64 == cfg.hubert["num_attention_heads"]
+    n = sum(p.numel() for p in DiffPoseTalk(cfg).parameters())
+    assert n * 4 <= 12e6

@@ -1,0 +1,320 @@
+"""`dpt-live eval`: generate motion for the clips of a split and compare it with ground truth.
+
+Every metric's definition is written next to its value in the JSON (DEFINITIONS) and in
+docs/TRAINING.md. Generation conditions each clip on its speaker's style taken from *other* GT
+material of that speaker (see speaker_styles), so style retrieval is not a copy of the input."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFINITIONS = {
+    "lip_error": "parameter space: RMS over frames and the 6 mouth coefficients (jaw opening pose[3] "
+                 "and exp[0:5]) of prediction - GT, in normalised units (divided by the training "
+                 "stats' std); mean over clips and seeds",
+    "lip_vertex_error": "with --flame: per frame the max over lip vertices of the L2 distance (mm) "
+                        "between predicted and GT vertices (global rotation removed), mean over frames, "
+                        "clips and seeds. Lip vertices: the 5% of vertices that move most when the "
+                        "jaw opens by 0.2 rad on the mean face",
+    "mouth_corr_mean": "Pearson r between predicted and GT jaw opening pose[3] per clip, mean over "
+                       "clips and seeds",
+    "mouth_corr_pooled": "Pearson r of jaw opening pose[3], all clips' frames concatenated (per seed, "
+                         "then mean over seeds)",
+    "head_pose_error_deg": "RMS over frames and the 3 axes of (predicted - GT) global head rotation "
+                           "pose[0:3], in degrees; mean over clips and seeds",
+    "motion_stats": "std over frames of jaw opening pose[3] (rad) and of the head angles pose[0:3] "
+                    "(deg, mean over axes), and mean per-frame speed (L2 norm of the frame-to-frame "
+                    "difference of the normalised motion vector); mean over clips (and seeds) for "
+                    "pred, over clips for gt",
+    "style_retrieval_gt": "top-1 accuracy: the style vector of each GT clip (mean of the style "
+                          "encoder over its 100-frame windows, stride 50) is matched by cosine "
+                          "similarity to every test speaker's reference style (mean over that "
+                          "speaker's windows in their OTHER clips; all clips if they have one); "
+                          "correct when the nearest is the clip's speaker",
+    "style_retrieval_generated": "as style_retrieval_gt with the style vector of the generated "
+                                 "motion (each seed counted)",
+    "diversity": "mean over clips of the mean pairwise RMS distance (normalised motion) between "
+                 "samples of different seeds on the same audio and style",
+}
+
+LIP_DIMS_EXP = slice(0, 5)
+JAW = 3
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="metrics of a model on a split of an lmdb dataset (writes JSON)")
+    p.add_argument("--model", required=True, type=Path)
+    p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--json", type=Path, help="write the metrics here")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--steps", type=int, default=25, help="ddim steps")
+    p.add_argument("--seeds", type=int, default=2, help="samples per clip (diversity needs >= 2)")
+    p.add_argument("--max-clips", type=int, help="first M clips of the split")
+    p.add_argument("--max-seconds", type=float, default=20.0, help="evaluate at most this much of each clip")
+    p.add_argument("--cfg-audio", type=float, default=1.15)
+    p.add_argument("--cfg-style", type=float, default=3.0)
+    p.add_argument("--flame", type=Path, help="FLAME model: adds the lip-vertex error")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=cmd_eval)
+
+
+# --- metrics on arrays (pure numpy; tested on known inputs) ---------------------------------------
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    den = np.sqrt((a * a).sum() * (b * b).sum())
+    return float((a * b).sum() / den) if den > 0 else float("nan")
+
+
+def lip_error(pred: dict, gt: dict, stats: dict) -> float:
+    """pred/gt: {'exp' (T,50), 'pose' (T,6)} raw. See DEFINITIONS['lip_error']."""
+    def mouth(c):
+        return np.concatenate([c["pose"][:, JAW:JAW + 1] / stats["pose_std"][JAW],
+                               c["exp"][:, LIP_DIMS_EXP] / stats["exp_std"][LIP_DIMS_EXP]], axis=1)
+    return float(np.sqrt(np.mean((mouth(pred) - mouth(gt)) ** 2)))
+
+
+def head_pose_error_deg(pred: dict, gt: dict) -> float:
+    return float(np.degrees(np.sqrt(np.mean((pred["pose"][:, :3] - gt["pose"][:, :3]) ** 2))))
+
+
+def motion_stats(c: dict, motion: np.ndarray) -> dict[str, float]:
+    return {"jaw_std": float(c["pose"][:, JAW].std()),
+            "head_std_deg": float(np.degrees(c["pose"][:, :3].std(axis=0)).mean()),
+            "speed": float(np.linalg.norm(np.diff(motion, axis=0), axis=1).mean()) if len(motion) > 1 else 0.0}
+
+
+def diversity(motions: np.ndarray) -> float:
+    """motions (S, T, D): mean pairwise RMS distance between seeds."""
+    d = [np.sqrt(np.mean((motions[i] - motions[j]) ** 2))
+         for i in range(len(motions)) for j in range(i + 1, len(motions))]
+    return float(np.mean(d)) if d else float("nan")
+
+
+def retrieval_top1(queries: list[tuple[str, np.ndarray]], gallery: dict[str, np.ndarray]) -> float:
+    """queries: (true speaker, style vector); gallery: speaker -> reference style. Cosine NN."""
+    if not queries:
+        return float("nan")
+    names = sorted(gallery)
+    g = np.stack([gallery[n] for n in names])
+    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    hits = 0
+    for who, q in queries:
+        hits += names[int(np.argmax(g @ (q / np.linalg.norm(q))))] == who
+    return hits / len(queries)
+
+
+# --- style vectors ---------------------------------------------------------------------------------
+
+def window_starts(n_frames: int, length: int = 100, stride: int = 50) -> list[int]:
+    return list(range(0, max(n_frames - length, 0) + 1, stride)) if n_frames >= length else []
+
+
+def motion_style(model, motion: np.ndarray) -> np.ndarray | None:
+    """Mean style over 100-frame windows (stride 50) of a normalised motion (T, D)."""
+    import torch
+
+    starts = window_starts(len(motion), model.cfg.style_encoder.n_motions)
+    if not starts:
+        return None
+    n = model.cfg.style_encoder.n_motions
+    win = torch.from_numpy(np.stack([motion[s:s + n] for s in starts]).astype(np.float32)).to(model.device)
+    with torch.no_grad():
+        return model.style_encoder(win).mean(0).cpu().numpy()
+
+
+def speaker_styles(clip_styles: dict[str, tuple[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """For each clip, every speaker's reference style excluding that clip (leave-one-clip-out)."""
+    by_person: dict[str, list[tuple[str, np.ndarray]]] = {}
+    for entry, (person, s) in clip_styles.items():
+        by_person.setdefault(person, []).append((entry, s))
+    out = {}
+    for entry, (person, _) in clip_styles.items():
+        gal = {}
+        for p, items in by_person.items():
+            others = [s for e, s in items if e != entry] if p == person else [s for _, s in items]
+            gal[p] = np.mean(others if others else [s for _, s in items], axis=0)
+        out[entry] = gal
+    return out
+
+
+# --- the command -----------------------------------------------------------------------------------
+
+def evaluate(args) -> dict:
+    import torch
+
+    from engines.generate import motion_to_arrays
+    from engines.model import Guidance, coef_to_motion
+    from engines.model_dir import load_model_dir
+    from engines.sampler import RandomNoise, make_sampler
+    from engines.generate import generate_motion
+    from dpt_live.errors import UserError
+    from training.train_data import UNIT, load_split
+
+    torch.set_num_threads(args.threads)
+    loaded = load_model_dir(args.model, args.device)
+    model, cfg = loaded.model, loaded.config
+    if model.style_encoder is None:
+        raise UserError(f"{args.model}: eval needs a model with a style encoder")
+    stats_t = loaded.stats
+    stats = {k: v.cpu().numpy() for k, v in stats_t.items()}
+    clips = load_split(args.data, args.split, args.max_clips)
+    max_frames = int(args.max_seconds * cfg.fps) if args.max_seconds else None
+    sampler = make_sampler(args.sampler, args.steps if args.sampler == "ddim" else None, model)
+    guidance = Guidance(scales={"audio": args.cfg_audio, "style": args.cfg_style})
+
+    gt_motion = {c.entry: coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32) for c in clips}
+    clip_styles = {}
+    for c in clips:
+        s = motion_style(model, gt_motion[c.entry])
+        if s is not None:
+            clip_styles[c.entry] = (c.person, s)
+    galleries = speaker_styles(clip_styles)
+
+    lip_vertex = _lip_vertex_fn(args.flame, stats) if args.flame else None
+    per_clip, gt_queries, gen_queries = [], [], []
+    pooled_pred, pooled_gt = {}, []
+    t0 = time.time()
+    for c in clips:
+        if c.entry not in clip_styles:
+            continue
+        n = min(c.n_frames, max_frames or c.n_frames)
+        gt = {"exp": c.exp[:n], "pose": c.pose[:n]}
+        gallery = galleries[c.entry]
+        style = torch.from_numpy(gallery[c.person]).float()
+        shape = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
+        gt_queries.append((c.person, clip_styles[c.entry][1]))
+        motion = generate_motion(model, c.audio[:n * UNIT], shape, style, sampler, guidance,
+                                 RandomNoise(seed=0, device=args.device), repeats=args.seeds)
+        arrays = motion_to_arrays(motion, stats_t, cfg.head_pose, torch.from_numpy(c.shape))
+        motion_np = motion.cpu().numpy()
+        m = min(n, motion_np.shape[1])
+        rec = {"entry": c.entry, "person": c.person, "frames": m, "lip_error": [], "mouth_corr": [],
+               "head_pose_error_deg": [], "pred_stats": [],
+               "gt_stats": motion_stats({k: v[:m] for k, v in gt.items()}, gt_motion[c.entry][:m])}
+        for r in range(args.seeds):
+            pred = {"exp": arrays["exp"][r, :m], "pose": arrays["pose"][r, :m]}
+            g = {k: v[:m] for k, v in gt.items()}
+            rec["lip_error"].append(lip_error(pred, g, stats))
+            rec["mouth_corr"].append(pearson(pred["pose"][:, JAW], g["pose"][:, JAW]))
+            rec["head_pose_error_deg"].append(head_pose_error_deg(pred, g))
+            rec["pred_stats"].append(motion_stats(pred, motion_np[r, :m]))
+            if lip_vertex is not None:
+                rec.setdefault("lip_vertex_error", []).append(lip_vertex(pred, g, c.shape))
+            pooled_pred.setdefault(r, []).append(pred["pose"][:, JAW])
+            s = motion_style(model, motion_np[r, :m])
+            if s is not None:
+                gen_queries.append((c.person, s))
+        pooled_gt.append(gt["pose"][:m, JAW])
+        rec["diversity"] = diversity(motion_np[:, :m]) if args.seeds > 1 else None
+        per_clip.append(rec)
+        print(f"  {c.entry}: lip {np.mean(rec['lip_error']):.3f}  corr {np.mean(rec['mouth_corr']):.3f}",
+              flush=True)
+    if not per_clip:
+        raise UserError(f"split {args.split}: no clip has the 100 frames the style encoder needs")
+
+    def mean(key):
+        return float(np.mean([np.mean(r[key]) for r in per_clip]))
+
+    def stat_mean(key, which):  # pred_stats: a list per clip (seeds); gt_stats: one per clip
+        flat = [v for r in per_clip for v in (r[which] if isinstance(r[which], list) else [r[which]])]
+        return float(np.mean([f[key] for f in flat]))
+
+    gt_cat = np.concatenate(pooled_gt)
+    metrics = {
+        "lip_error": mean("lip_error"),
+        "mouth_corr_mean": mean("mouth_corr"),
+        "mouth_corr_pooled": float(np.mean([pearson(np.concatenate(v), gt_cat) for v in pooled_pred.values()])),
+        "head_pose_error_deg": mean("head_pose_error_deg"),
+        "motion_stats": {w: {k: stat_mean(k, f"{w}_stats") for k in ("jaw_std", "head_std_deg", "speed")}
+                         for w in ("pred", "gt")},
+        # leave-one-clip-out galleries: each query is matched against its own clip's gallery
+        "style_retrieval_gt": _loo_retrieval(gt_queries, per_clip, galleries, 1),
+        "style_retrieval_generated": _loo_retrieval(gen_queries, per_clip, galleries, args.seeds),
+        "diversity": (float(np.mean([r["diversity"] for r in per_clip])) if args.seeds > 1 else None),
+    }
+    if lip_vertex is not None:
+        metrics["lip_vertex_error"] = mean("lip_vertex_error")
+    return {"model": str(args.model), "data": str(args.data), "split": args.split, "clips": len(per_clip),
+            "speakers": len({r["person"] for r in per_clip}), "sampler": args.sampler,
+            "steps": args.steps if args.sampler == "ddim" else cfg.n_diff_steps, "seeds": args.seeds,
+            "guidance": guidance.scales, "max_seconds": args.max_seconds, "seconds": round(time.time() - t0, 1),
+            "metrics": metrics, "definitions": DEFINITIONS, "per_clip": per_clip}
+
+
+def _loo_retrieval(queries, per_clip, galleries, per_query_clip: int) -> float:
+    """queries are in per_clip order, ``per_query_clip`` each (generated ones may skip a clip
+    whose generated motion is too short, which cannot happen here: clips are >= 100 frames)."""
+    if not queries:
+        return float("nan")
+    hits, i = 0, 0
+    for rec in per_clip:
+        for _ in range(per_query_clip):
+            if i >= len(queries):
+                break
+            who, q = queries[i]
+            hits += retrieval_top1([(who, q)], galleries[rec["entry"]]) == 1.0
+            i += 1
+    return hits / i
+
+
+def _lip_vertex_fn(flame_path: Path, stats: dict):
+    """See DEFINITIONS['lip_vertex_error']."""
+    import torch
+
+    from engines.flame import Flame, load_flame
+
+    flame = Flame(load_flame(flame_path)).eval()
+    with torch.no_grad():
+        zero_shape, zero_exp = torch.zeros(1, 100), torch.zeros(1, 50)
+        closed = flame(zero_shape, zero_exp, torch.zeros(1, 6))[0]
+        opened = flame(zero_shape, zero_exp, torch.tensor([[0, 0, 0, 0.2, 0, 0]]))[0]
+        move = (opened - closed).norm(dim=1)
+        lips = torch.argsort(move, descending=True)[: max(1, int(0.05 * len(move)))]
+
+    def fn(pred: dict, gt: dict, shape: np.ndarray) -> float:
+        with torch.no_grad():
+            verts = []
+            for c in (pred, gt):
+                pose = torch.from_numpy(c["pose"]).float().clone()
+                pose[:, :3] = 0
+                shp = torch.from_numpy(shape).float()[None].expand(len(pose), -1)
+                verts.append(flame(shp, torch.from_numpy(c["exp"]).float(), pose)[:, lips])
+            err = (verts[0] - verts[1]).norm(dim=-1).max(dim=1).values * 1000.0  # m -> mm
+        return float(err.mean())
+    return fn
+
+
+def format_table(result: dict) -> str:
+    m = result["metrics"]
+    rows = [("lip error (normalised RMS)", m["lip_error"]),
+            ("mouth-opening corr (mean / pooled)", f"{m['mouth_corr_mean']:.3f} / {m['mouth_corr_pooled']:.3f}"),
+            ("head-pose error (deg RMS)", m["head_pose_error_deg"]),
+            ("jaw std pred / gt (rad)", f"{m['motion_stats']['pred']['jaw_std']:.4f} / {m['motion_stats']['gt']['jaw_std']:.4f}"),
+            ("head std pred / gt (deg)", f"{m['motion_stats']['pred']['head_std_deg']:.2f} / {m['motion_stats']['gt']['head_std_deg']:.2f}"),
+            ("speed pred / gt", f"{m['motion_stats']['pred']['speed']:.3f} / {m['motion_stats']['gt']['speed']:.3f}"),
+            ("style retrieval GT / generated", f"{m['style_retrieval_gt']:.3f} / {m['style_retrieval_generated']:.3f}"),
+            ("diversity across seeds", m["diversity"])]
+    if "lip_vertex_error" in m:
+        rows.insert(1, ("lip vertex error (mm)", m["lip_vertex_error"]))
+    head = f"{result['split']}: {result['clips']} clips, {result['speakers']} speakers, {result['sampler']} " \
+           f"{result['steps']} steps, {result['seeds']} seeds"
+    lines = [head] + [f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}" for k, v in rows]
+    return "\n".join(lines)
+
+
+def cmd_eval(args) -> int:
+    result = evaluate(args)
+    print(format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
+        print(f"metrics written to {args.json}")
+    return 0

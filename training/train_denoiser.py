@@ -1,0 +1,285 @@
+"""Denoiser training, following the reference scheme.
+
+Each sample is two consecutive 100-frame windows of one clip. Window 0 continues from the learned
+start features; window 1 from window 0's last 10 GT frames and their audio features. The style
+comes from the *other* window through the frozen style encoder. Audio features are extracted once
+over both windows (whole-sample normalisation), as generation extracts them over a whole clip."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict, deque
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from dpt_live.errors import UserError
+from engines.audio_encoder import normalize_clip
+from engines.config import ModelConfig
+from engines.model import DiffPoseTalk, coef_to_motion, motion_to_coef
+from engines.model_dir import save_model_dir
+from training.losses import LossWeights, total_loss, window_losses
+from training.train_data import UNIT, WindowBank, load_split, load_stats_np
+from training.train_state import check_resume_options, load_state, lr_at, save_state
+
+log = logging.getLogger("dpt_live.train")
+
+TRUNC_PROB = (0.3, 0.4)  # per window, as the reference
+DROP_STYLE, DROP_AUDIO = 0.55, 0.9  # u ~ U(0,1): style nulled if u > 0.55, audio too if u > 0.9
+
+
+@dataclass
+class Batch:
+    """One denoiser batch (numpy, so it is cheap to build and easy to test). L = window length."""
+
+    audio: np.ndarray  # (B, 2L*UNIT) raw 16 kHz
+    motion: np.ndarray  # (B, 2L, D) normalised
+    shape: np.ndarray  # (B, 100) normalised
+    shape_raw: np.ndarray  # (B, 100)
+    person: list[str]
+    end: np.ndarray  # (B, 2) int: real frames per window (L = not truncated)
+    u: np.ndarray  # (B,) condition-dropout draw
+    t: np.ndarray  # (B, 2) diffusion step per window
+    eps: np.ndarray  # (B, 2, L, D)
+
+
+def draw_truncation(rng: np.random.Generator, batch: int, length: int,
+                    probs: tuple[float, float] = TRUNC_PROB) -> np.ndarray:
+    """(B, 2) real-frame counts: window w is cut at a random 1..L-1 with probability probs[w].
+
+    The reference draws truncation once per batch; per sample mixes padded and full windows in
+    every step, which gives the same proportions with less variance."""
+    end = np.full((batch, 2), length, dtype=np.int64)
+    for w, p in enumerate(probs):
+        cut = rng.random(batch) < p
+        end[cut, w] = rng.integers(1, length, size=int(cut.sum()))
+    return end
+
+
+def condition_drop(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Incremental CFG dropout: (drop_style, drop_audio) boolean per sample."""
+    return u > DROP_STYLE, u > DROP_AUDIO
+
+
+def make_batch(bank: WindowBank, rng: np.random.Generator, batch: int, stats: dict, cfg: ModelConfig,
+               truncate: bool = True) -> Batch:
+    L, D = cfg.n_motions, cfg.motion_dim
+    audio, motion, shape_raw, people = [], [], [], []
+    for _ in range(batch):
+        clip, s = bank.random_window(rng)
+        e = s + 2 * L
+        audio.append(clip.audio[s * UNIT:e * UNIT])
+        motion.append(coef_to_motion(clip.exp[s:e], clip.pose[s:e], stats, cfg.head_pose))
+        shape_raw.append(clip.shape)
+        people.append(clip.person)
+    shape_raw = np.stack(shape_raw).astype(np.float32)
+    end = draw_truncation(rng, batch, L) if truncate else np.full((batch, 2), L, dtype=np.int64)
+    return Batch(
+        audio=np.stack(audio).astype(np.float32), motion=np.stack(motion).astype(np.float32),
+        shape=((shape_raw - stats["shape_mean"]) / stats["shape_std"]).astype(np.float32),
+        shape_raw=shape_raw, person=people, end=end, u=rng.random(batch),
+        t=rng.integers(1, cfg.n_diff_steps + 1, size=(batch, 2)),
+        eps=rng.standard_normal((batch, 2, L, D)).astype(np.float32))
+
+
+def _normalised_padded(audio: torch.Tensor, n_real: np.ndarray, total: int) -> torch.Tensor:
+    """Per row: whole-clip normalisation of the first n_real samples, zeros after (the padding
+    generation applies to a clip's last window)."""
+    out = torch.zeros(audio.shape[0], total, dtype=audio.dtype, device=audio.device)
+    for i, n in enumerate(n_real):
+        out[i, :n] = normalize_clip(audio[i, :n])
+    return out
+
+
+def audio_features(model: DiffPoseTalk, b: Batch, device) -> torch.Tensor:
+    """(B, 2, L, F) features of each window as the denoiser sees them.
+
+    One HuBERT pass over both windows (the second window's padding, if any, at the end of the
+    sample, like a clip's last window). A truncated first window is its own one-window clip: those
+    rows get a second, 1-window pass."""
+    L = model.cfg.n_motions
+    audio = torch.from_numpy(b.audio).to(device)
+    n_real = (L + b.end[:, 1]) * UNIT
+    feats = model.audio_features(_normalised_padded(audio, n_real, 2 * L * UNIT), 2 * L)
+    w0, w1 = feats[:, :L], feats[:, L:]
+    cut0 = np.nonzero(b.end[:, 0] < L)[0]
+    if len(cut0):
+        sub = _normalised_padded(audio[cut0, :L * UNIT], b.end[cut0, 0] * UNIT, L * UNIT)
+        w0 = w0.clone()
+        w0[torch.from_numpy(cut0).to(device)] = model.audio_features(sub, L)
+    return torch.stack([w0, w1], dim=1), feats[:, L - model.cfg.n_prev_motions:L]
+
+
+def make_vertex_fn(flame, stats: dict[str, torch.Tensor], head_pose: bool):
+    """motion (N, T, D) -> vertices (N, T, V, 3) without global rotation (as the reference)."""
+    def to_vertices(motion: torch.Tensor, shape_raw: torch.Tensor) -> torch.Tensor:
+        n, t = motion.shape[:2]
+        coef = motion_to_coef(motion, stats, head_pose)
+        pose = coef["pose"].clone()
+        pose[..., :3] = 0
+        shape = shape_raw[:, None].expand(n, t, -1).reshape(n * t, -1)
+        verts = flame(shape, coef["exp"].reshape(n * t, -1), pose.reshape(n * t, 6))
+        return verts.view(n, t, -1, 3)
+    return to_vertices
+
+
+def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None) -> dict[str, torch.Tensor]:
+    """Both windows through the denoiser in one batched pass; returns the loss terms (window terms
+    averaged over the two windows; the head transition term belongs to window 1 only)."""
+    cfg = model.cfg
+    L, P, B = cfg.n_motions, cfg.n_prev_motions, len(b.u)
+    motion = torch.from_numpy(b.motion).to(device)
+    frames = torch.arange(L, device=device)
+    end = torch.from_numpy(b.end).to(device)
+    mask = frames[None, None, :] < end[:, :, None]  # (B, 2, L)
+    gt = torch.stack([motion[:, :L], motion[:, L:]], dim=1) * mask[..., None]  # zero padding
+
+    feats, prev_audio = audio_features(model, b, device)
+    drop_style, drop_audio = (torch.from_numpy(x).to(device) for x in condition_drop(b.u))
+    feats = torch.where(drop_audio[:, None, None, None], model.null_audio_feat[:, None], feats)
+
+    shape = torch.from_numpy(b.shape).to(device)
+    style = None
+    if cfg.use_style:
+        with torch.no_grad():  # frozen: style of the *other* window
+            se = model.style_encoder
+            style = torch.stack([se(motion[:, L:]), se(motion[:, :L])], dim=1)  # (B, 2, d)
+        style = torch.where(drop_style[:, None, None], model.null_style_feat, style)
+
+    def pair(x):  # (B, 2, ...) -> (2B, ...) with window 0 rows first
+        return torch.cat([x[:, 0], x[:, 1]])
+
+    person = model._person(torch.cat([shape, shape]), None if style is None else pair(style))
+    t = torch.from_numpy(b.t).to(device)
+    x_t = model.diffusion_sched.add_noise(pair(gt), pair(t), torch.from_numpy(b.eps).to(device).transpose(0, 1).reshape(2 * B, L, -1))
+    prev_motion = torch.cat([model.start_motion_feat.expand(B, -1, -1), motion[:, L - P:L]])
+    prev_aud = torch.cat([model.start_audio_feat.expand(B, -1, -1), prev_audio])
+    indicator = pair(mask.float()) if cfg.use_indicator else None
+    out = model.denoising_net(x_t, pair(feats), person, prev_motion, prev_aud, pair(t), indicator)
+
+    shape_raw = torch.from_numpy(b.shape_raw).to(device)
+    terms = defaultdict(lambda: 0.0)
+    for w in range(2):
+        pred = out[w * B:(w + 1) * B]
+        target = gt[:, w] if w == 0 else torch.cat([motion[:, L - P:L], gt[:, 1]], dim=1)
+        vf = None if vertex_fn is None else (lambda m: vertex_fn(m, shape_raw))
+        for k, v in window_losses(pred, target, mask[:, w], P, w == 1, cfg.head_pose, vf).items():
+            terms[k] = terms[k] + (v if k == "head_trans" else v / 2)
+    return dict(terms)
+
+
+@torch.no_grad()
+def validate(model: DiffPoseTalk, batches: list[Batch], device, weights: LossWeights, vertex_fn) -> dict:
+    model.eval()
+    sums = defaultdict(float)
+    for b in batches:
+        terms = denoiser_losses(model, b, device, vertex_fn)
+        sums["val_loss"] += total_loss(terms, weights).item() / len(batches)
+        sums["val_coef"] += terms["coef"].item() / len(batches)
+    model.train()
+    model.style_encoder is not None and model.style_encoder.eval()
+    return dict(sums)
+
+
+def set_dropout(model: torch.nn.Module, p: float) -> None:
+    """Override the reference's dropout (0.1 in every transformer layer). A short CPU run on a
+    small set underfits, and dropout only slows it down; the saved model is unaffected."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = p
+        elif isinstance(m, torch.nn.MultiheadAttention):
+            m.dropout = p
+
+
+def set_trainable(model: DiffPoseTalk, freeze_audio: str) -> list[torch.nn.Parameter]:
+    if freeze_audio == "reference":
+        model.audio_encoder.freeze_reference_layers()
+    if model.style_encoder is not None:
+        for p in model.style_encoder.parameters():
+            p.requires_grad = False
+    # SpecAugment's embedding is unused unless masking is on; leave it out of the optimizer
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def train_denoiser(args) -> Path:
+    from safetensors.torch import load_file
+    from tqdm import tqdm
+
+    from training.archs import make_config
+    from training.train_style import load_style_encoder
+
+    torch.set_num_threads(args.threads)
+    out, device = Path(args.out), torch.device(args.device)
+    stats = load_stats_np(args.data)
+    se_cfg, style_enc = load_style_encoder(args.style_encoder)
+    cfg = make_config(args.arch, head_pose=se_cfg.head_pose, style_encoder=se_cfg.style_encoder)
+    train_bank = WindowBank(load_split(args.data, "train"), 2 * cfg.n_motions, "train split")
+    val_bank = WindowBank(load_split(args.data, "val"), 2 * cfg.n_motions, "val split")
+    options = {"arch": args.arch, "batch": args.batch, "lr": args.lr, "seed": args.seed, "iters": args.iters,
+               "freeze_audio": args.freeze_audio, "style_encoder": str(args.style_encoder),
+               "flame": str(args.flame) if args.flame else None, "dropout": args.dropout}
+
+    torch.manual_seed(args.seed)
+    rng = np.random.default_rng(args.seed)
+    model = DiffPoseTalk(cfg)
+    model.style_encoder.load_state_dict(style_enc.state_dict())
+    model.to(device).train()
+    model.style_encoder.eval()
+    params = set_trainable(model, args.freeze_audio)
+    if args.dropout is not None:
+        set_dropout(model.denoising_net, args.dropout)
+    optimizer = torch.optim.Adam(params, lr=args.lr)
+    step, history = 0, []
+    if args.resume:
+        saved_cfg = ModelConfig.load(out / "config.json")
+        if saved_cfg != cfg:
+            raise UserError(f"--resume: {out}/config.json differs from --arch {args.arch} / the style encoder")
+        model.load_state_dict(load_file(str(out / "weights.safetensors")))
+        step, saved, history = load_state(out, optimizer, rng)
+        check_resume_options(saved, options, ("arch", "batch", "seed", "freeze_audio", "flame", "dropout"))
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
+
+    vertex_fn = None
+    if args.flame:
+        from engines.flame import Flame, load_flame
+
+        stats_t = {k: torch.from_numpy(v).to(device) for k, v in stats.items()}
+        vertex_fn = make_vertex_fn(Flame(load_flame(args.flame)).to(device), stats_t, cfg.head_pose)
+    weights = LossWeights()
+    val_rng = np.random.default_rng(10_000 + args.seed)
+    val_batches = [make_batch(val_bank, val_rng, args.batch, stats, cfg) for _ in range(args.val_batches)]
+
+    def checkpoint(at: int) -> None:
+        save_model_dir(out, cfg, model, stats)
+        save_state(out, at, optimizer, rng, options, history)
+
+    recent = defaultdict(lambda: deque(maxlen=50))
+    bar = tqdm(range(step, args.iters), initial=step, total=args.iters, dynamic_ncols=True, disable=args.quiet)
+    for it in bar:
+        for g in optimizer.param_groups:
+            g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
+        b = make_batch(train_bank, rng, args.batch, stats, cfg)
+        terms = denoiser_losses(model, b, device, vertex_fn)
+        loss = total_loss(terms, weights)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, args.clip)
+        optimizer.step()
+        recent["loss"].append(loss.item())
+        for k, v in terms.items():
+            recent[k].append(v.item())
+        bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items() if k in ("loss", "coef", "head_angle")})
+        done = it + 1
+        if done % args.val_every == 0 or done == args.iters:
+            v = validate(model, val_batches, device, weights, vertex_fn)
+            history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
+            bar.write(f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
+                      f"(coef {v['val_coef']:.4f})")
+        if done % args.save_every == 0 or done == args.iters:
+            checkpoint(done)
+    (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    return out
