@@ -16,11 +16,14 @@ COMMAND_MODULES = [
     "engines.commands",
     "engines.flame",
     "training.synth.command",
+    "training.train",
+    "training.evaluate",
+    "streaming.commands",
 ]
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dpt-live", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="dpt-live", description="DiffPoseTalk as a real-time streaming FLAME avatar driver.")
     parser.add_argument("--version", action="version", version=f"dpt-live {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
