@@ -81,6 +81,18 @@ class TorchMotionEngine:
         self.start_audio = model.start_audio_feat[0].detach().cpu().numpy()
         null = getattr(model, "null_style_feat", None)
         self.null_style = None if null is None else null[0, 0].detach().cpu().numpy()
+        self._warm_up()
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """One guided pass so the first live step does not pay PyTorch's first-call costs. It calls
+        the network directly: no draws from the session's noise generator (reproducibility)."""
+        L, F = self.n_motions, self.model.cfg.feature_dim
+        cond = WindowCondition(torch.zeros(1, L, F, device=self.model.device), self.shape,
+                               None if self.null_style is None else self._t(self.null_style),
+                               self._t(self.start_motion), self._t(self.start_audio),
+                               torch.ones(1, L, device=self.model.device) if self.use_indicator else None)
+        self.model.guided_x0(self.x_T, 1, cond, self.guidance)
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.model.device)[None]

@@ -14,8 +14,8 @@ from engines.commands import add_model_args
 
 log = logging.getLogger("dpt_live.stream")
 
-# Chosen by measurement (docs/STREAMING.md): hop 80 ms, lookahead 80 ms, left context 800 ms.
-DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 800
+# Chosen by measurement (docs/STREAMING.md): hop 80 ms, lookahead 80 ms, left context 1600 ms.
+DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 1600
 DEFAULT_DDIM_STEPS = 2
 
 
@@ -41,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shape", type=Path, help="FLAME shape (100,) .npy (default: mean face)")
     p.add_argument("--realtime", action="store_true", help="play the file in real time (measures latency)")
     p.add_argument("--eyes", action="store_true", help="procedural blinks and gaze (npz key 'eyes')")
+    p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
     p.add_argument("--report", type=Path, help="write timing/latency report (JSON)")
     p.add_argument("-o", "--out", required=True, type=Path)
     p.set_defaults(func=cmd_stream)
@@ -50,15 +51,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="model directory (repeatable: e.g. a tiny and a full-size one)")
     p.add_argument("--audio", type=Path, help="audio file (default: synthetic speech-like audio)")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic audio")
-    p.add_argument("--grid", default="80/80/800,160/80/800,80/0/800,80/160/800,80/80/400,80/80/1600",
+    p.add_argument("--grid", default="80/80/1600,80/40/1600,80/0/1600,160/80/1600,80/80/800",
                    help="comma-separated hop/lookahead/context in ms")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
     p.add_argument("--steps", type=int, help=f"ddim steps (default {DEFAULT_DDIM_STEPS})")
     p.add_argument("--style", help="preset name or .npy (default: the model's 'default' preset or null)")
     p.add_argument("--no-offline", action="store_true", help="skip the fidelity comparison with animate")
+    p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
     p.add_argument("--long", type=float, metavar="SECONDS",
                    help="instead of the grid: one long stream (drift, memory, slowdown)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time steps by wall clock, or by thread CPU time (a dedicated core on a shared machine)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     p.set_defaults(func=cmd_stream_bench)
@@ -86,11 +90,16 @@ def cmd_stream(args) -> int:
     from streaming.sources import FileSource, MicrophoneSource
     from streaming.style import StyleCache
 
-    config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, eyes=args.eyes, seed=args.seed)
+    config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, eyes=args.eyes, seed=args.seed,
+                          seam_blend=not args.no_seam_blend)
     config.spec()  # window arguments are checked before the model loads
     style_clip = args.style if args.style and Path(args.style).suffix == ".npz" else None
     if style_clip:
         args.style = None  # a motion clip: resolved below through the style encoder
+    if args.threads is None:
+        # one thread unless asked: a step is many small ops, and OpenMP threads that compete for a
+        # busy core made steps 10-80x slower in docs/STREAMING.md's measurements
+        args.threads = 1
     loaded, style, guidance = load_for_generation(args)
     if style_clip:
         style = StyleCache(loaded).get(style_clip)

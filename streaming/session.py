@@ -10,7 +10,8 @@ Each step (see streaming/windowing.py for the arithmetic):
    of silence computed once at start-up) — the same padded-window form the reference uses for
    its last window;
 3. sample the window from the session's fixed x_T and emit only the ``hop`` frames; the
-   lookahead frames are regenerated next step with more audio behind them.
+   lookahead frames are regenerated next step with more audio behind them, and the first emitted
+   frames are crossfaded from their earlier (lookahead) prediction so step boundaries stay smooth.
 
 The session does no I/O and no threading: a caller feeds it blocks (:meth:`feed`) and ends the
 stream (:meth:`finish`); streaming/runner.py connects it to an audio source."""
@@ -37,10 +38,11 @@ MAX_CHUNK = 4 * SAMPLE_RATE  # a feed() longer than this is processed in pieces 
 class StreamConfig:
     hop_ms: int = 80
     lookahead_ms: int = 80
-    context_ms: int = 800
+    context_ms: int = 1600
     norm_tau_s: float = 8.0  # running audio statistics time constant
     norm_floor: float = 3e-3  # smallest std the audio is divided by (about -50 dBFS)
     style_fade_s: float = 0.5
+    seam_blend: bool = True  # crossfade step boundaries with the previous lookahead (see _blend_seam)
     eyes: bool = False
     seed: int = 0
 
@@ -101,6 +103,7 @@ class StreamSession:
         # features of a silent window, for padded frames (computed once: fixed shape, no audio)
         silent = audio.features(np.zeros(spec.window_samples, np.float32))
         self.silence = silent[len(silent) // 2].copy()
+        self._pending = np.zeros((0, motion.motion_dim), np.float32)  # last step's lookahead frames
         self.step = 0
         self.emitted = 0
         self._consumed = 0  # samples already folded into the running statistics
@@ -134,6 +137,17 @@ class StreamSession:
         """Crossfade to ``style`` (None: the null style) starting at the next frame."""
         self.style.set(style, self.emitted)
 
+    def _blend_seam(self, out: np.ndarray) -> np.ndarray:
+        """Crossfade the first emitted frames from the previous step's lookahead prediction of the
+        same frames to this step's (linear over the lookahead span), so a step boundary is not a
+        switch between two independent samples."""
+        n = min(len(self._pending), len(out)) if self.config.seam_blend else 0
+        span = len(self._pending) + 1
+        for i in range(n):
+            w = (i + 1) / span
+            out[i] = w * out[i] + (1 - w) * self._pending[i]
+        return out
+
     # --- one step --------------------------------------------------------------------------------
     def _run_step(self, final: bool, total: int | None = None) -> list[Frame]:
         spec, L = self.spec, self.motion.n_motions
@@ -160,7 +174,8 @@ class StreamSession:
         motion = self.motion.sample(audio_feat, indicator, self.prev_motion, self.prev_audio, style, self.step)
 
         n_emit = spec.hop if not final else min(spec.hop, n_real)
-        out = motion[:n_emit]
+        out = self._blend_seam(motion[:n_emit].copy())
+        self._pending = motion[n_emit:n_real].copy()
         n_prev = self.motion.n_prev
         self.prev_motion = np.concatenate([self.prev_motion, out])[-n_prev:]
         self.prev_audio = np.concatenate([self.prev_audio, audio_feat[:n_emit]])[-n_prev:]

@@ -105,13 +105,20 @@ def test_continuation_and_window_layout(loaded, audio):
     # learned start condition before there are enough), with the audio features they were made from
     history_m = list(session.motion.start_motion)
     history_a = list(session.motion.start_audio)
+    pending = np.zeros((0, emitted.shape[1]))
     for k, (feat, ind, prev_m, prev_a, style, step, out) in enumerate(spy_motion.calls):
         assert step == k
         np.testing.assert_array_equal(prev_m, np.stack(history_m[-n_prev:]))
         np.testing.assert_array_equal(prev_a, np.stack(history_a[-n_prev:]))
         n_emit = min(3, len(frames) - 3 * k)
-        np.testing.assert_array_equal(out[:n_emit], emitted[3 * k:3 * k + n_emit])
-        history_m += list(out[:n_emit])
+        # seam blend: the first frames fade from the previous step's lookahead prediction of them
+        expected = out[:n_emit].copy()
+        for i in range(min(len(pending), n_emit)):
+            w = (i + 1) / (len(pending) + 1)
+            expected[i] = w * out[i] + (1 - w) * pending[i]
+        np.testing.assert_allclose(emitted[3 * k:3 * k + n_emit], expected, rtol=1e-6, atol=1e-6)
+        pending = out[n_emit:int(ind.sum())]
+        history_m += list(emitted[3 * k:3 * k + n_emit])
         history_a += list(feat[:n_emit])
         # real frames (hop + lookahead) then padding with indicator 0 and silence features
         n_real = int(ind.sum())
@@ -122,12 +129,19 @@ def test_continuation_and_window_layout(loaded, audio):
     assert not np.allclose(spy_motion.calls[3][-1][3:5], spy_motion.calls[4][-1][0:2])
 
 
+def test_without_seam_blend_frames_are_emitted_as_sampled(loaded, audio):
+    session, _, spy = spy_session(loaded, StreamConfig(120, 80, 400, seam_blend=False))
+    emitted = np.stack([f.motion for f in run(session, audio[:16000])])
+    np.testing.assert_array_equal(emitted, np.concatenate([c[-1][:3] for c in spy.calls])[:len(emitted)])
+
+
 def test_seams_like_inside(loaded):
     audio = speechlike(6, seed=2)
-    session = torch_session(loaded, DDIMSampler(2), Guidance(), StreamConfig(160, 80, 800))
-    motion = np.stack([f.motion for f in run(session, audio)])
-    s = seam_smoothness(motion, 4)
-    assert 0.6 < s["ratio"] < 1.5, s
+    ratios = {}
+    for blend in (True, False):
+        session = torch_session(loaded, DDIMSampler(2), Guidance(), StreamConfig(160, 80, 800, seam_blend=blend))
+        ratios[blend] = seam_smoothness(np.stack([f.motion for f in run(session, audio)]), 4)["ratio"]
+    assert 0.6 < ratios[True] < 1.3 and ratios[True] <= ratios[False] + 0.05, ratios
 
 
 def test_deterministic_for_seed_and_audio(loaded, audio):
