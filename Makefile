@@ -32,8 +32,16 @@ venv: system $(STAMP)
 test: venv
 	$(BIN)/python -m pytest -q
 
+# The main job: live motion from the microphone (or, without one, the bundled speech played in
+# real time) through the bundled demo model; writes the motion and a latency report under out/.
 run: venv
-	$(BIN)/dpt-live animate --audio clients/demo/speech.flac -o out/demo.npz
+	@mkdir -p out; \
+	if $(BIN)/python -c "import sounddevice as sd; sd.query_devices(kind='input')" >/dev/null 2>&1; then \
+	  src="--mic"; echo "streaming from the default microphone (Ctrl-C ends)"; \
+	else src="--audio clients/demo/speech.flac --realtime"; \
+	  echo "no microphone found: streaming the bundled speech in real time"; fi; \
+	$(BIN)/dpt-live stream --model models/demo --style animated --eyes $$src \
+	  --report out/latency.json -o out/demo.npz
 
 clean:
 	rm -rf $(VENV) build *.egg-info
