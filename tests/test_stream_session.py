@@ -218,8 +218,9 @@ def test_short_streams(loaded):
         session.feed(np.zeros(10, np.float32))
 
 
-def test_long_stream_no_drift_growth_or_slowdown(tmp_path):
-    """Ten minutes of audio through a micro model: frame count exact, memory flat, no slowdown."""
+def test_long_stream_no_drift_or_memory_growth(tmp_path):
+    """Ten minutes of audio through a micro model: frame count exact, memory flat. (Slowdown is a
+    timing question: `dpt-live stream-bench --long 3600` measures it; no timed assertions here.)"""
     from conftest import make_tiny_model_dir
 
     from engines.config import HUBERT_TINY
@@ -231,9 +232,8 @@ def test_long_stream_no_drift_growth_or_slowdown(tmp_path):
                                                hubert=hubert))
     seconds = 600
     session = torch_session(micro, DDIMSampler(1), Guidance(), StreamConfig(480, 80, 160), clock=time.thread_time)
-    frames, rss, step_cpu = 0, [], []
+    frames, rss = 0, []
     last_index = -1
-    session.on_step = lambda info: step_cpu.append(info.compute_s)
     for i, block in enumerate(speechlike_blocks(seconds, block=8000, seed=4)):
         fr = session.feed(block)
         if fr:
@@ -247,9 +247,6 @@ def test_long_stream_no_drift_growth_or_slowdown(tmp_path):
     assert session.ring.written == seconds * 16000
     assert len(session.ring._arrivals) < 20
     assert rss[-1] - rss[1] < 15, rss  # MB, after warm-up
-    n = len(step_cpu) // 5
-    early, late = np.median(step_cpu[:n]), np.median(step_cpu[-n:])
-    assert late < 1.5 * early, (early, late)
 
 
 def _rss_mb() -> float:
