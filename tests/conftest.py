@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-torch.set_num_threads(2)
+# One thread: the test models are too small to gain from two, and on a shared 2-core machine two
+# threads of a small model mostly wait for each other.
+torch.set_num_threads(1)
 
 
 def random_stats(rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -35,6 +37,13 @@ def make_tiny_model_dir(path, seed=0, **overrides):
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory):
     return make_tiny_model_dir(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    from engines.model_dir import load_model_dir
+
+    return load_model_dir(tiny_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -21,20 +21,6 @@ from streaming.synth_audio import speechlike, speechlike_blocks
 from streaming.windowing import FRAME_SAMPLES
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # two threads on a shared 2-core machine can be many times slower for tiny models
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
-
-
 @pytest.fixture(scope="module")
 def audio():
     return speechlike(3.3, seed=1)

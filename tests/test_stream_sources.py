@@ -13,7 +13,6 @@ import soundfile as sf
 import torch
 
 from engines.model import Guidance
-from engines.model_dir import load_model_dir
 from engines.sampler import DDIMSampler
 from streaming.factory import torch_session
 from streaming.runner import run_stream
@@ -26,19 +25,6 @@ from streaming.sources import (
     import_sounddevice,
 )
 from streaming.synth_audio import speechlike
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def loaded(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
 
 
 def new_session(loaded):

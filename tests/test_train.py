@@ -32,16 +32,6 @@ def write_tiny_lmdb(path, n_people=6, clips=2, frames=260, seed=0):
     return path
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: these models are too small to gain from two, and on a shared box two threads
-    of a small model mostly wait for each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     return write_tiny_lmdb(tmp_path_factory.mktemp("tfhp") / "lmdb")
