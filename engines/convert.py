@@ -74,8 +74,9 @@ def hubert_config(state: dict, source: Path) -> dict[str, Any]:
     hidden = int(proj.shape[0])
     convs = [state[f"audio_encoder.feature_extractor.conv_layers.{i}.conv.weight"]
              for i in range(_count_layers(state, "audio_encoder.feature_extractor.conv_layers."))]
-    pos = state.get("audio_encoder.encoder.pos_conv_embed.conv.weight_v",
-                    state.get("audio_encoder.encoder.pos_conv_embed.conv.weight"))
+    pos_prefix = "audio_encoder.encoder.pos_conv_embed.conv."
+    pos = next((state[pos_prefix + k] for k in ("weight_v", "parametrizations.weight.original1", "weight")
+                if pos_prefix + k in state), None)  # old weight-norm names, new ones, or none
     ff = _require(state, "audio_encoder.encoder.layers.0.feed_forward.intermediate_dense.weight", source)
     hubert.update(
         hidden_size=hidden, num_attention_heads=max(1, hidden // 64), intermediate_size=int(ff.shape[0]),
