@@ -3,7 +3,7 @@ PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2
+APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2 chromium
 
 .PHONY: run test system venv clean
 

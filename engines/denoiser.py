@@ -2,7 +2,11 @@
 
 Tokens: [person] + [n_prev previous motion frames] + [n_motions noisy frames]; cross-attention
 memory: [n_prev previous audio features] + [n_motions audio features], optionally restricted by the
-alignment mask. Predicts x0 (or noise) for the previous and current frames."""
+alignment mask. Predicts x0 (or noise) for the previous and current frames.
+
+A distilled student (``cfg.kind == "student"``) has one more input: the guidance scales
+(w_audio, w_style), embedded and added to the person token like the diffusion step, so a single
+pass reproduces the teacher's guided output at any scales."""
 
 from __future__ import annotations
 
@@ -43,13 +47,25 @@ class DenoisingNetwork(nn.Module):
         else:
             self.alignment_mask = None
         self.motion_dec = nn.Sequential(nn.Linear(d, d // 2), nn.GELU(), nn.Linear(d // 2, cfg.motion_dim))
+        if cfg.kind == "student":
+            self.guidance_map = nn.Sequential(nn.Linear(2, d), nn.GELU(), nn.Linear(d, d))
+            # zero output at init: a student copied from its teacher starts as the teacher's plain pass
+            nn.init.zeros_(self.guidance_map[2].weight)
+            nn.init.zeros_(self.guidance_map[2].bias)
+        else:
+            self.guidance_map = None
 
     def forward(self, motion: torch.Tensor, audio_feat: torch.Tensor, person_feat: torch.Tensor,
                 prev_motion: torch.Tensor, prev_audio: torch.Tensor, step: torch.Tensor,
-                indicator: torch.Tensor | None = None) -> torch.Tensor:
+                indicator: torch.Tensor | None = None, guidance: torch.Tensor | None = None) -> torch.Tensor:
         """motion (N,L,D) noisy; audio_feat (N,L,F); person_feat (N,1,P); prev_motion (N,Lp,D);
-        prev_audio (N,Lp,F); step (N,) int; indicator (N,L) 1 = real frame. -> (N, Lp+L, D)."""
+        prev_audio (N,Lp,F); step (N,) int; indicator (N,L) 1 = real frame; guidance (N,2)
+        (w_audio, w_style), students only. -> (N, Lp+L, D)."""
         person = self.person_proj(person_feat) + self.diff_step_map(self.TE[0, step]).unsqueeze(1)
+        if self.guidance_map is not None:
+            if guidance is None:
+                raise ValueError("a distilled student needs the guidance scales (w_audio, w_style)")
+            person = person + self.guidance_map(guidance.to(person.dtype)).unsqueeze(1)
         feats = torch.cat([prev_motion, motion], dim=1)
         if self.use_indicator:
             if indicator is None:

@@ -115,9 +115,24 @@ class DiffPoseTalk(nn.Module):
         scales = [float(guidance.scales[c]) for c in conds]
         return audio_in, person_in, scales, mode
 
+    def student_guidance(self, cond: WindowCondition, guidance: Guidance, n: int) -> torch.Tensor:
+        """The (N, 2) guidance input of a distilled student: (w_audio, w_style); w_style is 0 when
+        no style is given (the student then plays the teacher's audio-only guidance)."""
+        w_a = float(guidance.scales.get("audio", 1.0))
+        w_s = float(guidance.scales.get("style", 0.0)) if cond.style is not None else 0.0
+        return torch.tensor([[w_a, w_s]], dtype=torch.float32, device=self.device).expand(n, -1)
+
     def guided_x0(self, x_t: torch.Tensor, t: int, cond: WindowCondition, guidance: Guidance) -> torch.Tensor:
         """Network output for the current window's frames (N, L, D) after CFG and optional dynamic
-        thresholding: all guided passes run as one batch."""
+        thresholding: all guided passes run as one batch (a distilled student: one pass, the
+        scales are its input)."""
+        if self.cfg.kind == "student":
+            n = x_t.shape[0]
+            prev_motion, prev_audio = self._prev(cond, n)
+            step = torch.full((n,), t, dtype=torch.long, device=x_t.device)
+            out = self.denoising_net(x_t, cond.audio_feat, self._person(cond.shape, cond.style), prev_motion,
+                                     prev_audio, step, cond.indicator, self.student_guidance(cond, guidance, n))
+            return out[:, -self.cfg.n_motions:]
         audio_in, person_in, scales, mode = self.guidance_entries(cond, guidance)
         k, n = len(audio_in), x_t.shape[0]
         prev_motion, prev_audio = self._prev(cond, n)

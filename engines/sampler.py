@@ -181,6 +181,12 @@ class DDIMSampler(Sampler):
 def make_sampler(name: str, steps: int | None, model: DiffPoseTalk) -> Sampler:
     from dpt_live.errors import UserError
 
+    student = model.cfg.kind == "student"
+    if student:
+        if name == "ddpm":
+            raise UserError(f"this model is a distilled {model.cfg.student_steps}-step student: it runs "
+                            "with the ddim sampler (--sampler ddim)")
+        steps = steps or model.cfg.student_steps or 1
     if name == "ddpm":
         if steps not in (None, model.cfg.n_diff_steps):
             raise UserError(f"the ddpm sampler runs all {model.cfg.n_diff_steps} steps of the model; "
