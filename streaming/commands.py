@@ -17,6 +17,8 @@ log = logging.getLogger("dpt_live.stream")
 # Chosen by measurement (docs/STREAMING.md): hop 80 ms, lookahead 80 ms, left context 1600 ms.
 DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 1600
 DEFAULT_DDIM_STEPS = 2
+# The model `stream` and `serve` use when --model is not given.
+DEFAULT_STREAM_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo"
 
 
 def add_window_args(p: argparse.ArgumentParser) -> None:

@@ -30,3 +30,21 @@ def torch_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     decoder = CoefDecoder(stats, loaded.config.head_pose)
     style_np = None if style is None else np.asarray(torch.as_tensor(style).cpu(), dtype=np.float32)
     return StreamSession(audio, motion, decoder, config, style_np, on_step=on_step, **kwargs)
+
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def build_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
+                  config: StreamConfig | None = None, style=None, shape_raw=None,
+                  on_step: Callable[[StepInfo], None] | None = None, backend: str = "torch",
+                  **kwargs) -> StreamSession:
+    """A streaming session on the chosen engine backend (``--backend`` of stream/serve/bench).
+    Every caller builds sessions through here so that backends are chosen in one place."""
+    from dpt_live.errors import UserError
+
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+    if backend in ("auto", "torch"):
+        return torch_session(loaded, sampler, guidance, config, style, shape_raw, on_step=on_step, **kwargs)
+    raise UserError(f"backend {backend!r} is not available in this build")
