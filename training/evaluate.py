@@ -40,6 +40,12 @@ DEFINITIONS = {
                                  "motion (each seed counted)",
     "diversity": "mean over clips of the mean pairwise RMS distance (normalised motion) between "
                  "samples of different seeds on the same audio and style",
+    "network_passes_per_audio_second": "denoiser network passes (one sample's forward; CFG passes "
+                                       "counted separately, audio encoder not counted) per second of "
+                                       "audio per sample",
+    "wall_seconds_per_audio_second": "wall-clock seconds of generation (audio encoder included) per "
+                                     "second of audio per sample; offline mode batches the seeds, "
+                                     "stream mode runs one session per seed",
 }
 
 LIP_DIMS_EXP = slice(0, 5)
@@ -53,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--json", type=Path, help="write the metrics here")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, default=25, help="ddim steps")
+    p.add_argument("--steps", type=int, help="ddim steps (default 25, or a distilled student's own)")
     p.add_argument("--seeds", type=int, default=2, help="samples per clip (diversity needs >= 2)")
     p.add_argument("--max-clips", type=int, help="first M clips of the split")
     p.add_argument("--max-seconds", type=float, default=20.0, help="evaluate at most this much of each clip")
@@ -62,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flame", type=Path, help="FLAME model: adds the lip-vertex error")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu")
+    # --stream: the same metrics on the live pipeline (StreamSession over each clip's audio)
+    p.add_argument("--stream", action="store_true", help="generate through the streaming session")
+    p.add_argument("--hop-ms", type=int, default=80)
+    p.add_argument("--lookahead-ms", type=int, default=80)
+    p.add_argument("--context-ms", type=int, default=1600)
     p.set_defaults(func=cmd_eval)
 
 
@@ -167,7 +178,12 @@ def evaluate(args) -> dict:
     stats = {k: v.cpu().numpy() for k, v in stats_t.items()}
     clips = load_split(args.data, args.split, args.max_clips)
     max_frames = int(args.max_seconds * cfg.fps) if args.max_seconds else None
-    sampler = make_sampler(args.sampler, args.steps if args.sampler == "ddim" else None, model)
+    steps = args.steps
+    if args.sampler == "ddim" and steps is None:
+        steps = cfg.student_steps if cfg.kind == "student" and cfg.student_steps else 25
+    sampler = make_sampler(args.sampler, steps if args.sampler == "ddim" else None, model)
+    stream = getattr(args, "stream", False)
+    counter = _PassCounter(model)
     guidance = Guidance(scales={"audio": args.cfg_audio, "style": args.cfg_style})
 
     gt_motion = {c.entry: coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32) for c in clips}
@@ -181,6 +197,7 @@ def evaluate(args) -> dict:
     lip_vertex = _lip_vertex_fn(args.flame, stats) if args.flame else None
     per_clip, gt_queries, gen_queries = [], [], []
     pooled_pred, pooled_gt = {}, []
+    gen_wall = gen_audio_s = 0.0
     t0 = time.time()
     for c in clips:
         if c.entry not in clip_styles:
@@ -191,8 +208,15 @@ def evaluate(args) -> dict:
         style = torch.from_numpy(gallery[c.person]).float()
         shape = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
         gt_queries.append((c.person, clip_styles[c.entry][1]))
-        motion = generate_motion(model, c.audio[:n * UNIT], shape, style, sampler, guidance,
-                                 RandomNoise(seed=0, device=args.device), repeats=args.seeds)
+        t_gen = time.perf_counter()
+        if stream:
+            motion = _stream_motion(loaded, sampler, guidance, args, c.audio[:n * UNIT], style, c.shape, counter)
+        else:
+            with counter:
+                motion = generate_motion(model, c.audio[:n * UNIT], shape, style, sampler, guidance,
+                                         RandomNoise(seed=0, device=args.device), repeats=args.seeds)
+        gen_wall += time.perf_counter() - t_gen
+        gen_audio_s += n * UNIT / 16000
         arrays = motion_to_arrays(motion, stats_t, cfg.head_pose, torch.from_numpy(c.shape))
         motion_np = motion.cpu().numpy()
         m = min(n, motion_np.shape[1])
@@ -239,14 +263,55 @@ def evaluate(args) -> dict:
         "style_retrieval_gt": _loo_retrieval(gt_queries, per_clip, galleries, 1),
         "style_retrieval_generated": _loo_retrieval(gen_queries, per_clip, galleries, args.seeds),
         "diversity": (float(np.mean([r["diversity"] for r in per_clip])) if args.seeds > 1 else None),
+        "network_passes_per_audio_second": counter.rows / args.seeds / gen_audio_s,
+        "wall_seconds_per_audio_second": gen_wall / args.seeds / gen_audio_s,
     }
     if lip_vertex is not None:
         metrics["lip_vertex_error"] = mean("lip_vertex_error")
     return {"model": str(args.model), "data": str(args.data), "split": args.split, "clips": len(per_clip),
             "speakers": len({r["person"] for r in per_clip}), "sampler": args.sampler,
-            "steps": args.steps if args.sampler == "ddim" else cfg.n_diff_steps, "seeds": args.seeds,
+            "steps": steps if args.sampler == "ddim" else cfg.n_diff_steps, "seeds": args.seeds,
+            "kind": cfg.kind, "mode": "stream" if stream else "offline",
+            "window": ({"hop_ms": args.hop_ms, "lookahead_ms": args.lookahead_ms, "context_ms": args.context_ms}
+                       if stream else None),
             "guidance": guidance.scales, "max_seconds": args.max_seconds, "seconds": round(time.time() - t0, 1),
             "metrics": metrics, "definitions": DEFINITIONS, "per_clip": per_clip}
+
+
+class _PassCounter:
+    """Counts denoiser rows (one sample's network pass each) while active (``with counter:``), so
+    warm-up passes outside generation are not counted."""
+
+    def __init__(self, model):
+        self.rows, self.active = 0, False
+        model.denoising_net.register_forward_pre_hook(self._hook)
+
+    def _hook(self, module, inputs):
+        if self.active:
+            self.rows += int(inputs[0].shape[0])
+
+    def __enter__(self):
+        self.active = True
+
+    def __exit__(self, *exc):
+        self.active = False
+
+
+def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, counter):
+    """(seeds, T, D) normalised motion from one streaming session per seed over the whole clip."""
+    import torch
+
+    from streaming.factory import torch_session
+    from streaming.session import StreamConfig
+
+    out = []
+    for r in range(args.seeds):
+        config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, seed=r)
+        session = torch_session(loaded, sampler, guidance, config, style, shape_raw)
+        with counter:
+            frames = session.feed(audio) + session.finish()
+        out.append(np.stack([f.motion for f in frames]))
+    return torch.from_numpy(np.stack(out))
 
 
 def _loo_retrieval(queries, per_clip, galleries, per_query_clip: int) -> float:
@@ -301,11 +366,13 @@ def format_table(result: dict) -> str:
             ("head std pred / gt (deg)", f"{m['motion_stats']['pred']['head_std_deg']:.2f} / {m['motion_stats']['gt']['head_std_deg']:.2f}"),
             ("speed pred / gt", f"{m['motion_stats']['pred']['speed']:.3f} / {m['motion_stats']['gt']['speed']:.3f}"),
             ("style retrieval GT / generated", f"{m['style_retrieval_gt']:.3f} / {m['style_retrieval_generated']:.3f}"),
-            ("diversity across seeds", m["diversity"])]
+            ("diversity across seeds", m["diversity"]),
+            ("network passes / audio second", m["network_passes_per_audio_second"]),
+            ("wall seconds / audio second", m["wall_seconds_per_audio_second"])]
     if "lip_vertex_error" in m:
         rows.insert(1, ("lip vertex error (mm)", m["lip_vertex_error"]))
     head = f"{result['split']}: {result['clips']} clips, {result['speakers']} speakers, {result['sampler']} " \
-           f"{result['steps']} steps, {result['seeds']} seeds"
+           f"{result['steps']} steps, {result['seeds']} seeds, {result.get('mode', 'offline')}"
     lines = [head] + [f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}" for k, v in rows]
     return "\n".join(lines)
 
