@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "training.train",
     "training.evaluate",
     "streaming.commands",
+    "clients.commands",
 ]
 
 

@@ -1,0 +1,258 @@
+"""VMC bridge: frames from `dpt-live serve` -> VMC protocol (OSC over UDP) for VTuber apps
+(VSeeFace, VNyan, Warudo, ...). `dpt-live vmc --url ws://HOST:PORT --token T`.
+
+25 fps frames arrive with network jitter; a small jitter buffer (Playout) places them on this
+machine's clock and the bridge sends one OSC bundle per tick at the app's rate (default 60 Hz),
+interpolating between frames. The mapping itself is clients/vmc_map.py."""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import math
+import threading
+import time
+
+import numpy as np
+
+from clients.vmc_map import VmcMapper
+
+log = logging.getLogger(__name__)
+
+FPS = 25
+FRAME_S = 1.0 / FPS
+
+
+class Playout:
+    """Jitter buffer: frames (audio_time, values) onto the local clock, sampled with linear
+    interpolation.
+
+    Local play time t = now - base - delay, where ``base`` tracks the lower envelope of
+    (arrival - audio_time): it drops at once when a frame comes early and leaks up by ``leak`` s
+    per frame when frames keep coming late (a slower server), so playback re-times smoothly.
+    A reset flag or audio_time going backwards clears the buffer and re-anchors."""
+
+    def __init__(self, delay: float = 0.1, leak: float = 0.001, keep_s: float = 2.0):
+        self.delay, self.leak, self.keep_s = delay, leak, keep_s
+        self.times: list[float] = []
+        self.values: list[np.ndarray] = []
+        self.base: float | None = None
+        self.underruns = 0
+        self.resets = 0
+
+    def push(self, audio_time: float, values: np.ndarray, now: float, reset: bool = False) -> None:
+        if self.times and (reset or audio_time < self.times[-1] - 0.5):
+            self.times.clear()
+            self.values.clear()
+            self.base = None
+            self.resets += 1
+        lateness = now - audio_time
+        self.base = lateness if self.base is None else min(self.base + self.leak, lateness)
+        i = bisect.bisect(self.times, audio_time)
+        if i and self.times[i - 1] == audio_time:  # a duplicate: keep the newer values
+            self.values[i - 1] = values
+            return
+        self.times.insert(i, audio_time)
+        self.values.insert(i, values)
+        while self.times and self.times[0] < audio_time - self.keep_s:
+            del self.times[0], self.values[0]
+
+    def play_time(self, now: float) -> float | None:
+        return None if self.base is None else now - self.base - self.delay
+
+    def sample(self, now: float) -> tuple[np.ndarray | None, float]:
+        """(interpolated values or None when empty, seconds the play time is past the newest
+        frame — > 0 means the buffer ran dry and the newest frame is held)."""
+        if not self.times:
+            return None, math.inf
+        t = self.play_time(now)
+        if t <= self.times[0]:
+            return self.values[0], t - self.times[0]
+        if t >= self.times[-1]:
+            return self.values[-1], t - self.times[-1]
+        i = bisect.bisect(self.times, t)
+        t0, t1 = self.times[i - 1], self.times[i]
+        w = (t - t0) / (t1 - t0)
+        return (1 - w) * self.values[i - 1] + w * self.values[i], t - self.times[-1]
+
+
+def _pack(exp, pose, eyes) -> np.ndarray:
+    """One vector per frame for interpolation: exp (50) + pose (6) + eyes (4) + eyes-valid (1)."""
+    out = np.zeros(61, dtype=np.float64)
+    out[:50] = np.asarray(exp, dtype=np.float64)[:50]
+    out[50:56] = pose
+    if eyes is not None:
+        out[56:60] = eyes
+        out[60] = 1.0
+    return out
+
+
+class VmcBridge:
+    """Frames in (``push``), one OSC bundle out per ``tick``. Thread-safe between one pushing
+    thread and the ticking thread."""
+
+    def __init__(self, target: tuple[str, int], mapper: VmcMapper, rate: float = 60.0, delay: float = 0.1,
+                 stale_s: float = 0.5):
+        from pythonosc.udp_client import UDPClient
+
+        self.client = UDPClient(*target)
+        self.mapper = mapper
+        self.rate = rate
+        self.playout = Playout(delay=delay)
+        self.stale_s = stale_s  # after this long without new frames the mouth relaxes to rest
+        self.lock = threading.Lock()
+        self.smoothed: dict[str, float] = {}
+        self.head: dict | None = None
+        self.last_tick: float | None = None
+        self.packets = 0
+        self.frames_in = 0
+
+    def push(self, exp, pose, eyes, audio_time: float, now: float, reset: bool = False) -> None:
+        with self.lock:
+            self.playout.push(audio_time, _pack(exp, pose, eyes), now, reset)
+            self.frames_in += 1
+
+    def _smooth(self, name: str, group: str, target: float, dt: float) -> float:
+        tau = self.mapper.m["smoothing_ms"].get(group, 0.0) / 1000.0
+        prev = self.smoothed.get(name)
+        value = target if prev is None or tau <= 0 else prev + (1 - math.exp(-dt / tau)) * (target - prev)
+        self.smoothed[name] = value
+        return value
+
+    def values(self, now: float):
+        """(blendshapes, bones) for time ``now``; None when no frame has arrived yet."""
+        with self.lock:
+            vec, past = self.playout.sample(now)
+        if vec is None:
+            return None
+        dt = 1.0 / self.rate if self.last_tick is None else max(now - self.last_tick, 1e-4)
+        self.last_tick = now
+        exp, pose = vec[:50], vec[50:56]
+        eyes = vec[56:60] if vec[60] > 0.5 else None
+        blends = self.mapper.blendshapes(exp, pose, eyes)
+        if past > self.stale_s:  # stream stalled or ended: relax the face instead of freezing it
+            blends = {k: 0.0 for k in blends}
+        groups = {"Blink_L": "blink", "Blink_R": "blink", "eyeBlinkLeft": "blink", "eyeBlinkRight": "blink"}
+        blends = {k: self._smooth(k, groups.get(k, "eyes" if k.startswith("eyeLook") else "mouth"), v, dt)
+                  for k, v in blends.items()}
+        bones = self.mapper.bones(pose, eyes)
+        tau = self.mapper.m["smoothing_ms"].get("head", 0.0) / 1000.0
+        if tau > 0 and self.head is not None:  # nlerp towards the new rotation
+            a = 1 - math.exp(-dt / tau)
+            for name, (p, q) in bones.items():
+                if name in self.head:
+                    q0 = np.array(self.head[name][1])
+                    q1 = np.array(q) * (1 if np.dot(q0, q) >= 0 else -1)
+                    qn = q0 + a * (q1 - q0)
+                    bones[name] = (p, tuple(float(x) for x in qn / np.linalg.norm(qn)))
+        self.head = bones
+        return blends, bones
+
+    def bundle(self, blends: dict[str, float], bones: dict, now: float) -> bytes:
+        from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
+        from pythonosc.osc_message_builder import OscMessageBuilder
+
+        def msg(address, *args):
+            b = OscMessageBuilder(address=address)
+            for a in args:
+                b.add_arg(a, "s" if isinstance(a, str) else "i" if isinstance(a, int) else "f")
+            return b.build()
+
+        bb = OscBundleBuilder(IMMEDIATELY)
+        bb.add_content(msg("/VMC/Ext/OK", 1))
+        bb.add_content(msg("/VMC/Ext/T", float(now)))
+        for name, (p, q) in bones.items():
+            bb.add_content(msg("/VMC/Ext/Bone/Pos", name, *(float(x) for x in p), *(float(x) for x in q)))
+        for name, v in blends.items():
+            bb.add_content(msg("/VMC/Ext/Blend/Val", name, float(v)))
+        bb.add_content(msg("/VMC/Ext/Blend/Apply"))
+        return bb.build()
+
+    def tick(self, now: float) -> bool:
+        """Send one bundle for time ``now``; False when there is nothing to send yet."""
+        vals = self.values(now)
+        if vals is None:
+            return False
+        self.client.send(self.bundle(*vals, now))
+        self.packets += 1
+        return True
+
+
+def parse_target(text: str) -> tuple[str, int]:
+    from dpt_live.errors import UserError
+
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise UserError(f"--target {text!r}: expected HOST:PORT, e.g. 127.0.0.1:39539")
+    return host.strip("[]"), int(port)
+
+
+def run_bridge(args) -> int:
+    from clients.vmc_map import MappingError, load_mapping
+    from clients.ws_client import ClientError, StreamClient
+    from dpt_live.errors import UserError
+
+    if not 1 <= args.rate <= 240:
+        raise UserError(f"--rate {args.rate}: expected 1..240 Hz")
+    if not 0 <= args.delay_ms <= 2000:
+        raise UserError(f"--delay-ms {args.delay_ms}: expected 0..2000")
+    target = parse_target(args.target)
+    smoothing = None if args.smooth_ms is None else {"mouth": args.smooth_ms}
+    gains = None if args.mouth_gain is None else {v: args.mouth_gain for v in ("A", "I", "U", "E", "O")}
+    try:
+        mapping = load_mapping(args.mapping, smoothing_ms=smoothing, gains=gains,
+                               neck_share=args.neck_share, mirror=args.mirror or None)
+    except MappingError as exc:
+        raise UserError(str(exc)) from exc
+    if args.print_mapping:
+        import json
+
+        print(json.dumps(mapping, indent=2))
+        return 0
+    if not args.url:
+        raise UserError("--url is required (the server's ws://HOST:PORT)")
+    bridge = VmcBridge(target, VmcMapper(mapping, arkit=args.arkit), rate=args.rate, delay=args.delay_ms / 1000)
+    client = StreamClient(args.url, token=args.token, session=args.session, retry_first=True)
+    failure: list[BaseException] = []
+    stop = threading.Event()
+
+    def reader():
+        try:
+            for f in client.frames():
+                bridge.push(f.exp, f.pose, f.eyes, f.audio_time, time.monotonic(), f.reset)
+                if stop.is_set():
+                    break
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            failure.append(exc)
+        finally:
+            stop.set()
+
+    thread = threading.Thread(target=reader, name="vmc-reader", daemon=True)
+    thread.start()
+    print(f"VMC bridge: {args.url} -> udp://{target[0]}:{target[1]} at {args.rate:g} Hz"
+          f"{' (+ARKit)' if args.arkit else ''}; Ctrl-C stops")
+    period = 1.0 / args.rate
+    start = next_tick = time.monotonic()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if args.seconds is not None and now - start >= args.seconds:
+                break
+            bridge.tick(now)
+            next_tick += period
+            if next_tick < now:  # fell behind (suspended, overloaded): do not burst to catch up
+                next_tick = now + period
+            stop.wait(max(0.0, next_tick - time.monotonic()))
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop.set()
+        client.close()
+        thread.join(timeout=2)
+    print(f"sent {bridge.packets} bundles from {bridge.frames_in} frames")
+    if failure and not isinstance(failure[0], (KeyboardInterrupt,)):
+        exc = failure[0]
+        if isinstance(exc, (ClientError, UserError)):
+            raise exc
+        raise UserError(f"stream reader failed: {type(exc).__name__}: {exc}") from exc
+    return 0
