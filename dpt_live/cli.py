@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "training.synth.command",
     "training.train",
     "training.evaluate",
+    "training.distill",
     "streaming.commands",
     "clients.commands",
 ]
