@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "training.distill",
     "streaming.commands",
     "clients.commands",
+    "streaming.bench_cli",
 ]
 
 

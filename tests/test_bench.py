@@ -1,0 +1,148 @@
+"""`dpt-live bench` on tiny models and two seconds of audio: the JSON, markdown and PNG it writes,
+the numbers' consistency, student rows against their teacher's reference, the random-weight
+architecture cache and bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dpt_live.cli import main
+from tests.conftest import make_tiny_model_dir
+
+ROW_KEYS = {"model", "kind", "backend", "hop_ms", "lookahead_ms", "context_ms", "denoiser_steps", "status", "rtf",
+            "stage_ms", "stage_rtf", "step_ms", "replayed_latency_ms", "measured_latency_ms", "worst_latency_ms",
+            "passes_per_step", "passes_per_audio_s", "gflop_per_audio_s", "speedup_wall", "speedup_compute",
+            "targets_met", "concurrent"}
+REF_KEYS = {"model", "audio_seconds", "windows", "diffusion_steps", "steps_timed", "passes_per_step", "seconds",
+            "denoise_s", "other_s", "rtf", "passes_per_audio_s", "gflop_per_audio_s"}
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--backends", "torch,tensorrt",
+               "--steps", "1,2", "--windows", "80/80/800", "--seconds", "2", "--reference-seconds", "1",
+               "--sessions", "2", "--clock", "wall", "--json", str(out / "r.json"),
+               "--markdown", str(out / "r.md"), "--plot", str(out / "r.png")])
+    return rc, out
+
+
+def test_json_report(bench_run):
+    rc, out = bench_run
+    assert rc == 0
+    r = json.loads((out / "r.json").read_text())
+    assert {"settings", "machine", "references", "rows", "failed"} <= set(r)
+    assert r["settings"]["audio_seconds"] == 2.0 and r["settings"]["clock"] == "wall"
+    (ref,) = r["references"]
+    assert REF_KEYS <= set(ref)
+    # 1 s of audio = one 100-frame window: 20 steps x 3 guided passes (audio + style CFG)
+    assert ref["windows"] == 1 and ref["steps_timed"] == 20 and ref["passes_per_step"] == 3
+    assert ref["passes_per_audio_s"] == pytest.approx(60)
+
+    rows = r["rows"]
+    assert [(x["backend"], x["denoiser_steps"]) for x in rows] == [("torch", 1), ("torch", 2), ("tensorrt", 1),
+                                                                  ("tensorrt", 2)]
+    for row in rows:
+        assert row["status"] in ("ok", "skipped"), row
+        if row["status"] == "skipped":  # e.g. no GPU / no TensorRT here: the reason says which
+            assert "tensorrt" in row["reason"].lower()
+    for row in rows[:2]:
+        assert row["status"] == "ok" and ROW_KEYS <= set(row)
+        steps = row["steps_run"]
+        assert steps == 25  # 2 s / 80 ms hop
+        assert row["passes_per_step"] == 3 * row["denoiser_steps"]
+        assert row["passes_per_audio_s"] == pytest.approx(steps * row["passes_per_step"] / 2)
+        st = row["stage_ms"]
+        assert st["features"] > 0 and st["denoise"] > 0
+        assert sum(st.values()) == pytest.approx(row["step_ms"]["mean"], abs=0.05)
+        assert row["rtf"] == pytest.approx(sum(row["stage_rtf"].values()), rel=1e-6)
+        # every frame waits at least for its lookahead audio
+        assert row["worst_latency_ms"] >= 80 and row["measured_latency_ms"] is None
+        assert row["speedup_compute"] == pytest.approx(ref["gflop_per_audio_s"] / row["gflop_per_audio_s"])
+        assert row["speedup_wall"] == pytest.approx(ref["rtf"] / row["rtf"])
+        assert set(row["targets_met"]) == {"rtf", "latency", "compute_speedup"}
+        c = row["concurrent"]
+        assert c["n"] == 2 and len(c["per_session"]) == 2 and 0 <= c["keep_up"] <= 2
+        assert all(p["rtf"] > 0 and p["worst_latency_ms"] >= 80 for p in c["per_session"])
+    # two denoiser steps cost more compute than one (same encoder, twice the passes)
+    assert rows[1]["gflop_per_audio_s"] > rows[0]["gflop_per_audio_s"]
+
+
+def test_markdown_and_plot(bench_run):
+    _, out = bench_run
+    md = (out / "r.md").read_text()
+    lines = md.splitlines()
+    table = [ln for ln in lines if ln.startswith("| ") and " | torch | " in ln]
+    assert len(table) == 2 + 2  # two matrix rows, two concurrent rows
+    assert any(ln.startswith("| model | backend | steps | hop/la/ctx ms | RTF |") for ln in lines)
+    assert sum(" | tensorrt | " in ln for ln in lines) == 2
+    assert "Reference offline sampler" in md and "| 20 of 20 × 3 passes |" in md
+    # every table line of a table has the same number of cells as its header
+    for block in md.split("\n\n"):
+        rows = [ln for ln in block.splitlines() if ln.startswith("|")]
+        if rows:
+            assert len({ln.count(" | ") for ln in rows if not ln.startswith("|---")}) == 1, block
+    png = (out / "r.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_student_row_uses_its_teachers_reference(tiny_model_dir, tmp_path):
+    student = make_tiny_model_dir(tmp_path / "student", kind="student", student_steps=1)
+    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--model", str(student),
+               "--backends", "torch", "--steps", "2", "--windows", "160/80/400", "--seconds", "1.5",
+               "--reference-seconds", "1", "--reference-steps", "4", "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert len(r["references"]) == 1 and r["references"][0]["steps_timed"] == 4
+    teacher, stud = r["rows"]
+    assert stud["kind"] == "student" and stud["denoiser_steps"] == 1 and stud["passes_per_step"] == 1
+    assert teacher["passes_per_step"] == 6
+    # same architecture: the student is compared with the teacher's reference run
+    assert stud["speedup_compute"] > teacher["speedup_compute"]
+
+
+def test_random_architecture_is_built_once(tmp_path):
+    from streaming.bench_matrix import arch_model_dir
+
+    d = arch_model_dir("tiny", tmp_path)
+    assert (d / "config.json").is_file() and (d / "styles" / "default.npy").is_file()
+    stamp = (d / "weights.safetensors").stat().st_mtime_ns
+    assert arch_model_dir("tiny", tmp_path) == d
+    assert (d / "weights.safetensors").stat().st_mtime_ns == stamp
+    (d / "config.json").write_text((d / "config.json").read_text().replace('"n_layers": 2', '"n_layers": 3'))
+    arch_model_dir("tiny", tmp_path)  # a stale cache (config differs) is rebuilt
+    assert '"n_layers": 2' in (d / "config.json").read_text()
+    assert not list(tmp_path.glob(".*partial"))
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--windows", "80/x"], "--windows"),
+    (["--windows", "50/80"], "multiple of 40"),
+    (["--backends", "torch,cuda"], "unknown backend 'cuda'"),
+    (["--steps", "0"], "--steps"),
+    (["--archs", "huge"], "unknown architecture 'huge'"),
+    (["--clock", "cpu", "--threads", "2"], "--threads 1"),
+    (["--clock", "cpu", "--realtime"], "--realtime"),
+    (["--audio", "/nonexistent.wav"], "not found"),
+])
+def test_bad_input_is_named(args, message, capsys, tmp_path):
+    rc = main(["bench", "--archs", "none", "--model", str(tmp_path)] + args)
+    assert rc == 2
+    assert message in capsys.readouterr().err
+
+
+def test_realtime_run_measures_latency(tiny_model_dir, tmp_path):
+    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--backends", "torch", "--steps", "1",
+               "--windows", "80/40/400", "--audio", "synthetic", "--seconds", "1.2", "--reference-seconds", "0",
+               "--realtime", "--json", str(tmp_path / "r.json")])
+    assert rc == 0
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["references"] == []
+    (row,) = r["rows"]
+    lat = row["measured_latency_ms"]
+    assert lat is not None and row["worst_latency_ms"] == lat["max"]
+    assert lat["max"] >= 40 and row["wall_s"] >= 1.1  # fed at the speed of speech
+    assert "speedup_wall" not in row and np.isfinite(row["gflop_per_audio_s"])
