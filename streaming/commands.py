@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eyes", action="store_true", help="procedural blinks and gaze (npz key 'eyes')")
     p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
     p.add_argument("--report", type=Path, help="write timing/latency report (JSON)")
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto",
+                   help="engine backend (auto: tensorrt with a GPU, else onnxruntime, else torch; docs/EXPORT.md)")
+    p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32",
+                   help="int8: onnxruntime CPU dynamic quantisation; fp16: tensorrt")
     p.add_argument("-o", "--out", required=True, type=Path)
     p.set_defaults(func=cmd_stream)
 
@@ -85,7 +89,7 @@ def cmd_stream(args) -> int:
 
     from engines.commands import load_for_generation
     from engines.model_dir import load_vector
-    from streaming.factory import torch_session
+    from streaming.factory import build_session
     from streaming.report import StreamRecorder
     from streaming.runner import run_stream
     from streaming.session import StreamConfig
@@ -112,7 +116,8 @@ def cmd_stream(args) -> int:
     else:
         source = MicrophoneSource(args.mic or None)
     recorder = StreamRecorder()
-    session = torch_session(loaded, sampler, guidance, config, style, shape_raw, on_step=recorder.on_step)
+    session = build_session(loaded, sampler, guidance, config, style, shape_raw, on_step=recorder.on_step,
+                            backend=args.backend, precision=args.precision, threads=args.threads)
     t0 = time.perf_counter()
     result = run_stream(source, session, recorder.on_frames)
     wall = time.perf_counter() - t0
@@ -124,7 +129,7 @@ def cmd_stream(args) -> int:
     seconds = result.samples / 16000
     report = recorder.report(session, seconds, wall, measured_latency=args.realtime or args.audio is None)
     report.update(sampler=sampler.name, denoiser_steps=len(sampler.timesteps(loaded.model)),
-                  model=str(args.model), end_reason=result.reason)
+                  model=str(args.model), end_reason=result.reason, backend=session.backend)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2) + "\n")

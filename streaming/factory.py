@@ -1,7 +1,9 @@
-"""Build a streaming session for a loaded model directory with the PyTorch backend."""
+"""Build a streaming session for a loaded model directory on an engine backend (PyTorch, ONNX
+Runtime, TensorRT: engines/backends.py)."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 import numpy as np
@@ -13,19 +15,28 @@ from engines.sampler import Sampler
 from streaming.backends import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
 from streaming.session import StepInfo, StreamConfig, StreamSession
 
+log = logging.getLogger("dpt_live.stream")
+
 
 def torch_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
                   config: StreamConfig | None = None, style: np.ndarray | torch.Tensor | None = None,
                   shape_raw: np.ndarray | torch.Tensor | None = None,
-                  on_step: Callable[[StepInfo], None] | None = None, **kwargs) -> StreamSession:
-    """shape_raw: FLAME shape (100,) (default: the mean face); style: (d_style,) or None."""
+                  on_step: Callable[[StepInfo], None] | None = None, networks=None, **kwargs) -> StreamSession:
+    """shape_raw: FLAME shape (100,) (default: the mean face); style: (d_style,) or None;
+    networks: an engines.backends.Networks to run the networks on (default: the model itself)."""
     config = config or StreamConfig()
     model, stats = loaded.model, loaded.stats
     shape_raw = torch.zeros(100) if shape_raw is None else torch.as_tensor(shape_raw, dtype=torch.float32)
     shape = (shape_raw.to(model.device) - stats["shape_mean"]) / stats["shape_std"]
     spec = config.spec()
     spec.check_model(loaded.config.n_motions)
-    audio = TorchAudioFeatures(model, spec.window_samples)
+    if networks is None:
+        audio = TorchAudioFeatures(model, spec.window_samples)
+    else:  # same motion engine and sampler; the model's networks call the backend
+        from engines.backends import BackendAudioFeatures, backend_model
+
+        audio = BackendAudioFeatures(networks, spec.window_samples, loaded.config.feature_dim)
+        model = backend_model(model, networks)
     motion = TorchMotionEngine(model, sampler, guidance, shape, config.seed)
     decoder = CoefDecoder(stats, loaded.config.head_pose)
     style_np = None if style is None else np.asarray(torch.as_tensor(style).cpu(), dtype=np.float32)
@@ -38,13 +49,27 @@ BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 def build_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
                   config: StreamConfig | None = None, style=None, shape_raw=None,
                   on_step: Callable[[StepInfo], None] | None = None, backend: str = "torch",
-                  **kwargs) -> StreamSession:
+                  precision: str = "fp32", threads: int | None = None, **kwargs) -> StreamSession:
     """A streaming session on the chosen engine backend (``--backend`` of stream/serve/bench).
-    Every caller builds sessions through here so that backends are chosen in one place."""
+    Every caller builds sessions through here so that backends are chosen in one place.
+    precision: fp32, or int8 (onnxruntime CPU) / fp16 (tensorrt); threads: ONNX Runtime intra-op
+    threads (default 1). "auto" falls back to torch (with a warning) when the chosen backend
+    cannot be prepared, e.g. an export that fails its parity check."""
     from dpt_live.errors import UserError
+    from engines.backends import choose_backend, make_networks
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
-    if backend in ("auto", "torch"):
-        return torch_session(loaded, sampler, guidance, config, style, shape_raw, on_step=on_step, **kwargs)
-    raise UserError(f"backend {backend!r} is not available in this build")
+    name = choose_backend(backend, precision)
+    networks = None
+    if name != "torch" or precision != "fp32":
+        try:
+            networks = make_networks(loaded, name, precision, threads)
+        except Exception as exc:  # auto promises a working session: any failure falls back to torch
+            if backend != "auto":
+                raise
+            log.warning("backend auto: %s unusable (%s); using torch", name, exc)
+    session = torch_session(loaded, sampler, guidance, config, style, shape_raw, on_step=on_step,
+                            networks=networks, **kwargs)
+    session.backend = networks.describe() if networks is not None else "torch (fp32)"  # for reports
+    return session

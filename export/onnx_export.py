@@ -1,0 +1,281 @@
+"""ONNX export of a model's three networks at fixed shapes, each checked against PyTorch.
+
+Graphs (file names are the cache's keys within a model's directory, see engines/backends.py):
+
+- ``audio_<S>.onnx``: normalised audio (1, S) -> features (1, S/640, feature_dim); one file per
+  streaming window length S (context + hop + lookahead), since the encoder is not causal;
+- ``denoiser.onnx``: DenoisingNetwork.forward at the model's (n_prev, L), batch dynamic 1..k (k CFG
+  passes of a teacher; a student: batch 1 plus the (w_audio, w_style) guidance input);
+- ``style.onnx``: (N, 100, D) motion -> (N, d_style).
+
+Each file has a ``.json`` sidecar (model hash, shapes, parity). The TorchScript exporter
+(dynamo=False) is used: it handles transformers' HubertModel and nn.Transformer at fixed shapes
+in about a second, where the dynamo exporter needs much longer for the same graph."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from dpt_live.errors import UserError
+from engines.backends import FRAME_SAMPLES, denoiser_batch, denoiser_input_names, model_hash
+from engines.model import DiffPoseTalk
+
+log = logging.getLogger("dpt_live.export")
+
+OPSET = 17  # LayerNormalization is a native op from 17 on (stays one FP32 op in TensorRT)
+DEFAULT_TOLERANCE = 1e-3  # max abs difference to PyTorch accepted for an fp32 graph
+DENOISER_FILE = "denoiser.onnx"
+STYLE_FILE = "style.onnx"
+
+
+class ParityError(UserError):
+    """An exported graph disagrees with PyTorch beyond the tolerance (the file is not kept)."""
+
+
+def audio_file(window_samples: int) -> str:
+    return f"audio_{window_samples}.onnx"
+
+
+def window_samples_from_ms(window_ms: int) -> int:
+    if window_ms <= 0 or window_ms % 40:
+        raise UserError(f"audio window must be a positive multiple of 40 ms (one motion frame), got {window_ms}")
+    return window_ms // 40 * FRAME_SAMPLES
+
+
+@dataclass
+class ExportRecord:
+    graph: str  # "audio", "denoiser", "style"
+    file: str
+    model_hash: str
+    inputs: dict[str, list]  # name -> shape (batch "N" where dynamic)
+    max_abs_diff: float  # vs PyTorch on the parity inputs
+    ref_max_abs: float  # largest |output| of PyTorch there (scale of the difference)
+    tolerance: float
+    seconds: float
+    precision: str = "fp32"
+    opset: int = OPSET
+    extra: dict = field(default_factory=dict)
+
+    def summary(self) -> str:
+        return (f"{self.file:<24} max |onnx - torch| = {self.max_abs_diff:.2e} (outputs up to "
+                f"{self.ref_max_abs:.2f}, tolerance {self.tolerance:g}), {self.seconds:.1f} s")
+
+
+def read_record(path: Path) -> ExportRecord | None:
+    side = Path(str(path) + ".json")
+    if not (path.is_file() and side.is_file()):
+        return None
+    try:
+        return ExportRecord(**json.loads(side.read_text()))
+    except (OSError, ValueError, TypeError):
+        return None  # unreadable sidecar: treated as not exported
+
+
+def export_copy(model: DiffPoseTalk) -> DiffPoseTalk:
+    """A CPU float32 copy for export, with HuBERT's positional-conv weight norm folded into a plain
+    weight (a fresh instance: parametrisation classes are per module, so removing it from a copy
+    made by deepcopy would also strip the original's)."""
+    twin = DiffPoseTalk(model.cfg)
+    twin.load_state_dict({k: v.detach().cpu().float() for k, v in model.state_dict().items()})
+    conv = twin.audio_encoder.hubert.encoder.pos_conv_embed.conv
+    if hasattr(conv, "parametrizations"):
+        torch.nn.utils.parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+    return twin.eval()
+
+
+class AudioGraph(nn.Module):
+    def __init__(self, model: DiffPoseTalk, n_frames: int):
+        super().__init__()
+        self.model, self.n_frames = model, n_frames
+
+    def forward(self, audio):
+        return self.model.audio_features(audio, self.n_frames)
+
+
+class DenoiserGraph(nn.Module):
+    def __init__(self, model: DiffPoseTalk):
+        super().__init__()
+        self.net = model.denoising_net
+        self.names = denoiser_input_names(model.cfg)
+
+    def forward(self, *args):
+        a = dict(zip(self.names, args))
+        return self.net(a["motion"], a["audio_feat"], a["person"], a["prev_motion"], a["prev_audio"], a["step"],
+                        a.get("indicator"), a.get("guidance"))
+
+
+class StyleGraph(nn.Module):
+    def __init__(self, model: DiffPoseTalk):
+        super().__init__()
+        self.enc = model.style_encoder
+
+    def forward(self, motion):
+        return self.enc(motion)
+
+
+# --- parity inputs (realistic ranges, reproducible) ---------------------------------------------------
+
+def parity_audio(window_samples: int) -> np.ndarray:
+    from streaming.synth_audio import speechlike
+
+    a = speechlike(window_samples / 16000, seed=7)
+    return ((a - a.mean()) / (a.std() + 1e-5)).astype(np.float32)
+
+
+def denoiser_inputs(cfg, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    L, Lp, D, F = cfg.n_motions, cfg.n_prev_motions, cfg.motion_dim, cfg.feature_dim
+    P = cfg.shape_dim + (cfg.d_style if cfg.use_style else 0)
+    f32 = np.float32
+    out = {"motion": rng.normal(size=(batch, L, D)).astype(f32),
+           "audio_feat": rng.normal(size=(batch, L, F)).astype(f32),
+           "person": rng.normal(size=(batch, 1, P)).astype(f32),
+           "prev_motion": rng.normal(size=(batch, Lp, D)).astype(f32),
+           "prev_audio": rng.normal(size=(batch, Lp, F)).astype(f32),
+           "step": rng.integers(1, cfg.n_diff_steps + 1, size=batch).astype(np.int64)}
+    if cfg.use_indicator:
+        ind = np.ones((batch, L), f32)
+        ind[:, L // 3:] = 0  # a streaming window: real frames then padding
+        out["indicator"] = ind
+    if cfg.kind == "student":
+        out["guidance"] = np.tile(np.array([[1.15, 3.0]], f32), (batch, 1))
+    return out
+
+
+# --- export ---------------------------------------------------------------------------------------------
+
+def _ort_session(path: Path):
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads, so.inter_op_num_threads = 1, 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+
+def _write_graph(module: nn.Module, args: tuple, names: list[str], out_names: list[str], dynamic: list[str],
+                 path: Path) -> None:
+    axes = {n: {0: "N"} for n in dynamic}
+    # traced with autograd on: under no_grad nn.Transformer* take their fused fast path
+    # (aten::_native_multi_head_attention), which has no ONNX form
+    with warnings.catch_warnings(), torch.enable_grad():
+        warnings.simplefilter("ignore")  # tracer warnings about Python values from fixed shapes
+        torch.onnx.export(module, args, str(path), input_names=names, output_names=out_names,
+                          opset_version=OPSET, dynamo=False, dynamic_axes=axes or None, do_constant_folding=True)
+
+
+def _check_and_keep(tmp: Path, dst: Path, record: ExportRecord, cases: list[tuple[dict, np.ndarray]]) -> ExportRecord:
+    """Run the exported graph on each case, compare with PyTorch's output, keep the file only if
+    every difference is within the tolerance."""
+    sess = _ort_session(tmp)
+    diff, scale = 0.0, 0.0
+    for feeds, ref in cases:
+        out = sess.run(None, feeds)[0]
+        diff = max(diff, float(np.max(np.abs(out - ref))))
+        scale = max(scale, float(np.max(np.abs(ref))))
+    record.max_abs_diff, record.ref_max_abs = diff, scale
+    if not np.isfinite(diff) or diff > record.tolerance:
+        tmp.unlink(missing_ok=True)
+        raise ParityError(f"{dst.name}: ONNX Runtime differs from PyTorch by {diff:.3g} (outputs up to "
+                          f"{scale:.3g}), over the tolerance {record.tolerance:g}; not written "
+                          "(raise --tolerance to accept it)")
+    os.replace(tmp, dst)  # atomic: a concurrent reader never sees half a file
+    Path(str(dst) + ".json").write_text(json.dumps(asdict(record), indent=2) + "\n")
+    return record
+
+
+def export_audio(model: DiffPoseTalk, out_dir: Path, window_samples: int, tolerance: float = DEFAULT_TOLERANCE,
+                 key: str | None = None) -> ExportRecord:
+    if window_samples <= 0 or window_samples % FRAME_SAMPLES:
+        raise UserError(f"audio window of {window_samples} samples is not a whole number of 40 ms frames")
+    t0 = time.perf_counter()
+    ref_model = model
+    model = export_copy(model)
+    n = window_samples // FRAME_SAMPLES
+    dst = Path(out_dir) / audio_file(window_samples)
+    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    audio = parity_audio(window_samples)[None]
+    _write_graph(AudioGraph(model, n), (torch.from_numpy(audio),), ["audio"], ["features"], [], tmp)
+    with torch.no_grad():
+        ref = ref_model.audio_features(torch.from_numpy(audio).to(ref_model.device), n).float().cpu().numpy()
+    rec = ExportRecord("audio", dst.name, key or model_hash(ref_model), {"audio": [1, window_samples]}, 0.0, 0.0,
+                       tolerance, 0.0, extra={"window_samples": window_samples, "n_frames": n})
+    rec.seconds = time.perf_counter() - t0
+    return _check_and_keep(tmp, dst, rec, [({"audio": audio}, ref)])
+
+
+def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float = DEFAULT_TOLERANCE,
+                    key: str | None = None) -> ExportRecord:
+    t0 = time.perf_counter()
+    cfg = model.cfg
+    net = export_copy(model)
+    names = denoiser_input_names(cfg)
+    k = denoiser_batch(cfg)
+    dst = Path(out_dir) / DENOISER_FILE
+    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    # traced at batch 2 so no size-1 axis is mistaken for a broadcast; checked at 1 and k
+    trace = denoiser_inputs(cfg, 2, seed=1)
+    _write_graph(DenoiserGraph(net), tuple(torch.from_numpy(trace[n]) for n in names), names, ["out"],
+                 names + ["out"], tmp)
+    cases = []
+    for b in sorted({1, k}):
+        feeds = denoiser_inputs(cfg, b, seed=10 + b)
+        with torch.no_grad():
+            t = {n: torch.from_numpy(v).to(model.device) for n, v in feeds.items()}
+            ref = model.denoising_net(t["motion"], t["audio_feat"], t["person"], t["prev_motion"], t["prev_audio"],
+                                      t["step"], t.get("indicator"), t.get("guidance")).float().cpu().numpy()
+        cases.append((feeds, ref))
+    shapes = {n: ["N", *v.shape[1:]] for n, v in trace.items()}
+    rec = ExportRecord("denoiser", dst.name, key or model_hash(model), shapes, 0.0, 0.0, tolerance, 0.0,
+                       extra={"max_batch": k, "kind": cfg.kind})
+    rec.seconds = time.perf_counter() - t0
+    return _check_and_keep(tmp, dst, rec, cases)
+
+
+def export_style(model: DiffPoseTalk, out_dir: Path, tolerance: float = DEFAULT_TOLERANCE,
+                 key: str | None = None) -> ExportRecord | None:
+    if model.style_encoder is None:
+        return None
+    t0 = time.perf_counter()
+    net = export_copy(model)
+    T, D = model.style_encoder.n_motions, model.cfg.motion_dim
+    dst = Path(out_dir) / STYLE_FILE
+    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(2, T, D)).astype(np.float32)
+    _write_graph(StyleGraph(net), (torch.from_numpy(x),), ["motion"], ["style"], ["motion", "style"], tmp)
+    cases = []
+    for b in (1, 2):
+        m = rng.normal(size=(b, T, D)).astype(np.float32)
+        with torch.no_grad():
+            ref = model.style_encoder(torch.from_numpy(m).to(model.device)).float().cpu().numpy()
+        cases.append(({"motion": m}, ref))
+    rec = ExportRecord("style", dst.name, key or model_hash(model), {"motion": ["N", T, D]}, 0.0, 0.0,
+                       tolerance, 0.0)
+    rec.seconds = time.perf_counter() - t0
+    return _check_and_keep(tmp, dst, rec, cases)
+
+
+def export_model(model: DiffPoseTalk, out_dir: str | Path, windows: list[int],
+                 tolerance: float = DEFAULT_TOLERANCE) -> list[ExportRecord]:
+    """All graphs of a model: the audio encoder at each window length (samples), the denoiser and
+    the style encoder. Raises ParityError on the first graph over the tolerance."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = model_hash(model)
+    records = [export_audio(model, out_dir, w, tolerance, key) for w in windows]
+    records.append(export_denoiser(model, out_dir, tolerance, key))
+    style = export_style(model, out_dir, tolerance, key)
+    if style is not None:
+        records.append(style)
+    return records
