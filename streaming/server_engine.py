@@ -1,0 +1,61 @@
+"""What every session of the server shares: the model (loaded once), the sampler, the window
+configuration, the FLAME identity and the backend — and how a session's StreamSession is built
+from them (always through streaming.factory.build_session)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from engines.model import Guidance
+from engines.model_dir import LoadedModel
+from engines.sampler import Sampler
+from streaming.factory import build_session
+from streaming.session import StreamConfig, StreamSession
+
+
+@dataclass
+class Engine:
+    loaded: LoadedModel
+    sampler: Sampler
+    config: StreamConfig
+    shape_raw: np.ndarray = field(default_factory=lambda: np.zeros(100, np.float32))
+    backend: str = "auto"
+    guidance_mode: str | None = None
+    dynamic_threshold: tuple[float, float, float] | None = None
+    default_scales: dict[str, float] = field(default_factory=lambda: {"audio": 1.15, "style": 3.0})
+    default_style_name: str | None = None  # a preset name, a file name, or None (null style)
+    default_style: np.ndarray | None = None
+    build_kwargs: dict = field(default_factory=dict)  # extra build_session options (precision)
+
+    @property
+    def styles(self) -> list[str]:
+        return sorted(self.loaded.styles)
+
+    def preset(self, name: str | None) -> np.ndarray | None:
+        """The vector of a preset (None: the null style). Only presets: a client never names a file."""
+        if name is None:
+            return None
+        if name not in self.loaded.styles:
+            known = ", ".join(self.styles) or "none"
+            raise KeyError(f"unknown style {name!r} (presets: {known})")
+        return self.loaded.styles[name]
+
+    def guidance(self, scales: dict[str, float]) -> Guidance:
+        return Guidance(scales=dict(scales), mode=self.guidance_mode, dynamic_threshold=self.dynamic_threshold)
+
+    def build(self, style: np.ndarray | None, scales: dict[str, float], on_step=None) -> StreamSession:
+        return build_session(self.loaded, self.sampler, self.guidance(scales), self.config, style,
+                             self.shape_raw, on_step=on_step, backend=self.backend, **self.build_kwargs)
+
+    def model_info(self) -> dict:
+        cfg = self.loaded.config
+        n_params = sum(p.numel() for p in self.loaded.model.parameters())
+        return {"path": str(self.loaded.path), "kind": cfg.kind, "description": cfg.description,
+                "arch": f"{cfg.n_layers}x{cfg.feature_dim} denoiser, {n_params / 1e6:.1f} M parameters, "
+                        f"{'head pose' if cfg.head_pose else 'no head pose'}",
+                "student_steps": cfg.student_steps, "sampler": self.sampler.name,
+                "denoiser_steps": len(self.sampler.timesteps(self.loaded.model)), "backend": self.backend,
+                "window_ms": {"hop": self.config.hop_ms, "lookahead": self.config.lookahead_ms,
+                              "context": self.config.context_ms}}
