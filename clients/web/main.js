@@ -1,0 +1,209 @@
+// dpt-live viewer: connects to the server that served this page, plays its FLAME motion on a
+// FLAME mesh (when the server has --flame) or a procedural proxy head, and shows a HUD.
+// Test hook: window.dptViewer (stats and a few debug calls; docs/CLIENTS.md).
+import { Connection } from './connection.js';
+import { Playout } from './playout.js';
+import { Hud } from './hud.js';
+import { MicStreamer } from './mic.js';
+import { ProxyRenderer } from './proxy.js';
+import { FlameRenderer, parseFlameAsset } from './flame.js';
+import { perspective, lookAt } from './math.js';
+
+const params = new URLSearchParams(location.search);
+const token = params.get('token') || '';
+const session = params.get('session') || '';
+const delayMs = Number(params.get('delay') || 100);
+
+const stats = {
+  connected: false, state: 'starting', mode: 'proxy', framesReceived: 0, lastSeq: -1, dropped: 0,
+  renderCount: 0, framesRendered: 0, underruns: 0, resets: 0, latencyMs: NaN, jitterMs: NaN, bufferMs: NaN,
+  fps: 0, style: null, styles: [], session: null, source: null, micActive: false, micSamples: 0,
+  errors: [], lastMessage: null, hello: null,
+};
+
+const canvas = document.getElementById('view');
+const gl = canvas.getContext('webgl2', { antialias: true, preserveDrawingBuffer: false });
+const hud = new Hud(document, { onStyle: (name) => conn.send({ type: 'style', name }), onMic: toggleMic });
+const playout = new Playout({ delay: delayMs / 1000 });
+let renderer = null;
+let proxy = null;
+let flameAssetPath = null;
+const recent = [];  // [recvPerf - audioTime, recvWall - emitTime] over the last 5 s
+
+function note(text, kind = 'info') {
+  hud.message(text, kind);
+  if (kind === 'error') stats.errors = stats.errors.slice(-19).concat([text]);
+}
+
+function useProxy() {
+  if (!gl) return;
+  proxy = proxy || new ProxyRenderer(gl);
+  renderer = proxy;
+  stats.mode = 'proxy';
+  hud.mode('proxy head');
+}
+
+async function useFlame(path) {
+  if (path === flameAssetPath && stats.mode === 'flame') return;
+  flameAssetPath = path;
+  try {
+    const url = new URL(path, location.href);
+    if (token) url.searchParams.set('token', token);
+    const r = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const asset = parseFlameAsset(await r.arrayBuffer());
+    renderer = new FlameRenderer(gl, asset);
+    stats.mode = 'flame';
+    stats.flame = { vertices: asset.V, faces: asset.F, components: asset.K + asset.P };
+    hud.mode(`FLAME ${asset.V} vertices`);
+  } catch (e) {
+    note(`FLAME model unavailable (${e.message}); showing the proxy head`, 'error');
+    flameAssetPath = null;
+    useProxy();
+  }
+}
+
+const conn = new Connection({
+  token, session, handlers: {
+    onStatus(state, detail) {
+      stats.state = state; stats.connected = state === 'connected';
+      hud.state(state, detail);
+    },
+    onHello(hello) {
+      stats.hello = hello; stats.session = hello.session; stats.source = hello.source;
+      stats.styles = hello.styles || []; stats.style = hello.style;
+      hud.styles(stats.styles, hello.style);
+      playout.clear();
+      if (!gl) return;
+      const asset = hello.template && hello.template.flame_asset;
+      if (asset) useFlame(asset); else useProxy();
+      if (mic && mic.active) mic.announce();
+    },
+    onFrame(f, recvWall) {
+      const now = performance.now() / 1000;
+      stats.framesReceived++;
+      if (stats.lastSeq >= 0 && f.seq > stats.lastSeq + 1 + f.dropped && !f.reset) {
+        stats.dropped += f.seq - stats.lastSeq - 1 - f.dropped;  // a gap the server did not report
+      }
+      stats.dropped += f.dropped;
+      stats.lastSeq = f.seq;
+      if (f.reset) stats.resets++;
+      const v = new Float32Array(61);
+      v.set(f.exp, 0); v.set(f.pose, 50);
+      if (f.eyes) { v.set(f.eyes, 56); v[60] = 1; }
+      playout.push(f.audioTime, v, now, f.reset);
+      recent.push([now, now - f.audioTime, recvWall - f.emitTime]);
+      while (recent.length && recent[0][0] < now - 5) recent.shift();
+    },
+    onMessage(msg) {
+      stats.lastMessage = msg;
+      if (msg.type === 'state') {
+        if ('style' in msg) { stats.style = msg.style; hud.style(msg.style); }
+        if ('source' in msg) stats.source = msg.source;
+        note(`server: ${Object.entries(msg).filter(([k]) => k !== 'type').map(([k, v]) => `${k}=${JSON.stringify(v)}`).join(' ')}`);
+      } else if (msg.type === 'error') {
+        note(`server: ${msg.message}`, 'error');
+      } else if (msg.type === 'dropped') {
+        stats.dropped = Math.max(stats.dropped, msg.total);
+      }
+    },
+  },
+});
+
+let mic = null;
+async function toggleMic() {
+  try {
+    if (mic && mic.active) { await mic.stop(); return; }
+    mic = mic || new MicStreamer(conn, (active) => { stats.micActive = active; hud.mic(active); });
+    await mic.start();
+    note(`microphone streaming at ${mic.ctx.sampleRate} Hz`);
+  } catch (e) {
+    note(`microphone: ${e.message}`, 'error');
+    hud.mic(false);
+  }
+}
+
+function percentile(xs, q) {
+  if (!xs.length) return NaN;
+  const s = xs.slice().sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.floor(q * s.length))];
+}
+
+let lastFpsT = performance.now(), fpsCount = 0, lastHudT = 0;
+const scratch = new Float32Array(61);
+
+// Draw the frame for time nowMs: playout sample -> renderer -> canvas.
+function render(nowMs) {
+  const w = Math.round(canvas.clientWidth * devicePixelRatio), h = Math.round(canvas.clientHeight * devicePixelRatio);
+  if (w > 0 && h > 0 && (canvas.width !== w || canvas.height !== h)) { canvas.width = w; canvas.height = h; }
+  const { values, past } = playout.sample(nowMs / 1000, scratch);
+  if (values) {
+    renderer.setFrame(values.subarray(0, 50), values.subarray(50, 56), values[60] > 0.5 ? values.subarray(56, 60) : null);
+    stats.framesRendered++;
+    if (past > 0.04) stats.underruns++;
+  }
+  const { center, radius } = renderer.bounds;
+  const fov = 0.5, dist = radius / Math.sin(fov / 2) * 1.25;
+  const view = lookAt([center[0], center[1] + radius * 0.05, center[2] + dist], center);
+  const proj = perspective(fov, canvas.width / Math.max(1, canvas.height), dist * 0.1, dist * 10);
+  gl.viewport(0, 0, canvas.width, canvas.height);
+  gl.clearColor(0.11, 0.12, 0.15, 1);
+  gl.clear(gl.COLOR_BUFFER_BIT | gl.DEPTH_BUFFER_BIT);
+  gl.enable(gl.DEPTH_TEST);
+  renderer.draw(view, proj);
+  stats.renderCount++;
+}
+
+function frame() {
+  requestAnimationFrame(frame);
+  if (!gl || !renderer) return;
+  const nowMs = performance.now();
+  render(nowMs);
+  fpsCount++;
+  if (nowMs - lastFpsT >= 1000) { stats.fps = fpsCount * 1000 / (nowMs - lastFpsT); fpsCount = 0; lastFpsT = nowMs; hud.fps(stats.fps); }
+  if (nowMs - lastHudT > 250) {
+    lastHudT = nowMs;
+    const lag = recent.map((r) => r[1]), net = recent.map((r) => r[2]);
+    stats.latencyMs = percentile(net, 0.5) * 1000;
+    stats.jitterMs = lag.length ? (percentile(lag, 0.95) - Math.min(...lag)) * 1000 : NaN;
+    stats.bufferMs = playout.base === null ? NaN : playout.buffered(nowMs / 1000) * 1000;
+    stats.resets = playout.resets;
+    stats.micSamples = mic ? mic.sent : 0;
+    hud.latency(stats.latencyMs, stats.jitterMs, stats.bufferMs);
+    hud.frames(stats.framesReceived, stats.lastSeq, stats.dropped);
+  }
+}
+
+window.dptViewer = Object.assign(stats, {
+  // Skinned FLAME vertices for the given coefficients (transform feedback through the live
+  // vertex shader). Tests compare them with engines.flame.Flame.
+  debugSkin(exp, pose, eyes = null) {
+    if (stats.mode !== 'flame') throw new Error('not in FLAME mode');
+    renderer.setFrame(Float32Array.from(exp), Float32Array.from(pose), eyes && Float32Array.from(eyes));
+    return Array.from(renderer.debugSkin());
+  },
+  // Mean and spread of the canvas right after a render (tests: not blank, changes over time).
+  pixelStats() {
+    if (!gl) return null;
+    if (renderer) render(performance.now());
+    const w = canvas.width, h = canvas.height, px = new Uint8Array(w * h * 4);
+    gl.readPixels(0, 0, w, h, gl.RGBA, gl.UNSIGNED_BYTE, px);
+    let sum = 0, sum2 = 0, n = 0;
+    for (let i = 0; i < px.length; i += 16) { const y = (px[i] + px[i + 1] + px[i + 2]) / 3; sum += y; sum2 += y * y; n++; }
+    const mean = sum / n;
+    return { width: w, height: h, mean, std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)) };
+  },
+  sendControl(obj) { return conn.send(obj); },
+  toggleMic,
+  playout,
+});
+
+if (!gl) {
+  stats.mode = 'none';
+  note('this browser has no WebGL2: the viewer cannot render', 'error');
+} else {
+  useProxy();
+}
+hud.mic(false, !!(navigator.mediaDevices && window.AudioContext));
+conn.start();
+requestAnimationFrame(frame);
