@@ -148,11 +148,11 @@ def network_flops_encoder(loaded: LoadedModel, samples: int) -> int:
 
 
 def architecture_key(loaded: LoadedModel) -> str:
-    """What decides a model's per-pass cost: a student is compared with the reference run of a
-    teacher of the same architecture."""
+    """The network sizes: a student (its own, usually shorter window) is compared with the
+    reference run of a teacher of the same sizes."""
     c = loaded.config
     return repr((sorted(c.hubert.items()) if isinstance(c.hubert, dict) else c.hubert, c.feature_dim, c.n_heads,
-                 c.n_layers, c.mlp_ratio, c.n_motions, c.n_prev_motions, c.d_style, c.audio_hidden))
+                 c.n_layers, c.mlp_ratio, c.n_prev_motions, c.d_style, c.audio_hidden))
 
 
 def gflop_per_audio_s(n_windows: int, audio_s: float, flops: dict, passes_per_window: int) -> float:

@@ -56,12 +56,16 @@ def split_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip() and x.strip() != "none"]
 
 
-def parse_backends(text: str) -> list[str]:
-    names = split_list(text)
-    for b in names:
-        if b not in BACKENDS:
-            raise UserError(f"--backends: unknown backend {b!r} (choose from {', '.join(BACKENDS)})")
-    return names
+def parse_backends(text: str) -> list[tuple[str, str]]:
+    """'name' or 'name:precision' (e.g. onnxruntime:int8, tensorrt:fp16) -> [(name, precision)]."""
+    out = []
+    for item in split_list(text):
+        name, _, precision = item.partition(":")
+        if name not in BACKENDS:
+            raise UserError(f"--backends: unknown backend {name!r} (choose from {', '.join(BACKENDS)}, "
+                            "optionally with :precision, e.g. onnxruntime:int8)")
+        out.append((name, precision or "fp32"))
+    return out
 
 
 def parse_steps(text: str) -> list[int]:
@@ -93,17 +97,39 @@ def parse_windows(text: str, context_ms: int) -> list[tuple[int, int, int]]:
 
 
 # --- models --------------------------------------------------------------------------------------
-def arch_model_dir(arch: str, cache_dir: Path, seed: int = 0) -> Path:
-    """demo: the bundled trained model. Other training/archs sizes: random weights (speed does not
-    depend on the weights), built once and cached; rebuilt if the architecture's config changed."""
-    from training.archs import ARCHS, make_config
+def arch_config(arch: str):
+    """The ModelConfig of an --archs entry: a training/archs size, optionally with modifiers
+    '+student[N]' (a distilled 1-step student with an N-frame window, default 8 as `dpt-live
+    distill`) and '+small-encoder' (the demo model's 2-layer 128-d HuBERT in place of the arch's:
+    what a distilled small audio encoder would cost)."""
+    import dataclasses
+    import re
 
+    from training.archs import ARCHS, HUBERT_DEMO, make_config
+
+    base, *mods = arch.split("+")
+    if base not in ARCHS:
+        raise UserError(f"--archs: unknown architecture {base!r} in {arch!r} (choose from {', '.join(ARCHS)}, "
+                        "optionally +student[N] and/or +small-encoder)")
+    cfg = make_config(base)
+    for mod in mods:
+        student = re.fullmatch(r"student(\d*)", mod)
+        if mod == "small-encoder":
+            cfg = dataclasses.replace(cfg, hubert=dict(HUBERT_DEMO), audio_hidden=HUBERT_DEMO["hidden_size"])
+        elif student:
+            cfg = dataclasses.replace(cfg, kind="student", student_steps=1, n_motions=int(student.group(1) or 8))
+        else:
+            raise UserError(f"--archs: unknown modifier {mod!r} in {arch!r} (+student[N], +small-encoder)")
+    cfg.description = f"random weights ({arch}), for timing only: dpt-live bench"
+    return cfg.validate(f"--archs {arch}")
+
+
+def arch_model_dir(arch: str, cache_dir: Path, seed: int = 0) -> Path:
+    """demo: the bundled trained model. Anything else (see arch_config): random weights (speed does
+    not depend on the weights), built once and cached; rebuilt if the config changed."""
     if arch == "demo":
         return DEFAULT_STREAM_MODEL
-    if arch not in ARCHS:
-        raise UserError(f"--archs: unknown architecture {arch!r} (choose from {', '.join(ARCHS)})")
-    cfg = make_config(arch)
-    cfg.description = f"random weights ({arch} architecture), for timing only: dpt-live bench"
+    cfg = arch_config(arch)
     out = cache_dir / arch
     text = cfg.to_json() + "\n"
     if (out / "weights.safetensors").is_file() and (out / "config.json").is_file() \
@@ -180,14 +206,16 @@ class StreamRun:
     spec: object
     setup_s: float
     wall_s: float
+    engine: str  # what the session actually ran on (build_session's description)
 
 
-def make_session(loaded, sampler, guidance, style, config, backend, clock):
-    """A session with a step recorder and a denoising timer; setup time measured on the wall."""
+def make_session(loaded, sampler, guidance, style, config, backend: tuple[str, str], threads: int, clock):
+    """A session with a step recorder and a denoising timer; setup time (export on first use
+    included) measured on the wall."""
     rec = StreamRecorder()
     t0 = time.perf_counter()
-    session = build_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, backend=backend,
-                            clock=clock)
+    session = build_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, backend=backend[0],
+                            precision=backend[1], threads=threads, clock=clock)
     setup = time.perf_counter() - t0
     session.motion = timer = MotionTimer(session.motion, clock)
     return session, rec, timer, setup
@@ -211,12 +239,12 @@ def feed(session, rec: StreamRecorder, audio: np.ndarray, realtime: bool) -> flo
     return time.perf_counter() - t0
 
 
-def stream_once(loaded, sampler, guidance, style, config, audio, backend, clock, realtime) -> StreamRun:
-    session, rec, timer, setup = make_session(loaded, sampler, guidance, style, config, backend, clock)
+def stream_once(loaded, sampler, guidance, style, config, audio, backend, threads, clock, realtime) -> StreamRun:
+    session, rec, timer, setup = make_session(loaded, sampler, guidance, style, config, backend, threads, clock)
     wall = feed(session, rec, audio, realtime)
     return StreamRun([s.compute_s for s in rec.steps], [s.features_s for s in rec.steps], timer.seconds,
                      len(rec.frames), [f.latency for f in rec.frames] if realtime else None, session.spec,
-                     setup, wall)
+                     setup, wall, getattr(session, "backend", backend[0]))
 
 
 def summarise(run: StreamRun, audio_s: float, per_window_passes: int, flops: dict) -> dict:
@@ -227,7 +255,7 @@ def summarise(run: StreamRun, audio_s: float, per_window_passes: int, flops: dic
     replayed = replay_latency(run.compute, run.spec, run.frames, BLOCK)
     measured = percentiles_ms(run.measured_latency) if run.measured_latency is not None else None
     return {
-        "audio_seconds": round(audio_s, 3), "frames": run.frames, "steps_run": n,
+        "engine": run.engine, "audio_seconds": round(audio_s, 3), "frames": run.frames, "steps_run": n,
         "setup_s": round(run.setup_s, 3), "wall_s": round(run.wall_s, 3),
         "rtf": float(compute.sum() / audio_s),
         "stage_ms": {"features": round(float(feats.mean() * 1000), 2), "denoise": round(float(den.mean() * 1000), 2),
@@ -248,12 +276,13 @@ def summarise(run: StreamRun, audio_s: float, per_window_passes: int, flops: dic
     }
 
 
-def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, n: int, realtime: bool,
-                   budget_ms: float) -> dict:
+def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, threads: int, n: int,
+                   realtime: bool, budget_ms: float) -> dict:
     """``n`` streams at once, one thread and one session each, sharing the loaded model. Timed on
     the wall clock (contention is the point). A stream keeps up when its step compute stays below
     its audio time (RTF < 1); 'within budget' when its worst frame latency is within ``budget_ms``."""
-    built = [make_session(loaded, sampler, guidance, style, config, backend, time.perf_counter) for _ in range(n)]
+    built = [make_session(loaded, sampler, guidance, style, config, backend, threads, time.perf_counter)
+             for _ in range(n)]
     start = threading.Barrier(n)
     results: list[dict | None] = [None] * n
     errors: list[str] = []
@@ -345,7 +374,8 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
     audio, audio_name = load_clip(str(args.audio), args.seconds, args.seed)
     audio_s = len(audio) / SAMPLE_RATE
     guidance = Guidance()
-    result = {"settings": {"audio": audio_name, "audio_seconds": round(audio_s, 3), "backends": backends,
+    result = {"settings": {"audio": audio_name, "audio_seconds": round(audio_s, 3),
+                           "backends": [f"{b}:{p}" for b, p in backends],
                            "models": [f"{n} ({p})" for n, p in models], "steps": steps_list,
                            "windows": [f"{h}/{la}/{c}" for h, la, c in windows], "clock": args.clock,
                            "threads": args.threads, "realtime": args.realtime, "sessions": args.sessions,
@@ -386,8 +416,9 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
         for backend in backends:
             for steps in step_counts:
                 for hop, la, ctx in windows:
-                    row = {"model": name, "kind": loaded.config.kind, "backend": backend, "hop_ms": hop,
-                           "lookahead_ms": la, "context_ms": ctx, "style": style_name}
+                    row = {"model": name, "kind": loaded.config.kind, "backend": backend[0],
+                           "precision": backend[1], "hop_ms": hop, "lookahead_ms": la, "context_ms": ctx,
+                           "style": style_name}
                     try:
                         sampler = make_bench_sampler(loaded, steps or 1)
                         n_steps = len(sampler.timesteps(loaded.model))
@@ -397,8 +428,8 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
                         if key not in flops_cache:
                             flops_cache[key] = network_flops(loaded, config.spec().window_samples, guidance, style)
                         per_window = n_steps * passes_per_step(loaded, sampler, guidance, style is not None)
-                        run = stream_once(loaded, sampler, guidance, style, config, audio, backend, clock,
-                                          args.realtime)
+                        run = stream_once(loaded, sampler, guidance, style, config, audio, backend, args.threads,
+                                          clock, args.realtime)
                         row.update(status="ok", **summarise(run, audio_s, per_window, flops_cache[key]))
                         if ref is not None:
                             row["speedup_wall"] = ref["rtf"] / row["rtf"]
@@ -406,7 +437,7 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
                         row["targets_met"] = _targets(row)
                         if args.sessions > 1:
                             row["concurrent"] = run_concurrent(loaded, sampler, guidance, style, config, audio,
-                                                               backend, args.sessions, args.realtime,
+                                                               backend, args.threads, args.sessions, args.realtime,
                                                                args.latency_budget_ms)
                     except UserError as exc:  # this build or machine lacks the backend (or bad settings)
                         row.update(status="skipped", reason=str(exc))
@@ -423,7 +454,7 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
 
 
 def one_line(row: dict) -> str:
-    head = (f"{row['model']} {row['backend']} {row.get('denoiser_steps', '?')} step(s) "
+    head = (f"{row['model']} {row['backend']} {row['precision']} {row.get('denoiser_steps', '?')} step(s) "
             f"{row['hop_ms']}/{row['lookahead_ms']}/{row['context_ms']}")
     if row["status"] != "ok":
         return f"{head}: {row['status']}: {row['reason']}"

@@ -16,6 +16,10 @@ def _window(r: dict) -> str:
     return f"{r['hop_ms']}/{r['lookahead_ms']}/{r['context_ms']}"
 
 
+def _backend(r: dict) -> str:
+    return r["backend"] if r.get("precision", "fp32") == "fp32" else f"{r['backend']} {r['precision']}"
+
+
 def _mark(ok: bool) -> str:
     return "✓" if ok else "✗"
 
@@ -42,12 +46,12 @@ def matrix_table(result: dict) -> str:
     for r in result["rows"]:
         steps = r.get("denoiser_steps", "—")
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {r['backend']} | {steps} | {_window(r)} | {r['status']}: "
+            lines.append(f"| {r['model']} | {_backend(r)} | {steps} | {_window(r)} | {r['status']}: "
                          f"{r['reason'].replace('|', '/')} | — | — | — | — | — | — | — |")
             continue
         s, st, t = r["step_ms"], r["stage_ms"], r["targets_met"]
         lines.append(
-            f"| {r['model']} | {r['backend']} | {steps} | {_window(r)} | {r['rtf']:.2f} "
+            f"| {r['model']} | {_backend(r)} | {steps} | {_window(r)} | {r['rtf']:.2f} "
             f"| {st['features']:.0f} / {st['denoise']:.0f} / {st['other']:.0f} "
             f"| {s['p50']:.0f}/{s['p95']:.0f}/{s['p99']:.0f} | {r['worst_latency_ms']:.0f} "
             f"| {r['passes_per_audio_s']:.1f} | {r['gflop_per_audio_s']:,.1f} "
@@ -65,7 +69,7 @@ def concurrent_table(result: dict) -> str | None:
     for r in rows:
         c = r["concurrent"]
         per = c["per_session"]
-        lines.append(f"| {r['model']} | {r['backend']} | {r['denoiser_steps']} | {_window(r)} | {c['n']} "
+        lines.append(f"| {r['model']} | {_backend(r)} | {r['denoiser_steps']} | {_window(r)} | {c['n']} "
                      f"| {c['keep_up']} of {c['n']} | {c['within_budget']} of {c['n']} (≤ {c['latency_budget_ms']:.0f} ms) "
                      f"| {max(p['rtf'] for p in per):.2f} | {max(p['worst_latency_ms'] for p in per):.0f} |")
     return "\n".join(lines)
@@ -101,7 +105,7 @@ def write_markdown(result: dict, path: Path) -> None:
 
 
 def _label(r: dict) -> str:
-    return f"{r['model']} · {r['backend']} · {r['denoiser_steps']} st · {_window(r)}"
+    return f"{r['model']} · {_backend(r)} · {r['denoiser_steps']} st · {_window(r)}"
 
 
 def write_plot(result: dict, path: Path) -> None:

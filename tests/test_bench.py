@@ -5,6 +5,7 @@ architecture cache and bad input."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -12,20 +13,32 @@ import pytest
 from dpt_live.cli import main
 from tests.conftest import make_tiny_model_dir
 
-ROW_KEYS = {"model", "kind", "backend", "hop_ms", "lookahead_ms", "context_ms", "denoiser_steps", "status", "rtf",
-            "stage_ms", "stage_rtf", "step_ms", "replayed_latency_ms", "measured_latency_ms", "worst_latency_ms",
-            "passes_per_step", "passes_per_audio_s", "gflop_per_audio_s", "speedup_wall", "speedup_compute",
-            "targets_met", "concurrent"}
+ROW_KEYS = {"model", "kind", "backend", "precision", "engine", "hop_ms", "lookahead_ms", "context_ms",
+            "denoiser_steps", "status", "rtf", "stage_ms", "stage_rtf", "step_ms", "replayed_latency_ms",
+            "measured_latency_ms", "worst_latency_ms", "passes_per_step", "passes_per_audio_s", "gflop_per_audio_s",
+            "speedup_wall", "speedup_compute", "targets_met"}
 REF_KEYS = {"model", "audio_seconds", "windows", "diffusion_steps", "steps_timed", "passes_per_step", "seconds",
             "denoise_s", "other_s", "rtf", "passes_per_audio_s", "gflop_per_audio_s"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def graph_cache(tmp_path_factory):
+    """Exported ONNX graphs go to a temporary cache, not the user's."""
+    old = os.environ.get("DPT_LIVE_CACHE")
+    os.environ["DPT_LIVE_CACHE"] = str(tmp_path_factory.mktemp("dpt-cache"))
+    yield
+    if old is None:
+        del os.environ["DPT_LIVE_CACHE"]
+    else:
+        os.environ["DPT_LIVE_CACHE"] = old
 
 
 @pytest.fixture(scope="module")
 def bench_run(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
-    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--backends", "torch,tensorrt",
-               "--steps", "1,2", "--windows", "80/80/800", "--seconds", "2", "--reference-seconds", "1",
-               "--sessions", "2", "--clock", "wall", "--json", str(out / "r.json"),
+    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--backends", "torch,onnxruntime,tensorrt",
+               "--steps", "1,2", "--windows", "80/80/800", "--seconds", "1.6", "--reference-seconds", "1",
+               "--clock", "wall", "--json", str(out / "r.json"),
                "--markdown", str(out / "r.md"), "--plot", str(out / "r.png")])
     return rc, out
 
@@ -35,7 +48,7 @@ def test_json_report(bench_run):
     assert rc == 0
     r = json.loads((out / "r.json").read_text())
     assert {"settings", "machine", "references", "rows", "failed"} <= set(r)
-    assert r["settings"]["audio_seconds"] == 2.0 and r["settings"]["clock"] == "wall"
+    assert r["settings"]["audio_seconds"] == 1.6 and r["settings"]["clock"] == "wall"
     (ref,) = r["references"]
     assert REF_KEYS <= set(ref)
     # 1 s of audio = one 100-frame window: 20 steps x 3 guided passes (audio + style CFG)
@@ -43,18 +56,19 @@ def test_json_report(bench_run):
     assert ref["passes_per_audio_s"] == pytest.approx(60)
 
     rows = r["rows"]
-    assert [(x["backend"], x["denoiser_steps"]) for x in rows] == [("torch", 1), ("torch", 2), ("tensorrt", 1),
-                                                                  ("tensorrt", 2)]
+    assert [(x["backend"], x["denoiser_steps"]) for x in rows] == [
+        ("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2), ("tensorrt", 1), ("tensorrt", 2)]
     for row in rows:
         assert row["status"] in ("ok", "skipped"), row
         if row["status"] == "skipped":  # e.g. no GPU / no TensorRT here: the reason says which
             assert "tensorrt" in row["reason"].lower()
-    for row in rows[:2]:
+    assert "onnxruntime" in rows[2]["engine"] and rows[0]["engine"].startswith("torch")
+    for row in rows[:4]:
         assert row["status"] == "ok" and ROW_KEYS <= set(row)
         steps = row["steps_run"]
-        assert steps == 25  # 2 s / 80 ms hop
+        assert steps == 20  # 1.6 s / 80 ms hop
         assert row["passes_per_step"] == 3 * row["denoiser_steps"]
-        assert row["passes_per_audio_s"] == pytest.approx(steps * row["passes_per_step"] / 2)
+        assert row["passes_per_audio_s"] == pytest.approx(steps * row["passes_per_step"] / 1.6)
         st = row["stage_ms"]
         assert st["features"] > 0 and st["denoise"] > 0
         assert sum(st.values()) == pytest.approx(row["step_ms"]["mean"], abs=0.05)
@@ -64,19 +78,18 @@ def test_json_report(bench_run):
         assert row["speedup_compute"] == pytest.approx(ref["gflop_per_audio_s"] / row["gflop_per_audio_s"])
         assert row["speedup_wall"] == pytest.approx(ref["rtf"] / row["rtf"])
         assert set(row["targets_met"]) == {"rtf", "latency", "compute_speedup"}
-        c = row["concurrent"]
-        assert c["n"] == 2 and len(c["per_session"]) == 2 and 0 <= c["keep_up"] <= 2
-        assert all(p["rtf"] > 0 and p["worst_latency_ms"] >= 80 for p in c["per_session"])
-    # two denoiser steps cost more compute than one (same encoder, twice the passes)
+    # two denoiser steps cost more compute than one (same encoder, twice the passes); the backend
+    # runs the same networks
     assert rows[1]["gflop_per_audio_s"] > rows[0]["gflop_per_audio_s"]
+    assert rows[2]["gflop_per_audio_s"] == pytest.approx(rows[0]["gflop_per_audio_s"])
 
 
 def test_markdown_and_plot(bench_run):
     _, out = bench_run
     md = (out / "r.md").read_text()
     lines = md.splitlines()
-    table = [ln for ln in lines if ln.startswith("| ") and " | torch | " in ln]
-    assert len(table) == 2 + 2  # two matrix rows, two concurrent rows
+    assert sum(" | torch | " in ln for ln in lines) == 2
+    assert sum(" | onnxruntime | " in ln for ln in lines) == 2
     assert any(ln.startswith("| model | backend | steps | hop/la/ctx ms | RTF |") for ln in lines)
     assert sum(" | tensorrt | " in ln for ln in lines) == 2
     assert "Reference offline sampler" in md and "| 20 of 20 × 3 passes |" in md
@@ -87,6 +100,19 @@ def test_markdown_and_plot(bench_run):
             assert len({ln.count(" | ") for ln in rows if not ln.startswith("|---")}) == 1, block
     png = (out / "r.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+
+def test_concurrent_sessions(tiny_model_dir, tmp_path):
+    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--backends", "torch", "--steps", "1",
+               "--windows", "80/80/800", "--seconds", "1.6", "--reference-seconds", "0", "--sessions", "2",
+               "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md")])
+    assert rc == 0
+    (row,) = json.loads((tmp_path / "r.json").read_text())["rows"]
+    c = row["concurrent"]
+    assert c["n"] == 2 and len(c["per_session"]) == 2 and 0 <= c["within_budget"] <= c["keep_up"] <= 2
+    assert all(p["rtf"] > 0 and p["worst_latency_ms"] >= 80 for p in c["per_session"])
+    assert c["keep_up"] == sum(p["rtf"] < 1 for p in c["per_session"])
+    assert "| tiny | torch | 1 | 80/80/800 | 2 | " in (tmp_path / "r.md").read_text()
 
 
 def test_student_row_uses_its_teachers_reference(tiny_model_dir, tmp_path):
