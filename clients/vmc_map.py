@@ -11,7 +11,7 @@ on SynthTalk — drives visemes sensibly; for a model trained on real FLAME data
     f      = features @ (exp[0:n] - exp_offset)                      (open, closure, round, spread, smile)
     jaw    = clip(pose.jaw_x / jaw_open_rad, 0, 1)
     o      = clip(open_mix * jaw + (1 - open_mix) * f.open, 0, 1)      mouth openness
-    r, s   = clip(f.round, 0, 1), clip(f.spread, 0, 1)
+    r, s   = clip(round_gain * f.round, 0, 1), clip(spread_gain * f.spread, 0, 1)
     A = o (1-r)(1-s)    E = o s (1-r)    O = o r    I = (1-o) s (1-r)    U = (1-o) r
     each value: gain * max(0, v - deadzone) / (1 - deadzone), clipped to 0..1
 """
@@ -47,6 +47,8 @@ DEFAULT_MAPPING: dict[str, Any] = {
     "exp_offset": [0.0, 0.0, 0.0, 0.0, 0.0],  # the avatar's neutral exp[0:5] (subtracted first)
     "jaw_open_rad": 0.25,     # jaw_x (radians) that counts as a fully open mouth (SynthTalk "AA")
     "open_mix": 0.5,          # openness from the jaw (1) vs from the lip-opening feature (0)
+    "round_gain": 1.0,        # rounding feature -> r (U/O)
+    "spread_gain": 1.5,       # spreading feature -> s (I/E): SynthTalk's EH (spread 0.5) reads as E
     "deadzone": 0.05,         # values below this are 0 (a resting mouth shows no viseme)
     "gains": {},              # per output name (A, Blink_L, jawOpen, ...): multiplier, default 1
     "smoothing_ms": {"mouth": 0.0, "blink": 0.0, "head": 0.0, "eyes": 0.0},  # one-pole time constants
@@ -123,6 +125,8 @@ def validate(m: dict) -> None:
         _num(x, f"exp_offset[{i}]")
     _num(m["jaw_open_rad"], "jaw_open_rad", 1e-3, 2.0)
     _num(m["open_mix"], "open_mix", 0.0, 1.0)
+    _num(m["round_gain"], "round_gain", 0.0, 10.0)
+    _num(m["spread_gain"], "spread_gain", 0.0, 10.0)
     _num(m["deadzone"], "deadzone", 0.0, 0.9)
     known = set(VISEMES) | set(BLINKS) | set(ARKIT)
     for name, g in m["gains"].items():
@@ -193,7 +197,7 @@ class VmcMapper:
         jaw = _clip01(float(pose[3]) / self.m["jaw_open_rad"])
         mix = self.m["open_mix"]
         o = _clip01(mix * jaw + (1 - mix) * f["open"])
-        r, s = _clip01(f["round"]), _clip01(f["spread"])
+        r, s = _clip01(self.m["round_gain"] * f["round"]), _clip01(self.m["spread_gain"] * f["spread"])
         raw = {"A": o * (1 - r) * (1 - s), "E": o * s * (1 - r), "O": o * r,
                "I": (1 - o) * s * (1 - r), "U": (1 - o) * r}
         out = {name: self._shape(name, raw[name]) for name in VISEMES}

@@ -66,8 +66,9 @@ def ws_url(url: str, token: str | None = None, session: str | None = None, mode:
 
 def _redacted(url: str) -> str:
     parts = urllib.parse.urlsplit(url)
-    query = [(k, "***" if k == "token" else v) for k, v in urllib.parse.parse_qsl(parts.query)]
-    return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
+    query = "&".join(f"{k}=***" if k == "token" else urllib.parse.urlencode({k: v})
+                     for k, v in urllib.parse.parse_qsl(parts.query))
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 class StreamClient:
@@ -103,8 +104,9 @@ class StreamClient:
 
         where = _redacted(self.url)
         try:
+            # __enter__: a long-lived connection closed by close(), not a with-block.
             ws = connect(self.url, open_timeout=self.open_timeout, max_size=2 ** 20,
-                         compression=None)
+                         compression=None).__enter__()
         except InvalidStatus as exc:
             status = exc.response.status_code
             hint = {401: "the token was refused (pass --token, or the one the server printed)",
