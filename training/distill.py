@@ -114,7 +114,7 @@ def make_student(teacher, n_motions: int, steps: int):
         raise UserError(f"teacher weights do not fit the student: missing {missing}, unexpected {unexpected}")
     torch.nn.init.zeros_(student.denoising_net.guidance_map[2].weight)
     torch.nn.init.zeros_(student.denoising_net.guidance_map[2].bias)
-    return cfg, student
+    return cfg, student.eval()
 
 
 def trainable(student) -> list:
@@ -174,7 +174,7 @@ def validate(student, val, idx_batches, steps: int, dim_w, vel_weight: float, de
             sums["val_lip"] += float(terms["lip"]) * w
             for k, c in enumerate(per_step):
                 sums[f"val_coef_step{k + 1}"] += float(c) * w
-    student.train()
+    student.denoising_net.train()
     return dict(sums)
 
 
@@ -233,7 +233,8 @@ def cmd_distill(args) -> int:
         student = init.model
     else:
         cfg, student = make_student(teacher, args.window, args.steps)
-    student.to(device).train()
+    student.to(device).eval()
+    student.denoising_net.train()  # the only part that learns (and the only one that runs)
     set_dropout(student.denoising_net, 0.0)  # distillation regresses a deterministic map
     params = trainable(student)
     optimizer = torch.optim.Adam(params, lr=args.lr)
@@ -277,7 +278,7 @@ def cmd_distill(args) -> int:
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, args.clip)
         optimizer.step()
-        recent["loss"].append(float(loss))
+        recent["loss"].append(float(loss.detach()))
         for k in ("coef", "vel", "lip"):
             recent[k].append(float(terms[k]))
         bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items()})

@@ -156,13 +156,16 @@ def shard_name(split: str, set_idx: int, clip_idx: int) -> str:
 
 def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_motions: int, steps: int,
                  seed: int, configs=DEFAULT_CONFIGS, context_ms: int = DEFAULT_CONTEXT_MS,
-                 max_clips: int | None = None, progress=None) -> list[Path]:
-    """Build the missing shards of ``split`` for target sets ``sets``. Returns every shard path."""
+                 max_clips: int | None = None, progress=None, reverse: bool = False) -> list[Path]:
+    """Build the missing shards of ``split`` for target sets ``sets``. Returns every shard path.
+    ``reverse``: last clip first (a second parallel builder then starts where the first ends)."""
     from training.train_data import load_split
 
     out.mkdir(parents=True, exist_ok=True)
     clips = load_split(data, split, max_clips)
     todo = [(s, i) for s in sets for i in range(len(clips)) if not (out / shard_name(split, s, i)).is_file()]
+    if reverse:
+        todo = todo[::-1]
     paths = [out / shard_name(split, s, i) for s in sets for i in range(len(clips))]
     if not todo:
         return paths

@@ -1,0 +1,277 @@
+"""Distillation on tiny models: the recorded streaming inputs, the student's guidance input, the
+losses going down, the CLI's checkpoints, resume and the student in the streaming engine."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dpt_live.errors import UserError
+
+
+def _run(argv):
+    from dpt_live.cli import build_parser
+
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """A tiny lmdb (p0, p1 train; p2 val; p3 test), a tiny teacher and its targets (built once)."""
+    from engines.model import DiffPoseTalk
+    from engines.model_dir import save_model_dir
+    from tests.test_train import write_tiny_lmdb
+    from training.archs import make_config
+    from training.train_data import load_stats_np
+
+    root = tmp_path_factory.mktemp("distill")
+    data = write_tiny_lmdb(root / "lmdb", n_people=4, clips=2, frames=104)
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    rng = np.random.default_rng(0)
+    teacher = save_model_dir(root / "teacher", cfg, DiffPoseTalk(cfg), load_stats_np(data),
+                             {"calm": rng.normal(size=cfg.d_style).astype(np.float32)})
+    targets = root / "targets"
+    base = ["distill", "--teacher", str(teacher), "--data", str(data), "--targets", str(targets),
+            "--target-sets", "1", "--target-steps", "2", "--threads", "1", "--context-ms", "400",
+            "--configs", "160/80,160/0,120/40", "--val-clips", "1"]
+    assert _run(base + ["-o", str(root / "unused"), "--only-targets"]) == 0
+    return {"root": root, "data": data, "teacher": teacher, "targets": targets, "base": base}
+
+
+def _teacher(setup):
+    from engines.model_dir import load_model_dir
+
+    return load_model_dir(setup["teacher"])
+
+
+# --- recorded streaming inputs ------------------------------------------------------------------
+
+def test_recording_engine_gives_the_live_inputs(setup):
+    """The inputs stored for the student are what a live session hands a student model, and the
+    session replays the teacher's frames (teacher forcing, seam blend included)."""
+    from engines.model import Guidance
+    from engines.sampler import DDIMSampler
+    from streaming.backends import TorchMotionEngine
+    from streaming.factory import torch_session
+    from streaming.session import StreamConfig
+    from training.distill import make_student
+    from training.distill_data import record_stream
+    from training.train_data import load_split
+
+    teacher = _teacher(setup)
+    clip = load_split(setup["data"], "train")[0]
+    T, D = clip.n_frames, teacher.config.motion_dim
+    target = np.random.default_rng(1).normal(size=(T, D)).astype(np.float32)
+    rec = record_stream(teacher, clip.audio, target, 8, 80, 80, 400, teacher.styles["calm"])
+    hop, n_real = 2, 4
+    S = len(rec["first"])
+    assert rec["audio_feat"].shape == (S, 8, teacher.config.feature_dim)
+    np.testing.assert_array_equal(rec["first"], np.arange(S) * hop)
+    assert S == -(-T // hop)
+    np.testing.assert_allclose(rec["emitted"], target, atol=1e-5)  # every frame, in order
+    # indicator: hop + lookahead real frames, fewer at the end of the clip, padding after
+    assert (rec["indicator"][:-3].sum(1) == n_real).all() and rec["indicator"][-1].sum() < n_real
+    assert all(ind[:int(ind.sum())].all() for ind in rec["indicator"])
+    # continuation from emitted (= teacher) frames after the learned start condition
+    np.testing.assert_allclose(rec["prev_motion"][0], teacher.model.start_motion_feat[0].detach().numpy())
+    k = 10  # first = 20: the previous 10 frames are all teacher frames
+    np.testing.assert_allclose(rec["prev_motion"][k], target[20 - 10:20], atol=1e-5)
+
+    # a live session with a student: same audio features, indicator and previous audio every step
+    _, student = make_student(teacher, 8, 1)
+    seen = []
+
+    class Spy(TorchMotionEngine):
+        def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+            seen.append((audio_feat.copy(), indicator.copy(), prev_audio.copy()))
+            return super().sample(audio_feat, indicator, prev_motion, prev_audio, style, step)
+
+    import streaming.factory as factory
+    teacher.model = student
+    teacher.config = student.cfg
+    orig = factory.TorchMotionEngine
+    factory.TorchMotionEngine = Spy
+    try:
+        session = torch_session(teacher, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400), style=teacher.styles["calm"],
+                                shape_raw=torch.from_numpy(clip.shape))
+        session.feed(clip.audio)
+        session.finish()
+    finally:
+        factory.TorchMotionEngine = orig
+    assert len(seen) == S
+    for s, (a, ind, pa) in enumerate(seen):
+        np.testing.assert_allclose(a, rec["audio_feat"][s], atol=1e-5)
+        np.testing.assert_array_equal(ind, rec["indicator"][s])
+        np.testing.assert_allclose(pa, rec["prev_audio"][s], atol=1e-5)
+
+
+def test_shards_pair_noise_and_targets(setup):
+    from training.distill_data import DistillSet
+
+    paths = sorted(setup["targets"].glob("train_set0_*.npz"))
+    assert len(paths) == 4
+    ds = DistillSet(paths, 8)
+    with np.load(paths[0]) as z:
+        teacher, x_T, first = z["teacher"], z["x_T"], z["first"]
+        meta = json.loads(str(z["meta"]))
+    i = 7  # a step of shard 0
+    f = first[i]
+    np.testing.assert_allclose(ds.target[i], teacher[f:f + 8])
+    np.testing.assert_allclose(ds.noise[i], x_T[(f + np.arange(8)) % len(x_T)])
+    assert meta["teacher_steps"] == 2 and len(x_T) == 100
+    # the window configurations cycle over the clips
+    assert set(ds.describe()["configs"]) == {"160/80/400", "160/0/400", "120/40/400"}
+
+
+def test_draws_are_deterministic_and_cover_the_ranges():
+    from training.distill_data import draw_target
+
+    draws = [draw_target(1, s, i) for s in range(2) for i in range(200)]
+    assert draws[5] == draw_target(1, 0, 5)
+    no_style = [d for d in draws if not d.has_style]
+    assert 0.05 < len(no_style) / len(draws) < 0.3 and all(d.w_style == 0 for d in no_style)
+    styled = [d for d in draws if d.has_style]
+    assert all(1.0 <= d.w_audio <= 2.0 and 1.0 <= d.w_style <= 4.0 for d in styled)
+    assert any(d.w_audio == 1.15 and d.w_style == 3.0 for d in styled)
+
+
+# --- the student ----------------------------------------------------------------------------------
+
+def test_student_guidance_inputs(setup):
+    """Different scales give different outputs; no style means w_style 0 (not the given scale)."""
+    from engines.model import Guidance, WindowCondition
+    from training.distill import make_student
+
+    teacher = _teacher(setup)
+    cfg, student = make_student(teacher, 8, 1)
+    assert cfg.kind == "student" and cfg.student_steps == 1 and cfg.n_motions == 8
+    # starts as the teacher's plain conditional pass: zero guidance embedding
+    torch.manual_seed(0)
+    F, D = cfg.feature_dim, cfg.motion_dim
+    cond = WindowCondition(torch.randn(1, 8, F), torch.randn(1, 100), torch.randn(1, cfg.d_style),
+                           indicator=torch.ones(1, 8))
+    x = torch.randn(1, 8, D)
+    with torch.no_grad():
+        a = student.guided_x0(x, 20, cond, Guidance(scales={"audio": 1.0, "style": 1.0}))
+        b = student.guided_x0(x, 20, cond, Guidance(scales={"audio": 2.0, "style": 4.0}))
+        assert torch.allclose(a, b)
+        torch.nn.init.normal_(student.denoising_net.guidance_map[2].weight)
+        a = student.guided_x0(x, 20, cond, Guidance(scales={"audio": 1.0, "style": 1.0}))
+        b = student.guided_x0(x, 20, cond, Guidance(scales={"audio": 2.0, "style": 4.0}))
+        assert not torch.allclose(a, b)
+        no_style = WindowCondition(cond.audio_feat, cond.shape, None, indicator=cond.indicator)
+        g = student.student_guidance(no_style, Guidance(scales={"audio": 1.5, "style": 3.0}), 1)
+        assert g.tolist() == [[1.5, 0.0]]
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_distillation_loss_decreases(setup, steps):
+    from training.distill import make_student, trainable, unrolled
+    from training.distill_data import DistillSet
+    from training.distill_losses import dim_weights
+
+    ds = DistillSet(sorted(setup["targets"].glob("train_set0_*.npz")), 8)
+    cfg, student = make_student(_teacher(setup), 8, steps)
+    params = trainable(student)
+    opt = torch.optim.Adam(params, lr=3e-3)
+    b = ds.batch(np.arange(0, len(ds), 4)[:48], "cpu")
+    w = dim_weights(cfg.motion_dim, cfg.head_pose, 2.0)
+    first = None
+    for _ in range(25):
+        loss, terms, per_step = unrolled(student, b, steps, w, 5.0)
+        first = float(loss.detach()) if first is None else first
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert len(per_step) == steps
+    assert float(unrolled(student, b, steps, w, 5.0)[0].detach()) < 0.7 * first
+    # the frozen parts did not move
+    assert all(not p.requires_grad for p in student.audio_encoder.parameters())
+
+
+def test_losses_on_known_inputs():
+    from training.distill_losses import dim_weights, student_losses
+
+    target = torch.zeros(1, 4, 54)
+    pred = target.clone()
+    pred[0, 1, 0] = 2.0  # one mouth value off by 2 in frame 1 (real)
+    pred[0, 3, 0] = 100.0  # frame 3 is padding: ignored
+    mask = torch.tensor([[1, 1, 1, 0]])
+    w = dim_weights(54, True, 1.0)
+    t = student_losses(pred, target, mask, torch.zeros(1, 54), w)
+    assert t["coef"].item() == pytest.approx(4 / (3 * 54))
+    assert t["vel"].item() == pytest.approx(8 / (3 * 54))  # +2 into frame 1, -2 out of it
+    assert t["lip"].item() == pytest.approx(4 / (3 * 6))
+    heavier = student_losses(pred, target, mask, torch.zeros(1, 54), dim_weights(54, True, 3.0))
+    assert heavier["coef"] > t["coef"]
+
+
+# --- the command -------------------------------------------------------------------------------
+
+def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
+    from engines.model import Guidance
+    from engines.model_dir import load_model_dir
+    from engines.sampler import DDIMSampler, make_sampler
+    from engines.generate import generate_motion
+    from streaming.factory import torch_session
+    from streaming.session import StreamConfig
+
+    root, base = setup["root"], setup["base"] + ["--batch", "8", "--val-every", "2", "--quiet", "--seed", "5"]
+    base += ["--schedule", "constant"]  # the cosine schedule depends on --iters
+    straight = root / "s_straight"
+    assert _run(base + ["-o", str(straight), "--iters", "4", "--save-every", "4"]) == 0
+    # resume: a run stopped after 2 of 4 iterations and resumed equals the straight run
+    resumed = root / "s_resumed"
+    assert _run(base + ["-o", str(resumed), "--iters", "2", "--save-every", "2"]) == 0
+    with pytest.raises(UserError, match="not empty"):
+        _run(base + ["-o", str(resumed), "--iters", "4"])
+    assert _run(base + ["-o", str(resumed), "--iters", "4", "--save-every", "4", "--resume"]) == 0
+    a, b = load_model_dir(straight), load_model_dir(resumed)
+    for k, v in a.model.state_dict().items():
+        torch.testing.assert_close(v, b.model.state_dict()[k], msg=k)
+    with pytest.raises(UserError, match="different options"):
+        _run(base + ["-o", str(resumed), "--iters", "6", "--resume", "--vel-weight", "1"])
+
+    hist = json.loads((straight / "history.json").read_text())
+    assert [h["step"] for h in hist] == [2, 4] and all(np.isfinite(h["val_loss"]) for h in hist)
+    assert a.config.kind == "student" and a.config.student_steps == 2 and a.config.n_motions == 8
+    assert set(a.styles) == {"calm"}
+
+    # the streaming engine and offline generation run the student (its own steps by default)
+    sampler = make_sampler("ddim", None, a.model)
+    assert sampler.timesteps(a.model) == [20, 10]
+    session = torch_session(a, sampler, Guidance(), StreamConfig(), style=a.styles["calm"])
+    audio = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype(np.float32)
+    frames = session.feed(audio) + session.finish()
+    assert len(frames) == 25 and all(np.isfinite(f.exp).all() for f in frames)
+    off = generate_motion(a.model, audio, torch.zeros(100), None, DDIMSampler(2), Guidance())
+    assert off.shape == (1, 25, a.config.motion_dim)
+
+    # eval --stream measures the student with the same metric code
+    out = root / "eval.json"
+    assert _run(["eval", "--model", str(straight), "--data", str(setup["data"]), "--split", "test",
+                 "--stream", "--seeds", "2", "--threads", "1", "--max-clips", "1", "--context-ms", "400", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    m = res["metrics"]
+    assert res["mode"] == "stream" and res["steps"] == 2 and res["kind"] == "student"
+    assert np.isfinite(m["lip_error"]) and m["diversity"] > 0
+    assert m["network_passes_per_audio_second"] == pytest.approx(2 * 25 / 2, rel=0.05)  # 2 passes / 2 frames
+
+
+def test_bad_arguments(setup):
+    from training.distill import parse_configs
+
+    assert parse_configs("80/80, 160/80", 8) == ((80, 80), (160, 80))
+    with pytest.raises(UserError, match="exceeds the student window"):
+        parse_configs("200/200", 8)
+    with pytest.raises(UserError, match="multiple of 40"):
+        parse_configs("50/80", 8)
+    with pytest.raises(UserError, match="HOP/LOOKAHEAD"):
+        parse_configs("80", 8)
+    with pytest.raises(UserError, match="--only-targets"):
+        _run(setup["base"] + ["-o", str(setup["root"] / "x"), "--target-set", "0"])
