@@ -112,7 +112,7 @@ class LiveServer:
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())))
         await asyncio.sleep(0.05)  # let the pipelines' last call_soon_threadsafe frames land
         deadline = time.monotonic() + 1.0
-        while any(v.frames or v.notices for v in self.viewers) and time.monotonic() < deadline:
+        while any(v.queue for v in self.viewers) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
         await asyncio.gather(*(v.ws.close(CLOSE_GOING_AWAY, "server shutting down") for v in list(self.viewers)),
                              return_exceptions=True)

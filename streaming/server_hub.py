@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from websockets.exceptions import ConnectionClosed
 
-from streaming.protocol import (ProtocolError, audio_frame_bytes, dropped_message, dumps, encode_json_frame,
+from streaming.protocol import (CLOSE_POLICY, ProtocolError, audio_frame_bytes, dropped_message, dumps, encode_json_frame,
                                 error_message, state_message, with_dropped)
 from streaming.server_engine import Engine
 from streaming.server_metrics import ServerMetrics
@@ -26,14 +26,18 @@ from streaming.server_pipeline import FrameItem, Pipeline, UpstreamSource
 log = logging.getLogger("dpt_live.serve")
 
 
+MAX_NOTICES = 256  # queued JSON notices (state, pong, error) a non-reading client may pile up
+
+
 class Viewer:
     """One WebSocket connection of a session: it receives frames and may control the session or
-    be its microphone."""
+    be its microphone. Frames and notices leave in the order they were queued; only frames are
+    dropped when the viewer falls behind."""
 
     def __init__(self, ws, mode: str, queue_size: int, metrics: ServerMetrics, session: str):
         self.ws, self.mode, self.queue_size, self.metrics, self.session = ws, mode, queue_size, metrics, session
-        self.frames: deque[FrameItem] = deque()
-        self.notices: deque[str] = deque()  # hello-after messages: never dropped
+        self.queue: deque[FrameItem | str] = deque()
+        self.queued_frames = 0
         self.wake = asyncio.Event()
         self.dropped_pending = 0  # lost since the last frame sent
         self.dropped_total = 0
@@ -42,21 +46,37 @@ class Viewer:
         self.upstream_spec: dict | None = None
         self.last_audio = 0.0
         self.task: asyncio.Task | None = None
+        self._closing = False
+
+    @property
+    def backlog(self) -> int:
+        return len(self.queue)
 
     def offer(self, item: FrameItem) -> int:
         """Queue a frame; returns 1 when the oldest queued frame had to be dropped."""
         dropped = 0
-        if len(self.frames) >= self.queue_size:
-            self.frames.popleft()
+        if self.queued_frames >= self.queue_size:
+            for i, old in enumerate(self.queue):  # the oldest frame; notices stay
+                if isinstance(old, FrameItem):
+                    del self.queue[i]
+                    break
+            self.queued_frames -= 1
             self.dropped_pending += 1
             self.dropped_total += 1
             dropped = 1
-        self.frames.append(item)
+        self.queue.append(item)
+        self.queued_frames += 1
         self.wake.set()
         return dropped
 
     def notify(self, msg: dict) -> None:
-        self.notices.append(dumps(msg))
+        if len(self.queue) - self.queued_frames >= MAX_NOTICES:
+            if not self._closing:  # a client that sends but never reads: it cannot be served
+                self._closing = True
+                asyncio.get_running_loop().create_task(
+                    self.ws.close(CLOSE_POLICY, f"more than {MAX_NOTICES} unread messages: the client is not reading"))
+            return
+        self.queue.append(dumps(msg))
         self.wake.set()
 
     def _encode(self, item: FrameItem, dropped: int) -> bytes | str:
@@ -73,11 +93,12 @@ class Viewer:
             while True:
                 await self.wake.wait()
                 self.wake.clear()
-                while self.notices or self.frames:
-                    if self.notices:
-                        await self.ws.send(self.notices.popleft())
+                while self.queue:
+                    item = self.queue.popleft()
+                    if isinstance(item, str):
+                        await self.ws.send(item)
                         continue
-                    item = self.frames.popleft()
+                    self.queued_frames -= 1
                     lost = self.dropped_pending
                     self.dropped_pending = 0
                     if lost:
