@@ -32,16 +32,15 @@ venv: system $(STAMP)
 test: venv
 	$(BIN)/python -m pytest -q
 
-# The main job: live motion from the microphone (or, without one, the bundled speech played in
-# real time) through the bundled demo model; writes the motion and a latency report under out/.
+# The main job: the live server (`dpt-live serve`, docs/SERVER.md) with the bundled demo model, fed
+# by the microphone or, without one, the bundled speech in real time in a loop. Open the printed
+# viewer URL (it carries the access token) in a browser; Ctrl-C stops.
 run: venv
-	@mkdir -p out; \
-	if $(BIN)/python -c "import sounddevice as sd; sd.query_devices(kind='input')" >/dev/null 2>&1; then \
-	  src="--mic"; echo "streaming from the default microphone (Ctrl-C ends)"; \
-	else src="--audio clients/demo/speech.flac --realtime"; \
-	  echo "no microphone found: streaming the bundled speech in real time"; fi; \
-	$(BIN)/dpt-live stream --model models/demo --style animated --eyes $$src \
-	  --report out/latency.json -o out/demo.npz
+	@if $(BIN)/python -c "import sounddevice as sd; sd.query_devices(kind='input')" >/dev/null 2>&1; then \
+	  src="--mic"; echo "serving live motion from the default microphone"; \
+	else src="--audio clients/demo/speech.flac --loop"; \
+	  echo "no microphone found: serving the bundled speech in real time, in a loop"; fi; \
+	exec $(BIN)/dpt-live serve --model models/demo --style animated $$src $(SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
