@@ -16,10 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="audio file, or 'synthetic' for speech-like test audio (default: the demo speech)")
     p.add_argument("--seconds", type=float, default=8.0, help="use the first SECONDS of the audio")
     p.add_argument("--backends", default="torch,onnxruntime",
-                   help="comma-separated: torch, onnxruntime, tensorrt, auto (missing ones are reported as skipped)")
+                   help="comma-separated backend[:precision]: torch, onnxruntime, onnxruntime:int8, tensorrt, "
+                        "tensorrt:fp16, auto (ones this machine lacks are reported as skipped)")
     p.add_argument("--archs", default="demo,full",
-                   help="comma-separated: demo (the trained bundled model), full (the reference size, random "
-                        "weights), tiny; 'none' for only --model")
+                   help="comma-separated: demo (the trained bundled model), full (the reference size), tiny; "
+                        "+student[N] (1-step student, N-frame window) and +small-encoder (demo-size HuBERT) "
+                        "variants, e.g. full+student; all but demo get random weights; 'none' for only --model")
     p.add_argument("--model", type=Path, action="append", help="add a model directory (repeatable), e.g. a student")
     p.add_argument("--steps", default="1,2", help="comma-separated DDIM steps (a student runs its own count)")
     p.add_argument("--windows", default="80/80,160/80",

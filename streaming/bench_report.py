@@ -149,9 +149,11 @@ def write_plot(result: dict, path: Path) -> None:
         models = sorted({r["model"] for r in rows})
         colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(models)}
         markers = {"torch": "o", "onnxruntime": "s", "tensorrt": "^", "auto": "D"}
-        for r in rows:
-            ax2.scatter(r["gflop_per_audio_s"], r["worst_latency_ms"], color=colours[r["model"]],
-                        marker=markers.get(r["backend"], "x"), s=30 + 15 * r["denoiser_steps"])
+        for r in rows:  # hollow markers: reduced precision (int8 / fp16)
+            full = r.get("precision", "fp32") == "fp32"
+            ax2.scatter(r["gflop_per_audio_s"], r["worst_latency_ms"], marker=markers.get(r["backend"], "x"),
+                        s=30 + 15 * r["denoiser_steps"], facecolors=colours[r["model"]] if full else "none",
+                        edgecolors=colours[r["model"]])
         for ref in result["references"]:
             ax2.axvline(ref["gflop_per_audio_s"], color=colours.get(ref["model"], "k"), ls="--", lw=1)
             ax2.axvline(ref["gflop_per_audio_s"] / s["targets"]["compute_speedup"],
@@ -163,11 +165,13 @@ def write_plot(result: dict, path: Path) -> None:
         ticks = [25 * 2 ** i for i in range(14) if min(lat) / 2 <= 25 * 2 ** i <= max(lat) * 2]
         ax2.set_yticks(ticks, [str(t) for t in ticks])
         ax2.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax2.set_xlabel("GFLOP per s of audio (dashed: reference sampler; dotted: its 1/300)")
+        ax2.set_xlabel("GFLOP per s of audio (--: reference sampler, ··: reference / 300)", fontsize=9)
         ax2.set_ylabel("worst frame latency ms")
         handles = [plt.Line2D([], [], color=colours[m], marker="o", ls="", label=m) for m in models]
         handles += [plt.Line2D([], [], color="k", marker=mk, ls="", label=b) for b, mk in markers.items()
                     if any(r["backend"] == b for r in rows)]
+        if any(r.get("precision", "fp32") != "fp32" for r in rows):
+            handles.append(plt.Line2D([], [], color="k", marker="o", mfc="none", ls="", label="int8 / fp16"))
         handles.append(plt.Line2D([], [], color="green", ls="--", label=f"{s['targets']['worst_latency_ms']:.0f} ms target"))
         ax2.legend(handles=handles, fontsize=7)
         ax2.set_title("worst latency vs compute (marker size: denoiser steps)", fontsize=9)
