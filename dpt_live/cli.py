@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "training.evaluate",
     "training.distill",
     "streaming.commands",
+    "export.commands",
     "streaming.serve",
     "clients.commands",
     "streaming.bench_cli",

@@ -33,7 +33,8 @@ from engines.model import DiffPoseTalk
 log = logging.getLogger("dpt_live.export")
 
 OPSET = 17  # LayerNormalization is a native op from 17 on (stays one FP32 op in TensorRT)
-DEFAULT_TOLERANCE = 1e-3  # max abs difference to PyTorch accepted for an fp32 graph
+DEFAULT_TOLERANCE = 1e-3  # max abs difference to PyTorch (fp32) accepted for an fp32 graph
+FP16_TOLERANCE = 5e-2  # ... for an fp16 graph (measured ~1e-3 on the demo model, docs/EXPORT.md)
 DENOISER_FILE = "denoiser.onnx"
 STYLE_FILE = "style.onnx"
 
@@ -42,8 +43,17 @@ class ParityError(UserError):
     """An exported graph disagrees with PyTorch beyond the tolerance (the file is not kept)."""
 
 
-def audio_file(window_samples: int) -> str:
-    return f"audio_{window_samples}.onnx"
+def graph_file(base: str, precision: str = "fp32") -> str:
+    """denoiser.onnx -> denoiser.fp16.onnx etc. (int8 files are made by export/quantize.py)."""
+    return base if precision == "fp32" else base[: -len(".onnx")] + f".{precision}.onnx"
+
+
+def audio_file(window_samples: int, precision: str = "fp32") -> str:
+    return graph_file(f"audio_{window_samples}.onnx", precision)
+
+
+def default_tolerance(precision: str) -> float:
+    return FP16_TOLERANCE if precision == "fp16" else DEFAULT_TOLERANCE
 
 
 def window_samples_from_ms(window_ms: int) -> int:
@@ -58,8 +68,8 @@ class ExportRecord:
     file: str
     model_hash: str
     inputs: dict[str, list]  # name -> shape (batch "N" where dynamic)
-    max_abs_diff: float  # vs PyTorch on the parity inputs
-    ref_max_abs: float  # largest |output| of PyTorch there (scale of the difference)
+    max_abs_diff: float | None  # vs PyTorch on the parity inputs (None: not checked here)
+    ref_max_abs: float | None  # largest |output| of PyTorch there (scale of the difference)
     tolerance: float
     seconds: float
     precision: str = "fp32"
@@ -81,16 +91,45 @@ def read_record(path: Path) -> ExportRecord | None:
         return None  # unreadable sidecar: treated as not exported
 
 
-def export_copy(model: DiffPoseTalk) -> DiffPoseTalk:
-    """A CPU float32 copy for export, with HuBERT's positional-conv weight norm folded into a plain
-    weight (a fresh instance: parametrisation classes are per module, so removing it from a copy
-    made by deepcopy would also strip the original's)."""
+def export_copy(model: DiffPoseTalk, precision: str = "fp32") -> DiffPoseTalk:
+    """A CPU copy for export, with HuBERT's positional-conv weight norm folded into a plain weight
+    (a fresh instance: parametrisation classes are per module, so removing it from a copy made by
+    deepcopy would also strip the original's). fp16: every weight in half precision except the
+    normalisation layers, which run in fp32 (their statistics overflow or lose precision in fp16)."""
     twin = DiffPoseTalk(model.cfg)
     twin.load_state_dict({k: v.detach().cpu().float() for k, v in model.state_dict().items()})
     conv = twin.audio_encoder.hubert.encoder.pos_conv_embed.conv
     if hasattr(conv, "parametrizations"):
         torch.nn.utils.parametrize.remove_parametrizations(conv, "weight", leave_parametrized=True)
+    if precision == "fp16":
+        twin.half()
+        _norms_in_fp32(twin)
+    elif precision != "fp32":
+        raise ValueError(f"export precision {precision!r} (fp32 or fp16)")
     return twin.eval()
+
+
+def _norms_in_fp32(model: nn.Module) -> None:
+    """Normalisation layers keep fp32 weights and compute in fp32 inside a half model: hooks cast
+    around them, so the modules stay what nn.Transformer* expect (eps, weight, ...)."""
+    for mod in model.modules():
+        if isinstance(mod, (nn.LayerNorm, nn.GroupNorm)):
+            mod.float()
+            mod.register_forward_pre_hook(lambda m, args: tuple(a.float() for a in args))
+            mod.register_forward_hook(lambda m, args, out: out.half())
+
+
+class CastIO(nn.Module):
+    """fp32 graph inputs/outputs around a half-precision body, so callers feed the same arrays at
+    every precision."""
+
+    def __init__(self, body: nn.Module):
+        super().__init__()
+        self.body = body
+
+    def forward(self, *args):
+        args = [a.half() if a.dtype == torch.float32 else a for a in args]
+        return self.body(*args).float()
 
 
 class AudioGraph(nn.Module):
@@ -164,8 +203,10 @@ def _ort_session(path: Path):
 
 
 def _write_graph(module: nn.Module, args: tuple, names: list[str], out_names: list[str], dynamic: list[str],
-                 path: Path) -> None:
+                 path: Path, precision: str = "fp32") -> None:
     axes = {n: {0: "N"} for n in dynamic}
+    if precision == "fp16":
+        module = CastIO(module)
     # traced with autograd on: under no_grad nn.Transformer* take their fused fast path
     # (aten::_native_multi_head_attention), which has no ONNX form
     with warnings.catch_warnings(), torch.enable_grad():
@@ -176,7 +217,7 @@ def _write_graph(module: nn.Module, args: tuple, names: list[str], out_names: li
 
 def _check_and_keep(tmp: Path, dst: Path, record: ExportRecord, cases: list[tuple[dict, np.ndarray]]) -> ExportRecord:
     """Run the exported graph on each case, compare with PyTorch's output, keep the file only if
-    every difference is within the tolerance."""
+    every difference is within the tolerance (fp16 graphs too: against the fp32 PyTorch model)."""
     sess = _ort_session(tmp)
     diff, scale = 0.0, 0.0
     for feeds, ref in cases:
@@ -194,39 +235,41 @@ def _check_and_keep(tmp: Path, dst: Path, record: ExportRecord, cases: list[tupl
     return record
 
 
-def export_audio(model: DiffPoseTalk, out_dir: Path, window_samples: int, tolerance: float = DEFAULT_TOLERANCE,
-                 key: str | None = None) -> ExportRecord:
+def export_audio(model: DiffPoseTalk, out_dir: Path, window_samples: int, tolerance: float | None = None,
+                 key: str | None = None, precision: str = "fp32") -> ExportRecord:
     if window_samples <= 0 or window_samples % FRAME_SAMPLES:
         raise UserError(f"audio window of {window_samples} samples is not a whole number of 40 ms frames")
+    tolerance = default_tolerance(precision) if tolerance is None else tolerance
     t0 = time.perf_counter()
     ref_model = model
-    model = export_copy(model)
+    model = export_copy(model, precision)
     n = window_samples // FRAME_SAMPLES
-    dst = Path(out_dir) / audio_file(window_samples)
+    dst = Path(out_dir) / audio_file(window_samples, precision)
     tmp = dst.with_suffix(f".tmp{os.getpid()}")
     audio = parity_audio(window_samples)[None]
-    _write_graph(AudioGraph(model, n), (torch.from_numpy(audio),), ["audio"], ["features"], [], tmp)
+    _write_graph(AudioGraph(model, n), (torch.from_numpy(audio),), ["audio"], ["features"], [], tmp, precision)
     with torch.no_grad():
         ref = ref_model.audio_features(torch.from_numpy(audio).to(ref_model.device), n).float().cpu().numpy()
     rec = ExportRecord("audio", dst.name, key or model_hash(ref_model), {"audio": [1, window_samples]}, 0.0, 0.0,
-                       tolerance, 0.0, extra={"window_samples": window_samples, "n_frames": n})
+                       tolerance, 0.0, precision, extra={"window_samples": window_samples, "n_frames": n})
     rec.seconds = time.perf_counter() - t0
     return _check_and_keep(tmp, dst, rec, [({"audio": audio}, ref)])
 
 
-def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float = DEFAULT_TOLERANCE,
-                    key: str | None = None) -> ExportRecord:
+def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float | None = None,
+                    key: str | None = None, precision: str = "fp32") -> ExportRecord:
+    tolerance = default_tolerance(precision) if tolerance is None else tolerance
     t0 = time.perf_counter()
     cfg = model.cfg
-    net = export_copy(model)
+    net = export_copy(model, precision)
     names = denoiser_input_names(cfg)
     k = denoiser_batch(cfg)
-    dst = Path(out_dir) / DENOISER_FILE
+    dst = Path(out_dir) / graph_file(DENOISER_FILE, precision)
     tmp = dst.with_suffix(f".tmp{os.getpid()}")
     # traced at batch 2 so no size-1 axis is mistaken for a broadcast; checked at 1 and k
     trace = denoiser_inputs(cfg, 2, seed=1)
     _write_graph(DenoiserGraph(net), tuple(torch.from_numpy(trace[n]) for n in names), names, ["out"],
-                 names + ["out"], tmp)
+                 names + ["out"], tmp, precision)
     cases = []
     for b in sorted({1, k}):
         feeds = denoiser_inputs(cfg, b, seed=10 + b)
@@ -237,23 +280,24 @@ def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float = DEFAU
         cases.append((feeds, ref))
     shapes = {n: ["N", *v.shape[1:]] for n, v in trace.items()}
     rec = ExportRecord("denoiser", dst.name, key or model_hash(model), shapes, 0.0, 0.0, tolerance, 0.0,
-                       extra={"max_batch": k, "kind": cfg.kind})
+                       precision, extra={"max_batch": k, "kind": cfg.kind})
     rec.seconds = time.perf_counter() - t0
     return _check_and_keep(tmp, dst, rec, cases)
 
 
-def export_style(model: DiffPoseTalk, out_dir: Path, tolerance: float = DEFAULT_TOLERANCE,
-                 key: str | None = None) -> ExportRecord | None:
+def export_style(model: DiffPoseTalk, out_dir: Path, tolerance: float | None = None,
+                 key: str | None = None, precision: str = "fp32") -> ExportRecord | None:
     if model.style_encoder is None:
         return None
+    tolerance = default_tolerance(precision) if tolerance is None else tolerance
     t0 = time.perf_counter()
-    net = export_copy(model)
+    net = export_copy(model, precision)
     T, D = model.style_encoder.n_motions, model.cfg.motion_dim
-    dst = Path(out_dir) / STYLE_FILE
+    dst = Path(out_dir) / graph_file(STYLE_FILE, precision)
     tmp = dst.with_suffix(f".tmp{os.getpid()}")
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, T, D)).astype(np.float32)
-    _write_graph(StyleGraph(net), (torch.from_numpy(x),), ["motion"], ["style"], ["motion", "style"], tmp)
+    _write_graph(StyleGraph(net), (torch.from_numpy(x),), ["motion"], ["style"], ["motion", "style"], tmp, precision)
     cases = []
     for b in (1, 2):
         m = rng.normal(size=(b, T, D)).astype(np.float32)
@@ -261,21 +305,23 @@ def export_style(model: DiffPoseTalk, out_dir: Path, tolerance: float = DEFAULT_
             ref = model.style_encoder(torch.from_numpy(m).to(model.device)).float().cpu().numpy()
         cases.append(({"motion": m}, ref))
     rec = ExportRecord("style", dst.name, key or model_hash(model), {"motion": ["N", T, D]}, 0.0, 0.0,
-                       tolerance, 0.0)
+                       tolerance, 0.0, precision)
     rec.seconds = time.perf_counter() - t0
     return _check_and_keep(tmp, dst, rec, cases)
 
 
 def export_model(model: DiffPoseTalk, out_dir: str | Path, windows: list[int],
-                 tolerance: float = DEFAULT_TOLERANCE) -> list[ExportRecord]:
+                 tolerance: float | None = None, precision: str = "fp32") -> list[ExportRecord]:
     """All graphs of a model: the audio encoder at each window length (samples), the denoiser and
-    the style encoder. Raises ParityError on the first graph over the tolerance."""
+    the style encoder (always fp32). Raises ParityError on the first graph over the tolerance."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = model_hash(model)
-    records = [export_audio(model, out_dir, w, tolerance, key) for w in windows]
-    records.append(export_denoiser(model, out_dir, tolerance, key))
-    style = export_style(model, out_dir, tolerance, key)
+    records = [export_audio(model, out_dir, w, tolerance, key, precision) for w in windows]
+    records.append(export_denoiser(model, out_dir, tolerance, key, precision))
+    # the style encoder runs once per style, not per step: fp32 at every precision (and ONNX
+    # Runtime 1.32's CPU provider crashes loading its fp16 graph)
+    style = export_style(model, out_dir, None if precision != "fp32" else tolerance, key)
     if style is not None:
         records.append(style)
     return records

@@ -1,0 +1,202 @@
+"""TensorRT plans from the exported ONNX graphs, for TensorRT 10 and 11.
+
+- Networks are strongly typed: precision comes from the graph's dtypes (TensorRT 11 has no
+  precision flags at all; in 10 the strongly-typed flag gives the same behaviour). fp16 plans are
+  built from the fp16 ONNX graphs (export/onnx_export.py: half weights, normalisation in fp32).
+- fp32 plans clear TF32 where the flag exists, so they match PyTorch fp32 within 1e-3.
+- Fixed shapes: the audio encoder at its window length, the denoiser with one optimisation
+  profile over batch 1..k (k = the teacher's CFG passes), the style encoder at batch 1..4.
+- Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.backends.trt_cache_key)
+  names the GPU, compute capability, TensorRT version, model hash, graph and precision; a plan is
+  checked against PyTorch after it is built and refused over the tolerance."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from dpt_live.errors import UserError
+from engines.backends import backend_unavailable, cache_root, denoiser_batch, model_hash, trt_cache_key
+
+log = logging.getLogger("dpt_live.export")
+
+WORKSPACE_BYTES = 2 << 30
+STYLE_MAX_BATCH = 4
+
+
+def require_tensorrt() -> None:
+    why = backend_unavailable("tensorrt")
+    if why is not None:
+        raise UserError(f"TensorRT export needs a CUDA GPU with TensorRT and pycuda: {why}")
+
+
+def gpu_identity() -> tuple[str, tuple[int, int], str]:
+    """(GPU name, compute capability, TensorRT version) of device 0."""
+    import tensorrt as trt
+
+    from engines.backend_trt import cuda_driver
+
+    dev = cuda_driver().Device(0)
+    return dev.name(), tuple(dev.compute_capability()), trt.__version__
+
+
+def trt_major() -> int:
+    import tensorrt as trt
+
+    return int(trt.__version__.split(".")[0])
+
+
+def network_flags() -> int:
+    """Strongly typed where the flag exists (TensorRT 10); 11 is always strongly typed and has
+    dropped the explicit-batch flag."""
+    import tensorrt as trt
+
+    flag = getattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED", None)
+    return 0 if flag is None else 1 << int(flag)
+
+
+def build_plan(onnx_path: Path, plan_path: Path, profiles: dict[str, tuple[tuple, tuple, tuple]]) -> Path:
+    """Parse ``onnx_path`` and write a serialized engine to ``plan_path`` (atomically).
+    profiles: input name -> (min, opt, max) shapes for the inputs with a dynamic batch."""
+    import tensorrt as trt
+
+    from engines.backend_trt import trt_logger
+
+    logger = trt_logger()
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags())
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT cannot parse {onnx_path.name}: {errors}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, WORKSPACE_BYTES)
+    tf32 = getattr(trt.BuilderFlag, "TF32", None)
+    if tf32 is not None:
+        config.clear_flag(tf32)  # fp32 means fp32 (TF32 matmuls would miss the 1e-3 parity)
+    if profiles:
+        profile = builder.create_optimization_profile()
+        for name, (lo, opt, hi) in profiles.items():
+            profile.set_shape(name, lo, opt, hi)
+        config.add_optimization_profile(profile)
+    t0 = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise UserError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = plan_path.with_name(plan_path.name + f".tmp{os.getpid()}")
+    tmp.write_bytes(bytes(plan))
+    os.replace(tmp, plan_path)
+    log.info("built %s in %.0f s", plan_path, time.perf_counter() - t0)
+    return plan_path
+
+
+def _profiles(graph: str, cfg, onnx_record) -> dict:
+    if graph == "audio":
+        return {}
+    if graph == "denoiser":
+        k = denoiser_batch(cfg)
+        return {name: ((1, *shape[1:]), (k, *shape[1:]), (k, *shape[1:]))
+                for name, shape in onnx_record.inputs.items()}
+    shape = onnx_record.inputs["motion"]
+    return {"motion": ((1, *shape[1:]), (1, *shape[1:]), (STYLE_MAX_BATCH, *shape[1:]))}
+
+
+def _onnx(loaded, onnx_dir: Path, graph: str, precision: str, window_samples: int | None, key: str):
+    """The ONNX graph (exported now if missing) and its record."""
+    from export import onnx_export as ox
+
+    onnx_dir.mkdir(parents=True, exist_ok=True)
+    if graph == "audio":
+        path = onnx_dir / ox.audio_file(window_samples, precision)
+        export = lambda: ox.export_audio(loaded.model, onnx_dir, window_samples, key=key, precision=precision)  # noqa: E731
+    elif graph == "denoiser":
+        path = onnx_dir / ox.graph_file(ox.DENOISER_FILE, precision)
+        export = lambda: ox.export_denoiser(loaded.model, onnx_dir, key=key, precision=precision)  # noqa: E731
+    else:
+        path = onnx_dir / ox.STYLE_FILE
+        export = lambda: ox.export_style(loaded.model, onnx_dir, key=key)  # noqa: E731
+    rec = ox.read_record(path)
+    if rec is None or rec.model_hash != key:
+        rec = export()
+    return path, rec
+
+
+def ensure_plan(loaded, onnx_dir: Path, graph: str, precision: str, window_samples: int | None = None,
+                key: str | None = None, tolerance: float | None = None, root: Path | None = None) -> Path:
+    """The plan for one graph of a model on this GPU, built (and parity-checked) when missing."""
+    from export.onnx_export import default_tolerance
+
+    key = key or model_hash(loaded.model)
+    path, rec = _onnx(loaded, Path(onnx_dir), graph, precision, window_samples, key)
+    name, cc, version = gpu_identity()
+    cache_key = trt_cache_key(name, cc, version, key, f"{path.name}:{rec.inputs}", precision)
+    plan = (root or cache_root()) / "tensorrt" / cache_key / (path.stem + ".plan")
+    side = Path(str(plan) + ".json")
+    if plan.is_file() and side.is_file():
+        return plan
+    log.info("building TensorRT %s plan for %s (first use on this GPU/TensorRT)", precision, path.name)
+    build_plan(path, plan, _profiles(graph, loaded.config, rec))
+    tol = default_tolerance(precision) if tolerance is None else tolerance
+    diff, scale = plan_parity(loaded, plan, graph, window_samples)
+    if not np.isfinite(diff) or diff > tol:
+        plan.unlink(missing_ok=True)
+        from export.onnx_export import ParityError
+
+        raise ParityError(f"{plan.name}: TensorRT differs from PyTorch by {diff:.3g} (outputs up to {scale:.3g}), "
+                          f"over the tolerance {tol:g}; plan removed")
+    side.write_text(json.dumps({"graph": graph, "onnx": path.name, "precision": precision, "gpu": name,
+                                "compute_capability": list(cc), "tensorrt": version, "model_hash": key,
+                                "max_abs_diff": diff, "ref_max_abs": scale, "tolerance": tol}, indent=2) + "\n")
+    return plan
+
+
+def plan_parity(loaded, plan: Path, graph: str, window_samples: int | None) -> tuple[float, float]:
+    """Max abs difference of the plan's output to PyTorch fp32 on the export's parity inputs."""
+    import torch
+
+    from engines.backend_trt import TrtEngine
+    from export.onnx_export import denoiser_inputs, parity_audio
+
+    model, cfg = loaded.model, loaded.config
+    eng = TrtEngine(plan, use_graph=False)
+    cases = []
+    with torch.no_grad():
+        if graph == "audio":
+            a = parity_audio(window_samples)[None]
+            ref = model.audio_features(torch.from_numpy(a).to(model.device), window_samples // 640)
+            cases.append(({"audio": a}, ref.float().cpu().numpy()))
+        elif graph == "denoiser":
+            for b in sorted({1, denoiser_batch(cfg)}):
+                feeds = denoiser_inputs(cfg, b, seed=20 + b)
+                t = {n: torch.from_numpy(v).to(model.device) for n, v in feeds.items()}
+                ref = model.denoising_net(t["motion"], t["audio_feat"], t["person"], t["prev_motion"],
+                                          t["prev_audio"], t["step"], t.get("indicator"), t.get("guidance"))
+                cases.append((feeds, ref.float().cpu().numpy()))
+        else:
+            m = np.random.default_rng(4).normal(size=(1, model.style_encoder.n_motions, cfg.motion_dim))
+            m = m.astype(np.float32)
+            cases.append(({"motion": m}, model.style_encoder(torch.from_numpy(m).to(model.device)).cpu().numpy()))
+    diff = max(float(np.max(np.abs(eng.run(f) - r))) for f, r in cases)
+    return diff, max(float(np.max(np.abs(r))) for _, r in cases)
+
+
+def build_plans(loaded, onnx_dir: Path, windows: list[int], precision: str, tolerance: float | None) -> list[str]:
+    """Every plan a stream needs; returns one summary line per plan."""
+    key = model_hash(loaded.model)
+    lines = []
+    jobs = [("audio", w, precision) for w in windows] + [("denoiser", None, precision)]
+    if loaded.model.style_encoder is not None:
+        jobs.append(("style", None, "fp32"))
+    for graph, window, prec in jobs:
+        t0 = time.perf_counter()
+        plan = ensure_plan(loaded, onnx_dir, graph, prec, window, key, tolerance)
+        meta = json.loads(Path(str(plan) + ".json").read_text())
+        lines.append(f"{plan.name:<28} {prec}, max |trt - torch| = {meta['max_abs_diff']:.2e} (outputs up to "
+                     f"{meta['ref_max_abs']:.2f}), {time.perf_counter() - t0:.0f} s -> {plan.parent}")
+    return lines

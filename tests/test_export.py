@@ -1,0 +1,133 @@
+"""`dpt-live export onnx|tensorrt`: graphs at fixed shapes with printed parity, refusal over the
+tolerance, int8 with measured lip fidelity, fp16 graphs with fp32 normalisation, clear errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from dpt_live.cli import main
+from engines.backends import backend_unavailable, model_hash
+from engines.model_dir import load_model_dir
+from export.onnx_export import ParityError, export_model
+
+
+def run(args, capsys):
+    rc = main(args)
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_export_onnx_writes_checked_graphs_and_int8(tiny_model_dir, tmp_path, capsys, speech_like_wav):
+    out = tmp_path / "onnx"
+    rc, stdout, _ = run(["export", "onnx", "--model", str(tiny_model_dir), "-o", str(out), "--window-ms", "560,400",
+                         "--int8", "--audio", str(speech_like_wav)], capsys)
+    print(stdout)
+    assert rc == 0
+    files = sorted(p.name for p in out.glob("*.onnx"))
+    assert files == ["audio_6400.int8.onnx", "audio_6400.onnx", "audio_8960.int8.onnx", "audio_8960.onnx",
+                     "denoiser.int8.onnx", "denoiser.onnx", "style.onnx"]
+    for name in ("audio_6400.onnx", "audio_8960.onnx", "denoiser.onnx", "style.onnx"):
+        assert f"{name}" in stdout and "max |onnx - torch|" in stdout
+    key = model_hash(load_model_dir(tiny_model_dir).model)
+    summary = json.loads((out / "export.json").read_text())
+    assert summary["model_hash"] == key
+    assert all(g["max_abs_diff"] < 1e-4 for g in summary["graphs"])
+    fid = summary["int8"]
+    assert "int8 fidelity vs fp32" in stdout and f"lip error {fid['lip_error']:.4f}" in stdout
+    assert 0 < fid["max_abs_motion_diff"] and fid["lip_error"] < 0.25 and fid["window_ms"] == 560
+    assert fid["frames"] == 132  # the 5.3 s fixture: floor(5.3 * 25)
+
+    # fixed shapes: one audio window per file, batch-dynamic denoiser, fixed sequence lengths
+    def dims(model, name):
+        inp = next(i for i in model.graph.input if i.name == name)
+        return [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim]
+
+    assert dims(onnx.load(out / "audio_8960.onnx"), "audio") == [1, 8960]
+    den = onnx.load(out / "denoiser.onnx")
+    assert dims(den, "motion") == ["N", 100, 54] and dims(den, "step") == ["N"]
+    q = onnx.load(out / "denoiser.int8.onnx")
+    ops = {n.op_type for n in q.graph.node}
+    assert {"DynamicQuantizeLinear", "MatMulInteger"} <= ops
+    assert sum(i.data_type == onnx.TensorProto.INT8 for i in q.graph.initializer) >= 4  # int8 weights
+
+
+def test_parity_failure_refuses_the_graph(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "strict"
+    rc, _, err = run(["export", "onnx", "--model", str(tiny_model_dir), "-o", str(out), "--window-ms", "400",
+                      "--tolerance", "1e-12"], capsys)
+    assert rc == 2
+    assert "differs from PyTorch by" in err and "over the tolerance 1e-12; not written" in err
+    assert not list(out.glob("*.onnx")) and not list(out.glob("*.tmp*"))
+
+
+def test_fp16_graphs_keep_normalisation_in_fp32(loaded, tmp_path):
+    records = export_model(loaded.model, tmp_path, [6400], precision="fp16")
+    assert [r.file for r in records] == ["audio_6400.fp16.onnx", "denoiser.fp16.onnx", "style.onnx"]
+    for r in records[:2]:
+        assert r.precision == "fp16" and r.max_abs_diff < r.tolerance == 5e-2
+        print(r.summary())
+    g = onnx.load(tmp_path / "denoiser.fp16.onnx")
+    inits = {i.name: i.data_type for i in g.graph.initializer}
+    # the exporter shares equal initializers (fresh LayerNorms are all ones) through Identity nodes
+    alias = {n.output[0]: n.input[0] for n in g.graph.node if n.op_type == "Identity"}
+
+    def init_type(name):
+        while name in alias:
+            name = alias[name]
+        return inits.get(name)
+
+    matmul_w = [init_type(n.input[1]) for n in g.graph.node if n.op_type == "MatMul" and init_type(n.input[1])]
+    norm_w = [init_type(n.input[1]) for n in g.graph.node if n.op_type == "LayerNormalization"]
+    assert matmul_w and set(matmul_w) == {onnx.TensorProto.FLOAT16}
+    assert norm_w and set(norm_w) == {onnx.TensorProto.FLOAT}
+    # the graph's interface stays fp32: callers feed the same arrays at every precision
+    assert {i.type.tensor_type.elem_type for i in g.graph.input if i.name != "step"} == {onnx.TensorProto.FLOAT}
+
+
+def test_export_model_raises_parity_error(loaded, tmp_path):
+    with pytest.raises(ParityError, match="denoiser.onnx: ONNX Runtime differs"):
+        from export.onnx_export import export_denoiser
+
+        export_denoiser(loaded.model, tmp_path, tolerance=1e-12)
+    assert not (tmp_path / "denoiser.onnx").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--window-ms", "50"], "multiple of 40 ms"),
+    (["--window-ms", "1760,abc"], "comma-separated whole milliseconds"),
+    (["--tolerance", "-1"], "--tolerance must be positive"),
+])
+def test_export_onnx_bad_arguments(tiny_model_dir, tmp_path, capsys, args, message):
+    rc, _, err = run(["export", "onnx", "--model", str(tiny_model_dir), "-o", str(tmp_path / "x"), *args], capsys)
+    assert rc == 2 and message in err
+
+
+def test_export_onnx_missing_model(tmp_path, capsys):
+    rc, _, err = run(["export", "onnx", "--model", str(tmp_path / "nope"), "-o", str(tmp_path / "x")], capsys)
+    assert rc == 2 and "model directory not found" in err
+
+
+@pytest.mark.skipif(backend_unavailable("tensorrt") is None, reason="checks the no-GPU error path")
+def test_export_tensorrt_without_gpu(tiny_model_dir, capsys):
+    rc, _, err = run(["export", "tensorrt", "--model", str(tiny_model_dir)], capsys)
+    assert rc == 2 and "TensorRT export needs a CUDA GPU with TensorRT and pycuda" in err
+
+
+@pytest.mark.skipif(backend_unavailable("tensorrt") is not None,
+                    reason=f"TensorRT unavailable here: {backend_unavailable('tensorrt')}")
+def test_export_tensorrt_builds_checked_plans(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("DPT_LIVE_CACHE", str(tmp_path))
+    for precision in ("fp32", "fp16"):
+        rc, stdout, _ = run(["export", "tensorrt", "--model", str(tiny_model_dir), "--window-ms", "560",
+                             "--precision", precision], capsys)
+        print(stdout)
+        assert rc == 0 and stdout.count("max |trt - torch|") == 3
+    plans = list(tmp_path.glob("tensorrt/*/*.plan"))
+    assert len(plans) == 5  # audio + denoiser at fp32 and fp16, one fp32 style encoder
+    for p in plans:
+        meta = json.loads(p.with_name(p.name + ".json").read_text())
+        assert meta["max_abs_diff"] < meta["tolerance"] and np.isfinite(meta["max_abs_diff"])
