@@ -29,17 +29,18 @@ class LiveServerProcess:
         self.cmd = [sys.executable, "-m", "dpt_live.cli", "serve", "--model", str(model_dir),
                     "--audio", str(SPEECH), "--loop", "--host", "127.0.0.1", "--port", str(port),
                     "--token", token, "--hop-ms", "80", "--lookahead-ms", "80", "--context-ms", "400",
-                    "--threads", "1", *extra]
+                    "--threads", "1", "--backend", "torch", *extra]  # torch: no ONNX export at start-up
         self.token = token
         self.lines: list[str] = []
         self.proc = None
         self.port = None
 
-    def start(self, timeout: float = 120.0) -> "LiveServerProcess":
+    def launch(self) -> "LiveServerProcess":
+        """Start the process without waiting (launch several, then wait_ready each)."""
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True)
-        ready = threading.Event()
+        self._ready = threading.Event()
 
         def drain():  # keep reading so the pipe never fills
             for line in self.proc.stdout:
@@ -47,14 +48,20 @@ class LiveServerProcess:
                 m = re.match(r"viewer: http://127\.0\.0\.1:(\d+)/", line)
                 if m:
                     self.port = int(m.group(1))
-                    ready.set()
-            ready.set()
+                    self._ready.set()
+            self._ready.set()
 
         threading.Thread(target=drain, daemon=True).start()
-        if not ready.wait(timeout) or self.port is None:
+        return self
+
+    def wait_ready(self, timeout: float = 180.0) -> "LiveServerProcess":
+        if not self._ready.wait(timeout) or self.port is None:
             self.stop()
             raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-30:]))
         return self
+
+    def start(self, timeout: float = 180.0) -> "LiveServerProcess":
+        return self.launch().wait_ready(timeout)
 
     @property
     def ws_url(self) -> str:

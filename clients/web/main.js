@@ -18,7 +18,7 @@ const stats = {
   connected: false, state: 'starting', mode: 'proxy', framesReceived: 0, lastSeq: -1, dropped: 0,
   renderCount: 0, framesRendered: 0, underruns: 0, resets: 0, latencyMs: NaN, jitterMs: NaN, bufferMs: NaN,
   fps: 0, style: null, styles: [], session: null, source: null, micActive: false, micSamples: 0,
-  errors: [], lastMessage: null, hello: null,
+  errors: [], lastMessage: null, hello: null, connects: 0,
 };
 
 const canvas = document.getElementById('view');
@@ -66,11 +66,11 @@ async function useFlame(path) {
 const conn = new Connection({
   token, session, handlers: {
     onStatus(state, detail) {
-      stats.state = state; stats.connected = state === 'connected';
+      stats.state = state; stats.stateDetail = detail || ''; stats.connected = state === 'connected';
       hud.state(state, detail);
     },
     onHello(hello) {
-      stats.hello = hello; stats.session = hello.session; stats.source = hello.source;
+      stats.hello = hello; stats.session = hello.session; stats.source = hello.source; stats.connects = conn.connects;
       stats.styles = hello.styles || []; stats.style = hello.style;
       hud.styles(stats.styles, hello.style);
       playout.clear();
@@ -194,6 +194,7 @@ window.dptViewer = Object.assign(stats, {
     return { width: w, height: h, mean, std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)) };
   },
   sendControl(obj) { return conn.send(obj); },
+  sendRaw(text) { if (conn.ws) conn.ws.send(text); },  // tests: what a broken client would send
   toggleMic,
   playout,
 });
