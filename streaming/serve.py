@@ -25,7 +25,7 @@ def _positive(kind):
 
 
 def add_server_args(p: argparse.ArgumentParser) -> None:
-    from streaming.server import ServerConfig
+    from streaming.server_config import ServerConfig
 
     d = ServerConfig()
     p.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0: every interface)")
@@ -116,16 +116,19 @@ def load_engine(args):
                     default_scales=dict(guidance.scales), default_style_name=style_name,
                     default_style=None if style is None else np.asarray(torch.as_tensor(style), np.float32),
                     build_kwargs=extra)
-    engine.build(engine.default_style, engine.default_scales)  # fail now (backend, shapes), not in a thread
+    probe = engine.build(engine.default_style, engine.default_scales)  # fail now (backend, shapes), not in a thread
+    engine.backend_desc = str(getattr(probe, "backend", args.backend))
     return engine
 
 
 def own_source(args):
     """(factory, kind) of the default session's own source, opened once now so that a missing
     file or microphone is reported before the server starts."""
-    from streaming.server_pipeline import LoopingFileSource
+    from streaming.server_sources import LoopingFileSource
     from streaming.sources import MicrophoneSource
 
+    if args.loop and args.audio is None:
+        raise UserError("--loop needs --audio FILE")
     if args.audio is not None:
         first = [LoopingFileSource(args.audio, loop=args.loop)]
 
@@ -139,8 +142,6 @@ def own_source(args):
         def mic_factory():
             return MicrophoneSource(device)
         return mic_factory, "mic"
-    if args.loop:
-        raise UserError("--loop needs --audio FILE")
     return None, "none"
 
 
@@ -159,7 +160,7 @@ def flame_asset(args, shape_raw) -> bytes | None:
 
 
 def server_config(args, flame: bytes | None):
-    from streaming.server import ServerConfig
+    from streaming.server_config import ServerConfig
 
     if args.no_token:
         token = None
@@ -176,9 +177,9 @@ def cmd_serve(args) -> int:
     import asyncio
     import signal
 
+    factory, kind = own_source(args)  # before the model: a bad --audio fails fast
     from streaming.server import LiveServer, run_server
 
-    factory, kind = own_source(args)  # before the model: a bad --audio fails fast
     engine = load_engine(args)
     config = server_config(args, flame_asset(args, engine.shape_raw))
     server = LiveServer(engine, config, factory, kind)
@@ -186,7 +187,7 @@ def cmd_serve(args) -> int:
     def started(srv: LiveServer) -> None:
         m = engine.model_info()
         print(f"dpt-live serve: model {m['path']} ({m['sampler']} {m['denoiser_steps']} steps, backend "
-              f"{engine.backend}), source {kind}{' (loop)' if args.loop else ''}", flush=True)
+              f"{m['backend']}), source {kind}{' (loop)' if args.loop else ''}", flush=True)
         if config.token is None:
             print("WARNING: --no-token: anyone who can reach this port can watch and control the stream; "
                   "use it only on localhost", file=sys.stderr, flush=True)

@@ -11,8 +11,6 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from urllib.parse import quote
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -21,6 +19,7 @@ from websockets.http11 import Request, Response
 
 from streaming.protocol import (CLOSE_GOING_AWAY, CLOSE_POLICY, MODES, ProtocolError, clip_reason, dumps,
                                 make_hello, parse_control)
+from streaming.server_config import ServerConfig
 from streaming.server_engine import Engine
 from streaming.server_http import (SESSION_NAME, default_origins, origin_ok, request_token, respond,
                                    split_request, static_file, token_ok)
@@ -29,31 +28,9 @@ from streaming.server_metrics import ServerMetrics
 
 log = logging.getLogger("dpt_live.serve")
 
-WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
 DEFAULT_SESSION = "default"
 CLOSE_TRY_AGAIN = 1013
 CLOSE_INTERNAL = 1011
-
-
-@dataclass
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 8765  # 0: any free port (tests); LiveServer.port holds the bound one
-    token: str | None = None  # None: no token needed (--no-token)
-    allow_origins: list[str] = field(default_factory=list)  # in addition to the server's own origins
-    max_message: int = 1 << 20
-    max_sessions: int = 8
-    max_viewers: int = 64
-    viewer_queue: int = 25  # frames (1 s) a viewer may fall behind before its oldest are dropped
-    session_idle: float = 60.0  # s without viewers and audio before an on-demand session closes
-    upstream_idle: float = 10.0  # s without upstream PCM before audio_end is assumed
-    ping_interval: float | None = 20.0
-    ping_timeout: float | None = 20.0
-    web_root: Path = WEB_ROOT
-    flame_asset: bytes | None = None
-    write_limit: int = 32 * 1024  # websockets' write buffer high-water mark per connection
-    send_buffer: int | None = None  # SO_SNDBUF per connection (None: the OS default)
-    janitor_interval: float = 1.0
 
 
 class LiveServer:

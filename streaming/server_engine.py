@@ -28,6 +28,7 @@ class Engine:
     default_style_name: str | None = None  # a preset name, a file name, or None (null style)
     default_style: np.ndarray | None = None
     build_kwargs: dict = field(default_factory=dict)  # extra build_session options (precision)
+    backend_desc: str = ""  # what the backend resolved to (a built session's .backend), for reports
 
     @property
     def styles(self) -> list[str]:
@@ -56,6 +57,7 @@ class Engine:
                 "arch": f"{cfg.n_layers}x{cfg.feature_dim} denoiser, {n_params / 1e6:.1f} M parameters, "
                         f"{'head pose' if cfg.head_pose else 'no head pose'}",
                 "student_steps": cfg.student_steps, "sampler": self.sampler.name,
-                "denoiser_steps": len(self.sampler.timesteps(self.loaded.model)), "backend": self.backend,
+                "denoiser_steps": len(self.sampler.timesteps(self.loaded.model)),
+                "backend": self.backend_desc or self.backend,
                 "window_ms": {"hop": self.config.hop_ms, "lookahead": self.config.lookahead_ms,
                               "context": self.config.context_ms}}

@@ -21,7 +21,8 @@ from streaming.protocol import (CLOSE_POLICY, ProtocolError, audio_frame_bytes, 
                                 error_message, state_message, with_dropped)
 from streaming.server_engine import Engine
 from streaming.server_metrics import ServerMetrics
-from streaming.server_pipeline import FrameItem, Pipeline, UpstreamSource
+from streaming.server_pipeline import FrameItem, Pipeline
+from streaming.server_sources import UpstreamSource
 
 log = logging.getLogger("dpt_live.serve")
 

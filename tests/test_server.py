@@ -72,7 +72,7 @@ async def start(engine, own=None, **config):
 
 
 def file_source(path, realtime=True):
-    from streaming.server_pipeline import LoopingFileSource
+    from streaming.server_sources import LoopingFileSource
 
     return (lambda: LoopingFileSource(path, loop=True, realtime=realtime)), "file"
 

@@ -1,0 +1,30 @@
+"""The server's settings (a light module: `dpt-live serve --help` reads its defaults without
+importing torch)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: any free port (tests); LiveServer.port holds the bound one
+    token: str | None = None  # None: no token needed (--no-token)
+    allow_origins: list[str] = field(default_factory=list)  # in addition to the server's own origins
+    max_message: int = 1 << 20
+    max_sessions: int = 8
+    max_viewers: int = 64
+    viewer_queue: int = 25  # frames (1 s) a viewer may fall behind before its oldest are dropped
+    session_idle: float = 60.0  # s without viewers and audio before an on-demand session closes
+    upstream_idle: float = 10.0  # s without upstream PCM before audio_end is assumed
+    ping_interval: float | None = 20.0
+    ping_timeout: float | None = 20.0
+    web_root: Path = WEB_ROOT
+    flame_asset: bytes | None = None
+    write_limit: int = 32 * 1024  # websockets' write buffer high-water mark per connection
+    send_buffer: int | None = None  # SO_SNDBUF per connection (None: the OS default)
+    janitor_interval: float = 1.0
