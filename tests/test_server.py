@@ -467,3 +467,50 @@ def test_a_client_that_sends_but_never_reads_is_closed(engine):
     close, pong = run(scenario())
     assert close.code == 1008 and "not reading" in close.reason
     assert pong == {"type": "pong"}, "the other connection of the session is unaffected"
+
+
+def synthetic_flame_npz(path, V=30, F=40):
+    """A tiny FLAME-shaped model (the real one cannot be downloaded or committed)."""
+    rng = np.random.default_rng(0)
+    weights = rng.random((V, 5)) + 0.05
+    weights /= weights.sum(1, keepdims=True)
+    j_reg = rng.random((5, V)) + 0.1
+    j_reg /= j_reg.sum(1, keepdims=True)
+    np.savez(path, v_template=rng.normal(size=(V, 3)) * 0.1, shapedirs=rng.normal(size=(V, 3, 400)) * 0.01,
+             posedirs=rng.normal(size=(V, 3, 36)) * 0.01, J_regressor=j_reg, weights=weights,
+             kintree_table=np.array([[-1, 0, 1, 1, 1], [0, 1, 2, 3, 4]], dtype=np.int64),
+             f=rng.integers(0, V, size=(F, 3)).astype(np.int64))
+    return path
+
+
+def test_static_viewer_files_and_flame_asset(engine, tmp_path):
+    """`/` serves the viewer's files; --flame's asset (built by clients/flame_asset.py for the
+    session's shape) is served at /flame.bin with the token and announced in hello."""
+    import argparse
+
+    from clients.flame_asset import parse_flame_asset
+    from streaming.serve import flame_asset
+
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<!doctype html><title>viewer</title>")
+    (web / "main.js").write_text("export const x = 1;")
+    shape = np.linspace(-1, 1, 100).astype(np.float32)
+    asset = flame_asset(argparse.Namespace(flame=synthetic_flame_npz(tmp_path / "flame.npz")), shape)
+    assert parse_flame_asset(asset)["verts"].shape == (30, 3)
+
+    async def scenario():
+        h = await start(engine, web_root=web, flame_asset=asset)
+        try:
+            got = {path: await h.get(path) for path in ("/", "/main.js", f"/flame.bin?token={TOKEN}")}
+            async with connect(h.ws_url()) as ws:
+                hello = await hello_of(ws)
+        finally:
+            await h.server.stop()
+        return got, hello
+
+    got, hello = run(scenario())
+    assert got["/"] == (200, b"<!doctype html><title>viewer</title>")
+    assert got["/main.js"] == (200, b"export const x = 1;")
+    assert got[f"/flame.bin?token={TOKEN}"] == (200, asset)
+    assert hello["template"]["flame_asset"] == "/flame.bin"
