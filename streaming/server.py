@@ -198,15 +198,14 @@ class LiveServer:
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer)
         viewer = Viewer(ws, mode, self.config.viewer_queue, self.metrics, name)
-        try:
-            await ws.send(dumps(self.hello(session, mode)))
-        except ConnectionClosed:
-            return
+        # joined before the hello is sent (no await in between): the janitor cannot close the
+        # session under a new viewer, and frames wait in the queue until the sender starts
         session.add(viewer)
         self.viewers.add(viewer)
         self.metrics.add_connection()
-        viewer.task = asyncio.create_task(viewer.run_sender())
         try:
+            await ws.send(dumps(self.hello(session, mode)))
+            viewer.task = asyncio.create_task(viewer.run_sender())
             async for message in ws:
                 if isinstance(message, str):
                     session.control(viewer, parse_control(message))
@@ -225,7 +224,8 @@ class LiveServer:
         finally:
             session.remove(viewer)
             self.viewers.discard(viewer)
-            viewer.task.cancel()
+            if viewer.task is not None:
+                viewer.task.cancel()
 
 
 def _ms(v: float | None) -> float | None:
