@@ -183,11 +183,11 @@ def flame_server(servers):
     return servers["flame"]
 
 
-def open_viewer(browser, server, token=TOKEN):
+def open_viewer(browser, server, token=TOKEN, query=""):
     page = browser.new_page(viewport={"width": 480, "height": 360})
     page.errors = []
     page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.goto(f"{server.http_url}/?token={token}")
+    page.goto(f"{server.http_url}/?token={token}{query}")
     return page
 
 
@@ -266,6 +266,11 @@ def test_refused_token_is_explained(browser, proxy_server):
     page.close()
 
 
+def skin_in_browser(page, exp, pose, gaze):
+    return np.asarray(page.evaluate("([e, p, y]) => window.dptViewer.debugSkin(e, p, y)",
+                                    [exp.tolist(), pose.tolist(), [0, 0, *gaze]])).reshape(-1, 3)
+
+
 def test_flame_viewer_renders_and_matches_flame(browser, flame_server, head_pkl):
     import torch
 
@@ -275,6 +280,13 @@ def test_flame_viewer_renders_and_matches_flame(browser, flame_server, head_pkl)
     page.wait_for_function("() => window.dptViewer && window.dptViewer.mode === 'flame'", timeout=60000)
     assert_renders_motion(page, "flame")
     assert "FLAME" in page.inner_text("#hud-mode")
+    # Software WebGL (SwiftShader here) sums the blendshapes in JS; ?blend=gpu forces the shader path.
+    assert stats(page, "flame")["flame"]["blend"] == "cpu"
+    gpu = open_viewer(browser, flame_server, query="&blend=gpu")
+    gpu.wait_for_function("() => window.dptViewer && window.dptViewer.mode === 'flame' "
+                          "&& window.dptViewer.framesRendered > 3", timeout=60000)
+    assert stats(gpu, "flame")["flame"]["blend"] == "gpu" and gpu.errors == []
+
     # The live vertex shader (read back by transform feedback) against engines.flame.Flame with the
     # session's identity shape from the hello.
     shape = np.asarray(page.evaluate("() => window.dptViewer.hello.template.shape"), np.float32)
@@ -282,14 +294,17 @@ def test_flame_viewer_renders_and_matches_flame(browser, flame_server, head_pkl)
     exp = rng.normal(size=50).astype(np.float32)
     pose = (rng.normal(size=6) * 0.3).astype(np.float32)
     yaw, pitch = 0.2, -0.1
-    got = np.asarray(page.evaluate("([e, p, y]) => window.dptViewer.debugSkin(e, p, y)",
-                                   [exp.tolist(), pose.tolist(), [0, 0, yaw, pitch]])).reshape(-1, 3)
     with torch.no_grad():
         eye = torch.tensor([[-pitch, yaw, 0.0] * 2])
         ref = Flame(load_flame(head_pkl))(torch.from_numpy(shape), torch.from_numpy(exp)[None],
                                           torch.from_numpy(pose)[None], eye_pose=eye)[0].numpy()
-    assert got.shape == ref.shape
-    assert np.abs(got - ref).max() < 1e-4  # fp16 blendshapes: ~10 um on a 20 cm head
+    for p in (page, gpu):
+        got = skin_in_browser(p, exp, pose, (yaw, pitch))
+        assert got.shape == ref.shape
+        assert np.abs(got - ref).max() < 1e-4  # fp16 blendshapes: ~10 um on a 20 cm head
+    # and a different frame gives different vertices (the comparison is not vacuous)
+    assert np.abs(skin_in_browser(gpu, exp * 0, pose * 0, (0, 0)) - ref).max() > 1e-3
+    gpu.close()
     page.close()
 
 

@@ -1,10 +1,10 @@
 // FLAME mesh in the browser: parses /flame.bin (layout: clients/flame_asset.py, docs/CLIENTS.md)
 // and skins it on the GPU. Blendshapes (expression + pose correctives) live in one RGB16F texture,
-// summed in the vertex shader; the 5 joint transforms are computed here per frame (cheap) and
-// blended per vertex by the LBS weights. The same vertex shader can be run with transform
+// summed in the vertex shader (or in JS on software WebGL); the 5 joint transforms are computed
+// here per frame (cheap) and blended per vertex by the LBS weights. The same vertex shader can be run with transform
 // feedback (debugSkin) so tests compare its vertices with engines.flame.Flame.
 import { compile, buffer, attribute, LIGHTING_GLSL } from './gl.js';
-import { rodrigues, mul3, mul3v, affine } from './math.js';
+import { rodrigues, mul3, mul3v, affine, halfToFloat } from './math.js';
 
 const MAGIC = 'DPTFLAME';
 const DTYPES = { 1: Float32Array, 2: Uint16Array, 3: Uint32Array, 4: Int32Array };
@@ -101,15 +101,26 @@ function vertexNormals(verts, faces, V) {
   return n;
 }
 
+// Software WebGL (no GPU) runs vertex shaders on the CPU, where 86 texture reads per vertex
+// halve the frame rate; there the blendshape sum is done in JS instead (measured: docs/CLIENTS.md).
+export function softwareRenderer(gl) {
+  const ext = gl.getExtension('WEBGL_debug_renderer_info');
+  const name = ext ? gl.getParameter(ext.UNMASKED_RENDERER_WEBGL) : gl.getParameter(gl.RENDERER);
+  return /swiftshader|llvmpipe|softpipe|software|basic render/i.test(String(name));
+}
+
 export class FlameRenderer {
-  constructor(gl, asset) {
+  // blend: 'gpu' (vertex shader sums the blendshapes) or 'cpu' (JS sums them, the shader skins).
+  constructor(gl, asset, blend = 'gpu') {
     this.gl = gl;
     this.a = asset;
+    this.blend = blend;
     const { V, K, P } = asset;
     this.prog = compile(gl, VS, FS, ['vPos']);
     this.vao = gl.createVertexArray();
     gl.bindVertexArray(this.vao);
-    attribute(gl, 0, buffer(gl, gl.ARRAY_BUFFER, asset.verts), 3);
+    this.posBuffer = buffer(gl, gl.ARRAY_BUFFER, asset.verts, blend === 'cpu' ? gl.DYNAMIC_DRAW : gl.STATIC_DRAW);
+    attribute(gl, 0, this.posBuffer, 3);
     attribute(gl, 1, buffer(gl, gl.ARRAY_BUFFER, vertexNormals(asset.verts, asset.faces, V)), 3);
     const w4 = new Float32Array(V * 4), w1 = new Float32Array(V);
     for (let v = 0; v < V; v++) {
@@ -135,6 +146,14 @@ export class FlameRenderer {
     gl.texImage2D(gl.TEXTURE_2D, 0, gl.RGB16F, this.texW, texH, 0, gl.RGB, gl.HALF_FLOAT, data);
     for (const p of [gl.TEXTURE_MIN_FILTER, gl.TEXTURE_MAG_FILTER]) gl.texParameteri(gl.TEXTURE_2D, p, gl.NEAREST);
 
+    if (blend === 'cpu') {  // float32 copies, component-major like the texture
+      this.dirs = new Float32Array((K + P) * V * 3);
+      const lut = new Float32Array(65536);
+      for (let h = 0; h < 65536; h++) lut[h] = halfToFloat(h);
+      for (let i = 0; i < K * V * 3; i++) this.dirs[i] = lut[asset.expdirs[i]];
+      for (let i = 0; i < P * V * 3; i++) this.dirs[K * V * 3 + i] = lut[asset.posedirs[i]];
+      this.rest = new Float32Array(V * 3);
+    }
     this.coef = new Float32Array(MAX_COMPONENTS);
     this.skin = new Float32Array(16 * N_JOINTS);
     this.nComp = K + P;
@@ -187,6 +206,21 @@ export class FlameRenderer {
     for (let j = 1; j < N_JOINTS && (j - 1) * 9 < P; j++) {
       for (let i = 0; i < 9; i++) this.coef[K + (j - 1) * 9 + i] = R[j][i] - (i % 4 === 0 ? 1 : 0);
     }
+    if (this.blend === 'cpu') this._blendOnCpu();
+  }
+
+  _blendOnCpu() {
+    const n = this.a.V * 3, rest = this.rest, dirs = this.dirs;
+    rest.set(this.a.verts);
+    for (let c = 0; c < this.nComp; c++) {
+      const w = this.coef[c];
+      if (w === 0) continue;
+      const off = c * n;
+      for (let i = 0; i < n; i++) rest[i] += w * dirs[off + i];
+    }
+    const gl = this.gl;
+    gl.bindBuffer(gl.ARRAY_BUFFER, this.posBuffer);
+    gl.bufferSubData(gl.ARRAY_BUFFER, 0, rest);
   }
 
   _bind(view, proj) {
@@ -197,7 +231,7 @@ export class FlameRenderer {
     gl.uniform1i(u.uDirs, 0);
     gl.uniform1i(u.uV, this.a.V);
     gl.uniform1i(u.uTexW, this.texW);
-    gl.uniform1i(u.uNComp, this.nComp);
+    gl.uniform1i(u.uNComp, this.blend === 'cpu' ? 0 : this.nComp);
     gl.uniform4fv(u.uCoef, this.coef);
     gl.uniformMatrix4fv(u.uSkin, false, this.skin);
     gl.uniformMatrix4fv(u.uView, false, view);

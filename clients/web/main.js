@@ -6,13 +6,14 @@ import { Playout } from './playout.js';
 import { Hud } from './hud.js';
 import { MicStreamer } from './mic.js';
 import { ProxyRenderer } from './proxy.js';
-import { FlameRenderer, parseFlameAsset } from './flame.js';
+import { FlameRenderer, parseFlameAsset, softwareRenderer } from './flame.js';
 import { perspective, lookAt } from './math.js';
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token') || '';
 const session = params.get('session') || '';
 const delayMs = Number(params.get('delay') || 100);
+const blendParam = params.get('blend') || 'auto';  // where FLAME blendshapes are summed: auto|gpu|cpu
 
 const stats = {
   connected: false, state: 'starting', mode: 'proxy', framesReceived: 0, lastSeq: -1, dropped: 0,
@@ -52,10 +53,11 @@ async function useFlame(path) {
     const r = await fetch(url, { headers: token ? { Authorization: `Bearer ${token}` } : {} });
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const asset = parseFlameAsset(await r.arrayBuffer());
-    renderer = new FlameRenderer(gl, asset);
+    const blend = blendParam === 'gpu' || blendParam === 'cpu' ? blendParam : (softwareRenderer(gl) ? 'cpu' : 'gpu');
+    renderer = new FlameRenderer(gl, asset, blend);
     stats.mode = 'flame';
-    stats.flame = { vertices: asset.V, faces: asset.F, components: asset.K + asset.P };
-    hud.mode(`FLAME ${asset.V} vertices`);
+    stats.flame = { vertices: asset.V, faces: asset.F, components: asset.K + asset.P, blend };
+    hud.mode(`FLAME ${asset.V} vertices (blendshapes on ${blend.toUpperCase()})`);
   } catch (e) {
     note(`FLAME model unavailable (${e.message}); showing the proxy head`, 'error');
     flameAssetPath = null;
@@ -136,12 +138,14 @@ const scratch = new Float32Array(61);
 function render(nowMs) {
   const w = Math.round(canvas.clientWidth * devicePixelRatio), h = Math.round(canvas.clientHeight * devicePixelRatio);
   if (w > 0 && h > 0 && (canvas.width !== w || canvas.height !== h)) { canvas.width = w; canvas.height = h; }
+  const t0 = performance.now();
   const { values, past } = playout.sample(nowMs / 1000, scratch);
   if (values) {
     renderer.setFrame(values.subarray(0, 50), values.subarray(50, 56), values[60] > 0.5 ? values.subarray(56, 60) : null);
     stats.framesRendered++;
     if (past > 0.04) stats.underruns++;
   }
+  const t1 = performance.now();
   const { center, radius } = renderer.bounds;
   const fov = 0.5, dist = radius / Math.sin(fov / 2) * 1.25;
   const view = lookAt([center[0], center[1] + radius * 0.05, center[2] + dist], center);
@@ -152,6 +156,11 @@ function render(nowMs) {
   gl.enable(gl.DEPTH_TEST);
   renderer.draw(view, proj);
   stats.renderCount++;
+  // CPU cost per rendered frame (exponential average): playout + joint transforms, and the GL calls
+  // (command submission; the GPU works asynchronously).
+  stats.updateMs = stats.updateMs === undefined ? t1 - t0 : 0.95 * stats.updateMs + 0.05 * (t1 - t0);
+  const t2 = performance.now();
+  stats.drawMs = stats.drawMs === undefined ? t2 - t1 : 0.95 * stats.drawMs + 0.05 * (t2 - t1);
 }
 
 function frame() {
