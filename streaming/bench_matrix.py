@@ -365,8 +365,10 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
     archs = split_list(args.archs)
     if not backends:
         raise UserError("--backends: give at least one backend")
-    models = [(a, arch_model_dir(a, args.cache_dir, args.seed)) for a in archs]
-    models += [(Path(m).name, Path(m)) for m in (args.model or [])]
+    # (name, directory, the architecture whose reference sampler it is compared with: an --archs
+    # variant such as full+student with its base, full; a --model directory by its network sizes)
+    models = [(a, arch_model_dir(a, args.cache_dir, args.seed), a.split("+")[0]) for a in archs]
+    models += [(Path(m).name, Path(m), None) for m in (args.model or [])]
     if not models:
         raise UserError("nothing to measure: give --archs and/or --model")
     torch.set_num_threads(args.threads)
@@ -376,7 +378,7 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
     guidance = Guidance()
     result = {"settings": {"audio": audio_name, "audio_seconds": round(audio_s, 3),
                            "backends": [f"{b}:{p}" for b, p in backends],
-                           "models": [f"{n} ({p})" for n, p in models], "steps": steps_list,
+                           "models": [f"{n} ({p})" for n, p, _ in models], "steps": steps_list,
                            "windows": [f"{h}/{la}/{c}" for h, la, c in windows], "clock": args.clock,
                            "threads": args.threads, "realtime": args.realtime, "sessions": args.sessions,
                            "reference_seconds": args.reference_seconds, "reference_steps": args.reference_steps,
@@ -385,18 +387,32 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
                                        "compute_speedup": TARGET_COMPUTE_SPEEDUP}},
               "machine": machine_info(), "references": [], "rows": []}
     loaded_models = []
-    for name, path in models:
+    for name, path, base in models:
         loaded = load_model_dir(path)
         style, style_name = pick_style(loaded, args.style, args.seed)
-        loaded_models.append((name, loaded, style, style_name))
+        loaded_models.append((name, loaded, style, style_name, base))
 
-    # the reference offline sampler, per teacher architecture (students compare with their teacher's)
-    refs: dict[str, dict] = {}
+    # the reference offline sampler, once per teacher architecture
+    refs: dict[str, dict] = {}  # architecture_key -> reference result
+    row_ref: dict[str, str] = {}  # model name -> architecture_key of its reference
     if args.reference_seconds > 0:
         piece = audio[:round(args.reference_seconds * SAMPLE_RATE)]
-        for name, loaded, style, style_name in loaded_models:
+        teachers = {}  # reference name -> (loaded, style, style name)
+        for name, loaded, style, style_name, base in loaded_models:
+            if base is not None and base != name:  # an architecture variant: its base architecture's reference
+                if base not in teachers:
+                    tl = next((m for m in loaded_models if m[0] == base), None)
+                    if tl is None:
+                        tl_loaded = load_model_dir(arch_model_dir(base, args.cache_dir, args.seed))
+                        tl = (base, tl_loaded, *pick_style(tl_loaded, args.style, args.seed))
+                    teachers[base] = tl[1:4]
+                row_ref[name] = architecture_key(teachers[base][0])
+            elif loaded.config.kind != "student":
+                teachers.setdefault(name, (loaded, style, style_name))
+                row_ref[name] = architecture_key(loaded)
+        for name, (loaded, style, style_name) in teachers.items():
             key = architecture_key(loaded)
-            if loaded.config.kind == "student" or key in refs:
+            if key in refs:
                 continue
             progress(f"reference sampler on {name}: {len(piece) / SAMPLE_RATE:.2f} s of audio, "
                      f"{args.reference_steps or loaded.config.n_diff_steps} of {loaded.config.n_diff_steps} steps timed ...")
@@ -410,8 +426,10 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
 
     flops_cache: dict = {}
     failed = 0
-    for name, loaded, style, style_name in loaded_models:
-        ref = refs.get(architecture_key(loaded))
+    for name, loaded, style, style_name, _base in loaded_models:
+        # a student directory: the reference of a teacher with the same network sizes, if one ran
+        ref = refs.get(row_ref.get(name, architecture_key(loaded)))
+        ref_name = ref["model"] if ref else None
         step_counts = [None] if loaded.config.kind == "student" else steps_list
         for backend in backends:
             for steps in step_counts:
@@ -432,7 +450,8 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
                                           clock, args.realtime)
                         row.update(status="ok", **summarise(run, audio_s, per_window, flops_cache[key]))
                         if ref is not None:
-                            row["speedup_wall"] = ref["rtf"] / row["rtf"]
+                            row["reference"] = ref_name
+                            row["speedup_time"] = ref["rtf"] / row["rtf"]
                             row["speedup_compute"] = ref["gflop_per_audio_s"] / row["gflop_per_audio_s"]
                         row["targets_met"] = _targets(row)
                         if args.sessions > 1:
@@ -463,7 +482,7 @@ def one_line(row: dict) -> str:
             f"(features {row['stage_ms']['features']:.0f}, denoise {row['stage_ms']['denoise']:.0f}), "
             f"worst latency {row['worst_latency_ms']:.0f} ms, {row['gflop_per_audio_s']:.1f} GFLOP/s audio")
     if "speedup_compute" in row:
-        text += f", {row['speedup_wall']:.0f}x wall / {row['speedup_compute']:.0f}x compute vs reference"
+        text += f", {row['speedup_time']:.0f}x time / {row['speedup_compute']:.0f}x compute vs reference"
     if "concurrent" in row:
         c = row["concurrent"]
         text += f", {c['keep_up']}/{c['n']} concurrent streams keep up"

@@ -41,7 +41,7 @@ def reference_table(result: dict) -> str:
 def matrix_table(result: dict) -> str:
     head = ("| model | backend | steps | hop/la/ctx ms | RTF | ms per step: features / denoise / other "
             "| step p50/p95/p99 ms | worst latency ms | passes per s audio | GFLOP per s audio "
-            "| speedup wall / compute | targets RTF · latency · 300× |")
+            "| speedup time / compute | targets RTF · latency · 300× |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in result["rows"]:
         steps = r.get("denoiser_steps", "—")
@@ -55,7 +55,7 @@ def matrix_table(result: dict) -> str:
             f"| {st['features']:.0f} / {st['denoise']:.0f} / {st['other']:.0f} "
             f"| {s['p50']:.0f}/{s['p95']:.0f}/{s['p99']:.0f} | {r['worst_latency_ms']:.0f} "
             f"| {r['passes_per_audio_s']:.1f} | {r['gflop_per_audio_s']:,.1f} "
-            f"| {_x(r.get('speedup_wall'))} / {_x(r.get('speedup_compute'))} "
+            f"| {_x(r.get('speedup_time'))} / {_x(r.get('speedup_compute'))} "
             f"| {_mark(t['rtf'])} · {_mark(t['latency'])} · {_mark(t['compute_speedup'])} |")
     return "\n".join(lines)
 
@@ -89,7 +89,9 @@ def markdown(result: dict) -> str:
     if result["references"]:
         parts += ["", "Reference offline sampler (DDPM, every step, all guided passes; PyTorch):", "",
                   reference_table(result)]
-    parts += ["", "Streaming (speedups against the reference row of the same architecture; targets: RTF ≤ "
+    parts += ["", "Streaming (speedup time: the reference's seconds per second of audio over the row's RTF, same "
+                  "clock; speedup compute: GFLOP per second of audio, reference over row; both against the reference "
+                  "of the same network sizes; targets: RTF ≤ "
                   f"{s['targets']['rtf']}, worst latency ≤ {s['targets']['worst_latency_ms']:.0f} ms, "
                   f"≥ {s['targets']['compute_speedup']:.0f}× less compute per second of audio):", "",
               matrix_table(result)]

@@ -16,7 +16,7 @@ from tests.conftest import make_tiny_model_dir
 ROW_KEYS = {"model", "kind", "backend", "precision", "engine", "hop_ms", "lookahead_ms", "context_ms",
             "denoiser_steps", "status", "rtf", "stage_ms", "stage_rtf", "step_ms", "replayed_latency_ms",
             "measured_latency_ms", "worst_latency_ms", "passes_per_step", "passes_per_audio_s", "gflop_per_audio_s",
-            "speedup_wall", "speedup_compute", "targets_met"}
+            "speedup_time", "speedup_compute", "targets_met"}
 REF_KEYS = {"model", "audio_seconds", "windows", "diffusion_steps", "steps_timed", "passes_per_step", "seconds",
             "denoise_s", "other_s", "rtf", "passes_per_audio_s", "gflop_per_audio_s"}
 
@@ -76,7 +76,7 @@ def test_json_report(bench_run):
         # every frame waits at least for its lookahead audio
         assert row["worst_latency_ms"] >= 80 and row["measured_latency_ms"] is None
         assert row["speedup_compute"] == pytest.approx(ref["gflop_per_audio_s"] / row["gflop_per_audio_s"])
-        assert row["speedup_wall"] == pytest.approx(ref["rtf"] / row["rtf"])
+        assert row["speedup_time"] == pytest.approx(ref["rtf"] / row["rtf"])
         assert set(row["targets_met"]) == {"rtf", "latency", "compute_speedup"}
     # two denoiser steps cost more compute than one (same encoder, twice the passes); the backend
     # runs the same networks
@@ -115,19 +115,26 @@ def test_concurrent_sessions(tiny_model_dir, tmp_path):
     assert "| tiny | torch | 1 | 80/80/800 | 2 | " in (tmp_path / "r.md").read_text()
 
 
-def test_student_row_uses_its_teachers_reference(tiny_model_dir, tmp_path):
+def test_students_use_their_teachers_reference(tmp_path):
     student = make_tiny_model_dir(tmp_path / "student", kind="student", student_steps=1)
-    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--model", str(student),
-               "--backends", "torch", "--steps", "2", "--windows", "160/80/400", "--seconds", "1.5",
+    rc = main(["bench", "--archs", "tiny+student", "--cache-dir", str(tmp_path / "cache"), "--model",
+               str(student), "--backends", "torch", "--steps", "2", "--windows", "160/80/400", "--seconds", "1.5",
                "--reference-seconds", "1", "--reference-steps", "4", "--json", str(tmp_path / "r.json")])
     assert rc == 0
     r = json.loads((tmp_path / "r.json").read_text())
-    assert len(r["references"]) == 1 and r["references"][0]["steps_timed"] == 4
-    teacher, stud = r["rows"]
-    assert stud["kind"] == "student" and stud["denoiser_steps"] == 1 and stud["passes_per_step"] == 1
-    assert teacher["passes_per_step"] == 6
-    # same architecture: the student is compared with the teacher's reference run
-    assert stud["speedup_compute"] > teacher["speedup_compute"]
+    # one reference run: the variant's base architecture, built in the cache although it is not
+    # measured itself; 4 of its 20 steps timed and scaled
+    (ref,) = r["references"]
+    assert ref["model"] == "tiny" and ref["steps_timed"] == 4 and ref["passes_per_audio_s"] == pytest.approx(60)
+    assert (tmp_path / "cache" / "tiny" / "config.json").is_file()
+    assert (tmp_path / "cache" / "tiny+student" / "config.json").is_file()
+    variant, stud = r["rows"]
+    # the arch variant is compared with its base, the student directory with the teacher of the
+    # same network sizes
+    assert variant["model"] == "tiny+student" and variant["reference"] == "tiny"
+    assert stud["kind"] == "student" and stud["reference"] == "tiny"
+    assert stud["denoiser_steps"] == 1 and stud["passes_per_step"] == 1
+    assert variant["passes_per_step"] == 1 and variant["speedup_compute"] > 1
 
 
 def test_random_architecture_is_built_once(tmp_path):
@@ -171,4 +178,4 @@ def test_realtime_run_measures_latency(tiny_model_dir, tmp_path):
     lat = row["measured_latency_ms"]
     assert lat is not None and row["worst_latency_ms"] == lat["max"]
     assert lat["max"] >= 40 and row["wall_s"] >= 1.1  # fed at the speed of speech
-    assert "speedup_wall" not in row and np.isfinite(row["gflop_per_audio_s"])
+    assert "speedup_time" not in row and np.isfinite(row["gflop_per_audio_s"])
