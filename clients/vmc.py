@@ -111,6 +111,7 @@ class VmcBridge:
         with self.lock:
             self.playout.push(audio_time, _pack(exp, pose, eyes), now, reset)
             self.frames_in += 1
+            self.mapper.observe(exp, pose)
 
     def _smooth(self, name: str, group: str, target: float, dt: float) -> float:
         tau = self.mapper.m["smoothing_ms"].get(group, 0.0) / 1000.0

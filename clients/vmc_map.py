@@ -9,6 +9,7 @@ on SynthTalk — drives visemes sensibly; for a model trained on real FLAME data
 ``features`` rows in a mapping file (see docs/CLIENTS.md, "Tuning").
 
     f      = features @ (exp[0:n] - exp_offset)                      (open, closure, round, spread, smile)
+    f.round, f.spread -= their running average over closed-jaw frames   (auto_neutral_s)
     jaw    = clip(pose.jaw_x / jaw_open_rad, 0, 1)
     o      = clip(open_mix * jaw + (1 - open_mix) * f.open, 0, 1)      mouth openness
     r, s   = clip(round_gain * f.round, 0, 1), clip(spread_gain * f.spread, 0, 1)
@@ -50,6 +51,11 @@ DEFAULT_MAPPING: dict[str, Any] = {
     "round_gain": 1.0,        # rounding feature -> r (U/O)
     "spread_gain": 1.5,       # spreading feature -> s (I/E): SynthTalk's EH (spread 0.5) reads as E
     "deadzone": 0.05,         # values below this are 0 (a resting mouth shows no viseme)
+    # Rest-pose calibration: the round/spread features of frames with a nearly closed jaw are
+    # averaged (time constant auto_neutral_s; 0 = off) and subtracted, so a speaker's constant lip
+    # spread or pout (a style's offset) does not read as a held I or U.
+    "auto_neutral_s": 5.0,
+    "neutral_jaw_rad": 0.03,
     "gains": {},              # per output name (A, Blink_L, jawOpen, ...): multiplier, default 1
     "smoothing_ms": {"mouth": 0.0, "blink": 0.0, "head": 0.0, "eyes": 0.0},  # one-pole time constants
     "neck_share": 0.4,        # part of the head rotation given to the Neck bone (rest: Head)
@@ -128,6 +134,8 @@ def validate(m: dict) -> None:
     _num(m["round_gain"], "round_gain", 0.0, 10.0)
     _num(m["spread_gain"], "spread_gain", 0.0, 10.0)
     _num(m["deadzone"], "deadzone", 0.0, 0.9)
+    _num(m["auto_neutral_s"], "auto_neutral_s", 0.0, 600.0)
+    _num(m["neutral_jaw_rad"], "neutral_jaw_rad", 0.0, 1.0)
     known = set(VISEMES) | set(BLINKS) | set(ARKIT)
     for name, g in m["gains"].items():
         if name not in known:
@@ -181,6 +189,20 @@ class VmcMapper:
             self.matrix[i, :len(row)] = row
         self.offset = np.zeros(self.n_in)
         self.offset[:len(self.m["exp_offset"])] = self.m["exp_offset"]
+        self.neutral: dict[str, float] | None = None  # rest round/spread (auto_neutral_s)
+
+    def observe(self, exp, pose, dt: float = 0.04) -> None:
+        """Feed one network frame to the rest-pose calibration (auto_neutral_s)."""
+        tau = self.m["auto_neutral_s"]
+        if tau <= 0 or abs(float(pose[3])) > self.m["neutral_jaw_rad"]:
+            return
+        f = self.features(exp)
+        if self.neutral is None:
+            self.neutral = {"round": f["round"], "spread": f["spread"]}
+            return
+        a = min(1.0, dt / tau)
+        for k in self.neutral:
+            self.neutral[k] += a * (f[k] - self.neutral[k])
 
     def features(self, exp) -> dict[str, float]:
         x = np.asarray(exp, dtype=np.float64)[:self.n_in] - self.offset[:min(self.n_in, len(exp))]
@@ -197,6 +219,9 @@ class VmcMapper:
         jaw = _clip01(float(pose[3]) / self.m["jaw_open_rad"])
         mix = self.m["open_mix"]
         o = _clip01(mix * jaw + (1 - mix) * f["open"])
+        if self.neutral is not None:
+            f["round"] -= self.neutral["round"]
+            f["spread"] -= self.neutral["spread"]
         r, s = _clip01(self.m["round_gain"] * f["round"]), _clip01(self.m["spread_gain"] * f["spread"])
         raw = {"A": o * (1 - r) * (1 - s), "E": o * s * (1 - r), "O": o * r,
                "I": (1 - o) * s * (1 - r), "U": (1 - o) * r}

@@ -121,6 +121,23 @@ def test_closed_mouth_shows_no_viseme_and_arkit_closes_lips():
     assert mapper.blendshapes(exp, pose, None)["mouthPucker"] > 0.5
 
 
+def test_auto_neutral_removes_a_speakers_constant_spread():
+    # A speaker style with lips spread at rest: SynthTalk's exp_offset adds to exp[0:5].
+    rest, pose = synth_frame("sil")
+    rest[:5] += EXP_MAP @ np.array([0.0, 0.0, 0.0, 0.3, 0.4])  # spread + smile offset
+    fixed = VmcMapper(load_mapping(auto_neutral_s=0.0))
+    assert fixed.blendshapes(rest, pose, None)["I"] > 0.2  # without calibration: a held "I"
+    mapper = VmcMapper(load_mapping())
+    for _ in range(50):  # 2 s of closed-jaw frames
+        mapper.observe(rest, pose)
+    assert mapper.blendshapes(rest, pose, None)["I"] < 0.05
+    open_exp, open_pose = synth_frame("AA")
+    mapper.observe(open_exp + rest, open_pose)  # an open jaw does not move the rest estimate
+    assert mapper.neutral["spread"] == pytest.approx(0.3, abs=0.02)
+    out = mapper.blendshapes(open_exp + rest, open_pose, None)
+    assert max("AIUEO", key=out.get) == "A"
+
+
 def test_quaternion_convention():
     # FLAME +x rotation = nod down; Unity's left-handed frame keeps x (mirror of x flips y, z).
     q = unity_quaternion((0.4, 0.0, 0.0))
