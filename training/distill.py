@@ -50,6 +50,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--context-ms", type=int, default=1600)
     g.add_argument("--val-clips", type=int, default=10, help="val clips for the validation loss")
     g.add_argument("--only-targets", action="store_true", help="build the targets and stop")
+    g.add_argument("--no-build", action="store_true",
+                   help="train on the shards already in --targets (e.g. while parallel builders still run)")
     g = p.add_argument_group("training")
     g.add_argument("--iters", type=int, default=3000)
     g.add_argument("--batch", type=int, default=64)
@@ -216,7 +218,14 @@ def cmd_distill(args) -> int:
     if not args.resume and not args.only_targets and out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
     teacher = load_model_dir(args.teacher, "cpu")
-    train_paths, val_paths = build_targets(args, teacher, args.window, configs)
+    if args.no_build:
+        train_paths = sorted(args.targets.glob("train_set*.npz"))
+        val_paths = sorted(args.targets.glob("val_set*.npz"))
+        if not train_paths or not val_paths:
+            raise UserError(f"--no-build: {args.targets} holds {len(train_paths)} train and {len(val_paths)} val "
+                            "shards; both are needed")
+    else:
+        train_paths, val_paths = build_targets(args, teacher, args.window, configs)
     if args.only_targets:
         print(f"targets in {args.targets}: {len(train_paths)} train, {len(val_paths)} val shards")
         return 0

@@ -188,11 +188,12 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
                 "hop_ms": draw.hop_ms, "lookahead_ms": draw.lookahead_ms, "context_ms": context_ms,
                 "w_audio": draw.w_audio, "w_style": draw.w_style, "has_style": draw.has_style,
                 "noise_seed": draw.noise_seed, "teacher_steps": steps, "n_motions": n_motions}
-        tmp = out / (shard_name(split, set_idx, i) + ".tmp.npz")
-        np.savez(tmp, audio_feat=rec["audio_feat"].astype(np.float16), prev_audio=rec["prev_audio"].astype(np.float16),
-                 prev_motion=rec["prev_motion"], indicator=rec["indicator"].astype(np.uint8), first=rec["first"],
-                 teacher=teacher, x_T=x_T, shape=shape_n.numpy(),
-                 style=style if style is not None else np.zeros(d, np.float32), meta=np.array(json.dumps(meta)))
+        tmp = out / (shard_name(split, set_idx, i) + ".partial")  # renamed when complete
+        with open(tmp, "wb") as fh:
+            np.savez(fh, audio_feat=rec["audio_feat"].astype(np.float16), prev_audio=rec["prev_audio"].astype(np.float16),
+                     prev_motion=rec["prev_motion"], indicator=rec["indicator"].astype(np.uint8), first=rec["first"],
+                     teacher=teacher, x_T=x_T, shape=shape_n.numpy(),
+                     style=style if style is not None else np.zeros(d, np.float32), meta=np.array(json.dumps(meta)))
         tmp.rename(out / shard_name(split, set_idx, i))
         log.info("%s set %d clip %d (%s): %d frames, %d steps, %s/%s ms, w %.2f/%.2f in %.1f s", split, set_idx, i,
                  c.entry, len(teacher), len(rec["first"]), draw.hop_ms, draw.lookahead_ms, draw.w_audio,
