@@ -88,6 +88,17 @@ def counter(text: str, name: str) -> float:
     return total
 
 
+def loop_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of the server's main thread — the one running the event loop and so
+    every frame write — from /proc (Linux; None elsewhere). Unlike the wall-clock histogram it
+    does not grow when other processes compete for the cores."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 # --- the run -------------------------------------------------------------------------------------
 
 def start_server(args) -> tuple[subprocess.Popen, str, str]:
@@ -110,7 +121,7 @@ def start_server(args) -> tuple[subprocess.Popen, str, str]:
     raise UserError("the server did not start:\n" + "".join(lines[-20:]))
 
 
-async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, warmup: float, fetch):
+async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, warmup: float, fetch, pid: int):
     from websockets.asyncio.client import connect
 
     url = base.replace("http://", "ws://") + f"/ws?token={token}&mode={mode}"
@@ -134,15 +145,18 @@ async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, war
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
     await asyncio.sleep(warmup)
     before = await asyncio.to_thread(fetch)
+    cpu0 = loop_cpu_seconds(pid)
     c0 = list(counts)
     t0 = time.monotonic()
     await asyncio.sleep(seconds)
     after = await asyncio.to_thread(fetch)
+    cpu1 = loop_cpu_seconds(pid)
     elapsed = time.monotonic() - t0
     c1 = list(counts)
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
-    return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped)
+    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped), cpu
 
 
 def cmd_serve_bench(args) -> int:
@@ -158,8 +172,8 @@ def cmd_serve_bench(args) -> int:
                 return r.read().decode()
 
         for n in ns:
-            before, after, elapsed, received, dropped = asyncio.run(
-                _viewers(base, token, n, args.mode, args.seconds, args.warmup, fetch))
+            before, after, elapsed, received, dropped, cpu = asyncio.run(
+                _viewers(base, token, n, args.mode, args.seconds, args.warmup, fetch, proc.pid))
             row = {"viewers": n, "seconds": round(elapsed, 2), "mode": args.mode,
                    "frames_per_viewer_per_s": round(sum(received) / max(1, n) / elapsed, 2),
                    "dropped": dropped}
@@ -170,12 +184,16 @@ def cmd_serve_bench(args) -> int:
                 row[key] = {"p50": _ms(quantile_from_cumulative(bounds, cum, 0.5)),
                             "p95": _ms(quantile_from_cumulative(bounds, cum, 0.95)),
                             "mean": _ms(s / c) if c else None, "count": c}
+            writes = row["overhead_ms"]["count"]
+            row["loop_cpu_us_per_write"] = round(cpu / writes * 1e6, 1) if cpu is not None and writes else None
+            row["loop_cpu_share"] = round(cpu / elapsed, 4) if cpu is not None else None
             rows.append(row)
             print(f"{n:>3} viewers: overhead p50 {row['overhead_ms']['p50']} ms, p95 {row['overhead_ms']['p95']} ms, "
                   f"mean {row['overhead_ms']['mean']} ms ({row['overhead_ms']['count']} frame writes); "
                   f"frame latency p50/p95 {row['frame_latency_ms']['p50']}/{row['frame_latency_ms']['p95']} ms; "
                   f"step p50 {row['step_ms']['p50']} ms; {row['frames_per_viewer_per_s']} frames/s per viewer; "
-                  f"dropped {dropped}", flush=True)
+                  f"dropped {dropped}; event-loop CPU {row['loop_cpu_us_per_write']} us per frame write "
+                  f"({row['loop_cpu_share']} of a core)", flush=True)
     finally:
         proc.terminate()
         try:
