@@ -36,11 +36,34 @@ def trt_logger():
 
 
 def cuda_driver():
-    """pycuda's driver module with the primary context current in this thread."""
-    import pycuda.autoprimaryctx  # noqa: F401  (retains and pushes the primary context on import)
+    """pycuda's driver module; importing pycuda.autoprimaryctx retains the device's primary
+    context and makes it current in the importing thread."""
+    import pycuda.autoprimaryctx  # noqa: F401
     import pycuda.driver as cuda
 
     return cuda
+
+
+def primary_context():
+    import pycuda.autoprimaryctx as apc
+
+    return apc.context
+
+
+_DTYPES = {"FLOAT": np.float32, "HALF": np.float16, "BF16": None, "INT8": np.int8, "INT32": np.int32,
+           "INT64": np.int64, "BOOL": np.bool_, "UINT8": np.uint8}
+
+
+def numpy_dtype(trt_dtype) -> np.dtype:
+    """numpy dtype of a TensorRT tensor type (trt.nptype where the bindings still have it)."""
+    import tensorrt as trt
+
+    if hasattr(trt, "nptype"):
+        return np.dtype(trt.nptype(trt_dtype))
+    np_type = _DTYPES.get(getattr(trt_dtype, "name", str(trt_dtype)).split(".")[-1])
+    if np_type is None:
+        raise ValueError(f"TensorRT tensor type {trt_dtype} has no numpy equivalent for I/O")
+    return np.dtype(np_type)
 
 
 class _Binding:
@@ -67,7 +90,7 @@ class _Binding:
             if name not in self.inputs:
                 self.outputs.append(name)
             shape = tuple(self.context.get_tensor_shape(name))
-            dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(name)))
+            dtype = numpy_dtype(engine.get_tensor_dtype(name))
             self.host[name] = cuda.pagelocked_empty(shape, dtype)
             self.device[name] = cuda.mem_alloc(max(self.host[name].nbytes, 1))
             self.context.set_tensor_address(name, int(self.device[name]))
@@ -118,10 +141,11 @@ class TrtEngine:
         import tensorrt as trt
 
         self.cuda = cuda_driver()
-        self.ctx = self.cuda.Context.get_current()
+        self.ctx = primary_context()
         self.path = Path(plan_path)
         runtime = trt.Runtime(trt_logger())
-        self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
+        with self._context():
+            self.engine = runtime.deserialize_cuda_engine(self.path.read_bytes())
         if self.engine is None:
             raise UserError(f"{self.path}: TensorRT cannot load this plan (built for another TensorRT version "
                             "or GPU?); delete it to rebuild")
@@ -137,7 +161,7 @@ class TrtEngine:
             current = self.cuda.Context.get_current()
         except self.cuda.LogicError:
             current = None
-        if current is None or current != self.ctx:
+        if current is None or current.handle != self.ctx.handle:  # e.g. a server's worker thread
             self.ctx.push()
             pushed = True
         try:

@@ -20,6 +20,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from abc import ABC, abstractmethod
 from pathlib import Path
 
@@ -252,15 +253,28 @@ def make_networks(loaded, backend: str, precision: str = "fp32", threads: int | 
     why = backend_unavailable(backend)
     if why is not None:
         raise UserError(f"backend {backend!r} cannot run here: {why}")
-    if backend == "onnxruntime":
-        from engines.backend_ort import OrtNetworks
+    if backend not in ("onnxruntime", "tensorrt"):
+        raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
+    # one set of sessions/engines per model and settings, shared by every stream of this process
+    # (a server's sessions): a full-size HuBERT graph is ~400 MB, and ORT/TRT runs are thread-safe
+    key = (backend, model_hash(loaded.model), precision, threads or 1, str(cache_dir or cache_root()))
+    with _NETWORKS_LOCK:
+        nets = _NETWORKS.get(key)
+        if nets is None:
+            if backend == "onnxruntime":
+                from engines.backend_ort import OrtNetworks
 
-        return OrtNetworks.for_model(loaded, precision, threads=threads, cache_dir=cache_dir)
-    if backend == "tensorrt":
-        from engines.backend_trt import TrtNetworks
+                nets = OrtNetworks.for_model(loaded, precision, threads=threads, cache_dir=cache_dir)
+            else:
+                from engines.backend_trt import TrtNetworks
 
-        return TrtNetworks.for_model(loaded, precision, cache_dir=cache_dir)
-    raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
+                nets = TrtNetworks.for_model(loaded, precision, cache_dir=cache_dir)
+            _NETWORKS[key] = nets
+    return nets
+
+
+_NETWORKS: dict[tuple, Networks] = {}
+_NETWORKS_LOCK = threading.Lock()
 
 
 # --- cache keys ---------------------------------------------------------------------------------------
@@ -275,12 +289,21 @@ def model_hash(model: DiffPoseTalk) -> str:
     """16 hex digits over the config and every tensor of the state dict (names, dtypes, shapes,
     bytes): the same weights give the same key wherever they were loaded from, and any change to a
     weight gives a new one."""
+    state = model.state_dict()
+    # remembered per model object until a tensor is replaced or changed in place (its version
+    # counter moves): hashing a full-size model takes seconds, every session build asks for it
+    fingerprint = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
+    cached = getattr(model, "_dpt_live_hash", None)
+    if cached is not None and cached[0] == fingerprint:
+        return cached[1]
     h = hashlib.sha256(model.cfg.to_json().encode())
-    for name, t in sorted(model.state_dict().items()):
+    for name, t in sorted(state.items()):
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()[:16]
+    digest = h.hexdigest()[:16]
+    object.__setattr__(model, "_dpt_live_hash", (fingerprint, digest))
+    return digest
 
 
 def onnx_cache_dir(model: DiffPoseTalk, root: Path | None = None) -> Path:

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--int8", action="store_true",
                    help="also write dynamic int8 (CPU) graphs and measure their lip-metric fidelity")
     o.add_argument("--audio", type=Path, help="audio for the int8 fidelity run (default: 8 s of synthetic speech)")
+    o.add_argument("--time", type=int, metavar="N", default=0,
+                   help="also time N calls of each graph: torch vs onnxruntime fp32 (vs int8)")
+    o.add_argument("--threads", type=int, default=1, help="torch threads and ONNX Runtime intra-op threads")
     o.set_defaults(func=cmd_onnx)
 
     t = esub.add_parser("tensorrt", help="TensorRT plans from the ONNX graphs (needs a CUDA GPU and TensorRT)")
@@ -75,7 +78,9 @@ def cmd_onnx(args) -> int:
 
     windows = parse_windows(args.window_ms)
     tol = check_tolerance(args.tolerance, DEFAULT_TOLERANCE)
-    torch.set_num_threads(1)
+    if args.time < 0 or args.threads < 1:
+        raise UserError("--time and --threads must be positive")
+    torch.set_num_threads(args.threads)
     loaded = load_model_dir(args.model)
     out = args.out or onnx_cache_dir(loaded.model)
     print(f"exporting {args.model} (model hash {model_hash(loaded.model)}) to {out}")
@@ -86,8 +91,52 @@ def cmd_onnx(args) -> int:
                "graphs": [r.__dict__ for r in records]}
     if args.int8:
         summary["int8"] = int8_step(loaded, out, windows, args.audio)
+    if args.time:
+        summary["timing"] = timing_step(loaded, out, windows, args.int8, args.time, args.threads)
     (Path(out) / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
+
+
+def timing_step(loaded, out: Path, windows: list[int], int8: bool, repeats: int, threads: int) -> list[dict]:
+    """Median wall and thread-CPU time per call of each graph on each backend (one process, the
+    same inputs). Thread CPU time is what a dedicated core would take: on a shared machine the
+    wall time also counts waiting for a core."""
+    import time
+
+    import numpy as np
+
+    from engines.backend_ort import OrtNetworks
+    from engines.backends import TorchNetworks, denoiser_batch
+    from export.onnx_export import denoiser_inputs, parity_audio
+
+    nets = {"torch": TorchNetworks(loaded.model),
+            "onnxruntime fp32": OrtNetworks(out, loaded.config, "fp32", threads, model=loaded.model)}
+    if int8:
+        nets["onnxruntime int8"] = OrtNetworks(out, loaded.config, "int8", threads, model=loaded.model)
+    calls = [(f"audio encoder {w // 16} ms", "audio_features", parity_audio(w)) for w in windows]
+    for b in sorted({denoiser_batch(loaded.config), 1}, reverse=True):
+        calls.append((f"denoiser pass, batch {b}", "denoise", denoiser_inputs(loaded.config, b)))
+    rows = []
+    for label, method, x in calls:
+        row = {"call": label}
+        for name, net in nets.items():
+            fn = getattr(net, method)
+            fn(x)  # warm-up (first-call allocations, lazy session set-up)
+            wall, cpu = [], []
+            for _ in range(repeats):
+                w0, c0 = time.perf_counter(), time.thread_time()
+                fn(x)
+                cpu.append(time.thread_time() - c0)
+                wall.append(time.perf_counter() - w0)
+            row[name] = {"wall_ms": 1000 * float(np.median(wall)), "cpu_ms": 1000 * float(np.median(cpu))}
+        rows.append(row)
+    names = list(nets)
+    print(f"  per-call time, median of {repeats} ({threads} thread{'s' if threads > 1 else ''}), wall / thread CPU ms:")
+    print("  | call | " + " | ".join(names) + " |")
+    for r in rows:
+        cells = [f"{r[n]['wall_ms']:.1f} / {r[n]['cpu_ms']:.1f}" for n in names]
+        print(f"  | {r['call']} | " + " | ".join(cells) + " |")
+    return rows
 
 
 def int8_step(loaded, out: Path, windows: list[int], audio_path: Path | None) -> dict:
