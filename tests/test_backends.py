@@ -241,3 +241,21 @@ def test_tensorrt_fp16_session_close_to_torch(teacher, cache):
     _, ref, _ = stream(teacher, "torch")
     _, out, _ = stream(teacher, "tensorrt", "fp16")
     assert np.abs(out - ref).max() < 0.1
+
+
+def test_stream_command_backend_flag(tiny_model_dir, speech_like_wav, tmp_path, cache, capsys):
+    import json
+
+    from dpt_live.cli import main
+
+    base = ["stream", "--model", str(tiny_model_dir), "--audio", str(speech_like_wav), "--hop-ms", "160",
+            "--context-ms", "400", "--steps", "1"]
+    for backend, precision in (("onnxruntime", "int8"), ("auto", "fp32")):
+        out, report = tmp_path / f"{backend}.npz", tmp_path / f"{backend}.json"
+        assert main(base + ["--backend", backend, "--precision", precision, "-o", str(out),
+                            "--report", str(report)]) == 0
+        assert json.loads(report.read_text())["backend"] == f"onnxruntime ({precision})"
+        assert np.load(out)["exp"].shape == (132, 50)
+    if "tensorrt" not in AVAILABLE:
+        assert main(base + ["--backend", "tensorrt", "-o", str(tmp_path / "t.npz")]) == 2
+        assert "backend 'tensorrt' cannot run here" in capsys.readouterr().err
