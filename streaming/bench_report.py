@@ -43,10 +43,23 @@ def matrix_table(result: dict) -> str:
             "| step p50/p95/p99 ms | worst latency ms | passes per s audio | GFLOP per s audio "
             "| speedup time / compute | targets RTF · latency · 300× |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    # rows that did not run for the same reason (e.g. no TensorRT here) are listed once
+    groups: dict[tuple, list[dict]] = {}
+    for r in result["rows"]:
+        if r["status"] != "ok":
+            groups.setdefault((r["model"], _backend(r), r["status"], r["reason"]), []).append(r)
+    done = set()
     for r in result["rows"]:
         steps = r.get("denoiser_steps", "—")
         if r["status"] != "ok":
-            lines.append(f"| {r['model']} | {_backend(r)} | {steps} | {_window(r)} | {r['status']}: "
+            key = (r["model"], _backend(r), r["status"], r["reason"])
+            if key in done:
+                continue
+            done.add(key)
+            same = groups[key]
+            steps = ", ".join(dict.fromkeys(str(x.get("denoiser_steps", "—")) for x in same))
+            windows = ", ".join(dict.fromkeys(_window(x) for x in same))
+            lines.append(f"| {r['model']} | {_backend(r)} | {steps} | {windows} | {r['status']}: "
                          f"{r['reason'].replace('|', '/')} | — | — | — | — | — | — | — |")
             continue
         s, st, t = r["step_ms"], r["stage_ms"], r["targets_met"]
@@ -129,23 +142,25 @@ def write_plot(result: dict, path: Path) -> None:
             ax.text(0.5, 0.5, "no configuration ran (all skipped or failed)", ha="center", va="center")
             ax.set_axis_off()
     else:
+        # log scale (the rows span two orders of magnitude): the stages side by side, the total as a mark
         y = list(range(len(rows)))
+        feats = [max(r["stage_rtf"]["features"], 1e-4) for r in rows]
+        dens = [max(r["stage_rtf"]["denoise"], 1e-4) for r in rows]
         totals = [r["rtf"] for r in rows]
-        xmax = min(max(max(totals) * 1.15, 1.1), 3.0)  # a slow row is cut off at 3 and labelled
-        left = [0.0] * len(rows)
-        for stage, colour in (("features", "#4c72b0"), ("denoise", "#dd8452"), ("other", "#8c8c8c")):
-            vals = [max(r["stage_rtf"][stage], 0.0) for r in rows]
-            ax1.barh(y, vals, left=left, color=colour, label=stage)
-            left = [a + b for a, b in zip(left, vals)]
+        lo = min(feats + dens) / 2
+        ax1.barh([i - 0.2 for i in y], [f - lo for f in feats], left=lo, height=0.38, color="#4c72b0",
+                 label="audio features")
+        ax1.barh([i + 0.2 for i in y], [d - lo for d in dens], left=lo, height=0.38, color="#dd8452", label="denoise")
+        ax1.scatter(totals, y, marker="|", s=150, color="k", zorder=3, label="total (+ other)")
         for i, t in enumerate(totals):
-            ax1.text(min(t, xmax * 0.98), i, f" {t:.2f}" + (" →" if t > xmax else ""), va="center",
-                     ha="left" if t <= xmax * 0.85 else "right", fontsize=7)
-        ax1.set_xlim(0, xmax)
+            ax1.text(t * 1.08, i, f"{t:.2f}", va="center", fontsize=7)
+        ax1.set_xscale("log")
+        ax1.set_xlim(lo, max(totals + [1.0]) * 2)
         ax1.axvline(s["targets"]["rtf"], color="green", ls="--", lw=1, label=f"target {s['targets']['rtf']}")
         ax1.axvline(1.0, color="red", ls=":", lw=1, label="real time")
         ax1.set_yticks(y, [_label(r) for r in rows], fontsize=7)
-        ax1.invert_yaxis()
-        ax1.set_xlabel(f"real-time factor = compute s per audio s ({s['clock']} clock)")
+        ax1.set_ylim(len(rows) - 0.5, -0.5)
+        ax1.set_xlabel(f"real-time factor = compute s per audio s ({s['clock']} clock), by stage")
         ax1.legend(fontsize=7, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=5, frameon=False)
 
         models = sorted({r["model"] for r in rows})

@@ -91,7 +91,9 @@ def test_markdown_and_plot(bench_run):
     assert sum(" | torch | " in ln for ln in lines) == 2
     assert sum(" | onnxruntime | " in ln for ln in lines) == 2
     assert any(ln.startswith("| model | backend | steps | hop/la/ctx ms | RTF |") for ln in lines)
-    assert sum(" | tensorrt | " in ln for ln in lines) == 2
+    trt = [x for x in json.loads((out / "r.json").read_text())["rows"] if x["backend"] == "tensorrt"]
+    # rows skipped for one reason (e.g. no TensorRT here) share one line
+    assert sum(" | tensorrt | " in ln for ln in lines) == (1 if all(x["status"] == "skipped" for x in trt) else 2)
     assert "Reference offline sampler" in md and "| 20 of 20 × 3 passes |" in md
     # every table line of a table has the same number of cells as its header
     for block in md.split("\n\n"):
