@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import numpy as np
 import pytest
 import torch
+
+# Exported ONNX graphs / TensorRT plans go to a per-run cache (inherited by servers the tests start),
+# never into the user's ~/.cache/dpt-live.
+os.environ.setdefault("DPT_LIVE_CACHE", tempfile.mkdtemp(prefix="dpt-live-test-cache-"))
 
 # One thread: the test models are too small to gain from two, and on a shared 2-core machine two
 # threads of a small model mostly wait for each other.
