@@ -19,7 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated backend[:precision]: torch, onnxruntime, onnxruntime:int8, tensorrt, "
                         "tensorrt:fp16, auto (ones this machine lacks are reported as skipped)")
     p.add_argument("--archs", default="demo,full",
-                   help="comma-separated: demo (the trained bundled model), full (the reference size), tiny; "
+                   help="comma-separated: demo, demo-student (the bundled trained models), full (the reference "
+                        "size), tiny; "
                         "+student[N] (1-step student, N-frame window) and +small-encoder (demo-size HuBERT) "
                         "variants, e.g. full+student; all but demo get random weights; 'none' for only --model")
     p.add_argument("--model", type=Path, action="append", help="add a model directory (repeatable), e.g. a student")

@@ -37,7 +37,6 @@ from engines.model_dir import LoadedModel, load_model_dir
 from streaming.bench import bench_clock, rss_mb
 from streaming.bench_cost import (architecture_key, gflop_per_audio_s, network_flops, passes_per_step,
                                   time_reference)
-from streaming.commands import DEFAULT_STREAM_MODEL
 from streaming.factory import BACKENDS, build_session
 from streaming.metrics import percentiles_ms, replay_latency
 from streaming.report import StreamRecorder
@@ -45,6 +44,10 @@ from streaming.session import StreamConfig
 from streaming.windowing import FRAME_SAMPLES, SAMPLE_RATE
 
 log = logging.getLogger("dpt_live.bench")
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
+# --archs names of bundled trained models, and the architecture whose reference each is compared with
+TRAINED = {"demo": (MODELS / "demo", "demo"), "demo-student": (MODELS / "demo-student", "demo")}
 
 BLOCK = 320  # 20 ms source blocks, as a microphone delivers them and as the latency replay assumes
 # The issue's targets (full-size architecture, ONNX Runtime, this 2-core CPU).
@@ -125,10 +128,14 @@ def arch_config(arch: str):
 
 
 def arch_model_dir(arch: str, cache_dir: Path, seed: int = 0) -> Path:
-    """demo: the bundled trained model. Anything else (see arch_config): random weights (speed does
-    not depend on the weights), built once and cached; rebuilt if the config changed."""
-    if arch == "demo":
-        return DEFAULT_STREAM_MODEL
+    """demo, demo-student: the bundled trained models. Anything else (see arch_config): random
+    weights (speed does not depend on the weights), built once and cached; rebuilt if the config
+    changed."""
+    if arch in TRAINED:
+        path = TRAINED[arch][0]
+        if not (path / "config.json").is_file():
+            raise UserError(f"--archs {arch}: the bundled model {path} is not in this checkout")
+        return path
     cfg = arch_config(arch)
     out = cache_dir / arch
     text = cfg.to_json() + "\n"
@@ -367,7 +374,8 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
         raise UserError("--backends: give at least one backend")
     # (name, directory, the architecture whose reference sampler it is compared with: an --archs
     # variant such as full+student with its base, full; a --model directory by its network sizes)
-    models = [(a, arch_model_dir(a, args.cache_dir, args.seed), a.split("+")[0]) for a in archs]
+    models = [(a, arch_model_dir(a, args.cache_dir, args.seed), TRAINED[a][1] if a in TRAINED else a.split("+")[0])
+              for a in archs]
     models += [(Path(m).name, Path(m), None) for m in (args.model or [])]
     if not models:
         raise UserError("nothing to measure: give --archs and/or --model")
