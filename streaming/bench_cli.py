@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma-separated: demo, demo-student (the bundled trained models), full (the reference "
                         "size), tiny; "
                         "+student[N] (1-step student, N-frame window) and +small-encoder (demo-size HuBERT) "
-                        "variants, e.g. full+student; all but demo get random weights; 'none' for only --model")
+                        "variants, e.g. full+student; all but the bundled ones get random weights; 'none' for only --model")
     p.add_argument("--model", type=Path, action="append", help="add a model directory (repeatable), e.g. a student")
     p.add_argument("--steps", default="1,2", help="comma-separated DDIM steps (a student runs its own count)")
     p.add_argument("--windows", default="80/80,160/80",
