@@ -224,7 +224,7 @@ def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
     root, base = setup["root"], setup["base"] + ["--batch", "8", "--val-every", "2", "--quiet", "--seed", "5"]
     base += ["--schedule", "constant"]  # the cosine schedule depends on --iters
     straight = root / "s_straight"
-    assert _run(base + ["-o", str(straight), "--iters", "4", "--save-every", "4"]) == 0
+    assert _run(base + ["-o", str(straight), "--iters", "4", "--save-every", "4", "--no-build"]) == 0
     # resume: a run stopped after 2 of 4 iterations and resumed equals the straight run
     resumed = root / "s_resumed"
     assert _run(base + ["-o", str(resumed), "--iters", "2", "--save-every", "2"]) == 0

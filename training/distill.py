@@ -289,7 +289,7 @@ def cmd_distill(args) -> int:
         optimizer.step()
         recent["loss"].append(float(loss.detach()))
         for k in ("coef", "vel", "lip"):
-            recent[k].append(float(terms[k]))
+            recent[k].append(float(terms[k].detach()))
         bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items()})
         done = it + 1
         if done % args.val_every == 0 or done == args.iters:
