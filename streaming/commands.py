@@ -17,8 +17,9 @@ log = logging.getLogger("dpt_live.stream")
 # Chosen by measurement (docs/STREAMING.md): hop 80 ms, lookahead 80 ms, left context 1600 ms.
 DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 1600
 DEFAULT_DDIM_STEPS = 2
-# The model `stream` and `serve` use when --model is not given.
-DEFAULT_STREAM_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo"
+# The model `stream` and `serve` use when --model is not given: the distilled demo student
+# (docs/DISTILL.md; one network pass per step, trained on streaming inputs).
+DEFAULT_STREAM_MODEL = Path(__file__).resolve().parent.parent / "models" / "demo-student"
 
 
 def add_window_args(p: argparse.ArgumentParser) -> None:
@@ -35,6 +36,7 @@ def add_window_args(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream", help="live pipeline over an audio file or a microphone -> npz (no server)")
     add_model_args(p)  # --style also takes a motion clip .npz (exp, pose) through the style encoder
+    p.set_defaults(model=DEFAULT_STREAM_MODEL)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", type=Path, help="audio file (any rate/channels; resampled to 16 kHz mono)")
     src.add_argument("--mic", nargs="?", const="", metavar="DEVICE",

@@ -266,6 +266,11 @@ def cmd_distill(args) -> int:
     train = DistillSet(train_paths, args.window)
     val = DistillSet(val_paths, args.window)
     log.info("train targets: %s; val: %s", train.describe(), val.describe())
+    # what this student was trained on (with --no-build the shard list is not implied by the options)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "distill.json").write_text(json.dumps(
+        {"options": options, "train": train.describe(), "val": val.describe(),
+         "train_shards": [p.name for p in train_paths], "val_shards": [p.name for p in val_paths]}, indent=1) + "\n")
     stats = {k: v.cpu().numpy() for k, v in teacher.stats.items()}
     dim_w = dim_weights(cfg.motion_dim, cfg.head_pose, args.mouth_weight, device)
     val_idx = np.linspace(0, len(val) - 1, min(len(val), 2048)).astype(int)
