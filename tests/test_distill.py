@@ -275,3 +275,21 @@ def test_bad_arguments(setup):
         parse_configs("80", 8)
     with pytest.raises(UserError, match="--only-targets"):
         _run(setup["base"] + ["-o", str(setup["root"] / "x"), "--target-set", "0"])
+
+
+def test_bundled_demo_student_is_the_stream_default():
+    """models/demo-student: a 1-step student with the teacher's presets, small enough to bundle,
+    and what `stream` / `serve` load when --model is not given."""
+    from dpt_live.cli import build_parser
+    from engines.model_dir import load_model_dir
+    from streaming.commands import DEFAULT_STREAM_MODEL
+
+    assert DEFAULT_STREAM_MODEL.name == "demo-student"
+    total = sum(f.stat().st_size for d in ("demo", "demo-student")
+                for f in (DEFAULT_STREAM_MODEL.parent / d).rglob("*.safetensors"))
+    assert (DEFAULT_STREAM_MODEL / "weights.safetensors").stat().st_size <= 8_000_000 and total <= 20_000_000
+    loaded = load_model_dir(DEFAULT_STREAM_MODEL)
+    assert loaded.config.kind == "student" and loaded.config.student_steps == 1
+    assert set(loaded.styles) == {"calm", "animated", "big_mouth", "small_mouth"}
+    args = build_parser().parse_args(["stream", "--audio", "x.wav", "-o", "y.npz"])
+    assert args.model == DEFAULT_STREAM_MODEL
