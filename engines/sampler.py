@@ -104,6 +104,8 @@ class Sampler(ABC):
         """One window: x_T (N, L, D) -> clean normalised motion (N, L, D)."""
 
     def passes_per_window(self, model: DiffPoseTalk, guidance: Guidance, has_style: bool) -> int:
+        if model.cfg.kind == "student":  # guidance distilled: one pass per step, the scales are an input
+            return len(self.timesteps(model))
         conds = model.cfg.guiding_conditions if guidance.conditions is None else guidance.conditions
         k = 1 + sum(1 for c in conds if c == "audio" or (c == "style" and has_style))
         return k * len(self.timesteps(model))

@@ -245,6 +245,7 @@ def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
     # the streaming engine and offline generation run the student (its own steps by default)
     sampler = make_sampler("ddim", None, a.model)
     assert sampler.timesteps(a.model) == [20, 10]
+    assert sampler.passes_per_window(a.model, Guidance(), has_style=True) == 2
     session = torch_session(a, sampler, Guidance(), StreamConfig(), style=a.styles["calm"])
     audio = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype(np.float32)
     frames = session.feed(audio) + session.finish()
