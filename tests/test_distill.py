@@ -128,6 +128,49 @@ def test_shards_pair_noise_and_targets(setup):
     assert set(ds.describe()["configs"]) == {"160/80/400", "160/0/400", "120/40/400"}
 
 
+def test_context_mix_replaces_the_previous_frames(setup, tmp_path):
+    """--context-mix: a decorrelated step's previous frames are the other target set's frames of
+    the same clip window (shifted onto the recorded last frame, amplitude-scaled); p=0 changes
+    nothing; the window's own inputs and targets stay."""
+    import shutil
+
+    from training.distill_data import DistillSet
+
+    targets = tmp_path / "targets"
+    shutil.copytree(setup["targets"], targets)
+    base = [a if a != str(setup["targets"]) else str(targets) for a in setup["base"]]
+    base[base.index("--target-sets") + 1] = "2"
+    assert _run(base + ["-o", str(tmp_path / "unused"), "--only-targets", "--target-set", "1"]) == 0
+    paths = sorted(targets.glob("train_set*_0000.npz"))
+    assert [p.name for p in paths] == ["train_set0_0000.npz", "train_set1_0000.npz"]
+    ds = DistillSet(paths, 8)
+    P = ds.cols["prev_motion"].shape[1]
+    rows = np.nonzero((ds.cols["shard"] == 0) & (ds.cols["first"] >= P))[0]
+    assert len(rows) > 2
+    i = rows[1]
+    f = ds.cols["first"][i]
+    other = ds.shards[1]["teacher"]
+    own = ds.cols["prev_motion"][i]
+    expect = other[f - P:f] - other[f - 1] + own[-1]
+    np.testing.assert_allclose(ds.alt_prev[i], expect, rtol=1e-5, atol=1e-5)
+    assert np.abs(ds.alt_prev[i] - own).max() > 1e-3  # another draw: a different context
+    idx = np.array([i, i, i])
+    same = ds.decorrelate(idx, np.random.default_rng(0), 0.0)
+    np.testing.assert_array_equal(same, ds.cols["prev_motion"][idx])
+    mixed = ds.decorrelate(idx, np.random.default_rng(0), 1.0)
+    np.testing.assert_allclose(mixed[:, -1], np.repeat(own[-1:], 3, 0), atol=1e-6)  # continuity kept
+    dev, alt_dev = mixed[0] - own[-1], ds.alt_prev[i] - own[-1]
+    k = np.argmax(np.abs(alt_dev))
+    ratio = dev.flat[k] / alt_dev.flat[k]
+    assert 0.5 <= ratio <= 2.0
+    np.testing.assert_allclose(dev, ratio * alt_dev, rtol=1e-4, atol=1e-5)
+    b = ds.batch(idx, "cpu", mixed)
+    assert torch.equal(b.prev_motion, torch.from_numpy(mixed))
+    np.testing.assert_array_equal(b.target.numpy(), ds.target[idx])
+    with pytest.raises(UserError, match="--context-mix"):
+        _run(base + ["-o", str(tmp_path / "bad"), "--no-build", "--context-mix", "1.5"])
+
+
 def test_draws_are_deterministic_and_cover_the_ranges():
     from training.distill_data import draw_target
 

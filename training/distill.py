@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
     g.add_argument("--vel-weight", type=float, default=5.0, help="velocity term weight")
     g.add_argument("--mouth-weight", type=float, default=1.0, help="weight of the mouth dims in the loss")
+    g.add_argument("--context-mix", type=float, default=0.0,
+                   help="probability per training window that its previous frames come from another style "
+                        "draw of the same clip, amplitude-jittered (decorrelates context and style)")
     g.add_argument("--val-every", type=int, default=250)
     g.add_argument("--save-every", type=int, default=250)
     g.add_argument("--seed", type=int, default=0)
@@ -215,6 +218,8 @@ def cmd_distill(args) -> int:
         raise UserError("--target-set builds part of the targets: use it with --only-targets")
     if args.iters < 1 or args.batch < 1:
         raise UserError("--iters and --batch must be positive")
+    if not 0.0 <= args.context_mix <= 1.0:
+        raise UserError(f"--context-mix {args.context_mix}: must be a probability in [0, 1]")
     if not args.resume and not args.only_targets and out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
     teacher = load_model_dir(args.teacher, "cpu")
@@ -250,7 +255,7 @@ def cmd_distill(args) -> int:
     options = {"teacher": str(args.teacher), "steps": args.steps, "window": args.window, "batch": args.batch,
                "seed": args.seed, "target_sets": args.target_sets, "target_steps": args.target_steps,
                "configs": args.configs, "context_ms": args.context_ms, "vel_weight": args.vel_weight,
-               "mouth_weight": args.mouth_weight, "lr": args.lr, "iters": args.iters,
+               "mouth_weight": args.mouth_weight, "context_mix": args.context_mix, "lr": args.lr, "iters": args.iters,
                "init": str(args.init) if args.init else None}
     step, history = 0, []
     if args.resume:
@@ -261,7 +266,7 @@ def cmd_distill(args) -> int:
         step, saved_opts, history = load_state(out, optimizer, rng)
         check_resume_options(saved_opts, options, ("teacher", "steps", "window", "batch", "seed", "target_sets",
                                                    "target_steps", "configs", "context_ms", "vel_weight",
-                                                   "mouth_weight", "init"))
+                                                   "mouth_weight", "init", "context_mix"))
 
     train = DistillSet(train_paths, args.window)
     val = DistillSet(val_paths, args.window)
@@ -286,7 +291,9 @@ def cmd_distill(args) -> int:
     for it in bar:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
-        b = train.batch(rng.integers(0, len(train), size=args.batch), device)
+        idx = rng.integers(0, len(train), size=args.batch)
+        prev = train.decorrelate(idx, rng, args.context_mix) if args.context_mix > 0 else None
+        b = train.batch(idx, device, prev)
         loss, terms, per_step = unrolled(student, b, args.steps, dim_w, args.vel_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -259,6 +259,43 @@ class DistillSet:
         self.style = np.stack([s["style"] for s in self.shards])
         self.has_style = np.array([s["meta"]["has_style"] for s in self.shards])
         self.guidance = np.array([[s["meta"]["w_audio"], s["meta"]["w_style"]] for s in self.shards], np.float32)
+        self.alt_prev = self._alt_prev()
+
+    def _alt_prev(self) -> np.ndarray:
+        """Per step, the previous frames of the same clip window from *another* target set (another
+        guidance/style draw), shifted so their last frame is the recorded last frame (continuity
+        into the window is unchanged). Steps without such frames (no partner set, window starts
+        inside the start context) keep their own."""
+        prev = self.cols["prev_motion"]
+        alt = prev.copy()
+        P = prev.shape[1]
+        by_clip: dict[tuple, list[int]] = {}
+        for j, sh in enumerate(self.shards):
+            by_clip.setdefault((sh["meta"].get("split"), sh["meta"].get("clip")), []).append(j)
+        for group in by_clip.values():
+            for k, j in enumerate(group):
+                if len(group) < 2:
+                    continue
+                other = self.shards[group[(k + 1) % len(group)]]["teacher"]
+                rows = np.nonzero((self.cols["shard"] == j) & (self.cols["first"] >= P)
+                                  & (self.cols["first"] <= len(other)))[0]
+                seg = other[self.cols["first"][rows, None] + np.arange(-P, 0)[None]]
+                alt[rows] = seg - seg[:, -1:] + prev[rows, -1:]
+        return alt
+
+    def decorrelate(self, idx: np.ndarray, rng: np.random.Generator, p: float,
+                    scale: tuple[float, float] = (0.5, 2.0)) -> np.ndarray:
+        """Previous frames for a batch where, with probability ``p`` per step, the context comes from
+        another style draw of the same clip (:meth:`_alt_prev`) and its amplitude around the last
+        frame is scaled by a log-uniform factor in ``scale``: the context no longer tells the
+        style's amplitude, so the student has to take it from the style vector and guidance input."""
+        prev = self.cols["prev_motion"][idx].astype(np.float32)
+        pick = rng.random(len(idx)) < p
+        s = np.exp(rng.uniform(np.log(scale[0]), np.log(scale[1]), len(idx))).astype(np.float32)
+        alt = self.alt_prev[idx]
+        alt = alt[:, -1:] + s[:, None, None] * (alt - alt[:, -1:])
+        prev[pick] = alt[pick]
+        return prev
 
     def __len__(self) -> int:
         return len(self.cols["first"])
@@ -269,7 +306,8 @@ class DistillSet:
                 "configs": sorted({f"{x['hop_ms']}/{x['lookahead_ms']}/{x['context_ms']}" for x in m}),
                 "no_style_share": float(np.mean([not x["has_style"] for x in m]))}
 
-    def batch(self, idx: np.ndarray, device) -> DistillBatch:
+    def batch(self, idx: np.ndarray, device, prev_motion: np.ndarray | None = None) -> DistillBatch:
+        """``prev_motion`` replaces the recorded previous frames (e.g. from :meth:`decorrelate`)."""
         c, sh = self.cols, self.cols["shard"][idx]
 
         def t(a, dtype=torch.float32):
@@ -277,6 +315,6 @@ class DistillSet:
 
         return DistillBatch(
             audio_feat=t(c["audio_feat"][idx]), prev_audio=t(c["prev_audio"][idx]),
-            prev_motion=t(c["prev_motion"][idx]), indicator=t(c["indicator"][idx]), shape=t(self.shape[sh]),
+            prev_motion=t(c["prev_motion"][idx] if prev_motion is None else prev_motion), indicator=t(c["indicator"][idx]), shape=t(self.shape[sh]),
             style=t(self.style[sh]), has_style=t(self.has_style[sh], torch.bool), guidance=t(self.guidance[sh]),
             x_T=t(self.noise[idx]), target=t(self.target[idx]))
