@@ -259,13 +259,16 @@ class DistillSet:
         self.style = np.stack([s["style"] for s in self.shards])
         self.has_style = np.array([s["meta"]["has_style"] for s in self.shards])
         self.guidance = np.array([[s["meta"]["w_audio"], s["meta"]["w_style"]] for s in self.shards], np.float32)
-        self.alt_prev = self._alt_prev()
+        self._alt = None
 
-    def _alt_prev(self) -> np.ndarray:
+    @property
+    def alt_prev(self) -> np.ndarray:
         """Per step, the previous frames of the same clip window from *another* target set (another
         guidance/style draw), shifted so their last frame is the recorded last frame (continuity
         into the window is unchanged). Steps without such frames (no partner set, window starts
         inside the start context) keep their own."""
+        if self._alt is not None:
+            return self._alt  # built on first use: only --context-mix needs this copy
         prev = self.cols["prev_motion"]
         alt = prev.copy()
         P = prev.shape[1]
@@ -281,12 +284,13 @@ class DistillSet:
                                   & (self.cols["first"] <= len(other)))[0]
                 seg = other[self.cols["first"][rows, None] + np.arange(-P, 0)[None]]
                 alt[rows] = seg - seg[:, -1:] + prev[rows, -1:]
+        self._alt = alt
         return alt
 
     def decorrelate(self, idx: np.ndarray, rng: np.random.Generator, p: float,
                     scale: tuple[float, float] = (0.5, 2.0)) -> np.ndarray:
         """Previous frames for a batch where, with probability ``p`` per step, the context comes from
-        another style draw of the same clip (:meth:`_alt_prev`) and its amplitude around the last
+        another style draw of the same clip (:attr:`alt_prev`) and its amplitude around the last
         frame is scaled by a log-uniform factor in ``scale``: the context no longer tells the
         style's amplitude, so the student has to take it from the style vector and guidance input."""
         prev = self.cols["prev_motion"][idx].astype(np.float32)
@@ -315,6 +319,7 @@ class DistillSet:
 
         return DistillBatch(
             audio_feat=t(c["audio_feat"][idx]), prev_audio=t(c["prev_audio"][idx]),
-            prev_motion=t(c["prev_motion"][idx] if prev_motion is None else prev_motion), indicator=t(c["indicator"][idx]), shape=t(self.shape[sh]),
+            prev_motion=t(c["prev_motion"][idx] if prev_motion is None else prev_motion),
+            indicator=t(c["indicator"][idx]), shape=t(self.shape[sh]),
             style=t(self.style[sh]), has_style=t(self.has_style[sh], torch.bool), guidance=t(self.guidance[sh]),
             x_T=t(self.noise[idx]), target=t(self.target[idx]))
