@@ -40,7 +40,7 @@ run: venv
 	  src="--mic"; echo "serving live motion from the default microphone"; \
 	else src="--audio clients/demo/speech.flac --loop"; \
 	  echo "no microphone found: serving the bundled speech in real time, in a loop"; fi; \
-	exec $(BIN)/dpt-live serve --style animated $$src $(SERVE_ARGS)
+	exec $(BIN)/dpt-live serve --style big_mouth $$src $(SERVE_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
