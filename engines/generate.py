@@ -74,11 +74,11 @@ def generate_motion(model: DiffPoseTalk, audio: np.ndarray | torch.Tensor, shape
         motion = sampler.sample(model, cond, guidance, x_T, noise, window=w)
         # the last n_prev frames generated so far (a window shorter than n_prev, e.g. a distilled
         # student's, keeps the tail of the previous condition, as the streaming session does)
+        if prev_motion is None:  # first window: the model's learned start condition
+            prev_motion, prev_audio = model._prev(cond, repeats)
         P = cfg.n_prev_motions
-        prev_motion = torch.cat([model._prev(cond, repeats)[0] if prev_motion is None else prev_motion,
-                                 motion], dim=1)[:, -P:].clone()
-        prev_audio = torch.cat([model._prev(cond, repeats)[1] if prev_audio is None else prev_audio,
-                                audio_in], dim=1)[:, -P:]
+        prev_motion = torch.cat([prev_motion, motion], dim=1)[:, -P:].clone()
+        prev_audio = torch.cat([prev_audio, audio_in], dim=1)[:, -P:]
         if w == plan.n_windows - 1 and plan.n_pad_frames > 0:
             motion = motion[:, : -plan.n_pad_frames]
         out.append(motion)

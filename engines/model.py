@@ -68,13 +68,15 @@ class DiffPoseTalk(nn.Module):
 
     # --- the network with CFG ------------------------------------------------------------------
     def denoise(self, x_t: torch.Tensor, t: torch.Tensor, cond: WindowCondition,
-                audio_feat: torch.Tensor | None = None, style: torch.Tensor | None = None) -> torch.Tensor:
-        """One plain network pass (no guidance). Returns (N, n_prev + L, D)."""
+                audio_feat: torch.Tensor | None = None, style: torch.Tensor | None = None,
+                guidance: torch.Tensor | None = None) -> torch.Tensor:
+        """One plain network pass (no CFG; ``guidance`` (N, 2) is a student's scale input).
+        Returns (N, n_prev + L, D)."""
         n = x_t.shape[0]
         audio_feat = cond.audio_feat if audio_feat is None else audio_feat
         person = self._person(cond.shape, cond.style if style is None else style)
         prev_motion, prev_audio = self._prev(cond, n)
-        return self.denoising_net(x_t, audio_feat, person, prev_motion, prev_audio, t, cond.indicator)
+        return self.denoising_net(x_t, audio_feat, person, prev_motion, prev_audio, t, cond.indicator, guidance)
 
     def _person(self, shape: torch.Tensor, style: torch.Tensor | None) -> torch.Tensor:
         shape = shape.unsqueeze(1) if shape.ndim == 2 else shape
@@ -128,10 +130,8 @@ class DiffPoseTalk(nn.Module):
         scales are its input)."""
         if self.cfg.kind == "student":
             n = x_t.shape[0]
-            prev_motion, prev_audio = self._prev(cond, n)
             step = torch.full((n,), t, dtype=torch.long, device=x_t.device)
-            out = self.denoising_net(x_t, cond.audio_feat, self._person(cond.shape, cond.style), prev_motion,
-                                     prev_audio, step, cond.indicator, self.student_guidance(cond, guidance, n))
+            out = self.denoise(x_t, step, cond, guidance=self.student_guidance(cond, guidance, n))
             return out[:, -self.cfg.n_motions:]
         audio_in, person_in, scales, mode = self.guidance_entries(cond, guidance)
         k, n = len(audio_in), x_t.shape[0]
