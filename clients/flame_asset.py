@@ -45,8 +45,6 @@ _CODES = {dt: code for code, dt in DTYPES.items()}
 # Dimensions each known section really has (the table pads shapes to 3 with 1s).
 NDIM = {"verts": 2, "faces": 2, "expdirs": 3, "posedirs": 3, "weights": 2, "joints": 2,
         "jexpdirs": 3, "parents": 1}
-# FLAME's shapedirs hold 300 identity components before the expression ones.
-SHAPE_COMPONENTS = 300
 
 
 class FlameAssetError(ValueError):
@@ -56,24 +54,14 @@ class FlameAssetError(ValueError):
 def _arrays_from(flame, shape: np.ndarray, n_exp: int):
     """v_shaped (V,3), expdirs (V,3,K), posedirs (V,3,P), weights (V,J), joints (J,3),
     jexpdirs (K,J,3), parents (J,), faces (F,3) from FlameData or a Flame module."""
-    if hasattr(flame, "j_regressor"):  # engines.flame.FlameData
-        n_ids = min(SHAPE_COMPONENTS, flame.shapedirs.shape[2])
-        if shape.shape[0] > n_ids:
-            raise FlameAssetError(f"shape has {shape.shape[0]} coefficients, the FLAME model {n_ids}")
-        available = flame.shapedirs.shape[2] - SHAPE_COMPONENTS
-        if not 0 < n_exp <= available:
-            raise FlameAssetError(f"n_exp={n_exp}: the FLAME model has {max(available, 0)} "
-                                  "expression components")
-        shapedirs = flame.shapedirs[..., :shape.shape[0]].astype(np.float64)
-        expdirs = flame.shapedirs[..., SHAPE_COMPONENTS:SHAPE_COMPONENTS + n_exp].astype(np.float64)
-        v_shaped = flame.v_template.astype(np.float64) + shapedirs @ shape
-        j_reg = flame.j_regressor.astype(np.float64)
-        joints = j_reg @ v_shaped
-        jexpdirs = np.einsum("jv,vck->kjc", j_reg, expdirs)
-        posedirs = flame.posedirs
-        return (v_shaped, expdirs, posedirs, flame.weights, joints, jexpdirs,
-                np.asarray(flame.parents), np.asarray(flame.faces))
-    # engines.flame.Flame (torch module): its buffers already hold shape+exp dirs and regressed joints.
+    from engines.flame import Flame
+
+    if not isinstance(flame, Flame):  # engines.flame.FlameData: Flame regresses the joints for us
+        try:
+            flame = Flame(flame, n_shape=shape.shape[0], n_exp=n_exp)
+        except ValueError as exc:
+            raise FlameAssetError(str(exc)) from exc
+    # Flame's buffers already hold shape+exp dirs and regressed joints.
     n_shape, k = int(flame.n_shape), int(flame.n_exp)
     if shape.shape[0] != n_shape:
         raise FlameAssetError(f"shape has {shape.shape[0]} coefficients, this Flame takes {n_shape}")
