@@ -199,15 +199,13 @@ def build_targets(args, teacher, window: int, configs) -> tuple[list[Path], list
 
 def cmd_distill(args) -> int:
     import torch
-    from safetensors.torch import load_file
     from tqdm import tqdm
 
-    from engines.config import ModelConfig
     from engines.model_dir import load_model_dir, save_model_dir
     from training.distill_data import DistillSet
     from training.distill_losses import dim_weights
     from training.train_denoiser import set_dropout
-    from training.train_state import check_resume_options, load_state, lr_at, save_state
+    from training.train_state import lr_at, resume_model_dir, save_state
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -259,14 +257,11 @@ def cmd_distill(args) -> int:
                "init": str(args.init) if args.init else None}
     step, history = 0, []
     if args.resume:
-        saved = ModelConfig.load(out / "config.json")
-        if saved != cfg:
-            raise UserError(f"--resume: {out}/config.json is not this run's student (--teacher/--steps/--window)")
-        student.load_state_dict(load_file(str(out / "weights.safetensors")))
-        step, saved_opts, history = load_state(out, optimizer, rng)
-        check_resume_options(saved_opts, options, ("teacher", "steps", "window", "batch", "seed", "target_sets",
-                                                   "target_steps", "configs", "context_ms", "vel_weight",
-                                                   "mouth_weight", "init", "context_mix"))
+        step, history = resume_model_dir(out, cfg, student, optimizer, rng, options,
+                                         ("teacher", "steps", "window", "batch", "seed", "target_sets",
+                                          "target_steps", "configs", "context_ms", "vel_weight",
+                                          "mouth_weight", "init", "context_mix"),
+                                         "is not this run's student (--teacher/--steps/--window)")
 
     train = DistillSet(train_paths, args.window)
     val = DistillSet(val_paths, args.window)

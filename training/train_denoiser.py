@@ -23,7 +23,7 @@ from engines.model import DiffPoseTalk, coef_to_motion, motion_to_coef
 from engines.model_dir import save_model_dir
 from training.losses import LossWeights, total_loss, window_losses
 from training.train_data import UNIT, WindowBank, load_split, load_stats_np
-from training.train_state import check_resume_options, load_state, lr_at, save_state
+from training.train_state import lr_at, resume_model_dir, save_state
 
 log = logging.getLogger("dpt_live.train")
 
@@ -205,7 +205,6 @@ def set_trainable(model: DiffPoseTalk, freeze_audio: str) -> list[torch.nn.Param
 
 
 def train_denoiser(args) -> Path:
-    from safetensors.torch import load_file
     from tqdm import tqdm
 
     from training.archs import make_config
@@ -234,12 +233,9 @@ def train_denoiser(args) -> Path:
     optimizer = torch.optim.Adam(params, lr=args.lr)
     step, history = 0, []
     if args.resume:
-        saved_cfg = ModelConfig.load(out / "config.json")
-        if saved_cfg != cfg:
-            raise UserError(f"--resume: {out}/config.json differs from --arch {args.arch} / the style encoder")
-        model.load_state_dict(load_file(str(out / "weights.safetensors")))
-        step, saved, history = load_state(out, optimizer, rng)
-        check_resume_options(saved, options, ("arch", "batch", "seed", "freeze_audio", "flame", "dropout"))
+        step, history = resume_model_dir(out, cfg, model, optimizer, rng, options,
+                                         ("arch", "batch", "seed", "freeze_audio", "flame", "dropout"),
+                                         f"differs from --arch {args.arch} / the style encoder")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
 

@@ -64,6 +64,24 @@ def load_state(out: Path, optimizer: torch.optim.Optimizer, rng: np.random.Gener
     return int(meta["step"]), meta["options"], meta.get("history", [])
 
 
+def resume_model_dir(out: Path, cfg, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                     rng: np.random.Generator, options: dict[str, Any], keys: tuple[str, ...],
+                     mismatch: str) -> tuple[int, list]:
+    """--resume of a trainer that saves a model directory: the saved config must be this run's
+    (else ``mismatch`` says which options decide it), then weights, optimizer and RNGs are restored
+    and the options in ``keys`` checked. Returns (step, history)."""
+    from safetensors.torch import load_file
+
+    from engines.config import ModelConfig
+
+    if ModelConfig.load(out / "config.json") != cfg:
+        raise UserError(f"--resume: {out}/config.json {mismatch}")
+    model.load_state_dict(load_file(str(out / "weights.safetensors")))
+    step, saved, history = load_state(out, optimizer, rng)
+    check_resume_options(saved, options, keys)
+    return step, history
+
+
 def check_resume_options(saved: dict, current: dict, keys: tuple[str, ...]) -> None:
     """Options that change what is trained must not change across --resume."""
     changed = [k for k in keys if k in saved and saved[k] != current.get(k)]
