@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 from dpt_live.errors import UserError
+from streaming.server_metrics import quantile_from_cumulative  # noqa: F401  (also the bench's API)
 
 DEMO_AUDIO = Path(__file__).resolve().parent.parent / "clients" / "demo" / "speech.flac"
 
@@ -57,21 +58,6 @@ def parse_histogram(text: str, name: str) -> tuple[list[float], list[int], float
     if not bounds:
         raise ValueError(f"histogram {name} not in the metrics")
     return bounds, counts, total_sum, total
-
-
-def quantile_from_cumulative(bounds: list[float], cum: list[int], q: float) -> float | None:
-    total = cum[-1]
-    if total <= 0:
-        return None
-    rank = q * total
-    prev_b, prev_c = 0.0, 0
-    for b, c in zip(bounds, cum):
-        if c >= rank and c > prev_c:
-            if b == float("inf"):
-                return prev_b
-            return prev_b + (b - prev_b) * (rank - prev_c) / (c - prev_c)
-        prev_b, prev_c = b, c
-    return prev_b
 
 
 def histogram_delta(before, after) -> tuple[list[float], list[int], float, int]:

@@ -5,6 +5,7 @@ loop, hence the lock."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import defaultdict
@@ -41,21 +42,9 @@ class Histogram:
             return list(self.counts), self.sum, self.count
 
     def quantile(self, q: float) -> float | None:
-        """Linear interpolation inside the bucket holding the q-quantile (None when empty). The
-        +Inf bucket answers with the largest finite bound, as Prometheus does."""
-        counts, _, total = self.snapshot()
-        if total == 0:
-            return None
-        rank = q * total
-        cum = 0
-        for i, c in enumerate(counts):
-            if cum + c >= rank and c > 0:
-                if i == len(self.bounds):
-                    return self.bounds[-1]
-                lo = self.bounds[i - 1] if i > 0 else 0.0
-                return lo + (self.bounds[i] - lo) * (rank - cum) / c
-            cum += c
-        return self.bounds[-1]
+        """The q-quantile estimated from the buckets (None when empty)."""
+        counts, _, _ = self.snapshot()
+        return quantile_from_cumulative(self.bounds + (math.inf,), list(itertools.accumulate(counts)), q)
 
     def render(self) -> list[str]:
         counts, total_sum, total = self.snapshot()
@@ -68,6 +57,25 @@ class Histogram:
         lines.append(f"{self.name}_sum {_fmt(total_sum)}")
         lines.append(f"{self.name}_count {total}")
         return lines
+
+
+def quantile_from_cumulative(bounds, cum, q: float) -> float | None:
+    """Prometheus' ``histogram_quantile``: linear interpolation inside the bucket holding the
+    q-quantile. ``bounds`` ascending upper bounds, the last +Inf; ``cum`` the cumulative count at
+    each (the last is the total). None when empty; the +Inf bucket answers with the largest finite
+    bound. Shared by the server's own figures and serve-bench's reading of /metrics."""
+    total = cum[-1]
+    if total <= 0:
+        return None
+    rank = q * total
+    prev_b, prev_c = 0.0, 0
+    for b, c in zip(bounds, cum):
+        if c >= rank and c > prev_c:
+            return prev_b if math.isinf(b) else prev_b + (b - prev_b) * (rank - prev_c) / (c - prev_c)
+        if not math.isinf(b):
+            prev_b = b
+        prev_c = c
+    return prev_b
 
 
 def _fmt(v: float) -> str:
