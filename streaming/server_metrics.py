@@ -5,6 +5,7 @@ loop, hence the lock."""
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 import threading
@@ -29,9 +30,7 @@ class Histogram:
         self._lock = threading.Lock()
 
     def observe(self, value: float) -> None:
-        i = 0
-        while i < len(self.bounds) and value > self.bounds[i]:
-            i += 1
+        i = bisect.bisect_left(self.bounds, value)  # first bound >= value (le="bound"); called per frame write
         with self._lock:
             self.counts[i] += 1
             self.sum += value
