@@ -26,8 +26,6 @@ from engines.sampler import DDPMSampler, RandomNoise, Sampler
 def passes_per_step(loaded: LoadedModel, sampler: Sampler, guidance: Guidance, has_style: bool) -> int:
     """Denoiser network passes (batch entries) of one sampler step: one per guided condition plus
     the unconditional one for a teacher; one for a distilled student (the scales are its input)."""
-    if loaded.config.kind == "student":
-        return 1
     return sampler.passes_per_window(loaded.model, guidance, has_style) // len(sampler.timesteps(loaded.model))
 
 

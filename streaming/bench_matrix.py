@@ -34,9 +34,9 @@ import torch
 from dpt_live.errors import UserError
 from engines.model import Guidance
 from engines.model_dir import LoadedModel, load_model_dir
+from engines.sampler import make_sampler
 from streaming.bench import bench_clock, rss_mb
-from streaming.bench_cost import (architecture_key, gflop_per_audio_s, network_flops, passes_per_step,
-                                  time_reference)
+from streaming.bench_cost import architecture_key, gflop_per_audio_s, network_flops, time_reference
 from streaming.factory import BACKENDS, build_session
 from streaming.metrics import percentiles_ms, replay_latency
 from streaming.report import StreamRecorder
@@ -175,15 +175,6 @@ def pick_style(loaded: LoadedModel, name: str | None, seed: int) -> tuple[np.nda
         key = "default" if "default" in loaded.styles else sorted(loaded.styles)[0]
         return loaded.styles[key], f"preset {key}"
     return np.random.default_rng(seed).normal(size=loaded.config.d_style).astype(np.float32), "random vector"
-
-
-def make_bench_sampler(loaded: LoadedModel, steps: int):
-    """DDIM with ``steps`` for a teacher; a distilled student runs with its own step count."""
-    from engines.sampler import make_sampler
-
-    if loaded.config.kind == "student":
-        return make_sampler("ddim", None, loaded.model)
-    return make_sampler("ddim", steps, loaded.model)
 
 
 # --- one stream ----------------------------------------------------------------------------------
@@ -446,14 +437,14 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
                            "precision": backend[1], "hop_ms": hop, "lookahead_ms": la, "context_ms": ctx,
                            "style": style_name}
                     try:
-                        sampler = make_bench_sampler(loaded, steps or 1)
+                        sampler = make_sampler("ddim", steps, loaded.model)  # steps None: a student's own
                         n_steps = len(sampler.timesteps(loaded.model))
                         row["denoiser_steps"] = n_steps
                         config = StreamConfig(hop, la, ctx, seed=args.seed)
                         key = (id(loaded), config.spec().window_samples)
                         if key not in flops_cache:
                             flops_cache[key] = network_flops(loaded, config.spec().window_samples, guidance, style)
-                        per_window = n_steps * passes_per_step(loaded, sampler, guidance, style is not None)
+                        per_window = sampler.passes_per_window(loaded.model, guidance, style is not None)
                         run = stream_once(loaded, sampler, guidance, style, config, audio, backend, args.threads,
                                           clock, args.realtime)
                         row.update(status="ok", **summarise(run, audio_s, per_window, flops_cache[key]))
