@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from dpt_live.errors import UserError
-from engines.backends import FRAME_SAMPLES, denoiser_batch, denoiser_input_names, model_hash
+from engines.backends import FRAME_SAMPLES, TorchNetworks, denoiser_batch, denoiser_input_names, model_hash
 from engines.model import DiffPoseTalk
 
 log = logging.getLogger("dpt_live.export")
@@ -248,8 +248,7 @@ def export_audio(model: DiffPoseTalk, out_dir: Path, window_samples: int, tolera
     tmp = dst.with_suffix(f".tmp{os.getpid()}")
     audio = parity_audio(window_samples)[None]
     _write_graph(AudioGraph(model, n), (torch.from_numpy(audio),), ["audio"], ["features"], [], tmp, precision)
-    with torch.no_grad():
-        ref = ref_model.audio_features(torch.from_numpy(audio).to(ref_model.device), n).float().cpu().numpy()
+    ref = TorchNetworks(ref_model).audio_features(audio[0])[None]
     rec = ExportRecord("audio", dst.name, key or model_hash(ref_model), {"audio": [1, window_samples]}, 0.0, 0.0,
                        tolerance, 0.0, precision, extra={"window_samples": window_samples, "n_frames": n})
     rec.seconds = time.perf_counter() - t0
@@ -270,14 +269,11 @@ def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float | None 
     trace = denoiser_inputs(cfg, 2, seed=1)
     _write_graph(DenoiserGraph(net), tuple(torch.from_numpy(trace[n]) for n in names), names, ["out"],
                  names + ["out"], tmp, precision)
+    ref = TorchNetworks(model)
     cases = []
     for b in sorted({1, k}):
         feeds = denoiser_inputs(cfg, b, seed=10 + b)
-        with torch.no_grad():
-            t = {n: torch.from_numpy(v).to(model.device) for n, v in feeds.items()}
-            ref = model.denoising_net(t["motion"], t["audio_feat"], t["person"], t["prev_motion"], t["prev_audio"],
-                                      t["step"], t.get("indicator"), t.get("guidance")).float().cpu().numpy()
-        cases.append((feeds, ref))
+        cases.append((feeds, ref.denoise(feeds)))
     shapes = {n: ["N", *v.shape[1:]] for n, v in trace.items()}
     rec = ExportRecord("denoiser", dst.name, key or model_hash(model), shapes, 0.0, 0.0, tolerance, 0.0,
                        precision, extra={"max_batch": k, "kind": cfg.kind})
@@ -298,12 +294,11 @@ def export_style(model: DiffPoseTalk, out_dir: Path, tolerance: float | None = N
     rng = np.random.default_rng(3)
     x = rng.normal(size=(2, T, D)).astype(np.float32)
     _write_graph(StyleGraph(net), (torch.from_numpy(x),), ["motion"], ["style"], ["motion", "style"], tmp, precision)
+    ref = TorchNetworks(model)
     cases = []
     for b in (1, 2):
         m = rng.normal(size=(b, T, D)).astype(np.float32)
-        with torch.no_grad():
-            ref = model.style_encoder(torch.from_numpy(m).to(model.device)).float().cpu().numpy()
-        cases.append(({"motion": m}, ref))
+        cases.append(({"motion": m}, ref.style(m)))
     rec = ExportRecord("style", dst.name, key or model_hash(model), {"motion": ["N", T, D]}, 0.0, 0.0,
                        tolerance, 0.0, precision)
     rec.seconds = time.perf_counter() - t0

@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from dpt_live.errors import UserError
-from engines.backends import backend_unavailable, cache_root, denoiser_batch, model_hash, trt_cache_key
+from engines.backends import (TorchNetworks, backend_unavailable, cache_root, denoiser_batch, model_hash,
+                             trt_cache_key)
 
 log = logging.getLogger("dpt_live.export")
 
@@ -158,30 +159,24 @@ def ensure_plan(loaded, onnx_dir: Path, graph: str, precision: str, window_sampl
 
 def plan_parity(loaded, plan: Path, graph: str, window_samples: int | None) -> tuple[float, float]:
     """Max abs difference of the plan's output to PyTorch fp32 on the export's parity inputs."""
-    import torch
-
     from engines.backend_trt import TrtEngine
     from export.onnx_export import denoiser_inputs, parity_audio
 
-    model, cfg = loaded.model, loaded.config
+    cfg = loaded.config
+    ref = TorchNetworks(loaded.model)
     eng = TrtEngine(plan, use_graph=False)
     cases = []
-    with torch.no_grad():
-        if graph == "audio":
-            a = parity_audio(window_samples)[None]
-            ref = model.audio_features(torch.from_numpy(a).to(model.device), window_samples // 640)
-            cases.append(({"audio": a}, ref.float().cpu().numpy()))
-        elif graph == "denoiser":
-            for b in sorted({1, denoiser_batch(cfg)}):
-                feeds = denoiser_inputs(cfg, b, seed=20 + b)
-                t = {n: torch.from_numpy(v).to(model.device) for n, v in feeds.items()}
-                ref = model.denoising_net(t["motion"], t["audio_feat"], t["person"], t["prev_motion"],
-                                          t["prev_audio"], t["step"], t.get("indicator"), t.get("guidance"))
-                cases.append((feeds, ref.float().cpu().numpy()))
-        else:
-            m = np.random.default_rng(4).normal(size=(1, model.style_encoder.n_motions, cfg.motion_dim))
-            m = m.astype(np.float32)
-            cases.append(({"motion": m}, model.style_encoder(torch.from_numpy(m).to(model.device)).cpu().numpy()))
+    if graph == "audio":
+        a = parity_audio(window_samples)
+        cases.append(({"audio": a[None]}, ref.audio_features(a)[None]))
+    elif graph == "denoiser":
+        for b in sorted({1, denoiser_batch(cfg)}):
+            feeds = denoiser_inputs(cfg, b, seed=20 + b)
+            cases.append((feeds, ref.denoise(feeds)))
+    else:
+        m = np.random.default_rng(4).normal(size=(1, loaded.model.style_encoder.n_motions, cfg.motion_dim))
+        m = m.astype(np.float32)
+        cases.append(({"motion": m}, ref.style(m)))
     diff = max(float(np.max(np.abs(eng.run(f) - r))) for f, r in cases)
     return diff, max(float(np.max(np.abs(r))) for _, r in cases)
 
