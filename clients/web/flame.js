@@ -3,7 +3,7 @@
 // summed in the vertex shader (or in JS on software WebGL); the 5 joint transforms are computed
 // here per frame (cheap) and blended per vertex by the LBS weights. The same vertex shader can be run with transform
 // feedback (debugSkin) so tests compare its vertices with engines.flame.Flame.
-import { compile, buffer, attribute, LIGHTING_GLSL } from './gl.js';
+import { compile, buffer, attribute, SHADED_FS, SKIN } from './gl.js';
 import { rodrigues, mul3, mul3v, affine, halfToFloat } from './math.js';
 
 const MAGIC = 'DPTFLAME';
@@ -73,18 +73,6 @@ void main() {
   gl_Position = uProj * view;
 }`;
 
-const FS = `#version 300 es
-precision highp float;
-in vec3 vPos;
-in vec3 vViewPos;
-in vec3 vViewNormal;
-out vec4 outColor;
-${LIGHTING_GLSL}
-void main() {
-  vec3 c = shade(normalize(vViewNormal), vViewPos, vec3(0.80, 0.62, 0.52));
-  outColor = vec4(pow(c, vec3(1.0 / 1.6)), 1.0);
-}`;
-
 function vertexNormals(verts, faces, V) {
   const n = new Float32Array(V * 3);
   for (let f = 0; f < faces.length; f += 3) {
@@ -116,7 +104,7 @@ export class FlameRenderer {
     this.a = asset;
     this.blend = blend;
     const { V, K, P } = asset;
-    this.prog = compile(gl, VS, FS, ['vPos']);
+    this.prog = compile(gl, VS, SHADED_FS, ['vPos']);
     this.vao = gl.createVertexArray();
     gl.bindVertexArray(this.vao);
     this.posBuffer = buffer(gl, gl.ARRAY_BUFFER, asset.verts, blend === 'cpu' ? gl.DYNAMIC_DRAW : gl.STATIC_DRAW);
@@ -236,6 +224,7 @@ export class FlameRenderer {
     gl.uniformMatrix4fv(u.uSkin, false, this.skin);
     gl.uniformMatrix4fv(u.uView, false, view);
     gl.uniformMatrix4fv(u.uProj, false, proj);
+    gl.uniform3fv(u.uColor, SKIN);
     gl.bindVertexArray(this.vao);
   }
 

@@ -40,7 +40,7 @@ export function attribute(gl, location, buf, size, type = gl.FLOAT) {
 }
 
 // Shared lighting: a key light from the upper front-left, a fill, a rim; view-space normal in.
-export const LIGHTING_GLSL = `
+const LIGHTING_GLSL = `
 vec3 shade(vec3 n, vec3 viewPos, vec3 albedo) {
   vec3 v = normalize(-viewPos);
   if (dot(n, v) < 0.0) n = -n;
@@ -50,4 +50,21 @@ vec3 shade(vec3 n, vec3 viewPos, vec3 albedo) {
   float spec = pow(max(dot(reflect(-key, n), v), 0.0), 24.0) * 0.15;
   float rim = pow(1.0 - max(dot(n, v), 0.0), 3.0) * 0.25;
   return albedo * (0.18 + d) + vec3(spec + rim);
+}`;
+
+// Skin albedo of both heads (FLAME mesh and proxy).
+export const SKIN = [0.80, 0.62, 0.52];
+
+// Fragment shader of both renderers: uColor lit by LIGHTING_GLSL, then display gamma. Their vertex
+// shaders output vViewPos and vViewNormal.
+export const SHADED_FS = `#version 300 es
+precision highp float;
+uniform vec3 uColor;
+in vec3 vViewPos;
+in vec3 vViewNormal;
+out vec4 outColor;
+${LIGHTING_GLSL}
+void main() {
+  vec3 c = shade(normalize(vViewNormal), vViewPos, uColor);
+  outColor = vec4(pow(c, vec3(1.0 / 1.6)), 1.0);
 }`;

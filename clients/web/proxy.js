@@ -1,7 +1,7 @@
 // Procedural proxy head, used when the server has no FLAME model: skull, hinged jaw (pose jaw_x),
 // mouth cavity, nose, eyes that blink (lids squash the eyeball) and follow gaze, a static neck;
 // the whole head turns with the global rotation. Units are metres, FLAME-like proportions.
-import { compile, buffer, attribute, LIGHTING_GLSL } from './gl.js';
+import { compile, buffer, attribute, SHADED_FS, SKIN } from './gl.js';
 import { rodrigues, mul3, affine, mat4mul } from './math.js';
 
 const VS = `#version 300 es
@@ -16,18 +16,6 @@ void main() {
   vViewPos = view.xyz;
   vViewNormal = mat3(uView) * mat3(uModel) * aNormal;
   gl_Position = uProj * view;
-}`;
-
-const FS = `#version 300 es
-precision highp float;
-uniform vec3 uColor;
-in vec3 vViewPos;
-in vec3 vViewNormal;
-out vec4 outColor;
-${LIGHTING_GLSL}
-void main() {
-  vec3 c = shade(normalize(vViewNormal), vViewPos, uColor);
-  outColor = vec4(pow(c, vec3(1.0 / 1.6)), 1.0);
 }`;
 
 // Ellipsoid with radii r centred at c; keep(y) may clamp points (flat cut) — rows x cols grid.
@@ -64,7 +52,6 @@ function cylinder(radius, y0, y1, c = [0, 0, 0], segs = 32) {
   return { pos: new Float32Array(pos), nrm: new Float32Array(nrm), idx: new Uint16Array(idx) };
 }
 
-const SKIN = [0.80, 0.62, 0.52];
 const HINGE = [0, -0.005, -0.035];     // jaw pivot (in front of the ears)
 const PIVOT = [0, -0.075, -0.02];      // head rotation pivot (top of the neck)
 const EYES = [[0.03, 0.024, 0.071], [-0.03, 0.024, 0.071]];  // left (+x = avatar's left), right
@@ -73,7 +60,7 @@ const EYE_R = 0.0125;
 export class ProxyRenderer {
   constructor(gl) {
     this.gl = gl;
-    this.prog = compile(gl, VS, FS);
+    this.prog = compile(gl, VS, SHADED_FS);
     const part = (geo, color) => {
       const vao = gl.createVertexArray();
       gl.bindVertexArray(vao);
