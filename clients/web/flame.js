@@ -10,6 +10,7 @@ const MAGIC = 'DPTFLAME';
 const DTYPES = { 1: Float32Array, 2: Uint16Array, 3: Uint32Array, 4: Int32Array };
 const N_JOINTS = 5;       // global, neck, jaw, eye_left, eye_right
 const MAX_COMPONENTS = 128;  // uCoef holds 32 vec4
+const IDENTITY3 = rodrigues(0, 0, 0);  // the neck: DiffPoseTalk has no neck pose
 
 export function parseFlameAsset(buf) {
   if (buf.byteLength < 32) throw new Error(`FLAME asset is ${buf.byteLength} bytes, shorter than its header`);
@@ -174,7 +175,7 @@ export class FlameRenderer {
     }
     const yaw = eyes ? eyes[2] : 0, pitch = eyes ? eyes[3] : 0;
     // + yaw turns towards the avatar's left (about +y); + pitch looks up (about -x).
-    const R = [rodrigues(pose[0], pose[1], pose[2]), rodrigues(0, 0, 0), rodrigues(pose[3], pose[4], pose[5]),
+    const R = [rodrigues(pose[0], pose[1], pose[2]), IDENTITY3, rodrigues(pose[3], pose[4], pose[5]),
                rodrigues(-pitch, yaw, 0), rodrigues(-pitch, yaw, 0)];
     const G = [R[0]], T = [J[0]];
     for (let j = 1; j < N_JOINTS; j++) {

@@ -56,6 +56,7 @@ const HINGE = [0, -0.005, -0.035];     // jaw pivot (in front of the ears)
 const PIVOT = [0, -0.075, -0.02];      // head rotation pivot (top of the neck)
 const EYES = [[0.03, 0.024, 0.071], [-0.03, 0.024, 0.071]];  // left (+x = avatar's left), right
 const EYE_R = 0.0125;
+const NECK = affine(rodrigues(0, 0, 0), [0, 0, 0]);  // the neck does not move
 
 export class ProxyRenderer {
   constructor(gl) {
@@ -96,7 +97,7 @@ export class ProxyRenderer {
     const width = Math.max(0.7, Math.min(1.3, 1 + 0.12 * ((exp[3] || 0) - (exp[2] || 0))));
     const cavity = mat4mul(head, new Float32Array([width, 0, 0, 0, 0, 1 + 2 * Math.max(0, open), 0, 0, 0, 0, 1, 0,
       0, -0.02 * (2 * Math.max(0, open)), 0, 1]));
-    const m = { skull: head, jaw, cavity, nose: head, neck: affine(rodrigues(0, 0, 0), [0, 0, 0]) };
+    const m = { skull: head, jaw, cavity, nose: head, neck: NECK };
     const gaze = rodrigues(eyes ? -eyes[3] : 0, eyes ? eyes[2] : 0, 0);
     this.eyes = EYES.map((c, i) => {
       const lid = eyes ? Math.min(1, Math.max(0, eyes[i])) : 0;
