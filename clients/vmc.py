@@ -21,6 +21,12 @@ log = logging.getLogger(__name__)
 
 FPS = 25
 FRAME_S = 1.0 / FPS
+_BLINK_NAMES = frozenset(("Blink_L", "Blink_R", "eyeBlinkLeft", "eyeBlinkRight"))
+
+
+def _smoothing_group(name: str) -> str:
+    """The mapping's smoothing_ms group of a blendshape name."""
+    return "blink" if name in _BLINK_NAMES else "eyes" if name.startswith("eyeLook") else "mouth"
 
 
 class Playout:
@@ -100,6 +106,7 @@ class VmcBridge:
         self.rate = rate
         self.playout = Playout(delay=delay)
         self.stale_s = stale_s  # after this long without new frames the mouth relaxes to rest
+        self.tau_s = {group: ms / 1000.0 for group, ms in mapper.m["smoothing_ms"].items()}
         self.lock = threading.Lock()
         self.smoothed: dict[str, float] = {}
         self.head: dict | None = None
@@ -113,8 +120,8 @@ class VmcBridge:
             self.frames_in += 1
             self.mapper.observe(exp, pose)
 
-    def _smooth(self, name: str, group: str, target: float, dt: float) -> float:
-        tau = self.mapper.m["smoothing_ms"].get(group, 0.0) / 1000.0
+    def _smooth(self, name: str, target: float, dt: float) -> float:
+        tau = self.tau_s.get(_smoothing_group(name), 0.0)
         prev = self.smoothed.get(name)
         value = target if prev is None or tau <= 0 else prev + (1 - math.exp(-dt / tau)) * (target - prev)
         self.smoothed[name] = value
@@ -133,11 +140,9 @@ class VmcBridge:
         blends = self.mapper.blendshapes(exp, pose, eyes)
         if past > self.stale_s:  # stream stalled or ended: relax the face instead of freezing it
             blends = {k: 0.0 for k in blends}
-        groups = {"Blink_L": "blink", "Blink_R": "blink", "eyeBlinkLeft": "blink", "eyeBlinkRight": "blink"}
-        blends = {k: self._smooth(k, groups.get(k, "eyes" if k.startswith("eyeLook") else "mouth"), v, dt)
-                  for k, v in blends.items()}
+        blends = {k: self._smooth(k, v, dt) for k, v in blends.items()}
         bones = self.mapper.bones(pose, eyes)
-        tau = self.mapper.m["smoothing_ms"].get("head", 0.0) / 1000.0
+        tau = self.tau_s.get("head", 0.0)
         if tau > 0 and self.head is not None:  # nlerp towards the new rotation
             a = 1 - math.exp(-dt / tau)
             for name, (p, q) in bones.items():
