@@ -152,7 +152,7 @@ def unrolled(student, b, steps: int, dim_w, vel_weight: float, with_grad: bool =
         out = student.denoising_net(x, b.audio_feat, person, b.prev_motion, b.prev_audio, step,
                                     b.indicator if student.cfg.use_indicator else None, b.guidance)
         x0 = out[:, P:]
-        terms = student_losses(x0, b.target, b.indicator, b.prev_motion[:, -1], dim_w)
+        terms = student_losses(x0, b.target, b.indicator, dim_w)
         loss = loss + total(terms, vel_weight) / len(ts)
         per_step.append(terms["coef"].detach())
         if i + 1 < len(ts):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from training.losses import W_COEF_VEL
+from training.losses import W_COEF_VEL, _masked_mean
 
 
 def mouth_dims(head_pose: bool) -> list[int]:
@@ -19,22 +19,18 @@ def dim_weights(motion_dim: int, head_pose: bool, mouth_weight: float, device=No
     return w / w.mean()  # the weighted loss keeps the scale of the plain mean
 
 
-def student_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, prev_last: torch.Tensor,
+def student_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
                    dim_w: torch.Tensor) -> dict[str, torch.Tensor]:
-    """pred, target (N, L, D); mask (N, L) 1 = real frame (real frames are a prefix); prev_last
-    (N, D) the last emitted frame before the window. ``coef``: weighted MSE over real frames;
-    ``vel``: MSE of the frame-to-frame velocity, the step from the previous frame into the window
-    included (a jump at a step boundary costs like one inside the window)."""
-    m = mask.to(pred.dtype)[..., None]
-    n = m.sum().clamp(min=1) * pred.shape[-1]
-    coef = (((pred - target) ** 2) * dim_w * m).sum() / n
-    prev = prev_last[:, None]
-    vel_p = torch.diff(torch.cat([prev, pred], 1), dim=1)
-    vel_t = torch.diff(torch.cat([prev, target], 1), dim=1)
-    vel = (((vel_p - vel_t) ** 2) * dim_w * m).sum() / n
+    """pred, target (N, L, D); mask (N, L) 1 = real frame (real frames are a prefix). ``coef``:
+    weighted MSE over real frames; ``vel``: MSE of the frame-to-frame velocity, the step from the
+    previous frame into the window included (a jump at a step boundary costs like one inside the
+    window). Both start from the same previous frame, so that first velocity error is the first
+    frame's error."""
+    err = pred - target
+    vel_err = torch.diff(err, dim=1, prepend=torch.zeros_like(err[:, :1]))
     mouth = [0, 1, 2, 3, 4, pred.shape[-1] - 1]  # exp[0:5] + jaw opening (last dim in both layouts)
-    lip = (((pred - target)[..., mouth] ** 2) * m).sum() / (m.sum().clamp(min=1) * len(mouth))
-    return {"coef": coef, "vel": vel, "lip": lip.detach()}
+    return {"coef": _masked_mean(err ** 2 * dim_w, mask), "vel": _masked_mean(vel_err ** 2 * dim_w, mask),
+            "lip": _masked_mean(err[..., mouth] ** 2, mask).detach()}
 
 
 def total(terms: dict[str, torch.Tensor], vel_weight: float = W_COEF_VEL) -> torch.Tensor:
