@@ -116,8 +116,7 @@ def load_engine(args):
                     default_scales=dict(guidance.scales), default_style_name=style_name,
                     default_style=None if style is None else np.asarray(torch.as_tensor(style), np.float32),
                     build_kwargs=extra)
-    probe = engine.build(engine.default_style, engine.default_scales)  # fail now (backend, shapes), not in a thread
-    engine.backend_desc = str(getattr(probe, "backend", args.backend))
+    engine.probe()  # fail now (backend, shapes), not in a thread; "auto" is resolved once
     return engine
 
 

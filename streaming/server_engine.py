@@ -50,6 +50,19 @@ class Engine:
         return build_session(self.loaded, self.sampler, self.guidance(scales), self.config, style,
                              self.shape_raw, on_step=on_step, backend=self.backend, **self.build_kwargs)
 
+    def probe(self) -> StreamSession:
+        """Build a session now, so that a bad backend fails at start-up and not in a pipeline
+        thread, and pin the backend it resolved to: every session rebuild (reset, guidance, pause,
+        a source switch) builds again, and with "auto" each would choose again and, after a
+        fallback to torch, retry the export that failed."""
+        session = self.build(self.default_style, self.default_scales)
+        self.backend_desc = str(session.backend)  # "name (precision)" (streaming.factory.build_session)
+        if self.backend == "auto":
+            name, _, precision = self.backend_desc.partition(" (")
+            self.backend = name
+            self.build_kwargs = {**self.build_kwargs, "precision": precision.rstrip(")")}
+        return session
+
     def model_info(self) -> dict:
         cfg = self.loaded.config
         n_params = sum(p.numel() for p in self.loaded.model.parameters())

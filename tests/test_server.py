@@ -514,3 +514,16 @@ def test_static_viewer_files_and_flame_asset(engine, tmp_path):
     assert got["/main.js"] == (200, b"export const x = 1;")
     assert got[f"/flame.bin?token={TOKEN}"] == (200, asset)
     assert hello["template"]["flame_asset"] == "/flame.bin"
+
+
+def test_probe_pins_the_backend_auto_resolved_to(loaded):
+    """Sessions are rebuilt on reset, guidance, pause and source switches: "auto" is chosen once
+    at start-up (Engine.probe), so a rebuild neither chooses again nor retries a failed export."""
+    from engines.sampler import DDIMSampler
+    from streaming.server_engine import Engine
+    from streaming.session import StreamConfig
+
+    e = Engine(loaded=loaded, sampler=DDIMSampler(1), config=StreamConfig(80, 80, 400), backend="auto")
+    probe = e.probe()
+    assert e.backend in ("torch", "onnxruntime", "tensorrt") and e.backend_desc == probe.backend
+    assert e.build(None, e.default_scales).backend == probe.backend
