@@ -77,6 +77,16 @@ class Networks(ABC):
     def describe(self) -> str:
         return f"{self.name} ({self.precision})"
 
+    _warm_windows: frozenset = frozenset()
+
+    def warm_audio(self, window_samples: int) -> None:
+        """One audio pass per window length and Networks object: export, session and first-call
+        costs fall on the first session build, and a rebuilt session (a server's reset or new
+        guidance) shares the networks and does not pay that pass again."""
+        if window_samples not in self._warm_windows:
+            self.audio_features(np.zeros(window_samples, np.float32))
+            self._warm_windows = self._warm_windows | {window_samples}
+
 
 class TorchNetworks(Networks):
     """The PyTorch reference implementation of the interface (what every other backend is
@@ -175,7 +185,7 @@ class BackendAudioFeatures:
         self.window_samples = window_samples
         self.n_frames = window_samples // FRAME_SAMPLES
         self.feature_dim = feature_dim
-        self.features(np.zeros(window_samples, np.float32))  # compile/export now, not on the first live step
+        networks.warm_audio(window_samples)  # compile/export now, not on the first live step
 
     def features(self, audio: np.ndarray) -> np.ndarray:
         if audio.shape != (self.window_samples,):
