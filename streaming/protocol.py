@@ -127,9 +127,9 @@ def frame_json_dict(frame: WireFrame) -> dict[str, Any]:
     return {"type": "frame", "seq": int(frame.seq), "dropped": int(frame.dropped),
             "audio_time": float(frame.audio_time), "emit_time": float(frame.emit_time),
             "reset": bool(frame.reset),
-            "exp": [float(x) for x in _vec(frame.exp, 50, "exp")],
-            "pose": [float(x) for x in _vec(frame.pose, 6, "pose")],
-            "eyes": None if frame.eyes is None else [float(x) for x in _vec(frame.eyes, 4, "eyes")]}
+            "exp": _vec(frame.exp, 50, "exp").tolist(),
+            "pose": _vec(frame.pose, 6, "pose").tolist(),
+            "eyes": None if frame.eyes is None else _vec(frame.eyes, 4, "eyes").tolist()}
 
 
 def encode_json_frame(frame: WireFrame) -> str:
