@@ -132,7 +132,7 @@ def trainable(student) -> list:
     return list(student.denoising_net.parameters())
 
 
-def unrolled(student, b, steps: int, dim_w, vel_weight: float, with_grad: bool = True):
+def unrolled(student, b, steps: int, dim_w, vel_weight: float):
     """Run the student's DDIM steps from the teacher's noise; returns (loss, terms of the last step,
     per-step coef losses). The next step's input is the re-noise of the detached x0."""
     import torch
@@ -168,11 +168,12 @@ def validate(student, val, idx_batches, steps: int, dim_w, vel_weight: float, de
 
     student.eval()
     sums = defaultdict(float)
+    n = sum(len(i) for i in idx_batches)
     with torch.no_grad():
         for idx in idx_batches:
             b = val.batch(idx, device)
             loss, terms, per_step = unrolled(student, b, steps, dim_w, vel_weight)
-            w = len(idx) / sum(len(i) for i in idx_batches)
+            w = len(idx) / n
             sums["val_loss"] += float(loss) * w
             sums["val_coef"] += float(terms["coef"]) * w
             sums["val_vel"] += float(terms["vel"]) * w

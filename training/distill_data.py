@@ -275,10 +275,8 @@ class DistillSet:
         by_clip: dict[tuple, list[int]] = {}
         for j, sh in enumerate(self.shards):
             by_clip.setdefault((sh["meta"].get("split"), sh["meta"].get("clip")), []).append(j)
-        for group in by_clip.values():
+        for group in (g for g in by_clip.values() if len(g) > 1):
             for k, j in enumerate(group):
-                if len(group) < 2:
-                    continue
                 other = self.shards[group[(k + 1) % len(group)]]["teacher"]
                 rows = np.nonzero((self.cols["shard"] == j) & (self.cols["first"] >= P)
                                   & (self.cols["first"] <= len(other)))[0]
