@@ -190,11 +190,12 @@ def load_audio(path: Path | None):
 def cmd_tensorrt(args) -> int:
     from engines.backends import model_hash, onnx_cache_dir
     from engines.model_dir import load_model_dir
+    from export.onnx_export import default_tolerance
     from export.tensorrt_build import build_plans, require_tensorrt
 
     windows = parse_windows(args.window_ms)
     require_tensorrt()  # a clear error before loading anything when there is no GPU/TensorRT
-    tol = check_tolerance(args.tolerance, 1e-3 if args.precision == "fp32" else 5e-2)
+    tol = check_tolerance(args.tolerance, default_tolerance(args.precision))
     loaded = load_model_dir(args.model)
     key = model_hash(loaded.model)
     onnx_dir = onnx_cache_dir(loaded.model)
