@@ -14,9 +14,9 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 
 from dpt_live.errors import UserError
+from streaming.protocol import WireFrame
 
 log = logging.getLogger(__name__)
 
@@ -26,17 +26,10 @@ class ClientError(UserError):
 
 
 @dataclasses.dataclass
-class Frame:
-    """A decoded frame plus when it arrived here (Unix epoch s, this machine's clock)."""
-    seq: int
-    audio_time: float
-    emit_time: float
-    recv_time: float
-    exp: np.ndarray          # (50,)
-    pose: np.ndarray         # (6,)
-    eyes: np.ndarray | None  # (4,) or None when the server sends no eyes
-    dropped: int             # frames lost just before this one (server-side queue overflow)
-    reset: bool              # first frame of a new pipeline: audio_time restarted
+class Frame(WireFrame):
+    """A decoded frame (streaming.protocol.WireFrame: seq, audio_time, emit_time, exp, pose, eyes,
+    dropped, reset) plus when it arrived here (Unix epoch s, this machine's clock)."""
+    recv_time: float = dataclasses.field(kw_only=True)
 
 
 def ws_url(url: str, token: str | None = None, session: str | None = None, mode: str = "binary") -> str:
@@ -155,7 +148,7 @@ class StreamClient:
         ``timeout``: seconds without any message before TimeoutError (None: wait forever)."""
         from websockets.exceptions import ConnectionClosed
 
-        from streaming.protocol import ProtocolError, WireFrame, decode_server_message
+        from streaming.protocol import ProtocolError, decode_server_message
 
         while not self._closed:
             ws = self._ws or self._connect()
@@ -171,9 +164,7 @@ class StreamClient:
                         raise ClientError(f"server sent a message this client cannot read: {exc}") from exc
                     if isinstance(item, WireFrame):
                         self.dropped_total += item.dropped
-                        yield Frame(seq=item.seq, audio_time=item.audio_time, emit_time=item.emit_time,
-                                    recv_time=recv_time, exp=item.exp, pose=item.pose, eyes=item.eyes,
-                                    dropped=item.dropped, reset=item.reset)
+                        yield Frame(**vars(item), recv_time=recv_time)
                     else:
                         self._notice(item)
             except ConnectionClosed as exc:
