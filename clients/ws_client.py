@@ -14,7 +14,6 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-
 from dpt_live.errors import UserError
 from streaming.protocol import WireFrame
 
