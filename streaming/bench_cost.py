@@ -83,11 +83,12 @@ class _PartialDDPM(DDPMSampler):
         return super().timesteps(model)[:self.k]
 
 
-class _TimedSampler:
-    """Adds up the time spent inside ``sample`` (the denoising) with the benchmark's clock."""
+class SampleTimer:
+    """Wraps anything that denoises through ``sample`` (a Sampler, a streaming motion engine) and
+    records how long each call takes with the benchmark's clock."""
 
-    def __init__(self, inner: Sampler, clock: Callable[[], float]):
-        self.inner, self.clock, self.seconds = inner, clock, 0.0
+    def __init__(self, inner, clock: Callable[[], float]):
+        self.inner, self.clock, self.seconds = inner, clock, []
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
@@ -95,7 +96,7 @@ class _TimedSampler:
     def sample(self, *args, **kwargs):
         t = self.clock()
         out = self.inner.sample(*args, **kwargs)
-        self.seconds += self.clock() - t
+        self.seconds.append(self.clock() - t)
         return out
 
 
@@ -114,7 +115,7 @@ def time_reference(loaded: LoadedModel, audio: np.ndarray, guidance: Guidance, s
     k = T if steps is None else steps
     if not 1 <= k <= T:
         raise UserError(f"--reference-steps must be in 1..{T}")
-    sampler = _TimedSampler(DDPMSampler() if k == T else _PartialDDPM(k), clock)
+    sampler = SampleTimer(DDPMSampler() if k == T else _PartialDDPM(k), clock)
     shape = (torch.zeros(100) - loaded.stats["shape_mean"].cpu()) / loaded.stats["shape_std"].cpu()
     t0 = clock()
     generate_motion(loaded.model, audio, shape, None if style is None else torch.as_tensor(style), sampler,
@@ -123,8 +124,9 @@ def time_reference(loaded: LoadedModel, audio: np.ndarray, guidance: Guidance, s
     seconds = len(audio) / SAMPLE_RATE
     plan = plan_windows(len(audio), cfg.n_motions, cfg.fps)
     per_step = passes_per_step(loaded, DDPMSampler(), guidance, style is not None)
-    denoise = sampler.seconds * T / k
-    other = total - sampler.seconds  # audio features + window bookkeeping: not scaled
+    denoised = sum(sampler.seconds)
+    denoise = denoised * T / k
+    other = total - denoised  # audio features + window bookkeeping: not scaled
     out = {"model": None, "audio_seconds": round(seconds, 3), "windows": plan.n_windows,
            "diffusion_steps": T, "steps_timed": k, "passes_per_step": per_step,
            "seconds": round(denoise + other, 3), "denoise_s": round(denoise, 3), "other_s": round(other, 3),

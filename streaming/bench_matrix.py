@@ -36,7 +36,7 @@ from engines.model import Guidance
 from engines.model_dir import LoadedModel, load_model_dir
 from engines.sampler import make_sampler
 from streaming.bench import bench_clock, rss_mb
-from streaming.bench_cost import architecture_key, gflop_per_audio_s, network_flops, time_reference
+from streaming.bench_cost import SampleTimer, architecture_key, gflop_per_audio_s, network_flops, time_reference
 from streaming.factory import BACKENDS, build_session
 from streaming.metrics import percentiles_ms, replay_latency
 from streaming.report import StreamRecorder
@@ -178,22 +178,6 @@ def pick_style(loaded: LoadedModel, name: str | None, seed: int) -> tuple[np.nda
 
 
 # --- one stream ----------------------------------------------------------------------------------
-class MotionTimer:
-    """Wraps a session's motion engine and records how long each denoising call takes."""
-
-    def __init__(self, inner, clock: Callable[[], float]):
-        self.inner, self.clock, self.seconds = inner, clock, []
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def sample(self, *args):
-        t = self.clock()
-        out = self.inner.sample(*args)
-        self.seconds.append(self.clock() - t)
-        return out
-
-
 @dataclass
 class StreamRun:
     compute: list[float]
@@ -215,7 +199,7 @@ def make_session(loaded, sampler, guidance, style, config, backend: tuple[str, s
     session = build_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, backend=backend[0],
                             precision=backend[1], threads=threads, clock=clock)
     setup = time.perf_counter() - t0
-    session.motion = timer = MotionTimer(session.motion, clock)
+    session.motion = timer = SampleTimer(session.motion, clock)
     return session, rec, timer, setup
 
 
