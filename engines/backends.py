@@ -50,6 +50,13 @@ def denoiser_input_names(cfg) -> list[str]:
     return names
 
 
+def call_denoiser(net: nn.Module, inputs: dict):
+    """DenoisingNetwork.forward with its inputs named as in :func:`denoiser_input_names`
+    (the optional ones may be absent)."""
+    return net(inputs["motion"], inputs["audio_feat"], inputs["person"], inputs["prev_motion"], inputs["prev_audio"],
+               inputs["step"], inputs.get("indicator"), inputs.get("guidance"))
+
+
 def denoiser_batch(cfg) -> int:
     """The largest batch a window needs: 1 + guiding conditions for a teacher (all CFG passes in
     one call), 1 for a student."""
@@ -107,9 +114,7 @@ class TorchNetworks(Networks):
     def denoise(self, inputs):
         dev = self.model.device
         args = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
-        return self.model.denoising_net(args["motion"], args["audio_feat"], args["person"], args["prev_motion"],
-                                        args["prev_audio"], args["step"], args.get("indicator"),
-                                        args.get("guidance")).float().cpu().numpy()
+        return call_denoiser(self.model.denoising_net, args).float().cpu().numpy()
 
     @torch.inference_mode()
     def style(self, motion):

@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from dpt_live.errors import UserError
-from engines.backends import FRAME_SAMPLES, TorchNetworks, denoiser_batch, denoiser_input_names, model_hash
+from engines.backends import (FRAME_SAMPLES, TorchNetworks, call_denoiser, denoiser_batch, denoiser_input_names,
+                              model_hash)
 from engines.model import DiffPoseTalk
 
 log = logging.getLogger("dpt_live.export")
@@ -148,9 +149,7 @@ class DenoiserGraph(nn.Module):
         self.names = denoiser_input_names(model.cfg)
 
     def forward(self, *args):
-        a = dict(zip(self.names, args))
-        return self.net(a["motion"], a["audio_feat"], a["person"], a["prev_motion"], a["prev_audio"], a["step"],
-                        a.get("indicator"), a.get("guidance"))
+        return call_denoiser(self.net, dict(zip(self.names, args)))
 
 
 class StyleGraph(nn.Module):
