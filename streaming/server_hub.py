@@ -49,10 +49,6 @@ class Viewer:
         self.task: asyncio.Task | None = None
         self._closing = False
 
-    @property
-    def backlog(self) -> int:
-        return len(self.queue)
-
     def offer(self, item: FrameItem) -> int:
         """Queue a frame; returns 1 when the oldest queued frame had to be dropped."""
         dropped = 0
