@@ -162,7 +162,7 @@ class LiveServer:
         oh = self.metrics.overhead
         return {"status": "stopping" if self._closing else "ok", "uptime": round(time.time() - self.started, 3),
                 "sessions": len(self.sessions), "viewers": len(self.viewers),
-                "frames": self.metrics.frames_total, "model": self.engine.model_info()["path"],
+                "frames": self.metrics.frames_total, "model": str(self.engine.loaded.path),
                 "server_overhead_ms": {"p50": _ms(oh.quantile(0.5)), "p95": _ms(oh.quantile(0.95)),
                                        "count": oh.count},
                 "session_detail": {name: s.summary() for name, s in self.sessions.items()}}

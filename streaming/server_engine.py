@@ -5,6 +5,7 @@ from them (always through streaming.factory.build_session)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -63,9 +64,13 @@ class Engine:
             self.build_kwargs = {**self.build_kwargs, "precision": precision.rstrip(")")}
         return session
 
+    @cached_property
+    def n_params(self) -> int:  # model_info answers every hello: count once
+        return sum(p.numel() for p in self.loaded.model.parameters())
+
     def model_info(self) -> dict:
         cfg = self.loaded.config
-        n_params = sum(p.numel() for p in self.loaded.model.parameters())
+        n_params = self.n_params
         return {"path": str(self.loaded.path), "kind": cfg.kind, "description": cfg.description,
                 "arch": f"{cfg.n_layers}x{cfg.feature_dim} denoiser, {n_params / 1e6:.1f} M parameters, "
                         f"{'head pose' if cfg.head_pose else 'no head pose'}",
