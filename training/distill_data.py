@@ -138,16 +138,13 @@ def split_styles(loaded, clips, stats) -> dict[str, np.ndarray]:
     """Per clip: its speaker's style from the speaker's OTHER clips (leave-one-clip-out mean of the
     style encoder over 100-frame GT windows), as `dpt-live eval` conditions generation."""
     from engines.model import coef_to_motion
-    from training.evaluate import motion_style, speaker_styles
+    from training.evaluate import gt_clip_styles, speaker_styles
 
-    cfg = loaded.config
-    clip_styles = {}
-    for c in clips:
-        s = motion_style(loaded.model, coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32))
-        if s is not None:
-            clip_styles[c.entry] = (c.person, s)
+    head_pose = loaded.config.head_pose
+    gt_motion = {c.entry: coef_to_motion(c.exp, c.pose, stats, head_pose).astype(np.float32) for c in clips}
+    clip_styles = gt_clip_styles(loaded.model, clips, gt_motion)
     galleries = speaker_styles(clip_styles)
-    return {e: galleries[e][clip_styles[e][0]].astype(np.float32) for e in clip_styles}
+    return {e: galleries[e][person].astype(np.float32) for e, (person, _) in clip_styles.items()}
 
 
 def shard_name(split: str, set_idx: int, clip_idx: int) -> str:

@@ -141,6 +141,17 @@ def motion_style(model, motion: np.ndarray) -> np.ndarray | None:
         return model.style_encoder(win).mean(0).cpu().numpy()
 
 
+def gt_clip_styles(model, clips, gt_motion: dict[str, np.ndarray]) -> dict[str, tuple[str, np.ndarray]]:
+    """entry -> (speaker, style of the clip's GT motion); clips too short for the style encoder
+    are left out."""
+    out = {}
+    for c in clips:
+        s = motion_style(model, gt_motion[c.entry])
+        if s is not None:
+            out[c.entry] = (c.person, s)
+    return out
+
+
 def speaker_styles(clip_styles: dict[str, tuple[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
     """For each clip, every speaker's reference style excluding that clip (leave-one-clip-out)."""
     by_person: dict[str, list[tuple[str, np.ndarray]]] = {}
@@ -186,11 +197,7 @@ def evaluate(args) -> dict:
     guidance = Guidance(scales={"audio": args.cfg_audio, "style": args.cfg_style})
 
     gt_motion = {c.entry: coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32) for c in clips}
-    clip_styles = {}
-    for c in clips:
-        s = motion_style(model, gt_motion[c.entry])
-        if s is not None:
-            clip_styles[c.entry] = (c.person, s)
+    clip_styles = gt_clip_styles(model, clips, gt_motion)
     galleries = speaker_styles(clip_styles)
 
     lip_vertex = _lip_vertex_fn(args.flame, stats) if args.flame else None
