@@ -259,17 +259,17 @@ def make_networks(loaded, backend: str, precision: str = "fp32", threads: int | 
     """The networks of a loaded model directory on a concrete backend (not "auto")."""
     from dpt_live.errors import UserError
 
+    if backend not in BACKEND_NAMES:
+        raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
-    if backend in BACKEND_PRECISIONS and precision not in BACKEND_PRECISIONS[backend]:
+    if precision not in BACKEND_PRECISIONS[backend]:
         raise UserError(f"the {backend} backend runs {'/'.join(BACKEND_PRECISIONS[backend])}, not {precision}")
     if backend == "torch":
         return TorchNetworks(loaded.model)
     why = backend_unavailable(backend)
     if why is not None:
         raise UserError(f"backend {backend!r} cannot run here: {why}")
-    if backend not in ("onnxruntime", "tensorrt"):
-        raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
     # one set of sessions/engines per model and settings, shared by every stream of this process
     # (a server's sessions): a full-size HuBERT graph is ~400 MB, and ORT/TRT runs are thread-safe
     key = (backend, model_hash(loaded.model), precision, threads or 1, str(cache_dir or cache_root()))

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from engines.backends import BACKEND_NAMES, BackendAudioFeatures, backend_model, choose_backend, make_networks
 from engines.model import Guidance
 from engines.model_dir import LoadedModel
 from engines.sampler import Sampler
@@ -33,8 +34,6 @@ def torch_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     if networks is None:
         audio = TorchAudioFeatures(model, spec.window_samples)
     else:  # same motion engine and sampler; the model's networks call the backend
-        from engines.backends import BackendAudioFeatures, backend_model
-
         audio = BackendAudioFeatures(networks, spec.window_samples, loaded.config.feature_dim)
         model = backend_model(model, networks)
     motion = TorchMotionEngine(model, sampler, guidance, shape, config.seed)
@@ -43,7 +42,7 @@ def torch_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     return StreamSession(audio, motion, decoder, config, style_np, on_step=on_step, **kwargs)
 
 
-BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", *BACKEND_NAMES)
 
 
 def build_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
@@ -56,7 +55,6 @@ def build_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     threads (default 1). "auto" falls back to torch (with a warning) when the chosen backend
     cannot be prepared, e.g. an export that fails its parity check."""
     from dpt_live.errors import UserError
-    from engines.backends import choose_backend, make_networks
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
