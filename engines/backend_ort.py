@@ -94,8 +94,8 @@ class OrtNetworks(Networks):
     def _file(self, fp32_file: str, export, precision: str | None = None) -> Path:
         """The graph file at ``precision`` (default: the backend's), exporting (and quantising) it
         first if needed."""
-        from export.onnx_export import read_record
-        from export.quantize import int8_name, quantize_graph
+        from export.onnx_export import graph_file, read_record
+        from export.quantize import quantize_graph
 
         src = self.dir / fp32_file
         with self._lock:
@@ -110,7 +110,7 @@ class OrtNetworks(Networks):
                 export()
             if (precision or self.precision) == "fp32":
                 return src
-            dst = self.dir / int8_name(fp32_file)
+            dst = self.dir / graph_file(fp32_file, "int8")
             if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
                 quantize_graph(src, dst)
             return dst

@@ -18,17 +18,15 @@ import numpy as np
 QUANTIZED_OPS = ["MatMul", "Gemm"]
 
 
-def int8_name(fp32_file: str) -> str:
-    return fp32_file[: -len(".onnx")] + ".int8.onnx"
-
-
 def quantize_graph(src: str | Path, dst: str | Path | None = None) -> Path:
     """src fp32 .onnx -> dst (default: NAME.int8.onnx beside it), written atomically, with a sidecar
     copied from the source's plus the precision."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from export.onnx_export import graph_file
+
     src = Path(src)
-    dst = Path(dst) if dst is not None else src.with_name(int8_name(src.name))
+    dst = Path(dst) if dst is not None else src.with_name(graph_file(src.name, "int8"))
     tmp = dst.with_name(dst.name + f".tmp{os.getpid()}.onnx")
     root = logging.getLogger()
     level = root.level
