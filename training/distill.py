@@ -107,7 +107,9 @@ def make_student(teacher, n_motions: int, steps: int):
     if n_motions < 1 or n_motions > tcfg.n_motions:
         raise UserError(f"--window {n_motions}: must be in 1..{tcfg.n_motions} (the teacher's window)")
     cfg = dataclasses.replace(
-        tcfg, n_motions=n_motions, kind="student", student_steps=steps,
+        # the student is trained to output the clean motion (x0) whatever the teacher predicts, so its
+        # config says so and the samplers read its output as x0
+        tcfg, n_motions=n_motions, kind="student", student_steps=steps, target="sample",
         description=f"{steps}-step student distilled from {teacher.path.name} ({n_motions}-frame streaming window)")
     cfg.validate("student")
     student = DiffPoseTalk(cfg)
