@@ -41,7 +41,7 @@ def train_args(**kw):
     base = dict(iters=2, batch=2, lr=1e-3, warmup=1, schedule="constant", clip=1.0, seed=3, device="cpu",
                 threads=1, resume=False, val_every=100, save_every=100, quiet=True, arch="tiny",
                 temperature=0.1, no_head_pose=False, freeze_audio="none", flame=None, val_batches=1,
-                dropout=None)
+                dropout=None, init=None)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -175,6 +175,35 @@ def test_denoiser_trains_and_resumes_identically(tiny_data, tmp_path):
     assert torch.equal(loaded.model.style_encoder.motion_proj.weight, se_w["motion_proj.weight"])  # frozen
     with pytest.raises(UserError, match="not empty"):
         train_denoiser(train_args(out=tmp_path / "full", iters=2, **kw))
+
+
+def test_fine_tune_with_frozen_cached_audio(tiny_data, tmp_path):
+    """--init starts from a model directory; --freeze-audio all leaves the audio path untouched,
+    and its cached whole-clip features are the ones the model computes for that clip."""
+    from engines.audio_encoder import normalize_clip
+    from engines.model_dir import load_model_dir
+    from training.train_data import load_split
+    from training.train_denoiser import FeatureCache, train_denoiser
+    from training.train_style import train_style_encoder
+
+    se = train_style_encoder(train_args(data=tiny_data, out=tmp_path / "se", iters=1))
+    base = train_denoiser(train_args(data=tiny_data, style_encoder=se, out=tmp_path / "base", iters=1))
+    tuned = train_denoiser(train_args(data=tiny_data, style_encoder=se, out=tmp_path / "tuned", iters=2,
+                                      init=base, freeze_audio="all"))
+    before, after = _weights(base, "weights.safetensors"), _weights(tuned, "weights.safetensors")
+    audio_keys = [k for k in before if k.startswith(("audio_encoder.", "audio_feature_map."))]
+    assert audio_keys and all(torch.equal(before[k], after[k]) for k in audio_keys)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("denoising_net."))
+
+    model = load_model_dir(base).model
+    clip = load_split(tiny_data, "train", max_clips=1)[0]
+    cache = FeatureCache(model, [clip], "cpu")
+    with torch.no_grad():
+        direct = model.audio_features(normalize_clip(torch.from_numpy(clip.audio))[None], clip.n_frames)[0]
+    np.testing.assert_allclose(cache.window(clip.entry, 5, 20), direct[5:25].numpy(), atol=1e-6)
+
+    with pytest.raises(UserError, match="no weights.safetensors"):
+        train_denoiser(train_args(data=tiny_data, style_encoder=se, out=tmp_path / "x", init=tmp_path / "se"))
 
 
 def test_bad_data_path_and_split(tiny_data, tmp_path):

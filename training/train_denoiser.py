@@ -44,6 +44,7 @@ class Batch:
     u: np.ndarray  # (B,) condition-dropout draw
     t: np.ndarray  # (B, 2) diffusion step per window
     eps: np.ndarray  # (B, 2, L, D)
+    feats: np.ndarray | None = None  # (B, 2L, F) cached audio features (frozen audio encoder)
 
 
 def draw_truncation(rng: np.random.Generator, batch: int, length: int,
@@ -64,10 +65,30 @@ def condition_drop(u: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u > DROP_STYLE, u > DROP_AUDIO
 
 
+class FeatureCache:
+    """Audio features of whole clips from a frozen audio encoder (``--freeze-audio all``).
+
+    Each clip is encoded once, normalised over the whole clip, exactly as offline generation
+    encodes a file; a batch then slices its windows out. This skips the audio encoder's forward
+    and backward passes, about two thirds of a demo-size training step on a CPU. Padded frames of
+    a truncated window keep the clip's real audio features (the indicator marks them as padding)."""
+
+    def __init__(self, model: DiffPoseTalk, clips, device):
+        self.feats: dict[str, np.ndarray] = {}
+        with torch.no_grad():
+            for clip in clips:
+                audio = normalize_clip(torch.from_numpy(clip.audio).to(device))
+                out = model.audio_features(audio[None], clip.n_frames)[0]
+                self.feats[clip.entry] = out.cpu().numpy()
+
+    def window(self, entry: str, start: int, length: int) -> np.ndarray:
+        return self.feats[entry][start:start + length]
+
+
 def make_batch(bank: WindowBank, rng: np.random.Generator, batch: int, stats: dict, cfg: ModelConfig,
-               truncate: bool = True) -> Batch:
+               truncate: bool = True, cache: FeatureCache | None = None) -> Batch:
     L, D = cfg.n_motions, cfg.motion_dim
-    audio, motion, shape_raw, people = [], [], [], []
+    audio, motion, shape_raw, people, feats = [], [], [], [], []
     for _ in range(batch):
         clip, s = bank.random_window(rng)
         e = s + 2 * L
@@ -75,6 +96,8 @@ def make_batch(bank: WindowBank, rng: np.random.Generator, batch: int, stats: di
         motion.append(coef_to_motion(clip.exp[s:e], clip.pose[s:e], stats, cfg.head_pose))
         shape_raw.append(clip.shape)
         people.append(clip.person)
+        if cache is not None:
+            feats.append(cache.window(clip.entry, s, 2 * L))
     shape_raw = np.stack(shape_raw).astype(np.float32)
     end = draw_truncation(rng, batch, L) if truncate else np.full((batch, 2), L, dtype=np.int64)
     return Batch(
@@ -82,7 +105,8 @@ def make_batch(bank: WindowBank, rng: np.random.Generator, batch: int, stats: di
         shape=((shape_raw - stats["shape_mean"]) / stats["shape_std"]).astype(np.float32),
         shape_raw=shape_raw, person=people, end=end, u=rng.random(batch),
         t=rng.integers(1, cfg.n_diff_steps + 1, size=(batch, 2)),
-        eps=rng.standard_normal((batch, 2, L, D)).astype(np.float32))
+        eps=rng.standard_normal((batch, 2, L, D)).astype(np.float32),
+        feats=np.stack(feats) if cache is not None else None)
 
 
 def _normalised_padded(audio: torch.Tensor, n_real: np.ndarray, total: int) -> torch.Tensor:
@@ -101,6 +125,9 @@ def audio_features(model: DiffPoseTalk, b: Batch, device) -> torch.Tensor:
     sample, like a clip's last window). A truncated first window is its own one-window clip: those
     rows get a second, 1-window pass."""
     L = model.cfg.n_motions
+    if b.feats is not None:
+        feats = torch.from_numpy(b.feats).to(device)
+        return torch.stack([feats[:, :L], feats[:, L:]], dim=1), feats[:, L - model.cfg.n_prev_motions:L]
     audio = torch.from_numpy(b.audio).to(device)
     n_real = (L + b.end[:, 1]) * UNIT
     feats = model.audio_features(_normalised_padded(audio, n_real, 2 * L * UNIT), 2 * L)
@@ -197,11 +224,38 @@ def set_dropout(model: torch.nn.Module, p: float) -> None:
 def set_trainable(model: DiffPoseTalk, freeze_audio: str) -> list[torch.nn.Parameter]:
     if freeze_audio == "reference":
         model.audio_encoder.freeze_reference_layers()
+    elif freeze_audio == "all":  # the whole audio path, so its features can be cached
+        for module in (model.audio_encoder, model.audio_feature_map):
+            for p in module.parameters():
+                p.requires_grad = False
     if model.style_encoder is not None:
         for p in model.style_encoder.parameters():
             p.requires_grad = False
     # SpecAugment's embedding is unused unless masking is on; leave it out of the optimizer
     return [p for p in model.parameters() if p.requires_grad]
+
+
+def init_from_model_dir(model: DiffPoseTalk, path: Path) -> None:
+    """``--init``: start from a model directory's weights (fine-tuning). Its architecture must be
+    this run's; the style encoder comes from --style-encoder as always."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights = Path(path) / "weights.safetensors"
+    if not weights.is_file():
+        raise UserError(f"--init {path}: no weights.safetensors (a model directory is expected)")
+    try:
+        state = load_file(str(weights))
+    except (SafetensorError, OSError) as exc:
+        raise UserError(f"--init {weights}: unreadable ({exc})") from exc
+    state = {k: v for k, v in state.items() if not k.startswith("style_encoder.")}
+    own = model.state_dict()
+    bad = [k for k, v in state.items() if k not in own or own[k].shape != v.shape]
+    missing = [k for k in own if not k.startswith("style_encoder.") and k not in state]
+    if bad or missing:
+        raise UserError(f"--init {weights}: not this architecture (--arch / style encoder); "
+                        f"{len(bad)} mismatched and {len(missing)} missing tensors, e.g. {(bad + missing)[0]}")
+    model.load_state_dict(state, strict=False)
 
 
 def train_denoiser(args) -> Path:
@@ -219,12 +273,15 @@ def train_denoiser(args) -> Path:
     val_bank = WindowBank(load_split(args.data, "val"), 2 * cfg.n_motions, "val split")
     options = {"arch": args.arch, "batch": args.batch, "lr": args.lr, "seed": args.seed, "iters": args.iters,
                "freeze_audio": args.freeze_audio, "style_encoder": str(args.style_encoder),
-               "flame": str(args.flame) if args.flame else None, "dropout": args.dropout}
+               "flame": str(args.flame) if args.flame else None, "dropout": args.dropout,
+               "init": str(args.init) if args.init else None}
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
     model = DiffPoseTalk(cfg)
     model.style_encoder.load_state_dict(style_enc.state_dict())
+    if args.init:
+        init_from_model_dir(model, args.init)
     model.to(device).train()
     model.style_encoder.eval()
     params = set_trainable(model, args.freeze_audio)
@@ -234,7 +291,7 @@ def train_denoiser(args) -> Path:
     step, history = 0, []
     if args.resume:
         step, history = resume_model_dir(out, cfg, model, optimizer, rng, options,
-                                         ("arch", "batch", "seed", "freeze_audio", "flame", "dropout"),
+                                         ("arch", "batch", "seed", "freeze_audio", "flame", "dropout", "init"),
                                          f"differs from --arch {args.arch} / the style encoder")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
@@ -246,8 +303,13 @@ def train_denoiser(args) -> Path:
         stats_t = {k: torch.from_numpy(v).to(device) for k, v in stats.items()}
         vertex_fn = make_vertex_fn(Flame(load_flame(args.flame)).to(device), stats_t, cfg.head_pose)
     weights = LossWeights()
+    train_cache = val_cache = None
+    if args.freeze_audio == "all":
+        train_cache = FeatureCache(model, train_bank.clips, device)
+        val_cache = FeatureCache(model, val_bank.clips, device)
     val_rng = np.random.default_rng(10_000 + args.seed)
-    val_batches = [make_batch(val_bank, val_rng, args.batch, stats, cfg) for _ in range(args.val_batches)]
+    val_batches = [make_batch(val_bank, val_rng, args.batch, stats, cfg, cache=val_cache)
+                   for _ in range(args.val_batches)]
 
     def checkpoint(at: int) -> None:
         save_model_dir(out, cfg, model, stats)
@@ -258,7 +320,7 @@ def train_denoiser(args) -> Path:
     for it in bar:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
-        b = make_batch(train_bank, rng, args.batch, stats, cfg)
+        b = make_batch(train_bank, rng, args.batch, stats, cfg, cache=train_cache)
         terms = denoiser_losses(model, b, device, vertex_fn)
         loss = total_loss(terms, weights)
         optimizer.zero_grad(set_to_none=True)
