@@ -18,6 +18,8 @@ COMMAND_MODULES = [
     "training.synth.command",
     "training.train",
     "training.evaluate",
+    "training.real_voices",
+    "training.voice_check",
     "training.distill",
     "streaming.commands",
     "export.commands",

@@ -33,6 +33,13 @@ def add_window_args(p: argparse.ArgumentParser) -> None:
                                               f"{DEFAULT_DDIM_STEPS})")
 
 
+def add_backend_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default=default,
+                   help="engine backend (auto: tensorrt with a GPU, else onnxruntime, else torch; docs/EXPORT.md)")
+    p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32",
+                   help="int8: onnxruntime CPU dynamic quantisation; fp16: tensorrt")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream", help="live pipeline over an audio file or a microphone -> npz (no server)")
     add_model_args(p)  # --style also takes a motion clip .npz (exp, pose) through the style encoder
@@ -47,10 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--eyes", action="store_true", help="procedural blinks and gaze (npz key 'eyes')")
     p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
     p.add_argument("--report", type=Path, help="write timing/latency report (JSON)")
-    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default="auto",
-                   help="engine backend (auto: tensorrt with a GPU, else onnxruntime, else torch; docs/EXPORT.md)")
-    p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32",
-                   help="int8: onnxruntime CPU dynamic quantisation; fp16: tensorrt")
+    add_backend_args(p)
     p.add_argument("-o", "--out", required=True, type=Path)
     p.set_defaults(func=cmd_stream)
 
@@ -85,17 +89,15 @@ def pick_sampler(name: str, steps: int | None, loaded):
     return make_sampler(name, steps, loaded.model)
 
 
-def cmd_stream(args) -> int:
-    import numpy as np
+def stream_setup(args):
+    """What `stream` builds from its options before it opens a session: (loaded model, style,
+    guidance, sampler, shape_raw, StreamConfig). voice-check --stream builds its sessions from the
+    same, so both run the model identically."""
     import torch
 
     from engines.commands import load_for_generation
     from engines.model_dir import load_vector
-    from streaming.factory import build_session
-    from streaming.report import StreamRecorder
-    from streaming.runner import run_stream
     from streaming.session import StreamConfig
-    from streaming.sources import FileSource, MicrophoneSource
     from streaming.style import StyleCache
 
     config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, eyes=args.eyes, seed=args.seed,
@@ -113,6 +115,18 @@ def cmd_stream(args) -> int:
         style = StyleCache(loaded).get(style_clip)
     sampler = pick_sampler(args.sampler, args.steps, loaded)
     shape_raw = torch.from_numpy(load_vector(args.shape, 100, "shape")) if args.shape else torch.zeros(100)
+    return loaded, style, guidance, sampler, shape_raw, config
+
+
+def cmd_stream(args) -> int:
+    import numpy as np
+
+    from streaming.factory import build_session
+    from streaming.report import StreamRecorder
+    from streaming.runner import run_stream
+    from streaming.sources import FileSource, MicrophoneSource
+
+    loaded, style, guidance, sampler, shape_raw, config = stream_setup(args)
     if args.audio is not None:
         source = FileSource(args.audio, realtime=args.realtime)
     else:
