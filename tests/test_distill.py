@@ -183,6 +183,31 @@ def test_draws_are_deterministic_and_cover_the_ranges():
     assert any(d.w_audio == 1.15 and d.w_style == 3.0 for d in styled)
 
 
+def test_style_swap_conditions_on_another_speaker(setup, tmp_path):
+    """--style-swap: a target may carry another speaker's style (deterministically), so the student
+    cannot read the style off the voice; the shard says whose style it holds."""
+    from training.distill_data import build_shards, style_donor
+    from training.train_data import load_split
+
+    clips = load_split(setup["data"], "train")  # p0 x2, p1 x2
+    donors = [style_donor(3, s, i, clips, 0.5) for s in range(30) for i in range(len(clips))]
+    assert donors == [style_donor(3, s, i, clips, 0.5) for s in range(30) for i in range(len(clips))]
+    swapped = [(i % len(clips), d) for i, d in enumerate(donors) if d is not None]
+    assert 0.3 < len(swapped) / len(donors) < 0.7
+    assert all(clips[d].person != clips[i].person for i, d in swapped)
+    assert all(style_donor(3, s, 0, clips, 0.0) is None for s in range(30))
+
+    paths = build_shards(_teacher(setup), setup["data"], "train", tmp_path, [0, 1], 8, 2, seed=3,
+                         configs=((160, 80),), context_ms=400, style_swap=1.0)
+    metas = []
+    for path in paths:
+        with np.load(path) as z:
+            metas.append(json.loads(str(z["meta"])))
+    styled = [m for m in metas if m["has_style"]]
+    assert len(paths) == 8 and styled  # 2 sets x 4 clips
+    assert all(m["style_from"] != m["entry"] and m["style_from"].split("/")[0] != m["person"] for m in styled)
+
+
 # --- the student ----------------------------------------------------------------------------------
 
 def test_student_guidance_inputs(setup):

@@ -49,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--configs", default="80/80,80/40,160/80", help="hop/lookahead ms pairs the student sees")
     g.add_argument("--context-ms", type=int, default=1600)
     g.add_argument("--val-clips", type=int, default=10, help="val clips for the validation loss")
+    g.add_argument("--train-clips", type=int, help="only the first N train clips (default: all)")
+    g.add_argument("--style-swap", type=float, default=0.0,
+                   help="share of targets conditioned on another speaker's style, so the student cannot "
+                        "read the style off the voice (docs/DISTILL.md)")
+    g.add_argument("--reverse", action="store_true",
+                   help="build the missing shards last clip first (a second parallel builder)")
     g.add_argument("--only-targets", action="store_true", help="build the targets and stop")
     g.add_argument("--no-build", action="store_true",
                    help="train on the shards already in --targets (e.g. while parallel builders still run)")
@@ -194,8 +200,9 @@ def build_targets(args, teacher, window: int, configs) -> tuple[list[Path], list
     if bad:
         raise UserError(f"--target-set {bad}: must be in 0..{args.target_sets - 1}")
     common = dict(n_motions=window, steps=args.target_steps, seed=args.seed, configs=configs,
-                  context_ms=args.context_ms)
-    train = build_shards(teacher, args.data, "train", args.targets, sets, **common)
+                  context_ms=args.context_ms, reverse=args.reverse)
+    train = build_shards(teacher, args.data, "train", args.targets, sets, max_clips=args.train_clips,
+                         style_swap=args.style_swap, **common)
     val = build_shards(teacher, args.data, "val", args.targets, [0], max_clips=args.val_clips, **common)
     return train, val
 
@@ -219,6 +226,8 @@ def cmd_distill(args) -> int:
         raise UserError("--target-set builds part of the targets: use it with --only-targets")
     if args.iters < 1 or args.batch < 1:
         raise UserError("--iters and --batch must be positive")
+    if not 0.0 <= args.style_swap <= 1.0:
+        raise UserError(f"--style-swap {args.style_swap}: must be a probability in [0, 1]")
     if not 0.0 <= args.context_mix <= 1.0:
         raise UserError(f"--context-mix {args.context_mix}: must be a probability in [0, 1]")
     if not args.resume and not args.only_targets and out.exists() and any(out.iterdir()):

@@ -151,11 +151,27 @@ def shard_name(split: str, set_idx: int, clip_idx: int) -> str:
     return f"{split}_set{set_idx}_{clip_idx:04d}.npz"
 
 
+def style_donor(seed: int, set_idx: int, clip_idx: int, clips, swap: float) -> int | None:
+    """With probability ``swap``, the index of another speaker's clip whose style conditions this
+    target instead of the clip's own (deterministic per seed/set/clip).
+
+    Why: in a SynthTalk set (as in real data) each speaker has one voice, so with its own style a
+    student can read the style off the voice and ignore the style input; that is how the first
+    demo student came to swap calm and animated. A foreign style breaks the shortcut."""
+    rng = np.random.default_rng([seed, set_idx, clip_idx, 7])
+    if swap <= 0 or rng.random() >= swap:
+        return None
+    others = [j for j, c in enumerate(clips) if c.person != clips[clip_idx].person]
+    return others[int(rng.integers(len(others)))] if others else None
+
+
 def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_motions: int, steps: int,
                  seed: int, configs=DEFAULT_CONFIGS, context_ms: int = DEFAULT_CONTEXT_MS,
-                 max_clips: int | None = None, progress=None, reverse: bool = False) -> list[Path]:
+                 max_clips: int | None = None, progress=None, reverse: bool = False,
+                 style_swap: float = 0.0) -> list[Path]:
     """Build the missing shards of ``split`` for target sets ``sets``. Returns every shard path.
-    ``reverse``: last clip first (a second parallel builder then starts where the first ends)."""
+    ``reverse``: last clip first (a second parallel builder then starts where the first ends).
+    ``style_swap``: share of targets conditioned on another speaker's style (:func:`style_donor`)."""
     from training.train_data import load_split
 
     out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +188,9 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
         c = clips[i]
         t0 = time.time()
         draw = draw_target(seed, set_idx, i, configs)
-        style = styles.get(c.entry) if draw.has_style else None
+        donor = style_donor(seed, set_idx, i, clips, style_swap) if draw.has_style else None
+        style_entry = clips[donor].entry if donor is not None else c.entry
+        style = styles.get(style_entry) if draw.has_style else None
         if draw.has_style and style is None:  # no style available (clip shorter than the style window)
             draw = TargetDraw(draw.hop_ms, draw.lookahead_ms, draw.w_audio, 0.0, False, draw.noise_seed)
         shape_n = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
@@ -184,7 +202,8 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
         meta = {"entry": c.entry, "person": c.person, "split": split, "set": set_idx, "clip": i,
                 "hop_ms": draw.hop_ms, "lookahead_ms": draw.lookahead_ms, "context_ms": context_ms,
                 "w_audio": draw.w_audio, "w_style": draw.w_style, "has_style": draw.has_style,
-                "noise_seed": draw.noise_seed, "teacher_steps": steps, "n_motions": n_motions}
+                "noise_seed": draw.noise_seed, "teacher_steps": steps, "n_motions": n_motions,
+                "style_from": style_entry if style is not None else None}
         tmp = out / (shard_name(split, set_idx, i) + ".partial")  # renamed when complete
         with open(tmp, "wb") as fh:
             np.savez(fh, audio_feat=rec["audio_feat"].astype(np.float16), prev_audio=rec["prev_audio"].astype(np.float16),
