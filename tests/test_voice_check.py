@@ -145,7 +145,7 @@ def test_voice_check_end_to_end_on_espeak_speech(espeak_wav, tmp_path, mode, cap
     assert "summary" in capsys.readouterr().out
 
 
-def test_voice_check_errors_name_the_problem(tmp_path, capsys):
+def test_voice_check_errors_name_the_problem(tmp_path, capsys, monkeypatch):
     missing = tmp_path / "nope.wav"
     assert main(["voice-check", "--audio", str(missing), "--threads", "1"]) == 2
     assert f"audio file not found: {missing}" in capsys.readouterr().err
@@ -157,6 +157,9 @@ def test_voice_check_errors_name_the_problem(tmp_path, capsys):
     (empty / "manifest.json").write_text(json.dumps({"recordings": [{"file": "gone.wav"}]}))
     assert main(["voice-check", "--voices", str(empty), "--threads", "1"]) == 2
     assert "gone.wav, which is missing" in capsys.readouterr().err
+    monkeypatch.setenv("DPT_LIVE_CACHE", str(tmp_path / "cache"))  # bare --voices: the cache's folder
+    assert main(["voice-check", "--voices", "--threads", "1"]) == 2
+    assert f"no recordings in {tmp_path / 'cache' / 'real-voices'}" in capsys.readouterr().err
 
 
 # --- voices fetch: conversion of a package's recordings (no network) ----------------------------------

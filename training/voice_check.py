@@ -193,7 +193,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(model=None)  # None: the default model of animate, or of stream with --stream
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", type=Path, nargs="+", help="audio files")
-    src.add_argument("--voices", type=Path, nargs="?", const=Path(""), metavar="DIR",
+    src.add_argument("--voices", nargs="?", const="", metavar="DIR",
                      help="a `voices fetch` folder (manifest.json; default: the cache's real-voices)")
     p.add_argument("--stream", action="store_true", help="run the streaming session (as `stream`), not `animate`")
     add_window_args(p)  # --sampler/--steps: offline ddim 25 unless given; --stream as `stream`
@@ -216,7 +216,7 @@ def recordings(args) -> list[dict]:
         return [{"path": p, "file": p.name} for p in args.audio]
     from training.real_voices import MANIFEST, default_voices_dir
 
-    folder = args.voices if str(args.voices) else default_voices_dir()
+    folder = Path(args.voices) if args.voices else default_voices_dir()  # bare --voices: the cache
     manifest = folder / MANIFEST
     if manifest.is_file():
         entries = json.loads(manifest.read_text()).get("recordings", [])
