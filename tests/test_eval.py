@@ -76,3 +76,35 @@ def test_eval_end_to_end(tmp_path):
     assert result["clips"] == 2 and set(result["definitions"]) >= {"lip_error", "mouth_corr_mean", "diversity"}
     assert np.isfinite(m["lip_error"]) and m["diversity"] > 0
     assert 0.0 <= m["style_retrieval_gt"] <= 1.0
+
+
+def test_eval_presets_on_the_same_audio(tmp_path):
+    """--presets: every preset drives the same clips; identical presets give identical motion
+    (ratio exactly 1), different ones do not."""
+    import torch
+
+    from engines.model import DiffPoseTalk
+    from engines.model_dir import save_model_dir
+    from tests.test_train import write_tiny_lmdb
+    from training.archs import make_config
+    from training.evaluate import evaluate
+    from training.train_data import load_stats_np
+
+    data = write_tiny_lmdb(tmp_path / "lmdb", n_people=5, clips=2, frames=210)
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    net = DiffPoseTalk(cfg)
+    rng = np.random.default_rng(1)
+    a, b = (rng.normal(size=cfg.d_style).astype(np.float32) * 3 for _ in range(2))
+    args = argparse.Namespace(data=data, split="test", sampler="ddim", steps=2, seeds=1, max_clips=None,
+                              max_seconds=None, cfg_audio=1.15, cfg_style=3.0, flame=None, threads=1,
+                              device="cpu", presets=1)
+    same = save_model_dir(tmp_path / "same", cfg, net, load_stats_np(data), {"big_mouth": a, "small_mouth": a})
+    pr = evaluate(argparse.Namespace(model=same, **vars(args)))["metrics"]["presets"]
+    assert pr["clips"] == 1 and set(pr["per_preset"]) == {"big_mouth", "small_mouth"}
+    assert pr["big_small_jaw_ratio"] == 1.0 and pr["jaw_std_ratio_max_min"] == 1.0
+    diff = save_model_dir(tmp_path / "diff", cfg, net, load_stats_np(data), {"big_mouth": a, "small_mouth": b})
+    pr = evaluate(argparse.Namespace(model=diff, **vars(args)))["metrics"]["presets"]
+    ratio = pr["per_preset"]["big_mouth"]["jaw_std"] / pr["per_preset"]["small_mouth"]["jaw_std"]
+    assert pr["big_small_jaw_ratio"] == pytest.approx(ratio) and ratio != 1.0
+    assert pr["jaw_std_ratio_max_min"] == pytest.approx(max(ratio, 1 / ratio))

@@ -43,6 +43,10 @@ DEFINITIONS = {
     "network_passes_per_audio_second": "denoiser network passes (one sample's forward; CFG passes "
                                        "counted separately, audio encoder not counted) per second of "
                                        "audio per sample",
+    "presets": "with --presets N: every style preset of the model drives the first N evaluated clips "
+               "(same audio, seed 0, one sample); per preset the jaw-opening std and mean (rad) and the "
+               "head-angle std (deg), means over the clips. jaw_std_ratio_max_min: the largest over the "
+               "smallest preset jaw std; big_small_jaw_ratio: big_mouth over small_mouth when both exist",
     "wall_seconds_per_audio_second": "wall-clock seconds of generation (audio encoder included) per "
                                      "second of audio per sample; offline mode batches the seeds, "
                                      "stream mode runs one session per seed",
@@ -70,6 +74,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
     # --stream: the same metrics on the live pipeline (StreamSession over each clip's audio)
     p.add_argument("--stream", action="store_true", help="generate through the streaming session")
+    p.add_argument("--presets", type=int, default=0, metavar="N",
+                   help="also drive the first N clips with every style preset (same audio) and compare them")
     p.add_argument("--hop-ms", type=int, default=80)
     p.add_argument("--lookahead-ms", type=int, default=80)
     p.add_argument("--context-ms", type=int, default=1600)
@@ -200,6 +206,16 @@ def evaluate(args) -> dict:
     clip_styles = gt_clip_styles(model, clips, gt_motion)
     galleries = speaker_styles(clip_styles)
 
+    def generate(c, n: int, style, seeds: int):
+        """(seeds, n, D) normalised motion for clip c's first n frames under ``style``."""
+        if stream:
+            return _stream_motion(loaded, sampler, guidance, args, c.audio[:n * UNIT], style, c.shape,
+                                  counter, seeds)
+        shape = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
+        with counter:
+            return generate_motion(model, c.audio[:n * UNIT], shape, style, sampler, guidance,
+                                   RandomNoise(seed=0, device=args.device), repeats=seeds)
+
     lip_vertex = _lip_vertex_fn(args.flame, stats) if args.flame else None
     per_clip, gt_queries, gen_queries = [], [], []
     pooled_pred, pooled_gt = {}, []
@@ -212,15 +228,9 @@ def evaluate(args) -> dict:
         gt = {"exp": c.exp[:n], "pose": c.pose[:n]}
         gallery = galleries[c.entry]
         style = torch.from_numpy(gallery[c.person]).float()
-        shape = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
         gt_queries.append((c.person, clip_styles[c.entry][1]))
         t_gen = time.perf_counter()
-        if stream:
-            motion = _stream_motion(loaded, sampler, guidance, args, c.audio[:n * UNIT], style, c.shape, counter)
-        else:
-            with counter:
-                motion = generate_motion(model, c.audio[:n * UNIT], shape, style, sampler, guidance,
-                                         RandomNoise(seed=0, device=args.device), repeats=args.seeds)
+        motion = generate(c, n, style, args.seeds)
         gen_wall += time.perf_counter() - t_gen
         gen_audio_s += n * UNIT / 16000
         arrays = motion_to_arrays(motion, stats_t, cfg.head_pose, torch.from_numpy(c.shape))
@@ -274,6 +284,9 @@ def evaluate(args) -> dict:
     }
     if lip_vertex is not None:
         metrics["lip_vertex_error"] = mean("lip_vertex_error")
+    if getattr(args, "presets", 0) and loaded.styles:
+        used = [c for c in clips if c.entry in {r["entry"] for r in per_clip}][:args.presets]
+        metrics["presets"] = preset_contrast(loaded, used, max_frames, generate)
     return {"model": str(args.model), "data": str(args.data), "split": args.split, "clips": len(per_clip),
             "speakers": len({r["person"] for r in per_clip}), "sampler": args.sampler,
             "steps": len(sampler.timesteps(model)), "seeds": args.seeds,
@@ -282,6 +295,29 @@ def evaluate(args) -> dict:
                        if stream else None),
             "guidance": guidance.scales, "max_seconds": args.max_seconds, "seconds": round(time.time() - t0, 1),
             "metrics": metrics, "definitions": DEFINITIONS, "per_clip": per_clip}
+
+
+def preset_contrast(loaded, clips, max_frames: int | None, generate) -> dict:
+    """Every style preset on the same clips (see DEFINITIONS["presets"])."""
+    import torch
+
+    from engines.generate import motion_to_arrays
+
+    out = {}
+    for name, vec in sorted(loaded.styles.items()):
+        rows = []
+        for c in clips:
+            n = min(c.n_frames, max_frames or c.n_frames)
+            motion = generate(c, n, torch.from_numpy(vec).float(), 1)
+            pose = motion_to_arrays(motion, loaded.stats, loaded.config.head_pose, torch.from_numpy(c.shape))["pose"][0]
+            rows.append((pose[:, JAW].std(), pose[:, JAW].mean(), np.degrees(pose[:, :3].std(axis=0)).mean()))
+        jaw_std, jaw_mean, head_std = (float(np.mean(col)) for col in zip(*rows))
+        out[name] = {"jaw_std": jaw_std, "jaw_mean": jaw_mean, "head_std_deg": head_std}
+    stds = [v["jaw_std"] for v in out.values()]
+    result = {"clips": len(clips), "per_preset": out, "jaw_std_ratio_max_min": max(stds) / max(min(stds), 1e-9)}
+    if "big_mouth" in out and "small_mouth" in out:
+        result["big_small_jaw_ratio"] = out["big_mouth"]["jaw_std"] / max(out["small_mouth"]["jaw_std"], 1e-9)
+    return result
 
 
 class _PassCounter:
@@ -303,7 +339,7 @@ class _PassCounter:
         self.active = False
 
 
-def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, counter):
+def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, counter, seeds: int):
     """(seeds, T, D) normalised motion from one streaming session per seed over the whole clip."""
     import torch
 
@@ -311,7 +347,7 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
     from streaming.session import StreamConfig
 
     out = []
-    for r in range(args.seeds):
+    for r in range(seeds):
         config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, seed=r)
         session = torch_session(loaded, sampler, guidance, config, style, shape_raw)
         with counter:
@@ -377,6 +413,13 @@ def format_table(result: dict) -> str:
             ("wall seconds / audio second", m["wall_seconds_per_audio_second"])]
     if "lip_vertex_error" in m:
         rows.insert(1, ("lip vertex error (mm)", m["lip_vertex_error"]))
+    if "presets" in m:
+        pr = m["presets"]
+        rows += [(f"preset {k} jaw std / head std", f"{v['jaw_std']:.4f} rad / {v['head_std_deg']:.2f} deg")
+                 for k, v in pr["per_preset"].items()]
+        rows.append(("preset jaw std max / min", pr["jaw_std_ratio_max_min"]))
+        if "big_small_jaw_ratio" in pr:
+            rows.append(("preset jaw std big_mouth / small_mouth", pr["big_small_jaw_ratio"]))
     head = f"{result['split']}: {result['clips']} clips, {result['speakers']} speakers, {result['sampler']} " \
            f"{result['steps']} steps, {result['seeds']} seeds, {result.get('mode', 'offline')}"
     lines = [head] + [f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}" for k, v in rows]
