@@ -41,7 +41,7 @@ def train_args(**kw):
     base = dict(iters=2, batch=2, lr=1e-3, warmup=1, schedule="constant", clip=1.0, seed=3, device="cpu",
                 threads=1, resume=False, val_every=100, save_every=100, quiet=True, arch="tiny",
                 temperature=0.1, no_head_pose=False, freeze_audio="none", flame=None, val_batches=1,
-                dropout=None, init=None)
+                dropout=None, init=None, snr_gamma=0.0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -102,6 +102,24 @@ def test_padded_frames_do_not_count(tiny_data):
         again = denoiser_losses(model, b, "cpu")
     for k in ref:
         assert again[k].item() == pytest.approx(ref[k].item(), rel=1e-5), k
+
+
+def test_snr_weights_and_weighted_window_losses():
+    """--snr-gamma: weight 1 + min(SNR, gamma); weighted terms are weighted means over samples."""
+    from training.losses import snr_weights, window_losses
+
+    abar = torch.tensor([0.5, 0.999, 1e-4])  # SNR 1, 999, ~1e-4
+    np.testing.assert_allclose(snr_weights(abar, 5.0).numpy(), [2.0, 6.0, 1.0001], rtol=1e-4)
+    torch.manual_seed(0)
+    pred, gt = torch.randn(2, 10 + 20, 56), torch.randn(2, 20, 56)
+    mask = torch.ones(2, 20, dtype=torch.bool)
+    both = window_losses(pred, gt, mask, 10, False, True)
+    first = window_losses(pred[:1], gt[:1], mask[:1], 10, False, True)
+    only_first = window_losses(pred, gt, mask, 10, False, True, sample_weight=torch.tensor([1.0, 0.0]))
+    equal = window_losses(pred, gt, mask, 10, False, True, sample_weight=torch.tensor([3.0, 3.0]))
+    for k in both:
+        assert only_first[k].item() == pytest.approx(first[k].item(), rel=1e-5), k
+        assert equal[k].item() == pytest.approx(both[k].item(), rel=1e-5), k
 
 
 def test_fixed_batch_losses_decrease(tiny_data):

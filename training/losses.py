@@ -51,17 +51,20 @@ class LossWeights:
 
 
 def window_losses(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, n_prev: int, continued: bool,
-                  head_pose: bool, to_vertices=None) -> dict[str, torch.Tensor]:
+                  head_pose: bool, to_vertices=None, sample_weight: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """Unweighted loss terms of one window.
 
     pred (N, n_prev + L, D): network x0 output. gt (N, L, D): (truncated) clean motion; for a
     continued window ``gt`` must already hold the previous GT frames in front (N, n_prev + L, D),
     which the prediction of the previous frames is also trained on, as in the reference.
-    mask (N, L): real frames. ``to_vertices`` maps motion (N, T, D) -> vertices (N, T, V, 3)."""
+    mask (N, L): real frames. ``to_vertices`` maps motion (N, T, D) -> vertices (N, T, V, 3).
+    ``sample_weight`` (N,): relative weight of each sample in every term (see snr_weights)."""
     if continued:
         mask = torch.cat([torch.ones_like(mask[:, :n_prev]), mask], dim=1)
     else:
         pred = pred[:, n_prev:]
+    if sample_weight is not None:  # a weighted mask: _masked_mean becomes a weighted mean
+        mask = mask.to(pred.dtype) * sample_weight.to(pred.dtype)[:, None]
     out = {"coef": _masked_mean((pred - gt) ** 2, mask)}
     if to_vertices is not None:
         v_pred, v_gt = to_vertices(pred), to_vertices(gt)
@@ -88,6 +91,18 @@ def window_losses(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, n_pr
             out["head_trans"] = (_masked_mean((vel[:, 2:4] - vel[:, 1:3]) ** 2, mask[:, n_prev:n_prev + 2])
                                  + _masked_mean((acc[:, 1:] - acc[:, :-1]) ** 2, mask[:, n_prev:n_prev + 3]))
     return out
+
+
+def snr_weights(alpha_bar: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-sample weight 1 + min(SNR(t), gamma), SNR = abar / (1 - abar).
+
+    Why: with the reference's plain x0 loss, the nearly clean steps (where the answer is in x_t)
+    weigh as little as the pure-noise ones, and a short CPU run ends with a denoiser that ignores
+    x_t: its samples collapse to the conditional mean (little head motion, little diversity). The
+    extra weight on high-SNR steps, capped at gamma as in min-SNR weighting, pushes it to use x_t
+    while every step keeps at least weight 1."""
+    snr = alpha_bar / (1 - alpha_bar).clamp(min=1e-8)
+    return 1 + snr.clamp(max=gamma)
 
 
 def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:

@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(~3x faster steps; for fine-tuning with --init); none: train all "
                         "(default: none for demo/tiny, reference for full)")
     d.add_argument("--init", type=Path, help="start from this model directory's weights (fine-tuning)")
+    d.add_argument("--snr-gamma", type=float, default=0.0, metavar="GAMMA",
+                   help="weight each window's losses by 1 + min(SNR(t), GAMMA) (0: the reference's plain "
+                        "x0 loss); docs/TRAINING.md")
     d.add_argument("--flame", type=Path, help="FLAME model: enables the vertex losses")
     d.add_argument("--dropout", type=float, help="override the denoiser's dropout (reference: 0.1)")
     d.add_argument("--val-batches", type=int, default=4)

@@ -21,7 +21,7 @@ from engines.audio_encoder import normalize_clip
 from engines.config import ModelConfig
 from engines.model import DiffPoseTalk, coef_to_motion, motion_to_coef
 from engines.model_dir import save_model_dir
-from training.losses import LossWeights, total_loss, window_losses
+from training.losses import LossWeights, snr_weights, total_loss, window_losses
 from training.train_data import UNIT, WindowBank, load_split, load_stats_np
 from training.train_state import lr_at, resume_model_dir, save_state
 
@@ -153,7 +153,8 @@ def make_vertex_fn(flame, stats: dict[str, torch.Tensor], head_pose: bool):
     return to_vertices
 
 
-def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None) -> dict[str, torch.Tensor]:
+def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
+                    snr_gamma: float = 0.0) -> dict[str, torch.Tensor]:
     """Both windows through the denoiser in one batched pass; returns the loss terms (window terms
     averaged over the two windows; the head transition term belongs to window 1 only)."""
     cfg = model.cfg
@@ -189,11 +190,13 @@ def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None) -> di
 
     shape_raw = torch.from_numpy(b.shape_raw).to(device)
     terms = defaultdict(lambda: 0.0)
+    weights = snr_weights(model.diffusion_sched.alpha_bars[t], snr_gamma) if snr_gamma > 0 else None  # (B, 2)
     for w in range(2):
         pred = out[w * B:(w + 1) * B]
         target = gt[:, w] if w == 0 else torch.cat([motion[:, L - P:L], gt[:, 1]], dim=1)
         vf = None if vertex_fn is None else (lambda m: vertex_fn(m, shape_raw))
-        for k, v in window_losses(pred, target, mask[:, w], P, w == 1, cfg.head_pose, vf).items():
+        sw = None if weights is None else weights[:, w]
+        for k, v in window_losses(pred, target, mask[:, w], P, w == 1, cfg.head_pose, vf, sw).items():
             terms[k] = terms[k] + (v if k == "head_trans" else v / 2)
     return dict(terms)
 
@@ -274,7 +277,7 @@ def train_denoiser(args) -> Path:
     options = {"arch": args.arch, "batch": args.batch, "lr": args.lr, "seed": args.seed, "iters": args.iters,
                "freeze_audio": args.freeze_audio, "style_encoder": str(args.style_encoder),
                "flame": str(args.flame) if args.flame else None, "dropout": args.dropout,
-               "init": str(args.init) if args.init else None}
+               "init": str(args.init) if args.init else None, "snr_gamma": args.snr_gamma}
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -291,7 +294,7 @@ def train_denoiser(args) -> Path:
     step, history = 0, []
     if args.resume:
         step, history = resume_model_dir(out, cfg, model, optimizer, rng, options,
-                                         ("arch", "batch", "seed", "freeze_audio", "flame", "dropout", "init"),
+                                         ("arch", "batch", "seed", "freeze_audio", "flame", "dropout", "init", "snr_gamma"),
                                          f"differs from --arch {args.arch} / the style encoder")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
@@ -321,7 +324,7 @@ def train_denoiser(args) -> Path:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
         b = make_batch(train_bank, rng, args.batch, stats, cfg, cache=train_cache)
-        terms = denoiser_losses(model, b, device, vertex_fn)
+        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma)
         loss = total_loss(terms, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
