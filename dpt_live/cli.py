@@ -18,6 +18,7 @@ COMMAND_MODULES = [
     "training.synth.command",
     "training.train",
     "training.evaluate",
+    "training.probe",
     "training.real_voices",
     "training.voice_check",
     "training.distill",

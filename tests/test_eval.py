@@ -108,3 +108,34 @@ def test_eval_presets_on_the_same_audio(tmp_path):
     ratio = pr["per_preset"]["big_mouth"]["jaw_std"] / pr["per_preset"]["small_mouth"]["jaw_std"]
     assert pr["big_small_jaw_ratio"] == pytest.approx(ratio) and ratio != 1.0
     assert pr["jaw_std_ratio_max_min"] == pytest.approx(max(ratio, 1 / ratio))
+
+
+def test_probe_reports_x0_error_per_step(tmp_path):
+    """dpt-live probe on a tiny model: one row per step; the rescaled-x_t reference is ~0 for a
+    nearly clean x_t and grows with t (so the noising is the training one); bad steps refused."""
+    import torch
+
+    from dpt_live.errors import UserError
+    from engines.model import DiffPoseTalk
+    from engines.model_dir import load_model_dir, save_model_dir
+    from tests.test_train import write_tiny_lmdb
+    from training.archs import make_config
+    from training.probe import cmd_probe, probe_denoiser
+    from training.train_data import load_split, load_stats_np
+
+    data = write_tiny_lmdb(tmp_path / "lmdb", n_people=5, clips=2, frames=210)
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    path = save_model_dir(tmp_path / "m", cfg, DiffPoseTalk(cfg), load_stats_np(data))
+    loaded = load_model_dir(path)
+    res = probe_denoiser(loaded, load_split(data, "train"), [1, 10, 19], 4, seed=0)
+    copy = [r["rescaled_x_t_mse_all"] for r in res["per_step"]]
+    assert [r["t"] for r in res["per_step"]] == [1, 10, 19]
+    assert copy[0] < 1e-2 and copy[0] < copy[1] < copy[2]
+    assert all(np.isfinite(r["x0_mse_all"]) for r in res["per_step"])
+    assert res["sensitivity"]["t"] == 10 and res["sensitivity"]["new_x_t_noise"] > 0
+    with pytest.raises(UserError, match="must be in 1..20"):
+        probe_denoiser(loaded, load_split(data, "train"), [0, 25], 4, seed=0)
+    out = tmp_path / "p.json"
+    args = argparse.Namespace(model=path, data=data, split="val", windows=2, steps="1,5", seed=0, threads=1, json=out)
+    assert cmd_probe(args) == 0 and len(json.loads(out.read_text())["per_step"]) == 2
