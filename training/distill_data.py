@@ -185,6 +185,8 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
     stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
     styles = split_styles(loaded, clips, stats) if loaded.config.use_style else {}
     for n, (set_idx, i) in enumerate(todo):
+        if (out / shard_name(split, set_idx, i)).is_file():  # built meanwhile by a parallel builder
+            continue
         c = clips[i]
         t0 = time.time()
         draw = draw_target(seed, set_idx, i, configs)
