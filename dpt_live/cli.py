@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "training.train",
     "training.evaluate",
     "training.probe",
+    "training.presets",
     "training.real_voices",
     "training.voice_check",
     "training.distill",

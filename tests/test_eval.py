@@ -139,3 +139,37 @@ def test_probe_reports_x0_error_per_step(tmp_path):
     out = tmp_path / "p.json"
     args = argparse.Namespace(model=path, data=data, split="val", windows=2, steps="1,5", seed=0, threads=1, json=out)
     assert cmd_probe(args) == 0 and len(json.loads(out.read_text())["per_step"]) == 2
+
+
+def test_presets_from_dataset_speakers(tmp_path):
+    """dpt-live presets: styles/NAME.npy = mean style over all the speaker's GT windows."""
+    import torch
+
+    from dpt_live.cli import main
+    from dpt_live.errors import UserError
+    from engines.model import DiffPoseTalk, coef_to_motion
+    from engines.model_dir import load_model_dir, save_model_dir
+    from tests.test_train import write_tiny_lmdb
+    from training.archs import make_config
+    from training.evaluate import gt_clip_styles
+    from training.presets import parse_pairs, speaker_presets
+    from training.train_data import load_split, load_stats_np
+
+    data = write_tiny_lmdb(tmp_path / "lmdb", n_people=5, clips=2, frames=210)
+    torch.manual_seed(0)
+    cfg = make_config("tiny")
+    path = save_model_dir(tmp_path / "m", cfg, DiffPoseTalk(cfg), load_stats_np(data))
+    assert main(["presets", "--model", str(path), "--data", str(data), "calm=p0", "loud=p1"]) == 0
+    loaded = load_model_dir(path)
+    assert set(loaded.styles) == {"calm", "loud"}
+    clips = load_split(data, "train")
+    stats = {k: v.numpy() for k, v in loaded.stats.items()}
+    gt = {c.entry: coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32) for c in clips}
+    per_clip = gt_clip_styles(loaded.model, clips, gt)  # equal-length clips: mean of clip means
+    expected = np.mean([s for p, s in per_clip.values() if p == "p0"], axis=0)
+    np.testing.assert_allclose(loaded.styles["calm"], expected, atol=1e-5)
+    assert not np.allclose(loaded.styles["calm"], loaded.styles["loud"])
+    with pytest.raises(UserError, match="NAME=SPEAKER"):
+        parse_pairs(["calm"])
+    with pytest.raises(UserError, match="no clip"):
+        speaker_presets(loaded, clips, {"x": "p4"})  # p4 is a val speaker

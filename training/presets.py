@@ -1,0 +1,75 @@
+"""`dpt-live presets`: named style presets of a model from speakers of a dataset.
+
+A preset is the mean style-encoder vector over every 100-frame GT window (stride 50) of one
+speaker's clips, encoded with the model's own style encoder and statistics, so it matches what
+`dpt-live style` would give for that speaker's motion. Written to the model's styles/NAME.npy."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("presets", help="write named style presets (styles/NAME.npy) from dataset speakers")
+    p.add_argument("--model", required=True, type=Path, help="model directory (presets go to its styles/)")
+    p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
+    p.add_argument("--split", default="train", choices=["train", "val", "test"])
+    p.add_argument("pairs", nargs="+", metavar="NAME=SPEAKER", help="e.g. calm=S021 big_mouth=S052")
+    p.set_defaults(func=cmd_presets)
+
+
+def parse_pairs(pairs: list[str]) -> dict[str, str]:
+    from dpt_live.errors import UserError
+
+    out = {}
+    for pair in pairs:
+        name, sep, speaker = pair.partition("=")
+        if not sep or not name or not speaker or "/" in name:
+            raise UserError(f"{pair!r}: expected NAME=SPEAKER (e.g. calm=S021)")
+        out[name] = speaker
+    return out
+
+
+def speaker_presets(loaded, clips, wanted: dict[str, str]) -> dict[str, np.ndarray]:
+    """name -> mean style over all windows of that speaker's clips."""
+    import torch
+
+    from dpt_live.errors import UserError
+    from engines.model import coef_to_motion
+    from training.evaluate import window_starts
+
+    model, cfg = loaded.model, loaded.config
+    if model.style_encoder is None:
+        raise UserError(f"{loaded.path}: the model has no style encoder")
+    stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
+    n = cfg.style_encoder.n_motions
+    out = {}
+    for name, speaker in wanted.items():
+        windows = []
+        for c in clips:
+            if c.person == speaker:
+                motion = coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32)
+                windows += [motion[s:s + n] for s in window_starts(len(motion), n)]
+        if not windows:
+            raise UserError(f"speaker {speaker!r} ({name}): no clip of {n}+ frames in this split")
+        with torch.no_grad():
+            styles = model.style_encoder(torch.from_numpy(np.stack(windows)).to(model.device))
+        out[name] = styles.mean(0).cpu().numpy().astype(np.float32)
+    return out
+
+
+def cmd_presets(args) -> int:
+    from engines.model_dir import load_model_dir
+    from training.train_data import load_split
+
+    wanted = parse_pairs(args.pairs)
+    loaded = load_model_dir(args.model)
+    presets = speaker_presets(loaded, load_split(args.data, args.split), wanted)
+    (args.model / "styles").mkdir(exist_ok=True)
+    for name, vec in presets.items():
+        np.save(args.model / "styles" / f"{name}.npy", vec)
+        print(f"wrote {args.model / 'styles' / name}.npy (speaker {wanted[name]})")
+    return 0
