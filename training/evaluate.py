@@ -175,14 +175,23 @@ def speaker_styles(clip_styles: dict[str, tuple[str, np.ndarray]]) -> dict[str, 
 
 # --- the command -----------------------------------------------------------------------------------
 
+def eval_sampler(name: str, steps: int | None, model):
+    """The sampler `eval` and `voice-check` run offline: ddim 25 steps unless asked (a distilled
+    student gets its own count from make_sampler); ddpm all the model's steps."""
+    from engines.sampler import make_sampler
+
+    if name == "ddim" and steps is None and model.cfg.kind != "student":
+        steps = 25
+    return make_sampler(name, steps if name == "ddim" else None, model)
+
+
 def evaluate(args) -> dict:
     import torch
 
-    from engines.generate import motion_to_arrays
+    from engines.generate import generate_motion, motion_to_arrays
     from engines.model import Guidance, coef_to_motion
     from engines.model_dir import load_model_dir
-    from engines.sampler import RandomNoise, make_sampler
-    from engines.generate import generate_motion
+    from engines.sampler import RandomNoise
     from dpt_live.errors import UserError
     from training.train_data import UNIT, load_split
 
@@ -195,9 +204,7 @@ def evaluate(args) -> dict:
     stats = {k: v.cpu().numpy() for k, v in stats_t.items()}
     clips = load_split(args.data, args.split, args.max_clips)
     max_frames = int(args.max_seconds * cfg.fps) if args.max_seconds else None
-    # ddim: 25 steps unless asked; make_sampler gives a distilled student its own count
-    steps = args.steps if args.steps is not None or cfg.kind == "student" else 25
-    sampler = make_sampler(args.sampler, steps if args.sampler == "ddim" else None, model)
+    sampler = eval_sampler(args.sampler, args.steps, model)
     stream = getattr(args, "stream", False)
     counter = _PassCounter(model)
     guidance = Guidance(scales={"audio": args.cfg_audio, "style": args.cfg_style})

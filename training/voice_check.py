@@ -133,7 +133,6 @@ class JawModel:
 
     def __init__(self, args):
         from engines.commands import load_for_generation
-        from engines.sampler import make_sampler
 
         self.args = args
         if args.stream:
@@ -144,11 +143,10 @@ class JawModel:
         else:
             import torch
 
+            from training.evaluate import eval_sampler
+
             self.loaded, self.style, self.guidance = load_for_generation(args)
-            cfg = self.loaded.config
-            # ddim: 25 steps unless asked (as eval); make_sampler gives a distilled student its own
-            steps = args.steps if args.steps is not None or cfg.kind == "student" else 25
-            self.sampler = make_sampler(args.sampler, steps if args.sampler == "ddim" else None, self.loaded.model)
+            self.sampler = eval_sampler(args.sampler, args.steps, self.loaded.model)
             self.shape_raw = torch.zeros(100)
         self.steps = len(self.sampler.timesteps(self.loaded.model))
 
