@@ -34,12 +34,11 @@ def parse_pairs(pairs: list[str]) -> dict[str, str]:
 
 
 def speaker_presets(loaded, clips, wanted: dict[str, str]) -> dict[str, np.ndarray]:
-    """name -> mean style over all windows of that speaker's clips."""
-    import torch
-
+    """name -> mean style over all windows of that speaker's clips: each clip's mean style
+    (evaluate.motion_style) weighted by its number of windows."""
     from dpt_live.errors import UserError
     from engines.model import coef_to_motion
-    from training.evaluate import window_starts
+    from training.evaluate import motion_style, window_starts
 
     model, cfg = loaded.model, loaded.config
     if model.style_encoder is None:
@@ -48,16 +47,14 @@ def speaker_presets(loaded, clips, wanted: dict[str, str]) -> dict[str, np.ndarr
     n = cfg.style_encoder.n_motions
     out = {}
     for name, speaker in wanted.items():
-        windows = []
+        styles, weights = [], []
         for c in clips:
-            if c.person == speaker:
-                motion = coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32)
-                windows += [motion[s:s + n] for s in window_starts(len(motion), n)]
-        if not windows:
+            if c.person == speaker and c.n_frames >= n:
+                styles.append(motion_style(model, coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32)))
+                weights.append(len(window_starts(c.n_frames, n)))
+        if not styles:
             raise UserError(f"speaker {speaker!r} ({name}): no clip of {n}+ frames in this split")
-        with torch.no_grad():
-            styles = model.style_encoder(torch.from_numpy(np.stack(windows)).to(model.device))
-        out[name] = styles.mean(0).cpu().numpy().astype(np.float32)
+        out[name] = np.average(np.stack(styles), axis=0, weights=weights).astype(np.float32)
     return out
 
 
