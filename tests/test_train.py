@@ -41,7 +41,7 @@ def train_args(**kw):
     base = dict(iters=2, batch=2, lr=1e-3, warmup=1, schedule="constant", clip=1.0, seed=3, device="cpu",
                 threads=1, resume=False, val_every=100, save_every=100, quiet=True, arch="tiny",
                 temperature=0.1, no_head_pose=False, freeze_audio="none", flame=None, val_batches=1,
-                dropout=None, init=None, snr_gamma=0.0)
+                dropout=None, init=None, snr_gamma=0.0, style_loss=0.0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -193,6 +193,49 @@ def test_denoiser_trains_and_resumes_identically(tiny_data, tmp_path):
     assert torch.equal(loaded.model.style_encoder.motion_proj.weight, se_w["motion_proj.weight"])  # frozen
     with pytest.raises(UserError, match="not empty"):
         train_denoiser(train_args(out=tmp_path / "full", iters=2, **kw))
+
+
+def test_style_consistency_term(tiny_data):
+    """--style-loss: 1 - cos of the frozen encoder's vectors, over style-conditioned whole windows
+    only; its gradient reaches the denoiser and leaves the style encoder alone."""
+    from engines.model import DiffPoseTalk
+    from training.archs import make_config
+    from training.losses import LossWeights, total_loss
+    from training.train_data import WindowBank, load_split, load_stats_np
+    from training.train_denoiser import denoiser_losses, make_batch, set_trainable, style_consistency
+
+    cfg = make_config("tiny")
+    torch.manual_seed(0)
+    model = DiffPoseTalk(cfg).eval()  # no dropout: the two passes below must be comparable
+    set_trainable(model, "none")
+    enc = model.style_encoder
+    pred = torch.randn(2, 2, cfg.n_motions, cfg.motion_dim)
+    with torch.no_grad():
+        own = enc(pred.flatten(0, 1)).view(2, 2, -1)
+    every = torch.ones(2, 2, dtype=torch.bool)
+    assert style_consistency(enc, pred, own, every).item() == pytest.approx(0.0, abs=1e-5)
+    assert style_consistency(enc, pred, -own, every).item() == pytest.approx(2.0, abs=1e-5)
+    assert style_consistency(enc, pred, -own, torch.zeros(2, 2, dtype=torch.bool)).item() == 0.0
+    one = torch.tensor([[True, False], [False, False]])
+    assert style_consistency(enc, pred, own * torch.tensor([1.0, -1.0])[None, :, None], one).item() == \
+        pytest.approx(0.0, abs=1e-5)  # the opposed second window is not kept
+
+    bank = WindowBank(load_split(tiny_data, "train"), 200, "train")
+    b = make_batch(bank, np.random.default_rng(2), 4, load_stats_np(tiny_data), cfg)
+    b.end[:] = cfg.n_motions
+    b.end[3, 1] = 50  # truncated: not read by the encoder
+    b.u[:] = [0.1, 0.2, 0.95, 0.3]  # sample 2 has its style dropped
+    terms = denoiser_losses(model, b, "cpu", style_loss=True)
+    assert "style" not in denoiser_losses(model, b, "cpu")
+    assert 0.0 < terms["style"].item() < 2.0
+    total_loss(terms, LossWeights(style=1.0)).backward()
+    assert all(p.grad is None for p in model.style_encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoising_net.parameters())
+    b.motion[2] += 3.0  # only the excluded sample changes: the style term does not
+    with torch.no_grad():
+        again = denoiser_losses(model, b, "cpu", style_loss=True)
+    assert again["style"].item() == pytest.approx(terms["style"].item(), rel=1e-5)
+    assert again["coef"].item() != pytest.approx(terms["coef"].item(), rel=1e-3)
 
 
 def test_fine_tune_with_frozen_cached_audio(tiny_data, tmp_path):

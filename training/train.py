@@ -52,6 +52,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--snr-gamma", type=float, default=0.0, metavar="GAMMA",
                    help="weight each window's losses by 1 + min(SNR(t), GAMMA) (0: the reference's plain "
                         "x0 loss); docs/TRAINING.md")
+    d.add_argument("--style-loss", type=float, default=0.0, metavar="W",
+                   help="weight of a style-consistency term: 1 - cos between the frozen style encoder's "
+                        "vectors of the predicted x0 window and of its GT window (0: off, the reference)")
     d.add_argument("--flame", type=Path, help="FLAME model: enables the vertex losses")
     d.add_argument("--dropout", type=float, help="override the denoiser's dropout (reference: 0.1)")
     d.add_argument("--val-batches", type=int, default=4)

@@ -154,9 +154,10 @@ def make_vertex_fn(flame, stats: dict[str, torch.Tensor], head_pose: bool):
 
 
 def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
-                    snr_gamma: float = 0.0) -> dict[str, torch.Tensor]:
+                    snr_gamma: float = 0.0, style_loss: bool = False) -> dict[str, torch.Tensor]:
     """Both windows through the denoiser in one batched pass; returns the loss terms (window terms
-    averaged over the two windows; the head transition term belongs to window 1 only)."""
+    averaged over the two windows; the head transition term belongs to window 1 only).
+    ``style_loss`` adds the "style" term (see style_consistency)."""
     cfg = model.cfg
     L, P, B = cfg.n_motions, cfg.n_prev_motions, len(b.u)
     motion = torch.from_numpy(b.motion).to(device)
@@ -170,12 +171,12 @@ def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
     feats = torch.where(drop_audio[:, None, None, None], model.null_audio_feat[:, None], feats)
 
     shape = torch.from_numpy(b.shape).to(device)
-    style = None
+    style = own_style = None
     if cfg.use_style:
-        with torch.no_grad():  # frozen: style of the *other* window
+        with torch.no_grad():  # frozen encoder; each window is conditioned on the *other* one's style
             se = model.style_encoder
-            style = torch.stack([se(motion[:, L:]), se(motion[:, :L])], dim=1)  # (B, 2, d)
-        style = torch.where(drop_style[:, None, None], model.null_style_feat, style)
+            own_style = torch.stack([se(motion[:, :L]), se(motion[:, L:])], dim=1)  # (B, 2, d)
+        style = torch.where(drop_style[:, None, None], model.null_style_feat, own_style.flip(1))
 
     def pair(x):  # (B, 2, ...) -> (2B, ...) with window 0 rows first
         return torch.cat([x[:, 0], x[:, 1]])
@@ -198,7 +199,26 @@ def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
         sw = None if weights is None else weights[:, w]
         for k, v in window_losses(pred, target, mask[:, w], P, w == 1, cfg.head_pose, vf, sw).items():
             terms[k] = terms[k] + (v if k == "head_trans" else v / 2)
+    if style_loss and own_style is not None:
+        pred_windows = torch.stack([out[:B, P:], out[B:, P:]], dim=1)  # (B, 2, L, D)
+        keep = ~drop_style[:, None] & (end == L)  # the encoder reads whole windows only
+        terms["style"] = style_consistency(model.style_encoder, pred_windows, own_style, keep)
     return dict(terms)
+
+
+def style_consistency(encoder, pred: torch.Tensor, target_style: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``--style-loss``: mean 1 - cos(style of the predicted x0 window, style of its GT window)
+    over the kept (style-conditioned, untruncated) windows. pred (B, 2, L, D); target_style
+    (B, 2, d); keep (B, 2) bool.
+
+    Why: the x0 losses are per frame, so whatever the audio does not determine (a speaker's
+    resting expression, head drift) regresses to the mean; the frozen encoder pools over the
+    window, so this term asks for the speaker's style without asking for any frame's phase. The
+    encoder stays frozen: only the denoiser's output is pulled towards it."""
+    if not bool(keep.any()):
+        return pred.sum() * 0.0
+    got = encoder(pred[keep])
+    return (1 - torch.nn.functional.cosine_similarity(got, target_style[keep], dim=-1)).mean()
 
 
 @torch.no_grad()
@@ -206,9 +226,11 @@ def validate(model: DiffPoseTalk, batches: list[Batch], device, weights: LossWei
     model.eval()
     sums = defaultdict(float)
     for b in batches:
-        terms = denoiser_losses(model, b, device, vertex_fn)
+        terms = denoiser_losses(model, b, device, vertex_fn, style_loss=weights.style > 0)
         sums["val_loss"] += total_loss(terms, weights).item() / len(batches)
         sums["val_coef"] += terms["coef"].item() / len(batches)
+        if "style" in terms:
+            sums["val_style"] += terms["style"].item() / len(batches)
     model.train()
     model.style_encoder is not None and model.style_encoder.eval()
     return dict(sums)
@@ -277,7 +299,8 @@ def train_denoiser(args) -> Path:
     options = {"arch": args.arch, "batch": args.batch, "lr": args.lr, "seed": args.seed, "iters": args.iters,
                "freeze_audio": args.freeze_audio, "style_encoder": str(args.style_encoder),
                "flame": str(args.flame) if args.flame else None, "dropout": args.dropout,
-               "init": str(args.init) if args.init else None, "snr_gamma": args.snr_gamma}
+               "init": str(args.init) if args.init else None, "snr_gamma": args.snr_gamma,
+               "style_loss": args.style_loss}
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -294,7 +317,8 @@ def train_denoiser(args) -> Path:
     step, history = 0, []
     if args.resume:
         step, history = resume_model_dir(out, cfg, model, optimizer, rng, options,
-                                         ("arch", "batch", "seed", "freeze_audio", "flame", "dropout", "init", "snr_gamma"),
+                                         ("arch", "batch", "seed", "freeze_audio", "flame", "dropout", "init", "snr_gamma",
+                                          "style_loss"),
                                          f"differs from --arch {args.arch} / the style encoder")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
@@ -305,7 +329,7 @@ def train_denoiser(args) -> Path:
 
         stats_t = {k: torch.from_numpy(v).to(device) for k, v in stats.items()}
         vertex_fn = make_vertex_fn(Flame(load_flame(args.flame)).to(device), stats_t, cfg.head_pose)
-    weights = LossWeights()
+    weights = LossWeights(style=args.style_loss)
     train_cache = val_cache = None
     if args.freeze_audio == "all":
         train_cache = FeatureCache(model, train_bank.clips, device)
@@ -324,7 +348,7 @@ def train_denoiser(args) -> Path:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
         b = make_batch(train_bank, rng, args.batch, stats, cfg, cache=train_cache)
-        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma)
+        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma, args.style_loss > 0)
         loss = total_loss(terms, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -333,13 +357,13 @@ def train_denoiser(args) -> Path:
         recent["loss"].append(loss.item())
         for k, v in terms.items():
             recent[k].append(v.item())
-        bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items() if k in ("loss", "coef", "head_angle")})
+        bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items() if k in ("loss", "coef", "head_angle", "style")})
         done = it + 1
         if done % args.val_every == 0 or done == args.iters:
             v = validate(model, val_batches, device, weights, vertex_fn)
             history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
             bar.write(f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
-                      f"(coef {v['val_coef']:.4f})")
+                      f"(coef {v['val_coef']:.4f}" + (f", style {v['val_style']:.4f})" if "val_style" in v else ")"))
         if done % args.save_every == 0 or done == args.iters:
             checkpoint(done)
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
