@@ -53,6 +53,18 @@ def test_retrieval_and_leave_one_out():
     np.testing.assert_allclose(gal["b/000"]["b"], [0, 1.0])  # single clip: itself
 
 
+def test_moments_retrieval_is_euclidean():
+    """The encoder-free cross-check: mean and std per dimension, nearest by distance (cosine would
+    call [2, 0] closest to [10, 0])."""
+    from training.evaluate import motion_moments, retrieval_top1
+
+    motion = np.array([[0.0, 1.0], [2.0, 1.0]])
+    np.testing.assert_allclose(motion_moments(motion), [1.0, 1.0, 1.0, 0.0])
+    gallery = {"near": np.array([1.0, 1.0]), "far": np.array([10.0, 0.0])}
+    assert retrieval_top1([("near", np.array([2.0, 0.0]))], gallery, "euclidean") == 1.0
+    assert retrieval_top1([("near", np.array([2.0, 0.0]))], gallery) == 0.0
+
+
 def test_eval_end_to_end(tmp_path):
     import torch
 
@@ -76,6 +88,7 @@ def test_eval_end_to_end(tmp_path):
     assert result["clips"] == 2 and set(result["definitions"]) >= {"lip_error", "mouth_corr_mean", "diversity"}
     assert np.isfinite(m["lip_error"]) and m["diversity"] > 0
     assert 0.0 <= m["style_retrieval_gt"] <= 1.0
+    assert 0.0 <= m["style_retrieval_moments_generated"] <= 1.0 and m["style_retrieval_moments_gt"] >= 0.0
 
 
 def test_eval_presets_on_the_same_audio(tmp_path):

@@ -38,6 +38,13 @@ DEFINITIONS = {
                           "correct when the nearest is the clip's speaker",
     "style_retrieval_generated": "as style_retrieval_gt with the style vector of the generated "
                                  "motion (each seed counted)",
+    "style_retrieval_moments_gt": "encoder-free cross-check of style retrieval: a clip's vector is the "
+                                  "per-dimension mean and std over frames of its normalised motion "
+                                  "(2 x motion dims); nearest test speaker by Euclidean distance to "
+                                  "each speaker's mean vector over their OTHER clips (as "
+                                  "style_retrieval_gt); GT clips",
+    "style_retrieval_moments_generated": "as style_retrieval_moments_gt with the generated motion (each "
+                                         "seed counted)",
     "diversity": "mean over clips of the mean pairwise RMS distance (normalised motion) between "
                  "samples of different seeds on the same audio and style",
     "network_passes_per_audio_second": "denoiser network passes (one sample's forward; CFG passes "
@@ -115,17 +122,30 @@ def diversity(motions: np.ndarray) -> float:
     return float(np.mean(d)) if d else float("nan")
 
 
-def retrieval_top1(queries: list[tuple[str, np.ndarray]], gallery: dict[str, np.ndarray]) -> float:
-    """queries: (true speaker, style vector); gallery: speaker -> reference style. Cosine NN."""
+def retrieval_top1(queries: list[tuple[str, np.ndarray]], gallery: dict[str, np.ndarray],
+                   metric: str = "cosine") -> float:
+    """queries: (true speaker, style vector); gallery: speaker -> reference style. Nearest
+    neighbour by cosine similarity, or by Euclidean distance (``metric="euclidean"``)."""
     if not queries:
         return float("nan")
     names = sorted(gallery)
     g = np.stack([gallery[n] for n in names])
-    g = g / np.linalg.norm(g, axis=1, keepdims=True)
+    if metric == "cosine":
+        g = g / np.linalg.norm(g, axis=1, keepdims=True)
     hits = 0
     for who, q in queries:
-        hits += names[int(np.argmax(g @ (q / np.linalg.norm(q))))] == who
+        if metric == "cosine":
+            best = int(np.argmax(g @ (q / np.linalg.norm(q))))
+        else:
+            best = int(np.argmin(np.linalg.norm(g - q, axis=1)))
+        hits += names[best] == who
     return hits / len(queries)
+
+
+def motion_moments(motion: np.ndarray) -> np.ndarray:
+    """Per-dimension mean and std over frames of a normalised motion (T, D) -> (2D,): the
+    encoder-free style vector of DEFINITIONS['style_retrieval_moments_gt']."""
+    return np.concatenate([motion.mean(0), motion.std(0)])
 
 
 # --- style vectors ---------------------------------------------------------------------------------
@@ -212,6 +232,8 @@ def evaluate(args) -> dict:
     gt_motion = {c.entry: coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32) for c in clips}
     clip_styles = gt_clip_styles(model, clips, gt_motion)
     galleries = speaker_styles(clip_styles)
+    clip_moments = {e: (p, motion_moments(gt_motion[e])) for e, (p, _) in clip_styles.items()}
+    moment_galleries = speaker_styles(clip_moments)
 
     def generate(c, n: int, style, seeds: int):
         """(seeds, n, D) normalised motion for clip c's first n frames under ``style``."""
@@ -224,7 +246,7 @@ def evaluate(args) -> dict:
                                    RandomNoise(seed=0, device=args.device), repeats=seeds)
 
     lip_vertex = _lip_vertex_fn(args.flame, stats) if args.flame else None
-    per_clip, gt_queries, gen_queries = [], [], []
+    per_clip, gt_queries, gen_queries, gen_moments = [], [], [], []
     pooled_pred, pooled_gt = {}, []
     gen_wall = gen_audio_s = 0.0
     t0 = time.time()
@@ -259,6 +281,7 @@ def evaluate(args) -> dict:
             s = motion_style(model, motion_np[r, :m])
             if s is not None:
                 gen_queries.append((c.person, s))
+                gen_moments.append((c.person, motion_moments(motion_np[r, :m])))
         pooled_gt.append(gt["pose"][:m, JAW])
         rec["diversity"] = diversity(motion_np[:, :m]) if args.seeds > 1 else None
         per_clip.append(rec)
@@ -285,6 +308,10 @@ def evaluate(args) -> dict:
         # leave-one-clip-out galleries: each query is matched against its own clip's gallery
         "style_retrieval_gt": _loo_retrieval(gt_queries, per_clip, galleries, 1),
         "style_retrieval_generated": _loo_retrieval(gen_queries, per_clip, galleries, args.seeds),
+        "style_retrieval_moments_gt": _loo_retrieval([(p, v) for p, v in clip_moments.values()], per_clip,
+                                                     moment_galleries, 1, "euclidean"),
+        "style_retrieval_moments_generated": _loo_retrieval(gen_moments, per_clip, moment_galleries,
+                                                            args.seeds, "euclidean"),
         "diversity": (float(np.mean([r["diversity"] for r in per_clip])) if args.seeds > 1 else None),
         "network_passes_per_audio_second": counter.rows / args.seeds / gen_audio_s,
         "wall_seconds_per_audio_second": gen_wall / args.seeds / gen_audio_s,
@@ -363,7 +390,7 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
     return torch.from_numpy(np.stack(out))
 
 
-def _loo_retrieval(queries, per_clip, galleries, per_query_clip: int) -> float:
+def _loo_retrieval(queries, per_clip, galleries, per_query_clip: int, metric: str = "cosine") -> float:
     """queries are in per_clip order, ``per_query_clip`` each (generated ones may skip a clip
     whose generated motion is too short, which cannot happen here: clips are >= 100 frames)."""
     if not queries:
@@ -374,7 +401,7 @@ def _loo_retrieval(queries, per_clip, galleries, per_query_clip: int) -> float:
             if i >= len(queries):
                 break
             who, q = queries[i]
-            hits += retrieval_top1([(who, q)], galleries[rec["entry"]]) == 1.0
+            hits += retrieval_top1([(who, q)], galleries[rec["entry"]], metric) == 1.0
             i += 1
     return hits / i
 
@@ -415,6 +442,8 @@ def format_table(result: dict) -> str:
             ("head std pred / gt (deg)", f"{m['motion_stats']['pred']['head_std_deg']:.2f} / {m['motion_stats']['gt']['head_std_deg']:.2f}"),
             ("speed pred / gt", f"{m['motion_stats']['pred']['speed']:.3f} / {m['motion_stats']['gt']['speed']:.3f}"),
             ("style retrieval GT / generated", f"{m['style_retrieval_gt']:.3f} / {m['style_retrieval_generated']:.3f}"),
+            ("moments retrieval GT / generated",
+             f"{m['style_retrieval_moments_gt']:.3f} / {m['style_retrieval_moments_generated']:.3f}"),
             ("diversity across seeds", m["diversity"]),
             ("network passes / audio second", m["network_passes_per_audio_second"]),
             ("wall seconds / audio second", m["wall_seconds_per_audio_second"])]
