@@ -41,7 +41,7 @@ def train_args(**kw):
     base = dict(iters=2, batch=2, lr=1e-3, warmup=1, schedule="constant", clip=1.0, seed=3, device="cpu",
                 threads=1, resume=False, val_every=100, save_every=100, quiet=True, arch="tiny",
                 temperature=0.1, no_head_pose=False, freeze_audio="none", flame=None, val_batches=1,
-                dropout=None, init=None, snr_gamma=0.0, style_loss=0.0)
+                dropout=None, init=None, snr_gamma=0.0, style_loss=0.0, std_loss=0.0)
     base.update(kw)
     return argparse.Namespace(**base)
 
@@ -236,6 +236,24 @@ def test_style_consistency_term(tiny_data):
         again = denoiser_losses(model, b, "cpu", style_loss=True)
     assert again["style"].item() == pytest.approx(terms["style"].item(), rel=1e-5)
     assert again["coef"].item() != pytest.approx(terms["coef"].item(), rel=1e-3)
+
+
+def test_std_matching_ignores_phase_and_offset():
+    """--std-loss compares each dimension's spread over a window, not frames: a time-reversed,
+    shifted copy costs nothing, a damped one does; unkept windows do not count."""
+    from training.train_denoiser import std_matching
+
+    torch.manual_seed(0)
+    gt = torch.randn(2, 2, 100, 6)
+    every = torch.ones(2, 2, dtype=torch.bool)
+    assert std_matching(gt.flip(2) + 1.0, gt, every).item() == pytest.approx(0.0, abs=1e-6)
+    damped = gt * 0.5
+    expected = ((0.5 * gt.std(dim=2)) ** 2).mean().item()
+    assert std_matching(damped, gt, every).item() == pytest.approx(expected, rel=1e-5)
+    only = torch.tensor([[True, False], [False, False]])
+    mixed = torch.stack([gt[:, 0], damped[:, 1]], dim=1)  # damped only where not kept
+    assert std_matching(mixed, gt, only).item() == pytest.approx(0.0, abs=1e-6)
+    assert std_matching(mixed, gt, torch.zeros(2, 2, dtype=torch.bool)).item() == 0.0
 
 
 def test_fine_tune_with_frozen_cached_audio(tiny_data, tmp_path):

@@ -49,6 +49,7 @@ class LossWeights:
     head_smooth: float = W_HEAD_SMOOTH
     head_trans: float = W_HEAD_TRANS
     style: float = 0.0  # --style-loss (not in the reference)
+    std: float = 0.0  # --std-loss (not in the reference)
 
 
 def window_losses(pred: torch.Tensor, gt: torch.Tensor, mask: torch.Tensor, n_prev: int, continued: bool,
@@ -110,5 +111,5 @@ def total_loss(terms: dict[str, torch.Tensor], w: LossWeights) -> torch.Tensor:
     weights = {"coef": 1.0, "vert": w.vert, "vert_vel": w.vert_vel, "vert_smooth": w.vert_smooth,
                "coef_vel": w.coef_vel, "coef_smooth": w.coef_smooth, "head_angle": w.head_angle,
                "head_vel": w.head_vel, "head_smooth": w.head_smooth, "head_trans": w.head_trans,
-               "style": w.style}
+               "style": w.style, "std": w.std}
     return sum(weights[k] * v for k, v in terms.items())

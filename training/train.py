@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--style-loss", type=float, default=0.0, metavar="W",
                    help="weight of a style-consistency term: 1 - cos between the frozen style encoder's "
                         "vectors of the predicted x0 window and of its GT window (0: off, the reference)")
+    d.add_argument("--std-loss", type=float, default=0.0, metavar="W",
+                   help="weight of a spread term: squared difference of the per-dimension std over frames "
+                        "of the predicted x0 window and of its GT window (0: off, the reference)")
     d.add_argument("--flame", type=Path, help="FLAME model: enables the vertex losses")
     d.add_argument("--dropout", type=float, help="override the denoiser's dropout (reference: 0.1)")
     d.add_argument("--val-batches", type=int, default=4)

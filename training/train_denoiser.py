@@ -154,10 +154,11 @@ def make_vertex_fn(flame, stats: dict[str, torch.Tensor], head_pose: bool):
 
 
 def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
-                    snr_gamma: float = 0.0, style_loss: bool = False) -> dict[str, torch.Tensor]:
+                    snr_gamma: float = 0.0, style_loss: bool = False, std_loss: bool = False) -> dict[str, torch.Tensor]:
     """Both windows through the denoiser in one batched pass; returns the loss terms (window terms
     averaged over the two windows; the head transition term belongs to window 1 only).
-    ``style_loss`` adds the "style" term (see style_consistency)."""
+    ``style_loss`` adds the "style" term (see style_consistency), ``std_loss`` the "std" term
+    (see std_matching)."""
     cfg = model.cfg
     L, P, B = cfg.n_motions, cfg.n_prev_motions, len(b.u)
     motion = torch.from_numpy(b.motion).to(device)
@@ -199,11 +200,25 @@ def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
         sw = None if weights is None else weights[:, w]
         for k, v in window_losses(pred, target, mask[:, w], P, w == 1, cfg.head_pose, vf, sw).items():
             terms[k] = terms[k] + (v if k == "head_trans" else v / 2)
+    pred_windows = torch.stack([out[:B, P:], out[B:, P:]], dim=1)  # (B, 2, L, D)
+    keep = ~drop_style[:, None] & (end == L)  # style-conditioned whole windows
     if style_loss and own_style is not None:
-        pred_windows = torch.stack([out[:B, P:], out[B:, P:]], dim=1)  # (B, 2, L, D)
-        keep = ~drop_style[:, None] & (end == L)  # the encoder reads whole windows only
         terms["style"] = style_consistency(model.style_encoder, pred_windows, own_style, keep)
+    if std_loss:
+        terms["std"] = std_matching(pred_windows, gt, keep)
     return dict(terms)
+
+
+def std_matching(pred: torch.Tensor, gt: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``--std-loss``: mean squared difference between the per-dimension std over frames of the
+    predicted x0 window and of its GT window, over the kept windows. pred, gt (B, 2, L, D).
+
+    Why: per-frame losses shrink whatever the model is unsure of towards the mean, so jaw and head
+    amplitudes come out damped and a style's mouth amplitude barely shows; matching each window's
+    spread asks for the right amplitude without asking for any frame's phase."""
+    if not bool(keep.any()):
+        return pred.sum() * 0.0
+    return ((pred[keep].std(dim=1) - gt[keep].std(dim=1)) ** 2).mean()
 
 
 def style_consistency(encoder, pred: torch.Tensor, target_style: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -226,11 +241,13 @@ def validate(model: DiffPoseTalk, batches: list[Batch], device, weights: LossWei
     model.eval()
     sums = defaultdict(float)
     for b in batches:
-        terms = denoiser_losses(model, b, device, vertex_fn, style_loss=weights.style > 0)
+        terms = denoiser_losses(model, b, device, vertex_fn, style_loss=weights.style > 0,
+                                std_loss=weights.std > 0)
         sums["val_loss"] += total_loss(terms, weights).item() / len(batches)
         sums["val_coef"] += terms["coef"].item() / len(batches)
-        if "style" in terms:
-            sums["val_style"] += terms["style"].item() / len(batches)
+        for k in ("style", "std"):
+            if k in terms:
+                sums[f"val_{k}"] += terms[k].item() / len(batches)
     model.train()
     model.style_encoder is not None and model.style_encoder.eval()
     return dict(sums)
@@ -300,7 +317,7 @@ def train_denoiser(args) -> Path:
                "freeze_audio": args.freeze_audio, "style_encoder": str(args.style_encoder),
                "flame": str(args.flame) if args.flame else None, "dropout": args.dropout,
                "init": str(args.init) if args.init else None, "snr_gamma": args.snr_gamma,
-               "style_loss": args.style_loss}
+               "style_loss": args.style_loss, "std_loss": args.std_loss}
 
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
@@ -318,7 +335,7 @@ def train_denoiser(args) -> Path:
     if args.resume:
         step, history = resume_model_dir(out, cfg, model, optimizer, rng, options,
                                          ("arch", "batch", "seed", "freeze_audio", "flame", "dropout", "init", "snr_gamma",
-                                          "style_loss"),
+                                          "style_loss", "std_loss"),
                                          f"differs from --arch {args.arch} / the style encoder")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
@@ -329,7 +346,7 @@ def train_denoiser(args) -> Path:
 
         stats_t = {k: torch.from_numpy(v).to(device) for k, v in stats.items()}
         vertex_fn = make_vertex_fn(Flame(load_flame(args.flame)).to(device), stats_t, cfg.head_pose)
-    weights = LossWeights(style=args.style_loss)
+    weights = LossWeights(style=args.style_loss, std=args.std_loss)
     train_cache = val_cache = None
     if args.freeze_audio == "all":
         train_cache = FeatureCache(model, train_bank.clips, device)
@@ -348,7 +365,7 @@ def train_denoiser(args) -> Path:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
         b = make_batch(train_bank, rng, args.batch, stats, cfg, cache=train_cache)
-        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma, args.style_loss > 0)
+        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma, args.style_loss > 0, args.std_loss > 0)
         loss = total_loss(terms, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -357,13 +374,14 @@ def train_denoiser(args) -> Path:
         recent["loss"].append(loss.item())
         for k, v in terms.items():
             recent[k].append(v.item())
-        bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items() if k in ("loss", "coef", "head_angle", "style")})
+        bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items() if k in ("loss", "coef", "head_angle", "style", "std")})
         done = it + 1
         if done % args.val_every == 0 or done == args.iters:
             v = validate(model, val_batches, device, weights, vertex_fn)
             history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
             bar.write(f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
-                      f"(coef {v['val_coef']:.4f}" + (f", style {v['val_style']:.4f})" if "val_style" in v else ")"))
+                      f"(coef {v['val_coef']:.4f}" + "".join(f", {k} {v[f'val_{k}']:.4f}" for k in ("style", "std")
+                                                       if f"val_{k}" in v) + ")")
         if done % args.save_every == 0 or done == args.iters:
             checkpoint(done)
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
