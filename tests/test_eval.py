@@ -65,6 +65,37 @@ def test_moments_retrieval_is_euclidean():
     assert retrieval_top1([("near", np.array([2.0, 0.0]))], gallery) == 0.0
 
 
+def test_style_swap_tells_style_from_voice(monkeypatch):
+    """--swap-styles counts which speaker a clip driven by another speaker's style is retrieved as:
+    a model that follows the style scores (1, 0), one that reads the speaker off the voice (0, 1).
+    The style encoder is replaced by the mean over frames to make the two models exact."""
+    import types
+
+    import torch
+
+    from training import evaluate as ev
+
+    monkeypatch.setattr(ev, "motion_style", lambda model, motion: motion.mean(0))
+    rng = np.random.default_rng(0)
+    people = {p: rng.normal(size=4) * 5 for p in ("a", "b", "c", "d")}
+    clips = [types.SimpleNamespace(entry=f"{p}/{v:03d}", person=p, n_frames=120) for p in people for v in range(2)]
+    clip_styles = {c.entry: (c.person, people[c.person] + rng.normal(size=4) * 0.1) for c in clips}
+    galleries = ev.speaker_styles(clip_styles)
+
+    def follows_style(c, n, style, seeds):
+        return torch.from_numpy(np.tile(style.numpy(), (seeds, n, 1)))
+
+    def reads_voice(c, n, style, seeds):
+        return torch.from_numpy(np.tile(clip_styles[c.entry][1], (seeds, n, 1)))
+
+    out = ev.style_swap(None, clips, clip_styles, galleries, 100, follows_style)
+    assert out == {"clips": 8, "retrieved_as_style_speaker": 1.0, "retrieved_as_voice_speaker": 0.0}
+    out = ev.style_swap(None, clips, clip_styles, galleries, 100, reads_voice)
+    assert out == {"clips": 8, "retrieved_as_style_speaker": 0.0, "retrieved_as_voice_speaker": 1.0}
+    lone = ev.style_swap(None, clips[:2], dict(list(clip_styles.items())[:2]), galleries, 100, follows_style)
+    assert lone["clips"] == 0 and np.isnan(lone["retrieved_as_style_speaker"])
+
+
 def test_eval_end_to_end(tmp_path):
     import torch
 
@@ -111,7 +142,7 @@ def test_eval_presets_on_the_same_audio(tmp_path):
     a, b = (rng.normal(size=cfg.d_style).astype(np.float32) * 3 for _ in range(2))
     args = argparse.Namespace(data=data, split="test", sampler="ddim", steps=2, seeds=1, max_clips=None,
                               max_seconds=None, cfg_audio=1.15, cfg_style=3.0, flame=None, threads=1,
-                              device="cpu", presets=1)
+                              device="cpu", presets=1, swap_styles=True)
     same = save_model_dir(tmp_path / "same", cfg, net, load_stats_np(data), {"big_mouth": a, "small_mouth": a})
     pr = evaluate(argparse.Namespace(model=same, **vars(args)))["metrics"]["presets"]
     assert pr["clips"] == 1 and set(pr["per_preset"]) == {"big_mouth", "small_mouth"}
@@ -121,6 +152,9 @@ def test_eval_presets_on_the_same_audio(tmp_path):
     ratio = pr["per_preset"]["big_mouth"]["jaw_std"] / pr["per_preset"]["small_mouth"]["jaw_std"]
     assert pr["big_small_jaw_ratio"] == pytest.approx(ratio) and ratio != 1.0
     assert pr["jaw_std_ratio_max_min"] == pytest.approx(max(ratio, 1 / ratio))
+    args.split, args.presets = "train", 0  # 3 speakers (the test split has one: nothing to swap)
+    swap = evaluate(argparse.Namespace(model=diff, **vars(args)))["metrics"]["style_swap"]
+    assert swap["clips"] == 6 and 0.0 <= swap["retrieved_as_style_speaker"] <= 1.0
 
 
 def test_probe_reports_x0_error_per_step(tmp_path):

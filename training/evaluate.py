@@ -45,6 +45,12 @@ DEFINITIONS = {
                                   "style_retrieval_gt); GT clips",
     "style_retrieval_moments_generated": "as style_retrieval_moments_gt with the generated motion (each "
                                          "seed counted)",
+    "style_swap": "with --swap-styles: each clip is generated once more (seed 0, one sample) under the "
+                  "reference style of another test speaker (speakers sorted, the one half the list "
+                  "further on), and its style vector matched as in style_retrieval_gt; "
+                  "retrieved_as_style_speaker: the fraction retrieved as that speaker (style followed); "
+                  "retrieved_as_voice_speaker: the fraction retrieved as the clip's own speaker (style "
+                  "read off the voice instead)",
     "diversity": "mean over clips of the mean pairwise RMS distance (normalised motion) between "
                  "samples of different seeds on the same audio and style",
     "network_passes_per_audio_second": "denoiser network passes (one sample's forward; CFG passes "
@@ -83,6 +89,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", action="store_true", help="generate through the streaming session")
     p.add_argument("--presets", type=int, default=0, metavar="N",
                    help="also drive the first N clips with every style preset (same audio) and compare them")
+    p.add_argument("--swap-styles", action="store_true",
+                   help="also drive every clip with another test speaker's style and check which speaker "
+                        "the motion is retrieved as (the style's, not the voice's)")
     p.add_argument("--hop-ms", type=int, default=80)
     p.add_argument("--lookahead-ms", type=int, default=80)
     p.add_argument("--context-ms", type=int, default=1600)
@@ -318,6 +327,8 @@ def evaluate(args) -> dict:
     }
     if lip_vertex is not None:
         metrics["lip_vertex_error"] = mean("lip_vertex_error")
+    if getattr(args, "swap_styles", False):
+        metrics["style_swap"] = style_swap(model, clips, clip_styles, galleries, max_frames, generate)
     if getattr(args, "presets", 0) and loaded.styles:
         used = [c for c in clips if c.entry in {r["entry"] for r in per_clip}][:args.presets]
         metrics["presets"] = preset_contrast(loaded, used, max_frames, generate)
@@ -352,6 +363,29 @@ def preset_contrast(loaded, clips, max_frames: int | None, generate) -> dict:
     if "big_mouth" in out and "small_mouth" in out:
         result["big_small_jaw_ratio"] = out["big_mouth"]["jaw_std"] / max(out["small_mouth"]["jaw_std"], 1e-9)
     return result
+
+
+def style_swap(model, clips, clip_styles, galleries, max_frames: int | None, generate) -> dict:
+    """See DEFINITIONS["style_swap"]."""
+    import torch
+
+    people = sorted({p for p, _ in clip_styles.values()})
+    as_style = as_voice = n = 0
+    for c in clips:
+        if c.entry not in clip_styles or len(people) < 2:
+            continue
+        other = people[(people.index(c.person) + len(people) // 2) % len(people)]
+        gallery = galleries[c.entry]
+        frames = min(c.n_frames, max_frames or c.n_frames)
+        motion = generate(c, frames, torch.from_numpy(gallery[other]).float(), 1)[0].cpu().numpy()
+        s = motion_style(model, motion)
+        if s is None:
+            continue
+        as_style += retrieval_top1([(other, s)], gallery) == 1.0
+        as_voice += retrieval_top1([(c.person, s)], gallery) == 1.0
+        n += 1
+    return {"clips": n, "retrieved_as_style_speaker": as_style / n if n else float("nan"),
+            "retrieved_as_voice_speaker": as_voice / n if n else float("nan")}
 
 
 class _PassCounter:
@@ -445,6 +479,9 @@ def format_table(result: dict) -> str:
             ("moments retrieval GT / generated",
              f"{m['style_retrieval_moments_gt']:.3f} / {m['style_retrieval_moments_generated']:.3f}"),
             ("diversity across seeds", m["diversity"]),
+            *([("swapped style: retrieved as style / voice speaker",
+                f"{m['style_swap']['retrieved_as_style_speaker']:.3f} / {m['style_swap']['retrieved_as_voice_speaker']:.3f}")]
+              if "style_swap" in m else []),
             ("network passes / audio second", m["network_passes_per_audio_second"]),
             ("wall seconds / audio second", m["wall_seconds_per_audio_second"])]
     if "lip_vertex_error" in m:
