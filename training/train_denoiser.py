@@ -226,10 +226,10 @@ def style_consistency(encoder, pred: torch.Tensor, target_style: torch.Tensor, k
     over the kept (style-conditioned, untruncated) windows. pred (B, 2, L, D); target_style
     (B, 2, d); keep (B, 2) bool.
 
-    Why: the x0 losses are per frame, so whatever the audio does not determine (a speaker's
-    resting expression, head drift) regresses to the mean; the frozen encoder pools over the
-    window, so this term asks for the speaker's style without asking for any frame's phase. The
-    encoder stays frozen: only the denoiser's output is pulled towards it."""
+    Why: the x0 losses are per frame, so what the audio does not determine (a speaker's resting
+    expression, mouth amplitude) is pulled towards the mean over speakers; the frozen encoder
+    pools over the window, so this term asks for the speaker's style without asking for any
+    frame's phase. The encoder stays frozen: only the denoiser's output is pulled towards it."""
     if not bool(keep.any()):
         return pred.sum() * 0.0
     got = encoder(pred[keep])
