@@ -225,7 +225,7 @@ def test_style_consistency_term(tiny_data):
     b.end[:] = cfg.n_motions
     b.end[3, 1] = 50  # truncated: not read by the encoder
     b.u[:] = [0.1, 0.2, 0.95, 0.3]  # sample 2 has its style dropped
-    terms = denoiser_losses(model, b, "cpu", style_loss=True)
+    terms = denoiser_losses(model, b, "cpu", weights=LossWeights(style=1.0))
     assert "style" not in denoiser_losses(model, b, "cpu")
     assert 0.0 < terms["style"].item() < 2.0
     total_loss(terms, LossWeights(style=1.0)).backward()
@@ -233,7 +233,7 @@ def test_style_consistency_term(tiny_data):
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.denoising_net.parameters())
     b.motion[2] += 3.0  # only the excluded sample changes: the style term does not
     with torch.no_grad():
-        again = denoiser_losses(model, b, "cpu", style_loss=True)
+        again = denoiser_losses(model, b, "cpu", weights=LossWeights(style=1.0))
     assert again["style"].item() == pytest.approx(terms["style"].item(), rel=1e-5)
     assert again["coef"].item() != pytest.approx(terms["coef"].item(), rel=1e-3)
 

@@ -154,11 +154,11 @@ def make_vertex_fn(flame, stats: dict[str, torch.Tensor], head_pose: bool):
 
 
 def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
-                    snr_gamma: float = 0.0, style_loss: bool = False, std_loss: bool = False) -> dict[str, torch.Tensor]:
+                    snr_gamma: float = 0.0, weights: LossWeights | None = None) -> dict[str, torch.Tensor]:
     """Both windows through the denoiser in one batched pass; returns the loss terms (window terms
     averaged over the two windows; the head transition term belongs to window 1 only).
-    ``style_loss`` adds the "style" term (see style_consistency), ``std_loss`` the "std" term
-    (see std_matching)."""
+    The optional terms "style" (style_consistency) and "std" (std_matching) are computed only
+    when ``weights`` gives them a weight above 0."""
     cfg = model.cfg
     L, P, B = cfg.n_motions, cfg.n_prev_motions, len(b.u)
     motion = torch.from_numpy(b.motion).to(device)
@@ -192,20 +192,23 @@ def denoiser_losses(model: DiffPoseTalk, b: Batch, device, vertex_fn=None,
 
     shape_raw = torch.from_numpy(b.shape_raw).to(device)
     terms = defaultdict(lambda: 0.0)
-    weights = snr_weights(model.diffusion_sched.alpha_bars[t], snr_gamma) if snr_gamma > 0 else None  # (B, 2)
+    per_sample = snr_weights(model.diffusion_sched.alpha_bars[t], snr_gamma) if snr_gamma > 0 else None  # (B, 2)
     for w in range(2):
         pred = out[w * B:(w + 1) * B]
         target = gt[:, w] if w == 0 else torch.cat([motion[:, L - P:L], gt[:, 1]], dim=1)
         vf = None if vertex_fn is None else (lambda m: vertex_fn(m, shape_raw))
-        sw = None if weights is None else weights[:, w]
+        sw = None if per_sample is None else per_sample[:, w]
         for k, v in window_losses(pred, target, mask[:, w], P, w == 1, cfg.head_pose, vf, sw).items():
             terms[k] = terms[k] + (v if k == "head_trans" else v / 2)
-    pred_windows = torch.stack([out[:B, P:], out[B:, P:]], dim=1)  # (B, 2, L, D)
-    keep = ~drop_style[:, None] & (end == L)  # style-conditioned whole windows
-    if style_loss and own_style is not None:
-        terms["style"] = style_consistency(model.style_encoder, pred_windows, own_style, keep)
-    if std_loss:
-        terms["std"] = std_matching(pred_windows, gt, keep)
+    want_style = weights is not None and weights.style > 0 and own_style is not None
+    want_std = weights is not None and weights.std > 0
+    if want_style or want_std:
+        pred_windows = torch.stack([out[:B, P:], out[B:, P:]], dim=1)  # (B, 2, L, D)
+        keep = ~drop_style[:, None] & (end == L)  # style-conditioned whole windows
+        if want_style:
+            terms["style"] = style_consistency(model.style_encoder, pred_windows, own_style, keep)
+        if want_std:
+            terms["std"] = std_matching(pred_windows, gt, keep)
     return dict(terms)
 
 
@@ -241,8 +244,7 @@ def validate(model: DiffPoseTalk, batches: list[Batch], device, weights: LossWei
     model.eval()
     sums = defaultdict(float)
     for b in batches:
-        terms = denoiser_losses(model, b, device, vertex_fn, style_loss=weights.style > 0,
-                                std_loss=weights.std > 0)
+        terms = denoiser_losses(model, b, device, vertex_fn, weights=weights)
         sums["val_loss"] += total_loss(terms, weights).item() / len(batches)
         sums["val_coef"] += terms["coef"].item() / len(batches)
         for k in ("style", "std"):
@@ -365,7 +367,7 @@ def train_denoiser(args) -> Path:
         for g in optimizer.param_groups:
             g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
         b = make_batch(train_bank, rng, args.batch, stats, cfg, cache=train_cache)
-        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma, args.style_loss > 0, args.std_loss > 0)
+        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma, weights)
         loss = total_loss(terms, weights)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
