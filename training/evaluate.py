@@ -370,10 +370,9 @@ def style_swap(model, clips, clip_styles, galleries, max_frames: int | None, gen
     import torch
 
     people = sorted({p for p, _ in clip_styles.values()})
+    swappable = [c for c in clips if c.entry in clip_styles] if len(people) > 1 else []
     as_style = as_voice = n = 0
-    for c in clips:
-        if c.entry not in clip_styles or len(people) < 2:
-            continue
+    for c in swappable:
         other = people[(people.index(c.person) + len(people) // 2) % len(people)]
         gallery = galleries[c.entry]
         frames = min(c.n_frames, max_frames or c.n_frames)
