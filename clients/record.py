@@ -55,7 +55,7 @@ class Recording:
 
 def run_record(args) -> int:
     from clients.ws_client import ClientError, StreamClient
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
 
     if args.seconds is not None and args.seconds <= 0:
         raise UserError(f"--seconds {args.seconds}: must be positive")

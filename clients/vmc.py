@@ -185,7 +185,7 @@ class VmcBridge:
 
 
 def parse_target(text: str) -> tuple[str, int]:
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
 
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -196,7 +196,7 @@ def parse_target(text: str) -> tuple[str, int]:
 def run_bridge(args) -> int:
     from clients.vmc_map import MappingError, load_mapping
     from clients.ws_client import ClientError, StreamClient
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
 
     if not 1 <= args.rate <= 240:
         raise UserError(f"--rate {args.rate}: expected 1..240 Hz")

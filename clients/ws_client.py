@@ -14,8 +14,8 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from dpt_live.errors import UserError
-from streaming.protocol import WireFrame
+from diffposetalk.errors import UserError
+from server.protocol import WireFrame
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ class ClientError(UserError):
 
 @dataclasses.dataclass
 class Frame(WireFrame):
-    """A decoded frame (streaming.protocol.WireFrame: seq, audio_time, emit_time, exp, pose, eyes,
+    """A decoded frame (server.protocol.WireFrame: seq, audio_time, emit_time, exp, pose, eyes,
     dropped, reset) plus when it arrived here (Unix epoch s, this machine's clock)."""
     recv_time: float = dataclasses.field(kw_only=True)
 
@@ -92,7 +92,7 @@ class StreamClient:
         from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
         from websockets.sync.client import connect
 
-        from streaming.protocol import ProtocolError, parse_hello
+        from server.protocol import ProtocolError, parse_hello
 
         where = _redacted(self.url)
         try:
@@ -147,7 +147,7 @@ class StreamClient:
         ``timeout``: seconds without any message before TimeoutError (None: wait forever)."""
         from websockets.exceptions import ConnectionClosed
 
-        from streaming.protocol import ProtocolError, decode_server_message
+        from server.protocol import ProtocolError, decode_server_message
 
         while not self._closed:
             ws = self._ws or self._connect()
@@ -191,7 +191,7 @@ class StreamClient:
         self.notices = self.notices[-99:] + [msg]
 
     def send(self, text: str) -> None:
-        """Send a control message (build it with streaming.protocol's *_control helpers)."""
+        """Send a control message (build it with server.protocol's *_control helpers)."""
         if self._ws is None:
             raise ClientError("not connected")
         self._ws.send(text)

@@ -8,13 +8,13 @@ import importlib
 import logging
 import sys
 
+from diffposetalk.errors import UserError
 from dpt_live import __version__
-from dpt_live.errors import UserError
 
 # Modules that expose register(subparsers). Order = order in --help.
 COMMAND_MODULES = [
-    "engines.commands",
-    "engines.flame",
+    "dpt_live.commands.model",
+    "dpt_live.commands.flame",
     "training.synth.command",
     "training.train",
     "training.evaluate",
@@ -23,11 +23,11 @@ COMMAND_MODULES = [
     "training.real_voices",
     "training.voice_check",
     "training.distill",
-    "streaming.commands",
-    "export.commands",
-    "streaming.serve",
-    "clients.commands",
-    "streaming.bench_cli",
+    "dpt_live.commands.stream",
+    "dpt_live.commands.export",
+    "dpt_live.commands.serve",
+    "dpt_live.commands.clients",
+    "dpt_live.commands.bench",
 ]
 
 
@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    from engines.safe_pickle import CheckpointError, UnsafePickleError
+    from diffposetalk.safe_pickle import CheckpointError, UnsafePickleError
 
     try:
         return int(args.func(args) or 0)

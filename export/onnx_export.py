@@ -26,10 +26,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from dpt_live.errors import UserError
-from engines.backends import (FRAME_SAMPLES, TorchNetworks, call_denoiser, denoiser_batch, denoiser_input_names,
-                              model_hash)
-from engines.model import DiffPoseTalk
+from diffposetalk.errors import UserError
+from diffposetalk.model import DiffPoseTalk
+from engines.networks import (
+    FRAME_SAMPLES,
+    TorchNetworks,
+    call_denoiser,
+    denoiser_batch,
+    denoiser_input_names,
+    model_hash,
+)
 
 log = logging.getLogger("dpt_live.export")
 
@@ -164,7 +170,7 @@ class StyleGraph(nn.Module):
 # --- parity inputs (realistic ranges, reproducible) ---------------------------------------------------
 
 def parity_audio(window_samples: int) -> np.ndarray:
-    from streaming.synth_audio import speechlike
+    from diffposetalk.synth_audio import speechlike
 
     a = speechlike(window_samples / 16000, seed=7)
     return ((a - a.mean()) / (a.std() + 1e-5)).astype(np.float32)

@@ -1,4 +1,4 @@
-"""Dynamic int8 quantisation of exported graphs for CPU, and its measured fidelity.
+"""Dynamic int8 quantisation of exported graphs for CPU (its fidelity: bench/fidelity.py).
 
 ``quantize_dynamic`` stores MatMul/Gemm weights as int8 and quantises activations per call; the
 convolutions of HuBERT's front end stay fp32 (ConvInteger is slower than the fp32 conv on CPU and
@@ -12,8 +12,6 @@ import json
 import logging
 import os
 from pathlib import Path
-
-import numpy as np
 
 QUANTIZED_OPS = ["MatMul", "Gemm"]
 
@@ -44,34 +42,3 @@ def quantize_graph(src: str | Path, dst: str | Path | None = None) -> Path:
         meta.update(file=dst.name, precision="int8", max_abs_diff=None)  # lossy: measured by lip_fidelity
         Path(str(dst) + ".json").write_text(json.dumps(meta, indent=2) + "\n")
     return dst
-
-
-def lip_fidelity(loaded, reference, candidate, audio: np.ndarray, style: np.ndarray | None = None,
-                 config=None, sampler=None) -> dict:
-    """Stream ``audio`` through two engine backends (engines.backends.Networks) with the same
-    seed, sampler and style and compare the FLAME output of ``candidate`` with ``reference``:
-    lip_error (training/evaluate.py's definition: RMS of jaw opening + exp[0:5] in normalised
-    units), Pearson r of the jaw opening, and the largest difference of the motion vectors."""
-    from engines.model import Guidance
-    from streaming.commands import pick_sampler
-    from streaming.factory import torch_session
-    from streaming.session import StreamConfig
-    from training.evaluate import lip_error, pearson
-
-    config = config or StreamConfig()
-    sampler = sampler or pick_sampler("ddim", None, loaded)
-    stats = {k: v.detach().cpu().numpy() for k, v in loaded.stats.items()}
-    runs = []
-    for networks in (reference, candidate):
-        session = torch_session(loaded, sampler, Guidance(), config, style, networks=networks)
-        frames = []
-        for i in range(0, len(audio), 320):
-            frames += session.feed(audio[i:i + 320])
-        frames += session.finish()
-        runs.append({"exp": np.stack([f.exp for f in frames]), "pose": np.stack([f.pose for f in frames]),
-                     "motion": np.stack([f.motion for f in frames])})
-    ref, cand = runs
-    return {"frames": len(ref["exp"]),
-            "lip_error": lip_error(cand, ref, stats),
-            "jaw_corr": pearson(cand["pose"][:, 3], ref["pose"][:, 3]),
-            "max_abs_motion_diff": float(np.max(np.abs(cand["motion"] - ref["motion"])))}

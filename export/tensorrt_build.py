@@ -6,7 +6,7 @@
 - fp32 plans clear TF32 where the flag exists, so they match PyTorch fp32 within 1e-3.
 - Fixed shapes: the audio encoder at its window length, the denoiser with one optimisation
   profile over batch 1..k (k = the teacher's CFG passes), the style encoder at batch 1..4.
-- Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.backends.trt_cache_key)
+- Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.networks.trt_cache_key)
   names the GPU, compute capability, TensorRT version, model hash, graph and precision; a plan is
   checked against PyTorch after it is built and refused over the tolerance."""
 
@@ -20,9 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_live.errors import UserError
-from engines.backends import (TorchNetworks, backend_unavailable, cache_root, denoiser_batch, model_hash,
-                             trt_cache_key)
+from diffposetalk.errors import UserError
+from engines.networks import TorchNetworks, backend_unavailable, cache_root, denoiser_batch, model_hash, trt_cache_key
 
 log = logging.getLogger("dpt_live.export")
 
@@ -40,7 +39,7 @@ def gpu_identity() -> tuple[str, tuple[int, int], str]:
     """(GPU name, compute capability, TensorRT version) of device 0."""
     import tensorrt as trt
 
-    from engines.backend_trt import cuda_driver
+    from engines.tensorrt_runtime import cuda_driver
 
     dev = cuda_driver().Device(0)
     return dev.name(), tuple(dev.compute_capability()), trt.__version__
@@ -66,7 +65,7 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: dict[str, tuple[tuple
     profiles: input name -> (min, opt, max) shapes for the inputs with a dynamic batch."""
     import tensorrt as trt
 
-    from engines.backend_trt import trt_logger
+    from engines.tensorrt_runtime import trt_logger
 
     logger = trt_logger()
     builder = trt.Builder(logger)
@@ -159,7 +158,7 @@ def ensure_plan(loaded, onnx_dir: Path, graph: str, precision: str, window_sampl
 
 def plan_parity(loaded, plan: Path, graph: str, window_samples: int | None) -> tuple[float, float]:
     """Max abs difference of the plan's output to PyTorch fp32 on the export's parity inputs."""
-    from engines.backend_trt import TrtEngine
+    from engines.tensorrt_runtime import TrtEngine
     from export.onnx_export import denoiser_inputs, parity_audio
 
     cfg = loaded.config

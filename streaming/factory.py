@@ -9,11 +9,11 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
-from engines.backends import BACKEND_NAMES, BackendAudioFeatures, backend_model, choose_backend, make_networks
-from engines.model import Guidance
-from engines.model_dir import LoadedModel
-from engines.sampler import Sampler
-from streaming.backends import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
+from diffposetalk.model import Guidance
+from diffposetalk.model_dir import LoadedModel
+from diffposetalk.sampler import Sampler
+from engines.networks import BACKEND_NAMES, BackendAudioFeatures, backend_model, choose_backend, make_networks
+from streaming.motion import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
 from streaming.session import StepInfo, StreamConfig, StreamSession
 
 log = logging.getLogger("dpt_live.stream")
@@ -24,7 +24,7 @@ def torch_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
                   shape_raw: np.ndarray | torch.Tensor | None = None,
                   on_step: Callable[[StepInfo], None] | None = None, networks=None, **kwargs) -> StreamSession:
     """shape_raw: FLAME shape (100,) (default: the mean face); style: (d_style,) or None;
-    networks: an engines.backends.Networks to run the networks on (default: the model itself)."""
+    networks: an engines.networks.Networks to run the networks on (default: the model itself)."""
     config = config or StreamConfig()
     model, stats = loaded.model, loaded.stats
     shape_raw = torch.zeros(100) if shape_raw is None else torch.as_tensor(shape_raw, dtype=torch.float32)
@@ -54,7 +54,7 @@ def build_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     precision: fp32, or int8 (onnxruntime CPU) / fp16 (tensorrt); threads: ONNX Runtime intra-op
     threads (default 1). "auto" falls back to torch (with a warning) when the chosen backend
     cannot be prepared, e.g. an export that fails its parity check."""
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
 
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")

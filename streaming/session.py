@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streaming.backends import AudioFeatureEngine, CoefDecoder, MotionEngine
 from streaming.conditioning import AudioConditioner, RunningNormalizer
 from streaming.eyes import ProceduralEyes
+from streaming.motion import AudioFeatureEngine, CoefDecoder, MotionEngine
 from streaming.ring import RingBuffer
 from streaming.style import StyleFader
 from streaming.windowing import FPS, FRAME_SAMPLES, SAMPLE_RATE, WindowSpec, frames_in

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_live.errors import UserError
-from streaming.audio_io import SAMPLE_RATE, StreamResampler, pcm_to_float
+from diffposetalk.audio_io import SAMPLE_RATE, StreamResampler, pcm_to_float
+from diffposetalk.errors import UserError
 
 log = logging.getLogger("dpt_live.stream")
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 
 class StyleCache:
@@ -30,7 +30,7 @@ class StyleCache:
         if not self.loaded.config.use_style:
             raise UserError(f"model {self.loaded.path} takes no style input")
         if spec not in self.loaded.styles and Path(spec).suffix == ".npz":
-            from engines.style import style_from_coef_file
+            from diffposetalk.style_vectors import style_from_coef_file
 
             return style_from_coef_file(self.loaded, spec).astype(np.float32)
         return self.loaded.style(spec)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 SAMPLE_RATE = 16000
 FPS = 25

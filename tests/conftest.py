@@ -28,9 +28,9 @@ def random_stats(rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def make_tiny_model_dir(path, seed=0, **overrides):
-    from engines.config import tiny_config
-    from engines.model import DiffPoseTalk
-    from engines.model_dir import save_model_dir
+    from diffposetalk.config import tiny_config
+    from diffposetalk.model import DiffPoseTalk
+    from diffposetalk.model_dir import save_model_dir
 
     torch.manual_seed(seed)
     cfg = tiny_config(**overrides)
@@ -48,7 +48,7 @@ def tiny_model_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def loaded(tiny_model_dir):
-    from engines.model_dir import load_model_dir
+    from diffposetalk.model_dir import load_model_dir
 
     return load_model_dir(tiny_model_dir)
 

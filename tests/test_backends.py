@@ -8,18 +8,26 @@ import logging
 import numpy as np
 import pytest
 import torch
-
 from conftest import make_tiny_model_dir
-from dpt_live.errors import UserError
-from engines.backends import (BACKEND_NAMES, TorchNetworks, backend_model, backend_unavailable, choose_backend,
-                              make_networks, model_hash, trt_cache_key)
-from engines.model import Guidance, WindowCondition
-from engines.model_dir import load_model_dir
-from engines.sampler import DDIMSampler
+
+from diffposetalk.errors import UserError
+from diffposetalk.model import Guidance, WindowCondition
+from diffposetalk.model_dir import load_model_dir
+from diffposetalk.sampler import DDIMSampler
+from diffposetalk.synth_audio import speechlike
+from engines.networks import (
+    BACKEND_NAMES,
+    TorchNetworks,
+    backend_model,
+    backend_unavailable,
+    choose_backend,
+    make_networks,
+    model_hash,
+    trt_cache_key,
+)
 from export.onnx_export import denoiser_inputs
 from streaming.factory import build_session
 from streaming.session import StreamConfig
-from streaming.synth_audio import speechlike
 
 CONFIG = StreamConfig(80, 80, 400)  # window 560 ms: 8960 samples, 14 frames
 WINDOW = CONFIG.spec().window_samples
@@ -203,7 +211,7 @@ def test_auto_falls_back_to_torch_when_the_cache_is_unusable(teacher, tmp_path, 
 def test_graphs_of_another_model_are_refused(teacher, tmp_path):
     other = load_model_dir(make_tiny_model_dir(tmp_path / "other", seed=9))
     make_networks(other, "onnxruntime", cache_dir=tmp_path / "g")  # exports the other model's denoiser
-    from engines.backend_ort import OrtNetworks
+    from engines.onnx_runtime import OrtNetworks
 
     with pytest.raises(UserError, match="was exported from another model"):
         OrtNetworks.for_model(teacher, cache_dir=tmp_path / "g")

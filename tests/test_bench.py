@@ -140,7 +140,7 @@ def test_students_use_their_teachers_reference(tmp_path):
 
 
 def test_random_architecture_is_built_once(tmp_path):
-    from streaming.bench_matrix import arch_model_dir
+    from bench.matrix import arch_model_dir
 
     d = arch_model_dir("tiny", tmp_path)
     assert (d / "config.json").is_file() and (d / "styles" / "default.npy").is_file()

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from engines.config import tiny_config
-from engines.convert import convert
-from engines.generate import generate_motion
-from engines.layers import sinusoid_table
-from engines.model import DiffPoseTalk, Guidance
-from engines.model_dir import load_model_dir
-from engines.safe_pickle import CheckpointError, UnsafePickleError, load_torch_checkpoint
-from engines.sampler import DDIMSampler, RandomNoise
+from diffposetalk.config import tiny_config
+from diffposetalk.convert import convert
+from diffposetalk.generate import generate_motion
+from diffposetalk.layers import sinusoid_table
+from diffposetalk.model import DiffPoseTalk, Guidance
+from diffposetalk.model_dir import load_model_dir
+from diffposetalk.safe_pickle import CheckpointError, UnsafePickleError, load_torch_checkpoint
+from diffposetalk.sampler import DDIMSampler, RandomNoise
 from tests.conftest import random_stats
 
 

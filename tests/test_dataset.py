@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from dpt_live.errors import UserError
-from engines.safe_pickle import UnsafePickleError
+from diffposetalk.errors import UserError
+from diffposetalk.safe_pickle import UnsafePickleError
 from training import tfhp_format as fmt
 from training.dataset import DenoiserDataset, StyleDataset, TfhpLmdb, load_stats
 from training.tfhp_writer import TfhpWriter

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 
 def _run(argv):
@@ -22,10 +22,10 @@ def _run(argv):
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     """A tiny lmdb (p0, p1 train; p2 val; p3 test), a tiny teacher and its targets (built once)."""
-    from engines.model import DiffPoseTalk
-    from engines.model_dir import save_model_dir
+    from diffposetalk.archs import make_config
+    from diffposetalk.model import DiffPoseTalk
+    from diffposetalk.model_dir import save_model_dir
     from tests.test_train import write_tiny_lmdb
-    from training.archs import make_config
     from training.train_data import load_stats_np
 
     root = tmp_path_factory.mktemp("distill")
@@ -44,7 +44,7 @@ def setup(tmp_path_factory):
 
 
 def _teacher(setup):
-    from engines.model_dir import load_model_dir
+    from diffposetalk.model_dir import load_model_dir
 
     return load_model_dir(setup["teacher"])
 
@@ -54,10 +54,10 @@ def _teacher(setup):
 def test_recording_engine_gives_the_live_inputs(setup):
     """The inputs stored for the student are what a live session hands a student model, and the
     session replays the teacher's frames (teacher forcing, seam blend included)."""
-    from engines.model import Guidance
-    from engines.sampler import DDIMSampler
-    from streaming.backends import TorchMotionEngine
+    from diffposetalk.model import Guidance
+    from diffposetalk.sampler import DDIMSampler
     from streaming.factory import torch_session
+    from streaming.motion import TorchMotionEngine
     from streaming.session import StreamConfig
     from training.distill import make_student
     from training.distill_data import record_stream
@@ -212,7 +212,7 @@ def test_style_swap_conditions_on_another_speaker(setup, tmp_path):
 
 def test_student_guidance_inputs(setup):
     """Different scales give different outputs; no style means w_style 0 (not the given scale)."""
-    from engines.model import Guidance, WindowCondition
+    from diffposetalk.model import Guidance, WindowCondition
     from training.distill import make_student
 
     teacher = _teacher(setup)
@@ -282,10 +282,10 @@ def test_losses_on_known_inputs():
 # --- the command -------------------------------------------------------------------------------
 
 def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
-    from engines.model import Guidance
-    from engines.model_dir import load_model_dir
-    from engines.sampler import DDIMSampler, make_sampler
-    from engines.generate import generate_motion
+    from diffposetalk.generate import generate_motion
+    from diffposetalk.model import Guidance
+    from diffposetalk.model_dir import load_model_dir
+    from diffposetalk.sampler import DDIMSampler, make_sampler
     from streaming.factory import torch_session
     from streaming.session import StreamConfig
 
@@ -349,9 +349,9 @@ def test_bad_arguments(setup):
 def test_bundled_demo_student_is_the_stream_default():
     """models/demo-student: a 1-step student with the teacher's presets, small enough to bundle,
     and what `stream` / `serve` load when --model is not given."""
+    from diffposetalk.model_dir import load_model_dir
+    from diffposetalk.paths import DEFAULT_STREAM_MODEL
     from dpt_live.cli import build_parser
-    from engines.model_dir import load_model_dir
-    from streaming.commands import DEFAULT_STREAM_MODEL
 
     assert DEFAULT_STREAM_MODEL.name == "demo-student"
     total = sum(f.stat().st_size for d in ("demo", "demo-student")

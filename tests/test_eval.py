@@ -99,10 +99,10 @@ def test_style_swap_tells_style_from_voice(monkeypatch):
 def test_eval_end_to_end(tmp_path):
     import torch
 
-    from engines.model import DiffPoseTalk
-    from engines.model_dir import save_model_dir
+    from diffposetalk.archs import make_config
+    from diffposetalk.model import DiffPoseTalk
+    from diffposetalk.model_dir import save_model_dir
     from tests.test_train import write_tiny_lmdb
-    from training.archs import make_config
     from training.evaluate import cmd_eval
     from training.train_data import load_stats_np
 
@@ -127,10 +127,10 @@ def test_eval_presets_on_the_same_audio(tmp_path):
     (ratio exactly 1), different ones do not."""
     import torch
 
-    from engines.model import DiffPoseTalk
-    from engines.model_dir import save_model_dir
+    from diffposetalk.archs import make_config
+    from diffposetalk.model import DiffPoseTalk
+    from diffposetalk.model_dir import save_model_dir
     from tests.test_train import write_tiny_lmdb
-    from training.archs import make_config
     from training.evaluate import evaluate
     from training.train_data import load_stats_np
 
@@ -162,11 +162,11 @@ def test_probe_reports_x0_error_per_step(tmp_path):
     nearly clean x_t and grows with t (so the noising is the training one); bad steps refused."""
     import torch
 
-    from dpt_live.errors import UserError
-    from engines.model import DiffPoseTalk
-    from engines.model_dir import load_model_dir, save_model_dir
+    from diffposetalk.archs import make_config
+    from diffposetalk.errors import UserError
+    from diffposetalk.model import DiffPoseTalk
+    from diffposetalk.model_dir import load_model_dir, save_model_dir
     from tests.test_train import write_tiny_lmdb
-    from training.archs import make_config
     from training.probe import cmd_probe, probe_denoiser
     from training.train_data import load_split, load_stats_np
 
@@ -192,12 +192,12 @@ def test_presets_from_dataset_speakers(tmp_path):
     """dpt-live presets: styles/NAME.npy = mean style over all the speaker's GT windows."""
     import torch
 
+    from diffposetalk.archs import make_config
+    from diffposetalk.errors import UserError
+    from diffposetalk.model import DiffPoseTalk, coef_to_motion
+    from diffposetalk.model_dir import load_model_dir, save_model_dir
     from dpt_live.cli import main
-    from dpt_live.errors import UserError
-    from engines.model import DiffPoseTalk, coef_to_motion
-    from engines.model_dir import load_model_dir, save_model_dir
     from tests.test_train import write_tiny_lmdb
-    from training.archs import make_config
     from training.evaluate import gt_clip_styles
     from training.presets import parse_pairs, speaker_presets
     from training.train_data import load_split, load_stats_np

@@ -9,9 +9,9 @@ import numpy as np
 import onnx
 import pytest
 
+from diffposetalk.model_dir import load_model_dir
 from dpt_live.cli import main
-from engines.backends import backend_unavailable, model_hash
-from engines.model_dir import load_model_dir
+from engines.networks import backend_unavailable, model_hash
 from export.onnx_export import ParityError, export_model
 
 

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 import torch
 
-from dpt_live.errors import UserError
-from engines import flame as flame_mod
-from engines.flame import Flame, FlameData, axis_angle_to_matrix, load_flame, save_flame_npz
-from engines.safe_pickle import CheckpointError, UnsafePickleError
+from diffposetalk.errors import UserError
+from diffposetalk.flame import Flame, FlameData, axis_angle_to_matrix, load_flame, save_flame_npz
+from diffposetalk.safe_pickle import CheckpointError, UnsafePickleError
+from dpt_live.commands import flame as flame_command
 
 V, F = 30, 40
 JAW = 2
@@ -391,7 +391,7 @@ def test_flame_buffers_stay_out_of_state_dict(flame):
 
 def run_cli(argv):
     parser = argparse.ArgumentParser()
-    flame_mod.register(parser.add_subparsers(dest="command"))
+    flame_command.register(parser.add_subparsers(dest="command"))
     args = parser.parse_args(argv)
     return args.func(args)
 
@@ -422,11 +422,11 @@ def test_flame_verts_reports_missing_coefficients(files, tmp_path):
 
 def test_cli_registration_is_light_and_command_runs_fresh(files, tmp_path):
     # A fresh interpreter: registering must not import torch; the command must work without
-    # anything having touched engines.flame.Flame first.
+    # anything having touched diffposetalk.flame.Flame first.
     coef, out = tmp_path / "coef.npz", tmp_path / "v.npy"
     np.savez(coef, exp=np.zeros((2, 50)), pose=np.zeros((2, 6)), shape=np.zeros(100))
     script = (
-        "import argparse, sys; import engines.flame as m\n"
+        "import argparse, sys; import dpt_live.commands.flame as m\n"
         "p = argparse.ArgumentParser(); m.register(p.add_subparsers())\n"
         "assert 'torch' not in sys.modules\n"
         f"a = p.parse_args(['flame-verts', '--flame', {str(files['2023'])!r}, '--coef', {str(coef)!r},"

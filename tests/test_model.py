@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from engines.audio_encoder import normalize_clip, pad_audio
-from engines.config import ModelConfig, tiny_config
-from engines.diffusion import DiffusionSchedule
-from engines.layers import alignment_mask
-from engines.model import DiffPoseTalk, WindowCondition, coef_to_motion, motion_to_coef
+from diffposetalk.audio_encoder import normalize_clip, pad_audio
+from diffposetalk.config import ModelConfig, tiny_config
+from diffposetalk.diffusion import DiffusionSchedule
+from diffposetalk.layers import alignment_mask
+from diffposetalk.model import DiffPoseTalk, WindowCondition, coef_to_motion, motion_to_coef
 
 
 def _cond(model, n=2, style=True):

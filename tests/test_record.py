@@ -14,7 +14,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import make_tiny_model_dir
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -35,7 +34,7 @@ class LiveServerProcess:
         self.proc = None
         self.port = None
 
-    def launch(self) -> "LiveServerProcess":
+    def launch(self) -> LiveServerProcess:
         """Start the process without waiting (launch several, then wait_ready each)."""
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen(self.cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
@@ -54,13 +53,13 @@ class LiveServerProcess:
         threading.Thread(target=drain, daemon=True).start()
         return self
 
-    def wait_ready(self, timeout: float = 180.0) -> "LiveServerProcess":
+    def wait_ready(self, timeout: float = 180.0) -> LiveServerProcess:
         if not self._ready.wait(timeout) or self.port is None:
             self.stop()
             raise RuntimeError("server did not start:\n" + "\n".join(self.lines[-30:]))
         return self
 
-    def start(self, timeout: float = 180.0) -> "LiveServerProcess":
+    def start(self, timeout: float = 180.0) -> LiveServerProcess:
         return self.launch().wait_ready(timeout)
 
     @property
@@ -151,9 +150,9 @@ def test_record_writes_animate_layout(server, tmp_path):
     assert np.all(rec["recv_time"] >= rec["emit_time"] - 0.01)
     assert np.all(np.isfinite(rec["exp"])) and rec["exp"].std() > 0  # real motion, not zeros
     # The recording is what flame-verts/animate read.
-    from engines.flame import _load_coefficients
+    from diffposetalk.flame import load_coefficients
 
-    s, e, p = _load_coefficients(out)
+    s, e, p = load_coefficients(out)
     assert e.shape == (30, 50) and p.shape == (30, 6) and s.shape == (30, 100)
 
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from engines.config import tiny_config
-from engines.generate import generate_motion, plan_windows
-from engines.model import DiffPoseTalk, Guidance, WindowCondition, combine_guidance
-from engines.sampler import DDIMSampler, DDPMSampler, FileNoise, RandomNoise
+from diffposetalk.config import tiny_config
+from diffposetalk.generate import generate_motion, plan_windows
+from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition, combine_guidance
+from diffposetalk.sampler import DDIMSampler, DDPMSampler, FileNoise, RandomNoise
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,15 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from streaming import protocol as p
+from server import protocol as p
 
 TOKEN = "test-token"
 
 
 @pytest.fixture(scope="module")
 def engine(loaded):
-    from engines.sampler import DDIMSampler
-    from streaming.server_engine import Engine
+    from diffposetalk.sampler import DDIMSampler
+    from server.engine import Engine
     from streaming.session import StreamConfig
 
     return Engine(loaded=loaded, sampler=DDIMSampler(1), config=StreamConfig(80, 80, 400, eyes=True),
@@ -62,7 +62,7 @@ class Harness:
 
 
 async def start(engine, own=None, **config):
-    from streaming.server import LiveServer, ServerConfig
+    from server.app import LiveServer, ServerConfig
 
     cfg = ServerConfig(host="127.0.0.1", port=0, token=TOKEN, **config)
     factory, kind = own if own else (None, "none")
@@ -72,7 +72,7 @@ async def start(engine, own=None, **config):
 
 
 def file_source(path, realtime=True):
-    from streaming.server_sources import LoopingFileSource
+    from server.sources import LoopingFileSource
 
     return (lambda: LoopingFileSource(path, loop=True, realtime=realtime)), "file"
 
@@ -209,7 +209,7 @@ def test_slow_viewer_loses_oldest_frames_others_and_pipeline_unaffected(engine):
                 while True:
                     try:
                         msg = p.decode_server_message(await asyncio.wait_for(slow.recv(), 1.5))
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                     (slow_notices if isinstance(msg, dict) else slow_frames).append(msg)
                 metrics = await h.text("/metrics")
@@ -380,7 +380,7 @@ def test_controls_style_guidance_pause_and_errors(engine, speech_like_wav):
                 while True:
                     try:
                         await asyncio.wait_for(ws.recv(), 0.05)
-                    except asyncio.TimeoutError:
+                    except TimeoutError:
                         break
                 seq_before = h.server.sessions["default"].pipeline.seq
                 await asyncio.sleep(0.6)
@@ -435,7 +435,7 @@ def test_healthz_metrics_idle_session_close_and_graceful_shutdown(engine, speech
     for name in ("dpt_frames_total", "dpt_viewers 1", "dpt_sessions", "dpt_frame_latency_seconds_bucket",
                  "dpt_step_seconds_count", "dpt_server_overhead_seconds_sum", 'le="+Inf"'):
         assert name in metrics
-    from streaming.server_bench import parse_histogram, quantile_from_cumulative
+    from bench.server_load import parse_histogram, quantile_from_cumulative
 
     bounds, cum, _, count = parse_histogram(metrics, "dpt_server_overhead_seconds")
     assert count == cum[-1] > 0 and quantile_from_cumulative(bounds, cum, 0.5) > 0
@@ -444,7 +444,7 @@ def test_healthz_metrics_idle_session_close_and_graceful_shutdown(engine, speech
 
 def test_a_client_that_sends_but_never_reads_is_closed(engine):
     """Answers (pong) to a client that never reads pile up only to a bound, then it is closed."""
-    from streaming.server_hub import MAX_NOTICES
+    from server.hub import MAX_NOTICES
 
     async def scenario():
         h = await start(engine, send_buffer=4096, write_limit=4096)
@@ -488,8 +488,8 @@ def test_static_viewer_files_and_flame_asset(engine, tmp_path):
     session's shape) is served at /flame.bin with the token and announced in hello."""
     import argparse
 
-    from clients.flame_asset import parse_flame_asset
-    from streaming.serve import flame_asset
+    from dpt_live.commands.serve import flame_asset
+    from server.flame_asset import parse_flame_asset
 
     web = tmp_path / "web"
     web.mkdir()
@@ -519,8 +519,8 @@ def test_static_viewer_files_and_flame_asset(engine, tmp_path):
 def test_probe_pins_the_backend_auto_resolved_to(loaded):
     """Sessions are rebuilt on reset, guidance, pause and source switches: "auto" is chosen once
     at start-up (Engine.probe), so a rebuild neither chooses again nor retries a failed export."""
-    from engines.sampler import DDIMSampler
-    from streaming.server_engine import Engine
+    from diffposetalk.sampler import DDIMSampler
+    from server.engine import Engine
     from streaming.session import StreamConfig
 
     e = Engine(loaded=loaded, sampler=DDIMSampler(1), config=StreamConfig(80, 80, 400), backend="auto")

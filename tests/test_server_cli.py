@@ -16,7 +16,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from streaming import protocol as p
+from server import protocol as p
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,8 +26,8 @@ def serve_cmd(*args):
 
 
 def test_backend_choices_match_the_factory():
+    from dpt_live.commands.serve import BACKENDS as SERVE_BACKENDS
     from streaming.factory import BACKENDS
-    from streaming.serve import BACKENDS as SERVE_BACKENDS
 
     assert SERVE_BACKENDS == BACKENDS
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streaming.server_bench import histogram_delta, parse_histogram, quantile_from_cumulative
-from streaming.server_metrics import Histogram, ServerMetrics
+from bench.server_load import histogram_delta, parse_histogram, quantile_from_cumulative
+from server.metrics import Histogram, ServerMetrics
 
 
 def test_histogram_counts_buckets_and_estimates_quantiles():

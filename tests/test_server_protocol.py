@@ -8,7 +8,7 @@ import struct
 import numpy as np
 import pytest
 
-from streaming import protocol as p
+from server import protocol as p
 
 
 def frame(eyes=True, **kw) -> p.WireFrame:

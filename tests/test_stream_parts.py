@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from dpt_live.errors import UserError
-from streaming.audio_io import StreamResampler, pcm_to_float
+from diffposetalk.audio_io import StreamResampler, pcm_to_float
+from diffposetalk.errors import UserError
 from streaming.conditioning import AudioConditioner, RunningNormalizer
 from streaming.eyes import ProceduralEyes
 from streaming.metrics import replay_latency, seam_smoothness

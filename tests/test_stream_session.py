@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 import torch
 
-from engines.model import Guidance
-from engines.model_dir import load_model_dir
-from engines.sampler import DDIMSampler, DDPMSampler
-from streaming.backends import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
+from diffposetalk.model import Guidance
+from diffposetalk.model_dir import load_model_dir
+from diffposetalk.sampler import DDIMSampler, DDPMSampler
+from diffposetalk.synth_audio import speechlike, speechlike_blocks
 from streaming.factory import torch_session
 from streaming.metrics import seam_smoothness
+from streaming.motion import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
 from streaming.session import StreamConfig, StreamSession
-from streaming.synth_audio import speechlike, speechlike_blocks
 from streaming.windowing import FRAME_SAMPLES
 
 
@@ -92,7 +92,7 @@ def test_continuation_and_window_layout(loaded, audio):
     history_m = list(session.motion.start_motion)
     history_a = list(session.motion.start_audio)
     pending = np.zeros((0, emitted.shape[1]))
-    for k, (feat, ind, prev_m, prev_a, style, step, out) in enumerate(spy_motion.calls):
+    for k, (feat, ind, prev_m, prev_a, _style, step, out) in enumerate(spy_motion.calls):
         assert step == k
         np.testing.assert_array_equal(prev_m, np.stack(history_m[-n_prev:]))
         np.testing.assert_array_equal(prev_a, np.stack(history_a[-n_prev:]))
@@ -209,7 +209,7 @@ def test_long_stream_no_drift_or_memory_growth(tmp_path):
     timing question: `dpt-live stream-bench --long 3600` measures it; no timed assertions here.)"""
     from conftest import make_tiny_model_dir
 
-    from engines.config import HUBERT_TINY
+    from diffposetalk.config import HUBERT_TINY
 
     hubert = dict(HUBERT_TINY, hidden_size=16, num_hidden_layers=1, conv_dim=[8] * 7, intermediate_size=32,
                   num_conv_pos_embeddings=8, num_conv_pos_embedding_groups=2)
@@ -236,7 +236,7 @@ def test_long_stream_no_drift_or_memory_growth(tmp_path):
 
 
 def _rss_mb() -> float:
-    from streaming.bench import rss_mb
+    from bench.stream_grid import rss_mb
 
     return rss_mb()
 

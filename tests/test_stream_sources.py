@@ -12,8 +12,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from engines.model import Guidance
-from engines.sampler import DDIMSampler
+from diffposetalk.model import Guidance
+from diffposetalk.sampler import DDIMSampler
+from diffposetalk.synth_audio import speechlike
 from streaming.factory import torch_session
 from streaming.runner import run_stream
 from streaming.session import StreamConfig
@@ -24,7 +25,6 @@ from streaming.sources import (
     PushSource,
     import_sounddevice,
 )
-from streaming.synth_audio import speechlike
 
 
 def new_session(loaded):
@@ -112,7 +112,7 @@ def test_source_lost_ends_session_cleanly(loaded, caplog):
 
 def test_runner_stop_event(loaded):
     src = PushSource()
-    for i in range(10):
+    for _ in range(10):
         src.push(np.zeros(1600, np.float32))
     src.end()
     stop = threading.Event()
@@ -199,8 +199,8 @@ def test_mic_lost_mid_stream(loaded, caplog, lose):
 def cli_main(monkeypatch):
     from dpt_live import cli
 
-    if "streaming.commands" not in cli.COMMAND_MODULES:
-        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ["streaming.commands"])
+    if "dpt_live.commands.stream" not in cli.COMMAND_MODULES:
+        monkeypatch.setattr(cli, "COMMAND_MODULES", cli.COMMAND_MODULES + ["dpt_live.commands.stream"])
     before = torch.get_num_threads()
     yield cli.main
     torch.set_num_threads(before)

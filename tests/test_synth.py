@@ -153,7 +153,7 @@ def test_phoneme_events_line_up_with_audio_energy(world):
             audio = data.read_clip(entry)["audio"]
             audio = audio - audio.mean()
 
-            def power(s, e):
+            def power(s, e, audio=audio):
                 return float(np.mean(audio[int(s * 16000):int(e * 16000)] ** 2))
 
             speech = [power(s, e) for p, s, e in info["phonemes"] if not is_pause(p) and e - s > 0.04]
@@ -293,7 +293,7 @@ def test_values_hold_only_plain_data(world):
 # --- CLI ----------------------------------------------------------------------------------------
 
 def test_synth_command(tmp_path, capsys):
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
     from training.synth.command import register
 
     parser = argparse.ArgumentParser()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 
 def write_tiny_lmdb(path, n_people=6, clips=2, frames=260, seed=0):
@@ -83,8 +83,8 @@ def test_truncation_draws():
 
 def test_padded_frames_do_not_count(tiny_data):
     """Loss is unchanged by GT values after a window's end index (they are zeroed and masked)."""
-    from engines.model import DiffPoseTalk
-    from training.archs import make_config
+    from diffposetalk.archs import make_config
+    from diffposetalk.model import DiffPoseTalk
     from training.train_data import WindowBank, load_split, load_stats_np
     from training.train_denoiser import denoiser_losses, make_batch
 
@@ -123,9 +123,9 @@ def test_snr_weights_and_weighted_window_losses():
 
 
 def test_fixed_batch_losses_decrease(tiny_data):
-    from engines.model import DiffPoseTalk
-    from engines.style_encoder import StyleEncoder
-    from training.archs import make_config
+    from diffposetalk.archs import make_config
+    from diffposetalk.model import DiffPoseTalk
+    from diffposetalk.style_encoder import StyleEncoder
     from training.losses import LossWeights, nt_xent, total_loss
     from training.train_data import WindowBank, load_split, load_stats_np
     from training.train_denoiser import denoiser_losses, make_batch, set_dropout
@@ -142,7 +142,9 @@ def test_fixed_batch_losses_decrease(tiny_data):
     se_losses = []
     for _ in range(6):
         loss = nt_xent(enc(a), enc(b))
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         se_losses.append(loss.item())
     assert np.isfinite(se_losses).all() and se_losses[-1] < se_losses[0]
 
@@ -153,7 +155,9 @@ def test_fixed_batch_losses_decrease(tiny_data):
     losses = []
     for _ in range(6):
         loss = total_loss(denoiser_losses(model, batch, "cpu"), LossWeights())
-        opt.zero_grad(); loss.backward(); opt.step()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
         losses.append(loss.item())
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
@@ -177,7 +181,7 @@ def test_style_encoder_resume_is_identical(tiny_data, tmp_path):
 
 
 def test_denoiser_trains_and_resumes_identically(tiny_data, tmp_path):
-    from engines.model_dir import load_model_dir
+    from diffposetalk.model_dir import load_model_dir
     from training.train_denoiser import train_denoiser
     from training.train_style import train_style_encoder
 
@@ -198,8 +202,8 @@ def test_denoiser_trains_and_resumes_identically(tiny_data, tmp_path):
 def test_style_consistency_term(tiny_data):
     """--style-loss: 1 - cos of the frozen encoder's vectors, over style-conditioned whole windows
     only; its gradient reaches the denoiser and leaves the style encoder alone."""
-    from engines.model import DiffPoseTalk
-    from training.archs import make_config
+    from diffposetalk.archs import make_config
+    from diffposetalk.model import DiffPoseTalk
     from training.losses import LossWeights, total_loss
     from training.train_data import WindowBank, load_split, load_stats_np
     from training.train_denoiser import denoiser_losses, make_batch, set_trainable, style_consistency
@@ -259,8 +263,8 @@ def test_std_matching_ignores_phase_and_offset():
 def test_fine_tune_with_frozen_cached_audio(tiny_data, tmp_path):
     """--init starts from a model directory; --freeze-audio all leaves the audio path untouched,
     and its cached whole-clip features are the ones the model computes for that clip."""
-    from engines.audio_encoder import normalize_clip
-    from engines.model_dir import load_model_dir
+    from diffposetalk.audio_encoder import normalize_clip
+    from diffposetalk.model_dir import load_model_dir
     from training.train_data import load_split
     from training.train_denoiser import FeatureCache, train_denoiser
     from training.train_style import train_style_encoder
@@ -298,8 +302,8 @@ def test_bad_data_path_and_split(tiny_data, tmp_path):
 
 
 def test_demo_arch_size():
-    from engines.model import DiffPoseTalk
-    from training.archs import make_config
+    from diffposetalk.archs import make_config
+    from diffposetalk.model import DiffPoseTalk
 
     cfg = make_config("demo")
     assert cfg.hubert["hidden_size"] // 64 == cfg.hubert["num_attention_heads"]

@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 from pythonosc.dispatcher import Dispatcher
 from pythonosc.osc_server import ThreadingOSCUDPServer
+from test_record import TOKEN, fast_model_dir, server  # noqa: F401 - fixtures
 
 from clients.vmc import Playout, VmcBridge, parse_target, run_bridge
 from clients.vmc_map import DEFAULT_MAPPING, FEATURES, MappingError, VmcMapper, load_mapping, unity_quaternion
 from training.synth.visemes import EXP_MAP, VISEMES
-
-from test_record import TOKEN, fast_model_dir, server  # noqa: F401 - fixtures
 
 
 class Receiver:
@@ -167,7 +166,7 @@ def test_mapping_file_overrides_and_errors(tmp_path):
 def test_parse_target():
     assert parse_target("127.0.0.1:39539") == ("127.0.0.1", 39539)
     assert parse_target("[::1]:9000") == ("::1", 9000)
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
 
     for bad in ("localhost", "h:0", "h:x", ":5"):
         with pytest.raises(UserError):

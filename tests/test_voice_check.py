@@ -14,8 +14,16 @@ import soundfile as sf
 
 from dpt_live.cli import main
 from training import real_voices
-from training.voice_check import (DEFINITIONS, FRAME, SAMPLE_RATE, VAD_DILATE, jaw_metrics, pad_silence,
-                                  speech_frames, variants)
+from training.voice_check import (
+    DEFINITIONS,
+    FRAME,
+    SAMPLE_RATE,
+    VAD_DILATE,
+    jaw_metrics,
+    pad_silence,
+    speech_frames,
+    variants,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 

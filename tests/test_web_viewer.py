@@ -1,5 +1,5 @@
 """The browser viewer in real headless Chromium, served by a real `dpt-live serve`: frames arrive
-and render (proxy head and FLAME mesh), the FLAME vertex shader matches engines.flame.Flame, the HUD
+and render (proxy head and FLAME mesh), the FLAME vertex shader matches diffposetalk.flame.Flame, the HUD
 controls reach the server, the microphone streams upstream, and the page reconnects by itself."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ import time
 
 import numpy as np
 import pytest
-
-from clients.flame_asset import FlameAssetError, build_flame_asset, parse_flame_asset
 from test_flame import write_flame2020
 from test_record import TOKEN, LiveServerProcess, fast_model_dir  # noqa: F401 - fixture
+
+from server.flame_asset import FlameAssetError, build_flame_asset, parse_flame_asset
 
 CHROMIUM = pathlib.Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed "
@@ -98,7 +98,7 @@ def head_pkl(tmp_path_factory):
 def test_flame_asset_round_trip_and_skinning_reference(head_pkl):
     import torch
 
-    from engines.flame import Flame, axis_angle_to_matrix, load_flame
+    from diffposetalk.flame import Flame, axis_angle_to_matrix, load_flame
 
     data = load_flame(head_pkl)
     shape = np.random.default_rng(3).normal(size=100)
@@ -111,7 +111,7 @@ def test_flame_asset_round_trip_and_skinning_reference(head_pkl):
     assert a["verts"].shape == (a["V"], 3) and a["faces"].dtype == np.uint32
     assert a["expdirs"].dtype == np.float16 and a["expdirs"].shape == (50, a["V"], 3)
 
-    # The documented LBS over the asset's arrays reproduces engines.flame.Flame.
+    # The documented LBS over the asset's arrays reproduces diffposetalk.flame.Flame.
     rng = np.random.default_rng(4)
     exp, pose = rng.normal(size=50), rng.normal(size=6) * 0.3
     with torch.no_grad():
@@ -133,7 +133,7 @@ def test_flame_asset_round_trip_and_skinning_reference(head_pkl):
 
 
 def test_flame_asset_errors(head_pkl):
-    from engines.flame import load_flame
+    from diffposetalk.flame import load_flame
 
     data = load_flame(head_pkl)
     blob = build_flame_asset(data, np.zeros(100))
@@ -274,7 +274,7 @@ def skin_in_browser(page, exp, pose, gaze):
 def test_flame_viewer_renders_and_matches_flame(browser, flame_server, head_pkl):
     import torch
 
-    from engines.flame import Flame, load_flame
+    from diffposetalk.flame import Flame, load_flame
 
     page = open_viewer(browser, flame_server)
     page.wait_for_function("() => window.dptViewer && window.dptViewer.mode === 'flame'", timeout=60000)
@@ -287,7 +287,7 @@ def test_flame_viewer_renders_and_matches_flame(browser, flame_server, head_pkl)
                           "&& window.dptViewer.framesRendered > 3", timeout=60000)
     assert stats(gpu, "flame")["flame"]["blend"] == "gpu" and gpu.errors == []
 
-    # The live vertex shader (read back by transform feedback) against engines.flame.Flame with the
+    # The live vertex shader (read back by transform feedback) against diffposetalk.flame.Flame with the
     # session's identity shape from the hello.
     shape = np.asarray(page.evaluate("() => window.dptViewer.hello.template.shape"), np.float32)
     rng = np.random.default_rng(7)

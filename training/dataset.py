@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 from training import tfhp_format as fmt
 
 

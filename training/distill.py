@@ -5,7 +5,7 @@ guidance scales (w_audio, w_style) as an input and maps the teacher's noise to t
 full-context, CFG-guided DDIM output in 1, 2 or 4 passes, from the inputs a live streaming
 session gives it (training/distill_data.py). Multi-step students are trained unrolled: each step's
 x0 is compared with the teacher's, and the next step starts from the DDIM re-noise of the
-*detached* previous x0, exactly as engines.sampler.DDIMSampler runs it.
+*detached* previous x0, exactly as diffposetalk.sampler.DDIMSampler runs it.
 
 The student is initialised from the teacher (the learnable positional embedding truncated to the
 shorter window); audio encoder, style encoder and the learned start/null vectors are frozen, so the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 log = logging.getLogger("dpt_live.distill")
 
@@ -105,7 +105,7 @@ def make_student(teacher, n_motions: int, steps: int):
     conditional pass)."""
     import torch
 
-    from engines.model import DiffPoseTalk
+    from diffposetalk.model import DiffPoseTalk
 
     tcfg = teacher.config
     if tcfg.kind != "teacher":
@@ -145,7 +145,7 @@ def unrolled(student, b, steps: int, dim_w, vel_weight: float):
     per-step coef losses). The next step's input is the re-noise of the detached x0."""
     import torch
 
-    from engines.sampler import DDIMSampler
+    from diffposetalk.sampler import DDIMSampler
     from training.distill_losses import student_losses, total
 
     sched = student.diffusion_sched
@@ -211,7 +211,7 @@ def cmd_distill(args) -> int:
     import torch
     from tqdm import tqdm
 
-    from engines.model_dir import load_model_dir, save_model_dir
+    from diffposetalk.model_dir import load_model_dir, save_model_dir
     from training.distill_data import DistillSet
     from training.distill_losses import dim_weights
     from training.train_denoiser import set_dropout

@@ -4,7 +4,7 @@ streaming session gives the student.
 For one (clip, target set):
 
 1. draw the guidance scales (and whether a style is given) and a noise seed;
-2. the teacher generates the whole clip offline (engines.generate.generate_motion, DDIM, whole-clip
+2. the teacher generates the whole clip offline (diffposetalk.generate.generate_motion, DDIM, whole-clip
    audio normalisation, 100-frame windows) from a recorded x_T — the target;
 3. a real :class:`streaming.session.StreamSession` runs over the clip's audio with a
    :class:`RecordingEngine` in place of the motion engine. It stores what the session hands a
@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 log = logging.getLogger("dpt_live.distill")
 
@@ -65,7 +65,7 @@ def draw_target(seed: int, set_idx: int, clip_idx: int, configs=DEFAULT_CONFIGS)
 
 
 class RecordingEngine:
-    """A streaming MotionEngine (same attributes as streaming.backends.TorchMotionEngine) that
+    """A streaming MotionEngine (same attributes as streaming.motion.TorchMotionEngine) that
     records each step's inputs and returns the teacher's frames for the window (teacher forcing).
 
     ``teacher`` (T, D) normalised motion of the whole clip; ``n_motions`` the *student's* window;
@@ -96,9 +96,9 @@ class RecordingEngine:
 def teacher_motion(loaded, audio: np.ndarray, shape_n: torch.Tensor, style: np.ndarray | None,
                    draw: TargetDraw, steps: int) -> tuple[np.ndarray, np.ndarray]:
     """The teacher's offline generation of a whole clip: (motion (T, D), x_T (n_motions, D))."""
-    from engines.generate import generate_motion
-    from engines.model import Guidance
-    from engines.sampler import DDIMSampler, RandomNoise
+    from diffposetalk.generate import generate_motion
+    from diffposetalk.model import Guidance
+    from diffposetalk.sampler import DDIMSampler, RandomNoise
 
     cfg, model = loaded.config, loaded.model
     scales = {"audio": draw.w_audio, "style": draw.w_style}
@@ -114,7 +114,7 @@ def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int
                   lookahead_ms: int, context_ms: int, style: np.ndarray | None) -> dict[str, np.ndarray]:
     """Run a real StreamSession over ``audio`` with a RecordingEngine; returns the stacked inputs
     of every step and the session's emitted motion (which must equal the teacher's)."""
-    from streaming.backends import CoefDecoder, TorchAudioFeatures
+    from streaming.motion import CoefDecoder, TorchAudioFeatures
     from streaming.session import StreamConfig, StreamSession
 
     model = loaded.model
@@ -137,7 +137,7 @@ def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int
 def split_styles(loaded, clips, stats) -> dict[str, np.ndarray]:
     """Per clip: its speaker's style from the speaker's OTHER clips (leave-one-clip-out mean of the
     style encoder over 100-frame GT windows), as `dpt-live eval` conditions generation."""
-    from engines.model import coef_to_motion
+    from diffposetalk.model import coef_to_motion
     from training.evaluate import gt_clip_styles, speaker_styles
 
     head_pose = loaded.config.head_pose

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from dpt_live.errors import UserError
-from streaming.audio_io import SAMPLE_RATE, resample
+from diffposetalk.audio_io import SAMPLE_RATE, resample
+from diffposetalk.errors import UserError
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from diffposetalk.metrics import JAW, LIP_DIMS_EXP, lip_error, pearson  # noqa: F401  (re-exported)
+
 DEFINITIONS = {
     "lip_error": "parameter space: RMS over frames and the 6 mouth coefficients (jaw opening pose[3] "
                  "and exp[0:5]) of prediction - GT, in normalised units (divided by the training "
@@ -65,8 +67,6 @@ DEFINITIONS = {
                                      "stream mode runs one session per seed",
 }
 
-LIP_DIMS_EXP = slice(0, 5)
-JAW = 3
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -100,18 +100,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # --- metrics on arrays (pure numpy; tested on known inputs) ---------------------------------------
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
 
 
-def lip_error(pred: dict, gt: dict, stats: dict) -> float:
-    """pred/gt: {'exp' (T,50), 'pose' (T,6)} raw. See DEFINITIONS['lip_error']."""
-    def mouth(c):
-        return np.concatenate([c["pose"][:, JAW:JAW + 1] / stats["pose_std"][JAW],
-                               c["exp"][:, LIP_DIMS_EXP] / stats["exp_std"][LIP_DIMS_EXP]], axis=1)
-    return float(np.sqrt(np.mean((mouth(pred) - mouth(gt)) ** 2)))
 
 
 def head_pose_error_deg(pred: dict, gt: dict) -> float:
@@ -207,7 +197,7 @@ def speaker_styles(clip_styles: dict[str, tuple[str, np.ndarray]]) -> dict[str, 
 def eval_sampler(name: str, steps: int | None, model):
     """The sampler `eval` and `voice-check` run offline: ddim 25 steps unless asked (a distilled
     student gets its own count from make_sampler); ddpm all the model's steps."""
-    from engines.sampler import make_sampler
+    from diffposetalk.sampler import make_sampler
 
     if name == "ddim" and steps is None and model.cfg.kind != "student":
         steps = 25
@@ -217,11 +207,11 @@ def eval_sampler(name: str, steps: int | None, model):
 def evaluate(args) -> dict:
     import torch
 
-    from engines.generate import generate_motion, motion_to_arrays
-    from engines.model import Guidance, coef_to_motion
-    from engines.model_dir import load_model_dir
-    from engines.sampler import RandomNoise
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
+    from diffposetalk.generate import generate_motion, motion_to_arrays
+    from diffposetalk.model import Guidance, coef_to_motion
+    from diffposetalk.model_dir import load_model_dir
+    from diffposetalk.sampler import RandomNoise
     from training.train_data import UNIT, load_split
 
     torch.set_num_threads(args.threads)
@@ -346,7 +336,7 @@ def preset_contrast(loaded, clips, max_frames: int | None, generate) -> dict:
     """Every style preset on the same clips (see DEFINITIONS["presets"])."""
     import torch
 
-    from engines.generate import motion_to_arrays
+    from diffposetalk.generate import motion_to_arrays
 
     out = {}
     for name, vec in sorted(loaded.styles.items()):
@@ -443,7 +433,7 @@ def _lip_vertex_fn(flame_path: Path, stats: dict):
     """See DEFINITIONS['lip_vertex_error']."""
     import torch
 
-    from engines.flame import Flame, load_flame
+    from diffposetalk.flame import Flame, load_flame
 
     flame = Flame(load_flame(flame_path)).eval()
     with torch.no_grad():

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, str]:
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
 
     out = {}
     for pair in pairs:
@@ -36,8 +36,8 @@ def parse_pairs(pairs: list[str]) -> dict[str, str]:
 def speaker_presets(loaded, clips, wanted: dict[str, str]) -> dict[str, np.ndarray]:
     """name -> mean style over all windows of that speaker's clips: each clip's mean style
     (evaluate.motion_style) weighted by its number of windows."""
-    from dpt_live.errors import UserError
-    from engines.model import coef_to_motion
+    from diffposetalk.errors import UserError
+    from diffposetalk.model import coef_to_motion
     from training.evaluate import motion_style, window_starts
 
     model, cfg = loaded.model, loaded.config
@@ -59,7 +59,7 @@ def speaker_presets(loaded, clips, wanted: dict[str, str]) -> dict[str, np.ndarr
 
 
 def cmd_presets(args) -> int:
-    from engines.model_dir import load_model_dir
+    from diffposetalk.model_dir import load_model_dir
     from training.train_data import load_split
 
     wanted = parse_pairs(args.pairs)

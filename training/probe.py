@@ -37,7 +37,7 @@ def probe_denoiser(loaded, clips, steps: list[int], n_windows: int, seed: int) -
     middle probed step). Window 1 of each drawn sample continues from its GT window 0."""
     import torch
 
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
     from training.train_data import WindowBank
     from training.train_denoiser import audio_features, make_batch
 
@@ -85,8 +85,8 @@ def probe_denoiser(loaded, clips, steps: list[int], n_windows: int, seed: int) -
 def cmd_probe(args) -> int:
     import torch
 
-    from dpt_live.errors import UserError
-    from engines.model_dir import load_model_dir
+    from diffposetalk.errors import UserError
+    from diffposetalk.model_dir import load_model_dir
     from training.train_data import load_split
 
     torch.set_num_threads(args.threads)

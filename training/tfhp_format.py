@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from engines import safe_pickle
+from diffposetalk import safe_pickle
 
 SEG_LEN = 100
 FPS = 25

@@ -101,7 +101,7 @@ class TfhpWriter:
             (self.directory / f"{split}.txt").write_text("".join(f"{e}\n" for e in entries))
         np.savez(self.directory / fmt.STATS_FILE, **self.stats())
 
-    def __enter__(self) -> "TfhpWriter":
+    def __enter__(self) -> TfhpWriter:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 from training import tfhp_format as fmt
 
 SAMPLE_RATE = fmt.SAMPLE_RATE
@@ -113,7 +113,7 @@ def load_split(data: str | Path, split: str, max_clips: int | None = None) -> li
 
 
 def load_stats_np(data: str | Path) -> dict[str, np.ndarray]:
-    from engines.model_dir import load_stats
+    from diffposetalk.model_dir import load_stats
 
     return load_stats(find_stats(resolve_lmdb_dir(data)))
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpt_live.errors import UserError
-from engines.audio_encoder import normalize_clip
-from engines.config import ModelConfig
-from engines.model import DiffPoseTalk, coef_to_motion, motion_to_coef
-from engines.model_dir import save_model_dir
+from diffposetalk.audio_encoder import normalize_clip
+from diffposetalk.config import ModelConfig
+from diffposetalk.errors import UserError
+from diffposetalk.model import DiffPoseTalk, coef_to_motion, motion_to_coef
+from diffposetalk.model_dir import save_model_dir
 from training.losses import LossWeights, snr_weights, total_loss, window_losses
 from training.train_data import UNIT, WindowBank, load_split, load_stats_np
 from training.train_state import lr_at, resume_model_dir, save_state
@@ -305,7 +305,7 @@ def init_from_model_dir(model: DiffPoseTalk, path: Path) -> None:
 def train_denoiser(args) -> Path:
     from tqdm import tqdm
 
-    from training.archs import make_config
+    from diffposetalk.archs import make_config
     from training.train_style import load_style_encoder
 
     torch.set_num_threads(args.threads)
@@ -344,7 +344,7 @@ def train_denoiser(args) -> Path:
 
     vertex_fn = None
     if args.flame:
-        from engines.flame import Flame, load_flame
+        from diffposetalk.flame import Flame, load_flame
 
         stats_t = {k: torch.from_numpy(v).to(device) for k, v in stats.items()}
         vertex_fn = make_vertex_fn(Flame(load_flame(args.flame)).to(device), stats_t, cfg.head_pose)

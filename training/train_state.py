@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 
 STATE_JSON = "train_state.json"
 STATE_TENSORS = "train_state.safetensors"
@@ -72,7 +72,7 @@ def resume_model_dir(out: Path, cfg, model: torch.nn.Module, optimizer: torch.op
     and the options in ``keys`` checked. Returns (step, history)."""
     from safetensors.torch import load_file
 
-    from engines.config import ModelConfig
+    from diffposetalk.config import ModelConfig
 
     if ModelConfig.load(out / "config.json") != cfg:
         raise UserError(f"--resume: {out}/config.json {mismatch}")

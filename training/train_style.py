@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dpt_live.errors import UserError
-from engines.config import ModelConfig
-from engines.model import coef_to_motion
-from engines.model_dir import STAT_KEYS
-from engines.style_encoder import StyleEncoder
+from diffposetalk.config import ModelConfig
+from diffposetalk.errors import UserError
+from diffposetalk.model import coef_to_motion
+from diffposetalk.model_dir import STAT_KEYS
+from diffposetalk.style_encoder import StyleEncoder
 from training.losses import nt_xent
 from training.train_data import WindowBank, load_split, load_stats_np
 from training.train_state import check_resume_options, load_state, lr_at, save_state
@@ -98,7 +98,7 @@ def validate(enc: StyleEncoder, batches, temperature: float, device) -> dict[str
 def train_style_encoder(args) -> Path:
     from tqdm import tqdm
 
-    from training.archs import make_config
+    from diffposetalk.archs import make_config
 
     torch.set_num_threads(args.threads)
     out, device = Path(args.out), torch.device(args.device)

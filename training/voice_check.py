@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dpt_live.errors import UserError
+from diffposetalk.errors import UserError
 from training.evaluate import JAW, pearson
 
 SAMPLE_RATE = 16000
@@ -132,11 +132,11 @@ class JawModel:
     """The model as `animate` (offline) or `stream` (--stream) runs it, reduced to audio -> jaw (T,)."""
 
     def __init__(self, args):
-        from engines.commands import load_for_generation
+        from streaming.setup import load_for_generation
 
         self.args = args
         if args.stream:
-            from streaming.commands import stream_setup
+            from streaming.setup import stream_setup
 
             (self.loaded, self.style, self.guidance, self.sampler, self.shape_raw,
              self.config) = stream_setup(args)
@@ -154,8 +154,8 @@ class JawModel:
         return self._stream(audio) if self.args.stream else self._offline(audio)
 
     def _offline(self, audio):
-        from engines.generate import generate_motion, motion_to_arrays
-        from engines.sampler import RandomNoise
+        from diffposetalk.generate import generate_motion, motion_to_arrays
+        from diffposetalk.sampler import RandomNoise
 
         stats, cfg = self.loaded.stats, self.loaded.config
         shape = (self.shape_raw.to(self.args.device) - stats["shape_mean"]) / stats["shape_std"]
@@ -183,8 +183,7 @@ class JawModel:
 # --- the command ---------------------------------------------------------------------------------------
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from engines.commands import add_model_args
-    from streaming.commands import add_backend_args, add_window_args
+    from streaming.options import add_backend_args, add_model_args, add_window_args
 
     p = sub.add_parser("voice-check", help="does the mouth move with (real) speech and close in silence? (JSON)")
     add_model_args(p)
@@ -268,9 +267,8 @@ def format_table(results: list[dict], summary: dict) -> str:
 
 
 def voice_check(args) -> dict:
-    from engines.commands import DEFAULT_MODEL
-    from streaming.audio_io import load_audio
-    from streaming.commands import DEFAULT_STREAM_MODEL
+    from diffposetalk.audio_io import load_audio
+    from diffposetalk.paths import DEFAULT_MODEL, DEFAULT_STREAM_MODEL
 
     if args.model is None:
         args.model = DEFAULT_STREAM_MODEL if args.stream else DEFAULT_MODEL

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.audio_io import SAMPLE_RATE
+from diffposetalk.audio_io import SAMPLE_RATE
 
 NOISE_KINDS = ("none", "white", "pink", "babble")
 FILTER_KINDS = ("none", "lowpass", "highpass", "eq")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from streaming.audio_io import SAMPLE_RATE
+from diffposetalk.audio_io import SAMPLE_RATE
 from training.espeak import Voice, synthesize
 from training.synth.augment import active_rms, augment
 from training.synth.motion import FPS, make_motion

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
-    from dpt_live.errors import UserError
+    from diffposetalk.errors import UserError
     from training.espeak import require
     from training.synth import generate_world
 

@@ -1,0 +1,196 @@
+"""`dpt-live serve-bench`: measure the server overhead per frame (pipeline emit -> frame written
+to a viewer's socket, the dpt_server_overhead_seconds histogram) with 1, 10, ... viewers.
+
+The server runs as its own process (`dpt-live serve`, the real command) so that the viewers'
+receive work does not share its event loop; this process connects the viewers and reads
+/metrics before and after each measurement window (quantiles from the bucket differences)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from diffposetalk.errors import UserError
+from server.metrics import quantile_from_cumulative  # noqa: F401  (also the bench's API)
+
+DEMO_AUDIO = Path(__file__).resolve().parent.parent / "clients" / "demo" / "speech.flac"
+
+
+def register_bench(sub: argparse._SubParsersAction) -> None:
+    from diffposetalk.paths import DEFAULT_STREAM_MODEL
+
+    p = sub.add_parser("serve-bench", help="server overhead per frame with 1, 10, ... viewers")
+    p.add_argument("--model", type=Path, default=DEFAULT_STREAM_MODEL)
+    p.add_argument("--audio", type=Path, default=DEMO_AUDIO, help="played in real time in a loop")
+    p.add_argument("--viewers", default="1,10", help="comma-separated viewer counts")
+    p.add_argument("--seconds", type=float, default=20.0, help="measurement window per viewer count")
+    p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument("--mode", choices=["binary", "json"], default="binary")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `dpt-live serve` (repeatable, e.g. --serve-arg=--steps=1)")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON")
+    p.set_defaults(func=cmd_serve_bench)
+
+
+# --- Prometheus text ------------------------------------------------------------------------------
+
+def parse_histogram(text: str, name: str) -> tuple[list[float], list[int], float, int]:
+    """(bounds, cumulative counts incl. +Inf, sum, count) of one histogram in /metrics text."""
+    bounds, counts, total_sum, total = [], [], 0.0, 0
+    for line in text.splitlines():
+        m = re.match(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', line)
+        if m:
+            bounds.append(float("inf") if m.group(1) == "+Inf" else float(m.group(1)))
+            counts.append(int(float(m.group(2))))
+        elif line.startswith(f"{name}_sum "):
+            total_sum = float(line.split()[1])
+        elif line.startswith(f"{name}_count "):
+            total = int(float(line.split()[1]))
+    if not bounds:
+        raise ValueError(f"histogram {name} not in the metrics")
+    return bounds, counts, total_sum, total
+
+
+def histogram_delta(before, after) -> tuple[list[float], list[int], float, int]:
+    bounds = after[0]
+    cum = [a - b for a, b in zip(after[1], before[1])]
+    return bounds, cum, after[2] - before[2], after[3] - before[3]
+
+
+def counter(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def loop_cpu_seconds(pid: int) -> float | None:
+    """CPU time (user + system) of the server's main thread — the one running the event loop and so
+    every frame write — from /proc (Linux; None elsewhere). Unlike the wall-clock histogram it
+    does not grow when other processes compete for the cores."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+def start_server(args) -> tuple[subprocess.Popen, str, str]:
+    exe = [sys.executable, "-m", "dpt_live.cli", "serve", "--model", str(args.model), "--audio", str(args.audio),
+           "--loop", "--port", "0", "--token", "bench", "--backend", args.backend,
+           "--max-viewers", "1000", *args.serve_arg]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.monotonic() + 120
+    lines = []
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"viewer: (http://[^/]+)/", line)
+        if m:
+            return proc, m.group(1), "bench"
+    proc.kill()
+    raise UserError("the server did not start:\n" + "".join(lines[-20:]))
+
+
+async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, warmup: float, fetch, pid: int):
+    from websockets.asyncio.client import connect
+
+    url = base.replace("http://", "ws://") + f"/ws?token={token}&mode={mode}"
+    counts = [0] * n
+    dropped = [0] * n
+    stop = asyncio.Event()
+
+    async def one(i: int) -> None:
+        async with connect(url, max_size=None) as ws:
+            await ws.recv()  # hello
+            while not stop.is_set():
+                try:
+                    msg = await asyncio.wait_for(ws.recv(), 0.5)
+                except TimeoutError:
+                    continue
+                if isinstance(msg, bytes) or '"frame"' in msg[:20]:
+                    counts[i] += 1
+                elif '"dropped"' in msg[:20]:
+                    dropped[i] += json.loads(msg)["count"]
+
+    tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    await asyncio.sleep(warmup)
+    before = await asyncio.to_thread(fetch)
+    cpu0 = loop_cpu_seconds(pid)
+    c0 = list(counts)
+    t0 = time.monotonic()
+    await asyncio.sleep(seconds)
+    after = await asyncio.to_thread(fetch)
+    cpu1 = loop_cpu_seconds(pid)
+    elapsed = time.monotonic() - t0
+    c1 = list(counts)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
+    return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped), cpu
+
+
+def cmd_serve_bench(args) -> int:
+    try:
+        ns = [int(x) for x in args.viewers.split(",") if x.strip()]
+    except ValueError as exc:
+        raise UserError(f"--viewers wants comma-separated integers, got {args.viewers!r}") from exc
+    proc, base, token = start_server(args)
+    rows = []
+    try:
+        def fetch() -> str:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+                return r.read().decode()
+
+        for n in ns:
+            before, after, elapsed, received, dropped, cpu = asyncio.run(
+                _viewers(base, token, n, args.mode, args.seconds, args.warmup, fetch, proc.pid))
+            row = {"viewers": n, "seconds": round(elapsed, 2), "mode": args.mode,
+                   "frames_per_viewer_per_s": round(sum(received) / max(1, n) / elapsed, 2),
+                   "dropped": dropped}
+            for key, name in (("overhead_ms", "dpt_server_overhead_seconds"),
+                              ("frame_latency_ms", "dpt_frame_latency_seconds"),
+                              ("step_ms", "dpt_step_seconds")):
+                bounds, cum, s, c = histogram_delta(parse_histogram(before, name), parse_histogram(after, name))
+                row[key] = {"p50": _ms(quantile_from_cumulative(bounds, cum, 0.5)),
+                            "p95": _ms(quantile_from_cumulative(bounds, cum, 0.95)),
+                            "mean": _ms(s / c) if c else None, "count": c}
+            writes = row["overhead_ms"]["count"]
+            row["loop_cpu_us_per_write"] = round(cpu / writes * 1e6, 1) if cpu is not None and writes else None
+            row["loop_cpu_share"] = round(cpu / elapsed, 4) if cpu is not None else None
+            rows.append(row)
+            print(f"{n:>3} viewers: overhead p50 {row['overhead_ms']['p50']} ms, p95 {row['overhead_ms']['p95']} ms, "
+                  f"mean {row['overhead_ms']['mean']} ms ({row['overhead_ms']['count']} frame writes); "
+                  f"frame latency p50/p95 {row['frame_latency_ms']['p50']}/{row['frame_latency_ms']['p95']} ms; "
+                  f"step p50 {row['step_ms']['p50']} ms; {row['frames_per_viewer_per_s']} frames/s per viewer; "
+                  f"dropped {dropped}; event-loop CPU {row['loop_cpu_us_per_write']} us per frame write "
+                  f"({row['loop_cpu_share']} of a core)", flush=True)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 4)

@@ -1,0 +1,101 @@
+"""Reading audio files into the 16 kHz mono float32 the model expects.
+
+soundfile (libsndfile) reads WAV/FLAC/OGG/MP3; soxr resamples with high quality (librosa, which
+the reference uses, also resamples with soxr by default)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from diffposetalk.errors import UserError
+
+SAMPLE_RATE = 16000
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """(n,) or (n, channels) -> (n,) float32 by averaging channels."""
+    audio = np.asarray(audio, dtype=np.float32)
+    return audio.mean(axis=1) if audio.ndim == 2 else audio
+
+
+def resample(audio: np.ndarray, rate: int, target: int = SAMPLE_RATE) -> np.ndarray:
+    if rate == target:
+        return np.asarray(audio, dtype=np.float32)
+    import soxr
+
+    return soxr.resample(np.asarray(audio, dtype=np.float32), rate, target, quality="HQ").astype(np.float32)
+
+
+def load_audio(path: str | Path, target_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """Any common audio file -> (n,) float32 mono at ``target_rate``. Clear errors for unreadable,
+    empty or non-finite audio."""
+    import soundfile as sf
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"audio file not found: {path}")
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=False)
+    except Exception as exc:  # libsndfile's messages are specific enough to pass on
+        raise UserError(f"cannot read audio file {path}: {exc}") from exc
+    audio = to_mono(audio)
+    if audio.size == 0:
+        raise UserError(f"audio file {path} is empty (0 samples)")
+    if not np.all(np.isfinite(audio)):
+        raise UserError(f"audio file {path} contains NaN or infinite samples")
+    return resample(audio, rate, target_rate)
+
+
+# --- streaming helpers: raw PCM blocks -> 16 kHz mono float32, block by block ---------------------
+
+PCM_DTYPES = {"int16": 32768.0, "int32": 2147483648.0, "float32": 1.0}
+
+
+def pcm_to_float(data: bytes | np.ndarray, dtype: str, channels: int) -> np.ndarray:
+    """Interleaved PCM -> (frames, channels) float32. Bytes are read as ``dtype``; an array keeps its
+    own dtype (int16/int32 scaled to [-1, 1), float taken as is)."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        if dtype not in PCM_DTYPES:
+            raise UserError(f"unsupported PCM sample type {dtype!r} (one of {', '.join(PCM_DTYPES)})")
+        arr = np.frombuffer(data, dtype=dtype)
+    else:
+        arr = np.asarray(data)
+    kind = "float32" if arr.dtype.kind == "f" else arr.dtype.name
+    if kind not in PCM_DTYPES:
+        raise UserError(f"unsupported PCM sample type {arr.dtype} (one of {', '.join(PCM_DTYPES)})")
+    if arr.ndim == 1:
+        if arr.size % channels:
+            raise UserError(f"PCM block of {arr.size} samples is not a whole number of {channels}-channel frames")
+        arr = arr.reshape(-1, channels)
+    elif arr.ndim != 2 or arr.shape[1] != channels:
+        raise UserError(f"PCM block has shape {arr.shape}, the source declared {channels} channel(s)")
+    return arr.astype(np.float32) / np.float32(PCM_DTYPES[kind])
+
+
+class StreamResampler:
+    """Downmix to mono and resample block by block with soxr's streaming resampler (its output does
+    not depend on how the input is cut into blocks); ``flush`` returns the filter's tail at the end.
+
+    quality: "HQ" (as load_audio) holds back up to ~40 ms of audio in its filter and releases it in
+    bursts; "LQ" holds back ~20 ms at 48 kHz and is plenty for speech features, so live sources
+    use it to keep latency down."""
+
+    def __init__(self, rate: int, target: int = SAMPLE_RATE, quality: str = "HQ"):
+        import soxr
+
+        if rate <= 0:
+            raise UserError(f"sample rate must be positive, got {rate}")
+        self.rate, self.target = rate, target
+        self._soxr = None if rate == target else soxr.ResampleStream(rate, target, 1, dtype="float32",
+                                                                     quality=quality)
+
+    def __call__(self, block: np.ndarray) -> np.ndarray:
+        mono = np.ascontiguousarray(to_mono(block))
+        return mono if self._soxr is None else self._soxr.resample_chunk(mono)
+
+    def flush(self) -> np.ndarray:
+        if self._soxr is None:
+            return np.zeros(0, np.float32)
+        return self._soxr.resample_chunk(np.zeros(0, np.float32), last=True)

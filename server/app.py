@@ -1,0 +1,259 @@
+"""The live server: one port for the WebSocket (`/ws`, protocol v1 in docs/PROTOCOL.md) and plain
+HTTP (the web viewer's static files, /healthz, /metrics, /flame.bin), on the `websockets` asyncio
+server. Sessions and fan-out live in streaming/server_hub.py, the pipeline threads in
+streaming/server_pipeline.py, the HTTP side in streaming/server_http.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable
+from urllib.parse import quote
+
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from server.config import ServerConfig
+from server.engine import Engine
+from server.http import (
+    SESSION_NAME,
+    default_origins,
+    origin_ok,
+    request_token,
+    respond,
+    split_request,
+    static_file,
+    token_ok,
+)
+from server.hub import HubSession, Viewer
+from server.metrics import ServerMetrics
+from server.protocol import (
+    CLOSE_GOING_AWAY,
+    CLOSE_POLICY,
+    MODES,
+    ProtocolError,
+    clip_reason,
+    dumps,
+    make_hello,
+    parse_control,
+)
+
+log = logging.getLogger("dpt_live.serve")
+
+DEFAULT_SESSION = "default"
+CLOSE_TRY_AGAIN = 1013
+CLOSE_INTERNAL = 1011
+
+
+class LiveServer:
+    """``own_factory`` opens the default session's own audio source (``--audio``/``--mic``) and
+    ``own_kind`` names it ("file"/"mic"); without it the default session waits for upstream audio."""
+
+    def __init__(self, engine: Engine, config: ServerConfig | None = None,
+                 own_factory: Callable | None = None, own_kind: str = "none"):
+        self.engine, self.config = engine, config or ServerConfig()
+        self.own_factory, self.own_kind = own_factory, own_kind if own_factory else "none"
+        self.metrics = ServerMetrics()
+        self.sessions: dict[str, HubSession] = {}
+        self.viewers: set[Viewer] = set()
+        self.origins: list[str] = []
+        self.port = self.config.port
+        self.started = time.time()
+        self._server = None
+        self._janitor: asyncio.Task | None = None
+        self._closing = False
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------------
+    async def start(self) -> None:
+        cfg = self.config
+        self.loop = asyncio.get_running_loop()
+        self.sessions[DEFAULT_SESSION] = self._new_session(DEFAULT_SESSION, self.own_factory, self.own_kind, True)
+        quiet = logging.getLogger("dpt_live.serve.websockets")  # handshake refusals are counted, not logged
+        quiet.setLevel(logging.WARNING)
+        self._server = await serve(
+            self._handler, cfg.host, cfg.port, process_request=self._process_request,
+            max_size=cfg.max_message, ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
+            write_limit=cfg.write_limit, close_timeout=2, logger=quiet, server_header="dpt-live")
+        self.port = self._server.sockets[0].getsockname()[1]
+        self.origins = default_origins(cfg.host, self.port) + list(cfg.allow_origins)
+        self.started = time.time()
+        self._janitor = asyncio.create_task(self._janitor_loop())
+
+    def url(self, with_token: bool = True) -> str:
+        host = self.config.host
+        if host in ("", "0.0.0.0", "::"):
+            host = socket.gethostname()
+        elif ":" in host:
+            host = f"[{host}]"
+        tail = f"?token={quote(self.config.token)}" if with_token and self.config.token else ""
+        return f"http://{host}:{self.port}/{tail}"
+
+    async def stop(self) -> None:
+        """Graceful: stop listening, finish every session (their last frames still go out), then
+        close the connections with 1001."""
+        if self._closing:
+            return
+        self._closing = True
+        if self._janitor is not None:
+            self._janitor.cancel()
+        self._server.close(close_connections=False)  # no new connections while sessions finish
+        await asyncio.gather(*(s.close() for s in list(self.sessions.values())))
+        await asyncio.sleep(0.05)  # let the pipelines' last call_soon_threadsafe frames land
+        deadline = time.monotonic() + 1.0
+        while any(v.queue for v in self.viewers) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        await asyncio.gather(*(v.ws.close(CLOSE_GOING_AWAY, "server shutting down") for v in list(self.viewers)),
+                             return_exceptions=True)
+        self._server.close()
+        await self._server.wait_closed()
+
+    def _new_session(self, name: str, own_factory=None, own_kind="none", persistent=False) -> HubSession:
+        session = HubSession(name, self.engine, self.metrics, self.loop, self.config.viewer_queue,
+                             own_factory, own_kind, persistent)
+        if own_factory is not None:
+            session.source = own_kind
+        log.info("session %s opened", name)
+        return session
+
+    async def _janitor_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.janitor_interval)
+            for name, session in list(self.sessions.items()):
+                session.check_upstream_idle(self.config.upstream_idle)
+                if not session.persistent and session.idle_for() > self.config.session_idle:
+                    del self.sessions[name]
+                    await session.close()
+                    log.info("session %s closed (idle)", name)
+
+    # --- HTTP and the upgrade checks -----------------------------------------------------------------
+    def _reject(self, status: int, text: str) -> Response:
+        self.metrics.add_rejected(str(status))
+        return respond(status, text + "\n")
+
+    def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        path, query = split_request(request)
+        cfg = self.config
+        if path == "/ws":
+            if not token_ok(cfg.token, request_token(request, query)):
+                return self._reject(401, "missing or wrong access token (token= or Authorization: Bearer)")
+            origin = request.headers.get("Origin")
+            if not origin_ok(origin, self.origins):
+                return self._reject(403, f"origin {origin} is not allowed (server option --allow-origin)")
+            name = query.get("session", DEFAULT_SESSION)
+            if not SESSION_NAME.match(name):
+                return self._reject(400, "bad session name (1-64 characters of A-Z a-z 0-9 _ . -)")
+            if query.get("mode", "binary") not in MODES:
+                return self._reject(400, f"mode must be one of {', '.join(MODES)}")
+            if self._closing:
+                return self._reject(503, "server shutting down")
+            if len(self.viewers) >= cfg.max_viewers:
+                return self._reject(503, f"too many viewers (--max-viewers {cfg.max_viewers})")
+            if name not in self.sessions and len(self.sessions) >= cfg.max_sessions:
+                return self._reject(503, f"too many sessions (--max-sessions {cfg.max_sessions})")
+            return None  # on to the WebSocket handshake
+        if path == "/healthz":
+            return respond(200, json.dumps(self.health()), "application/json")
+        if path == "/metrics":
+            return respond(200, self.metrics.render(len(self.viewers), len(self.sessions)),
+                           "text/plain; version=0.0.4; charset=utf-8")
+        if path == "/flame.bin":
+            if not token_ok(cfg.token, request_token(request, query)):
+                return self._reject(401, "missing or wrong access token")
+            if cfg.flame_asset is None:
+                return respond(404, "this server has no FLAME model (start it with --flame MODEL.pkl)\n")
+            return respond(200, cfg.flame_asset, "application/octet-stream")
+        found = static_file(cfg.web_root, path)
+        if found is None:
+            if path in ("", "/"):
+                return respond(404, f"the web viewer is not installed ({cfg.web_root / 'index.html'} missing)\n")
+            return respond(404, "not found\n")
+        return respond(200, found[0], found[1])
+
+    def health(self) -> dict:
+        oh = self.metrics.overhead
+        return {"status": "stopping" if self._closing else "ok", "uptime": round(time.time() - self.started, 3),
+                "sessions": len(self.sessions), "viewers": len(self.viewers),
+                "frames": self.metrics.frames_total, "model": str(self.engine.loaded.path),
+                "server_overhead_ms": {"p50": _ms(oh.quantile(0.5)), "p95": _ms(oh.quantile(0.95)),
+                                       "count": oh.count},
+                "session_detail": {name: s.summary() for name, s in self.sessions.items()}}
+
+    # --- WebSocket ------------------------------------------------------------------------------------
+    def hello(self, session: HubSession, mode: str) -> dict:
+        cfg = self.config
+        return make_hello(
+            session=session.name, mode=mode, shape=self.engine.shape_raw,
+            flame_asset="/flame.bin" if cfg.flame_asset is not None else None,
+            model=self.engine.model_info(), styles=self.engine.styles, style=session.style_name,
+            guidance=session.scales, source=session.source,
+            limits={"max_message": cfg.max_message, "viewer_queue": cfg.viewer_queue,
+                    "max_viewers": cfg.max_viewers, "max_sessions": cfg.max_sessions,
+                    "session_idle_s": cfg.session_idle, "upstream_idle_s": cfg.upstream_idle,
+                    "ping_interval_s": cfg.ping_interval, "ping_timeout_s": cfg.ping_timeout}) | {
+            "paused": session.paused}
+
+    async def _handler(self, ws: ServerConnection) -> None:
+        _, query = split_request(ws.request)
+        name, mode = query.get("session", DEFAULT_SESSION), query.get("mode", "binary")
+        if len(self.viewers) >= self.config.max_viewers:  # raced past the check before the upgrade
+            await ws.close(CLOSE_TRY_AGAIN, "too many viewers")
+            return
+        session = self.sessions.get(name)
+        if session is None:
+            if len(self.sessions) >= self.config.max_sessions or self._closing:
+                await ws.close(CLOSE_TRY_AGAIN, "too many sessions")
+                return
+            session = self.sessions[name] = self._new_session(name)
+        if self.config.send_buffer:
+            sock = ws.transport.get_extra_info("socket")
+            if sock is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer)
+        viewer = Viewer(ws, mode, self.config.viewer_queue, self.metrics, name)
+        # joined before the hello is sent (no await in between): the janitor cannot close the
+        # session under a new viewer, and frames wait in the queue until the sender starts
+        session.add(viewer)
+        self.viewers.add(viewer)
+        self.metrics.add_connection()
+        try:
+            await ws.send(dumps(self.hello(session, mode)))
+            viewer.task = asyncio.create_task(viewer.run_sender())
+            async for message in ws:
+                if isinstance(message, str):
+                    session.control(viewer, parse_control(message))
+                else:
+                    session.audio(viewer, message)
+        except ProtocolError as exc:
+            self.metrics.add_rejected(str(CLOSE_POLICY))
+            log.info("session %s: closing a connection: %s", name, exc)
+            await ws.close(CLOSE_POLICY, clip_reason(str(exc)))
+        except ConnectionClosed as exc:
+            if exc.sent is not None and exc.sent.code == 1009:  # websockets refused an oversized message
+                self.metrics.add_rejected("1009")
+        except Exception as exc:  # noqa: BLE001 - one connection's bug must not reach the others
+            log.exception("session %s: connection handler failed", name)
+            await ws.close(CLOSE_INTERNAL, clip_reason(f"internal error: {exc}"))
+        finally:
+            session.remove(viewer)
+            self.viewers.discard(viewer)
+            if viewer.task is not None:
+                viewer.task.cancel()
+
+
+def _ms(v: float | None) -> float | None:
+    return None if v is None else round(v * 1000, 4)
+
+
+async def run_server(server: LiveServer, stop: asyncio.Event, on_started: Callable[[LiveServer], None] | None = None):
+    """Start, call on_started, wait for ``stop``, shut down gracefully."""
+    await server.start()
+    if on_started is not None:
+        on_started(server)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()

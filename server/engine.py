@@ -1,0 +1,81 @@
+"""What every session of the server shares: the model (loaded once), the sampler, the window
+configuration, the FLAME identity and the backend — and how a session's StreamSession is built
+from them (always through streaming.factory.build_session)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+
+from diffposetalk.model import Guidance
+from diffposetalk.model_dir import LoadedModel
+from diffposetalk.sampler import Sampler
+from streaming.factory import build_session
+from streaming.session import StreamConfig, StreamSession
+
+
+@dataclass
+class Engine:
+    loaded: LoadedModel
+    sampler: Sampler
+    config: StreamConfig
+    shape_raw: np.ndarray = field(default_factory=lambda: np.zeros(100, np.float32))
+    backend: str = "auto"
+    guidance_mode: str | None = None
+    dynamic_threshold: tuple[float, float, float] | None = None
+    default_scales: dict[str, float] = field(default_factory=lambda: {"audio": 1.15, "style": 3.0})
+    default_style_name: str | None = None  # a preset name, a file name, or None (null style)
+    default_style: np.ndarray | None = None
+    build_kwargs: dict = field(default_factory=dict)  # extra build_session options (precision)
+    backend_desc: str = ""  # what the backend resolved to (a built session's .backend), for reports
+
+    @property
+    def styles(self) -> list[str]:
+        return sorted(self.loaded.styles)
+
+    def preset(self, name: str | None) -> np.ndarray | None:
+        """The vector of a preset (None: the null style). Only presets: a client never names a file."""
+        if name is None:
+            return None
+        if name not in self.loaded.styles:
+            known = ", ".join(self.styles) or "none"
+            raise KeyError(f"unknown style {name!r} (presets: {known})")
+        return self.loaded.styles[name]
+
+    def guidance(self, scales: dict[str, float]) -> Guidance:
+        return Guidance(scales=dict(scales), mode=self.guidance_mode, dynamic_threshold=self.dynamic_threshold)
+
+    def build(self, style: np.ndarray | None, scales: dict[str, float], on_step=None) -> StreamSession:
+        return build_session(self.loaded, self.sampler, self.guidance(scales), self.config, style,
+                             self.shape_raw, on_step=on_step, backend=self.backend, **self.build_kwargs)
+
+    def probe(self) -> StreamSession:
+        """Build a session now, so that a bad backend fails at start-up and not in a pipeline
+        thread, and pin the backend it resolved to: every session rebuild (reset, guidance, pause,
+        a source switch) builds again, and with "auto" each would choose again and, after a
+        fallback to torch, retry the export that failed."""
+        session = self.build(self.default_style, self.default_scales)
+        self.backend_desc = str(session.backend)  # "name (precision)" (streaming.factory.build_session)
+        if self.backend == "auto":
+            name, _, precision = self.backend_desc.partition(" (")
+            self.backend = name
+            self.build_kwargs = {**self.build_kwargs, "precision": precision.rstrip(")")}
+        return session
+
+    @cached_property
+    def n_params(self) -> int:  # model_info answers every hello: count once
+        return sum(p.numel() for p in self.loaded.model.parameters())
+
+    def model_info(self) -> dict:
+        cfg = self.loaded.config
+        n_params = self.n_params
+        return {"path": str(self.loaded.path), "kind": cfg.kind, "description": cfg.description,
+                "arch": f"{cfg.n_layers}x{cfg.feature_dim} denoiser, {n_params / 1e6:.1f} M parameters, "
+                        f"{'head pose' if cfg.head_pose else 'no head pose'}",
+                "student_steps": cfg.student_steps, "sampler": self.sampler.name,
+                "denoiser_steps": len(self.sampler.timesteps(self.loaded.model)),
+                "backend": self.backend_desc or self.backend,
+                "window_ms": {"hop": self.config.hop_ms, "lookahead": self.config.lookahead_ms,
+                              "context": self.config.context_ms}}

@@ -1,0 +1,302 @@
+"""Sessions and viewers on the event loop: fan-out of frames with a bounded queue per viewer,
+session control (style, guidance, reset, pause) and audio upstream.
+
+A frame reaches the loop once (``call_soon_threadsafe`` from the pipeline thread) and is offered
+to every viewer's queue; each viewer has its own sender task, so a slow or dead viewer only ever
+delays itself: when its queue is full the oldest frame is dropped and counted, and the next frame
+it gets says how many it lost."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import replace
+
+from websockets.exceptions import ConnectionClosed
+
+from server.engine import Engine
+from server.metrics import ServerMetrics
+from server.pipeline import FrameItem, Pipeline
+from server.protocol import (
+    CLOSE_POLICY,
+    ProtocolError,
+    audio_frame_bytes,
+    dropped_message,
+    dumps,
+    encode_json_frame,
+    error_message,
+    state_message,
+    with_dropped,
+)
+from server.sources import UpstreamSource
+
+log = logging.getLogger("dpt_live.serve")
+
+
+MAX_NOTICES = 256  # queued JSON notices (state, pong, error) a non-reading client may pile up
+
+
+class Viewer:
+    """One WebSocket connection of a session: it receives frames and may control the session or
+    be its microphone. Frames and notices leave in the order they were queued; only frames are
+    dropped when the viewer falls behind."""
+
+    def __init__(self, ws, mode: str, queue_size: int, metrics: ServerMetrics, session: str):
+        self.ws, self.mode, self.queue_size, self.metrics, self.session = ws, mode, queue_size, metrics, session
+        self.queue: deque[FrameItem | str] = deque()
+        self.queued_frames = 0
+        self.wake = asyncio.Event()
+        self.dropped_pending = 0  # lost since the last frame sent
+        self.dropped_total = 0
+        self.sent = 0
+        self.upstream: UpstreamSource | None = None
+        self.upstream_spec: dict | None = None
+        self.last_audio = 0.0
+        self.task: asyncio.Task | None = None
+        self._closing = False
+
+    def offer(self, item: FrameItem) -> int:
+        """Queue a frame; returns 1 when the oldest queued frame had to be dropped."""
+        dropped = 0
+        if self.queued_frames >= self.queue_size:
+            for i, old in enumerate(self.queue):  # the oldest frame; notices stay
+                if isinstance(old, FrameItem):
+                    del self.queue[i]
+                    break
+            self.queued_frames -= 1
+            self.dropped_pending += 1
+            self.dropped_total += 1
+            dropped = 1
+        self.queue.append(item)
+        self.queued_frames += 1
+        self.wake.set()
+        return dropped
+
+    def notify(self, msg: dict) -> None:
+        if len(self.queue) - self.queued_frames >= MAX_NOTICES:
+            if not self._closing:  # a client that sends but never reads: it cannot be served
+                self._closing = True
+                asyncio.get_running_loop().create_task(
+                    self.ws.close(CLOSE_POLICY, f"more than {MAX_NOTICES} unread messages: the client is not reading"))
+            return
+        self.queue.append(dumps(msg))
+        self.wake.set()
+
+    def _encode(self, item: FrameItem, dropped: int) -> bytes | str:
+        if self.mode == "binary":
+            return with_dropped(item.binary, dropped)
+        if dropped:
+            return encode_json_frame(replace(item.wire, dropped=dropped))
+        if item.json_text is None:  # encoded once for all JSON viewers
+            item.json_text = encode_json_frame(item.wire)
+        return item.json_text
+
+    async def run_sender(self) -> None:
+        try:
+            while True:
+                await self.wake.wait()
+                self.wake.clear()
+                while self.queue:
+                    item = self.queue.popleft()
+                    if isinstance(item, str):
+                        await self.ws.send(item)
+                        continue
+                    self.queued_frames -= 1
+                    lost = self.dropped_pending
+                    self.dropped_pending = 0
+                    if lost:
+                        await self.ws.send(dumps(dropped_message(lost, self.dropped_total)))
+                    await self.ws.send(self._encode(item, lost))
+                    self.metrics.overhead.observe(time.perf_counter() - item.t_emit)
+                    self.sent += 1
+        except ConnectionClosed:
+            pass  # the handler notices the closed connection and removes this viewer
+
+
+class HubSession:
+    """A named session: one pipeline (thread), many viewers, at most one upstream client."""
+
+    def __init__(self, name: str, engine: Engine, metrics: ServerMetrics, loop: asyncio.AbstractEventLoop,
+                 queue_size: int, own_factory: Callable | None = None, own_kind: str = "none",
+                 persistent: bool = False):
+        self.name, self.engine, self.metrics, self.loop = name, engine, metrics, loop
+        self.queue_size, self.persistent = queue_size, persistent
+        self.viewers: set[Viewer] = set()
+        self.upstream_owner: Viewer | None = None
+        self.style_name = engine.default_style_name
+        self.scales = dict(engine.default_scales)
+        # read by the pipeline thread when it builds a generation: replaced as a whole, never mutated
+        self._build_settings = (engine.default_style, dict(self.scales))
+        self.paused = False
+        self.source = "none"
+        self.created = time.monotonic()
+        self.last_active = time.monotonic()
+        self.frames = 0
+        self.closed = False
+        self.pipeline = Pipeline(name, self._build, own_factory, own_kind, self._emit_threadsafe,
+                                 self._source_threadsafe, self._on_step, self._error_threadsafe)
+        self.pipeline.start()
+
+    # --- pipeline thread -> loop -------------------------------------------------------------------
+    def _build(self, on_step=None):
+        style, scales = self._build_settings
+        return self.engine.build(style, scales, on_step=on_step)
+
+    def _on_step(self, info) -> None:
+        self.metrics.step_seconds.observe(info.compute_s)
+
+    def _emit_threadsafe(self, items: list[FrameItem], latencies: list[float]) -> None:
+        for lat in latencies:
+            self.metrics.frame_latency.observe(lat)
+        self._call(self.publish, items)
+
+    def _source_threadsafe(self, kind: str) -> None:
+        self._call(self._source_changed, kind)
+
+    def _error_threadsafe(self, message: str) -> None:
+        self._call(self.broadcast, error_message(message))
+
+    def _call(self, fn, *args) -> None:
+        try:
+            self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:  # the loop is closed (interpreter shutting down): nobody to tell
+            pass
+
+    # --- loop ---------------------------------------------------------------------------------------
+    def publish(self, items: list[FrameItem]) -> None:
+        self.frames += len(items)
+        self.metrics.add_frames(len(items))
+        dropped = 0
+        for item in items:
+            for viewer in self.viewers:
+                dropped += viewer.offer(item)
+        if dropped:
+            self.metrics.add_dropped(self.name, dropped)
+
+    def _source_changed(self, kind: str) -> None:
+        self.source = kind
+        self.broadcast_state("source")
+
+    def state(self, change: str | None = None) -> dict:
+        fields = {"style": self.style_name, "guidance": dict(self.scales), "paused": self.paused,
+                  "source": self.source}
+        if change:
+            fields["change"] = change
+        return state_message(**fields)
+
+    def broadcast(self, msg: dict) -> None:
+        for viewer in self.viewers:
+            viewer.notify(msg)
+
+    def broadcast_state(self, change: str) -> None:
+        self.broadcast(self.state(change))
+
+    def add(self, viewer: Viewer) -> None:
+        self.viewers.add(viewer)
+        self.last_active = time.monotonic()
+
+    def remove(self, viewer: Viewer) -> None:
+        self.viewers.discard(viewer)
+        if self.upstream_owner is viewer:
+            self._end_upstream(viewer)
+        self.last_active = time.monotonic()
+
+    def idle_for(self) -> float:
+        """Seconds without viewers and audio (0 while either exists)."""
+        if self.viewers or self.upstream_owner is not None or self.source != "none":
+            return 0.0
+        return time.monotonic() - self.last_active
+
+    # --- control (from a viewer's handler) ---------------------------------------------------------
+    def control(self, viewer: Viewer, msg: dict) -> None:
+        """A validated control message (server.protocol.parse_control). Refusals that keep the
+        connection open go back to ``viewer`` as an error message."""
+        kind = msg["type"]
+        if kind == "ping":
+            viewer.notify({"type": "pong"})
+        elif kind == "style":
+            try:
+                vec = self.engine.preset(msg["name"])
+            except KeyError as exc:
+                viewer.notify(error_message(str(exc.args[0])))
+                return
+            self.style_name = msg["name"]
+            self._build_settings = (vec, dict(self.scales))
+            self.pipeline.set_style(vec)
+            self.broadcast_state("style")
+        elif kind == "guidance":
+            self.scales = {"audio": msg["audio"], "style": msg["style"]}
+            self._build_settings = (self._build_settings[0], dict(self.scales))
+            self.pipeline.rebuild()
+            self.broadcast_state("guidance")
+        elif kind == "reset":
+            self.pipeline.rebuild()
+            self.broadcast_state("reset")
+        elif kind == "pause":
+            if msg["paused"] != self.paused:
+                self.paused = msg["paused"]
+                self.pipeline.set_paused(self.paused)
+            self.broadcast_state("pause")
+        elif kind == "audio_start":
+            self._start_upstream(viewer, msg)
+        elif kind == "audio_end":
+            if self.upstream_owner is not viewer:
+                viewer.notify(error_message("audio_end without audio_start"))
+                return
+            self._end_upstream(viewer)
+
+    def _start_upstream(self, viewer: Viewer, msg: dict) -> None:
+        if self.upstream_owner is viewer:
+            viewer.notify(error_message("audio already started on this connection (send audio_end first)"))
+            return
+        if self.upstream_owner is not None:
+            viewer.notify(error_message(f"session {self.name!r} already has an upstream audio client"))
+            return
+        source = UpstreamSource(rate=msg["rate"], channels=msg["channels"], dtype=msg["dtype"])
+        viewer.upstream, viewer.upstream_spec = source, msg
+        viewer.last_audio = time.monotonic()
+        self.upstream_owner = viewer
+        self.pipeline.set_upstream(source)
+        log.info("session %s: upstream audio from a client (%d Hz, %d ch, %s)", self.name, msg["rate"],
+                 msg["channels"], msg["format"])
+
+    def _end_upstream(self, viewer: Viewer) -> None:
+        if viewer.upstream is not None:
+            viewer.upstream.end()  # the pipeline flushes its last frames, then resumes the own source
+        viewer.upstream, viewer.upstream_spec = None, None
+        if self.upstream_owner is viewer:
+            self.upstream_owner = None
+        self.last_active = time.monotonic()
+
+    def audio(self, viewer: Viewer, data: bytes) -> None:
+        """A binary message: PCM from the upstream client. Raises ProtocolError (close 1008)."""
+        if viewer.upstream is None or self.upstream_owner is not viewer:
+            raise ProtocolError("binary audio before audio_start")
+        size = audio_frame_bytes(viewer.upstream_spec)
+        if len(data) % size:
+            raise ProtocolError(f"PCM message of {len(data)} bytes is not a whole number of "
+                                f"{size}-byte sample frames")
+        if data:
+            viewer.upstream.push(bytes(data))
+        viewer.last_audio = time.monotonic()
+
+    def check_upstream_idle(self, idle_s: float) -> None:
+        owner = self.upstream_owner
+        if owner is not None and time.monotonic() - owner.last_audio > idle_s:
+            owner.notify(error_message(f"no upstream audio for {idle_s:g} s: audio_end assumed"))
+            self._end_upstream(owner)
+
+    def summary(self) -> dict:
+        return {"viewers": len(self.viewers), "source": self.source, "paused": self.paused,
+                "style": self.style_name, "guidance": dict(self.scales), "frames": self.frames,
+                "generations": self.pipeline.generations}
+
+    async def close(self) -> None:
+        """Ends the upstream and the pipeline (its last frames are still published)."""
+        self.closed = True
+        if self.upstream_owner is not None:
+            self._end_upstream(self.upstream_owner)
+        await self.loop.run_in_executor(None, self.pipeline.close)

@@ -1,0 +1,118 @@
+"""The narrow seam between the streaming session and whatever runs the networks.
+
+The session only talks to two protocols, with numpy arrays at the boundary so an ONNX Runtime or
+TensorRT backend can slot in without touching the streaming logic:
+
+- :class:`AudioFeatureEngine`: one fixed-length normalised audio window -> per-frame features;
+- :class:`MotionEngine`: one denoiser window (conditions in, clean motion out), with the sampler,
+  guidance, person shape and the session's noise inside.
+
+The PyTorch implementations wrap :class:`diffposetalk.model.DiffPoseTalk` and any
+:class:`diffposetalk.sampler.Sampler` (DDPM, DDIM, a distilled student later)."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition, motion_to_coef
+from diffposetalk.sampler import RandomNoise, Sampler
+
+
+class AudioFeatureEngine(Protocol):
+    window_samples: int  # fixed input length (normalised 16 kHz samples)
+    n_frames: int  # feature frames per window (window_samples / 640)
+    feature_dim: int
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        """(window_samples,) normalised audio -> (n_frames, feature_dim) float32."""
+
+
+class MotionEngine(Protocol):
+    n_motions: int  # denoiser window length (frames)
+    n_prev: int  # previous frames it is conditioned on
+    motion_dim: int
+    start_motion: np.ndarray  # (n_prev, motion_dim): the model's first-window condition
+    start_audio: np.ndarray  # (n_prev, feature_dim)
+    null_style: np.ndarray | None  # the learned "no style" vector (crossfades to/from no style)
+
+    def sample(self, audio_feat: np.ndarray, indicator: np.ndarray, prev_motion: np.ndarray,
+               prev_audio: np.ndarray, style: np.ndarray | None, step: int) -> np.ndarray:
+        """audio_feat (n_motions, F), indicator (n_motions,) 1 = real frame, prev_* (n_prev, ·),
+        style (d_style,) or None -> clean normalised motion (n_motions, motion_dim)."""
+
+
+class TorchAudioFeatures:
+    def __init__(self, model: DiffPoseTalk, window_samples: int, frame_samples: int = 640):
+        if window_samples % frame_samples:
+            raise ValueError("the audio window must be a whole number of motion frames")
+        self.model = model
+        self.window_samples = window_samples
+        self.n_frames = window_samples // frame_samples
+        self.feature_dim = model.cfg.feature_dim
+
+    @torch.inference_mode()
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        if audio.shape != (self.window_samples,):
+            raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to "
+                             f"({self.window_samples},)")
+        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.model.device)
+        return self.model.audio_features(x[None], self.n_frames)[0].float().cpu().numpy()
+
+
+class TorchMotionEngine:
+    """One per session: x_T is drawn once from the seeded generator and reused for every window
+    (as the reference does); a stochastic sampler's per-step noise comes from the same generator,
+    so a session is reproducible for a seed and the same audio."""
+
+    def __init__(self, model: DiffPoseTalk, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
+                 seed: int = 0):
+        cfg = model.cfg
+        self.model, self.sampler, self.guidance = model, sampler, guidance
+        self.n_motions, self.n_prev, self.motion_dim = cfg.n_motions, cfg.n_prev_motions, cfg.motion_dim
+        self.use_indicator = cfg.use_indicator
+        dev = model.device
+        self.shape = torch.as_tensor(shape, dtype=torch.float32, device=dev).reshape(1, -1)
+        self.noise = RandomNoise(seed, dev)
+        self.x_T = self.noise.initial((1, cfg.n_motions, cfg.motion_dim))
+        self.start_motion = model.start_motion_feat[0].detach().cpu().numpy()
+        self.start_audio = model.start_audio_feat[0].detach().cpu().numpy()
+        null = getattr(model, "null_style_feat", None)
+        self.null_style = None if null is None else null[0, 0].detach().cpu().numpy()
+        self._warm_up()
+
+    @torch.inference_mode()
+    def _warm_up(self) -> None:
+        """One guided pass so the first live step does not pay PyTorch's first-call costs. It calls
+        the network directly: no draws from the session's noise generator (reproducibility)."""
+        L, F = self.n_motions, self.model.cfg.feature_dim
+        cond = WindowCondition(torch.zeros(1, L, F, device=self.model.device), self.shape,
+                               None if self.null_style is None else self._t(self.null_style),
+                               self._t(self.start_motion), self._t(self.start_audio),
+                               torch.ones(1, L, device=self.model.device) if self.use_indicator else None)
+        self.model.guided_x0(self.x_T, 1, cond, self.guidance)
+
+    def _t(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.model.device)[None]
+
+    @torch.inference_mode()
+    def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+        cond = WindowCondition(self._t(audio_feat), self.shape, None if style is None else self._t(style),
+                               self._t(prev_motion), self._t(prev_audio),
+                               self._t(indicator) if self.use_indicator else None)
+        out = self.sampler.sample(self.model, cond, self.guidance, self.x_T, self.noise, window=step)
+        return out[0].float().cpu().numpy()
+
+
+class CoefDecoder:
+    """Normalised network motion (n, D) -> raw FLAME exp (n, 50) and pose (n, 6)."""
+
+    def __init__(self, stats: dict[str, torch.Tensor], head_pose: bool):
+        self.stats = {k: v.detach().cpu() for k, v in stats.items()}
+        self.head_pose = head_pose
+
+    def __call__(self, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        coef = motion_to_coef(torch.from_numpy(motion), self.stats, self.head_pose)
+        return coef["exp"].numpy(), coef["pose"].numpy()

@@ -1,0 +1,45 @@
+"""Command-line options shared by every command that generates or streams motion (animate,
+stream, serve, bench, voice-check), so they read and default the same everywhere."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from diffposetalk.paths import DEFAULT_MODEL
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    """Options shared by every command that generates motion."""
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: bundled demo)")
+    p.add_argument("--style", help="preset name of the model, or a .npy style vector")
+    p.add_argument("--cfg-audio", type=float, default=1.15, help="audio guidance scale")
+    p.add_argument("--cfg-style", type=float, default=3.0, help="style guidance scale")
+    p.add_argument("--cfg-mode", choices=["incremental", "independent"], help="default: the model's")
+    p.add_argument("--dtr", type=float, default=0.0, help="dynamic thresholding ratio (0: off; e.g. 0.99)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, help="torch CPU threads")
+
+
+# Chosen by measurement (docs/STREAMING.md): hop 80 ms, lookahead 80 ms, left context 1600 ms.
+DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 1600
+DEFAULT_DDIM_STEPS = 2
+
+
+def add_window_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hop-ms", type=int, default=DEFAULT_HOP_MS, help="new audio per step (multiple of 40)")
+    p.add_argument("--lookahead-ms", type=int, default=DEFAULT_LOOKAHEAD_MS,
+                   help="future audio used for the newest frame (multiple of 40)")
+    p.add_argument("--context-ms", type=int, default=DEFAULT_CONTEXT_MS,
+                   help="past audio the audio encoder sees (multiple of 40)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
+    p.add_argument("--steps", type=int, help=f"ddim steps (default: a student model's own, else "
+                                              f"{DEFAULT_DDIM_STEPS})")
+
+
+def add_backend_args(p: argparse.ArgumentParser, default: str = "auto") -> None:
+    p.add_argument("--backend", choices=["auto", "torch", "onnxruntime", "tensorrt"], default=default,
+                   help="engine backend (auto: tensorrt with a GPU, else onnxruntime, else torch; docs/EXPORT.md)")
+    p.add_argument("--precision", choices=["fp32", "int8", "fp16"], default="fp32",
+                   help="int8: onnxruntime CPU dynamic quantisation; fp16: tensorrt")
