@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2 chromium
 
-.PHONY: run test system venv clean
+.PHONY: run test lint gpu-check system venv clean
 
 # System packages (only when root and missing; otherwise say what is needed).
 system:
@@ -29,8 +29,23 @@ $(STAMP): pyproject.toml
 
 venv: system $(STAMP)
 
-test: venv
+# Lint (ruff, configured in pyproject.toml), then the suite; tests/test_layers.py holds the rooms'
+# import contract (docs/ARCHITECTURE.md).
+test: venv lint
 	$(BIN)/python -m pytest -q
+
+lint: venv
+	$(BIN)/ruff check .
+
+# On a GPU machine: the CUDA and TensorRT tests (skipped elsewhere) and the batched-throughput figures.
+# GPU_PY: a Python that has a CUDA build of torch (and tensorrt + pycuda for the TensorRT paths).
+GPU_PY ?= $(BIN)/python
+GPU_OUT ?= out/gpu-check
+gpu-check:
+	mkdir -p $(GPU_OUT)
+	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee $(GPU_OUT)/gpu.txt
+	$(GPU_PY) -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a $(GPU_OUT)/gpu.txt
+	$(GPU_PY) -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_backends.py tests/test_export.py tests/test_convert.py 2>&1 | tee $(GPU_OUT)/tests.txt
 
 # The main job: the live server (`dpt-live serve`, docs/SERVER.md) with the bundled demo model, fed
 # by the microphone or, without one, the bundled speech in real time in a loop. Open the printed
