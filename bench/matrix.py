@@ -1,20 +1,24 @@
-"""`dpt-live bench`: the latency benchmark matrix (docs/PERFORMANCE.md).
+"""The benchmark family's runner (docs/PERFORMANCE.md): `dpt-live bench` runs it with its options,
+`dpt-live stream-bench` is a preset of it (bench/stream_grid.py).
 
-For every model (``--archs``: the trained demo model, the full-size reference architecture with
-random weights, ...; plus ``--model`` directories) × engine backend × sampler steps × window, one
-stream runs over the same clip through ``streaming.factory.build_session`` and is reported as
+For every model (``archs``: the trained demo model, the full-size reference architecture with
+random weights, ...; plus model directories) × engine backend × sampler steps × window, one
+stream runs over the same clip through ``streaming.factory.build_session`` (bench/timed_stream.py)
+and is reported as
 
 - time per step by stage: audio features, denoising, everything else (normalisation, window
   assembly, FLAME decoding);
 - real-time factor, step p50/p95/p99, worst frame latency had the audio arrived in real time
-  (replayed from the measured step times, streaming/metrics.py; or measured with ``--realtime``);
+  (replayed from the measured step times, streaming/metrics.py; or measured with ``realtime``);
+- seam smoothness, and with ``offline`` the fidelity to offline generation (bench/fidelity.py);
 - network passes and GFLOP per second of audio, and the speedup over the reference offline sampler
-  (timed in the same run: streaming/bench_cost.py) on the clock and in compute;
-- with ``--sessions N``: N concurrent streams (threads, one session each, one loaded model), and how
-  many keep up.
+  (timed in the same run: bench/cost.py) on the clock and in compute;
+- with ``sessions`` N > 1: N concurrent streams (threads, one session each, one loaded model), and
+  how many keep up.
 
 A backend that this build or machine lacks (``build_session`` raises UserError) becomes a
-"skipped" row with the reason; any other failure a "failed" row, and the matrix goes on."""
+"skipped" row with the reason; any other failure a "failed" row, and the matrix goes on (unless
+the plan is ``strict``)."""
 
 from __future__ import annotations
 
@@ -25,36 +29,78 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from bench.cost import SampleTimer, architecture_key, gflop_per_audio_s, network_flops, time_reference
-from bench.stream_grid import bench_clock, rss_mb
+from bench.archs import arch_model_dir, reference_arch
+from bench.common import BLOCK, choose_clock, default_cache_dir, load_clip, pick_style, rss_mb
+from bench.cost import architecture_key, gflop_per_audio_s, network_flops, time_reference
+from bench.fidelity import offline_arrays, offline_features, seams, stream_vs_offline
+from bench.timed_stream import StreamRun, feed, make_session, stream_once
 from diffposetalk.errors import UserError
 from diffposetalk.model import Guidance
-from diffposetalk.model_dir import LoadedModel, load_model_dir
+from diffposetalk.model_dir import load_model_dir
+from diffposetalk.paths import DEMO_AUDIO
 from diffposetalk.sampler import make_sampler
-from streaming.factory import BACKENDS, build_session
+from diffposetalk.units import SAMPLE_RATE
+from streaming.factory import BACKENDS
 from streaming.metrics import percentiles_ms, replay_latency
-from streaming.report import StreamRecorder
 from streaming.session import StreamConfig
-from streaming.windowing import FRAME_SAMPLES, SAMPLE_RATE
 
 log = logging.getLogger("dpt_live.bench")
 
-MODELS = Path(__file__).resolve().parent.parent / "models"
-# --archs names of bundled trained models, and the architecture whose reference each is compared with
-TRAINED = {"demo": (MODELS / "demo", "demo"), "demo-student": (MODELS / "demo-student", "demo")}
-
-BLOCK = 320  # 20 ms source blocks, as a microphone delivers them and as the latency replay assumes
 # The issue's targets (full-size architecture, ONNX Runtime, this 2-core CPU).
 TARGET_RTF, TARGET_LATENCY_MS, TARGET_COMPUTE_SPEEDUP = 0.5, 400.0, 300.0
 
 
-# --- parsing -------------------------------------------------------------------------------------
+@dataclass
+class Plan:
+    """What one benchmark run measures. The defaults are `dpt-live bench`'s."""
+
+    audio: str | None = str(DEMO_AUDIO)  # a file, or None / 'synthetic' for speech-like audio
+    seconds: float | None = 8.0  # the file's first SECONDS (None: all of it); the synthetic audio's length
+    archs: list[str] = field(default_factory=lambda: ["demo", "full"])  # bench/archs.py
+    models: list[Path] = field(default_factory=list)  # model directories
+    backends: list[tuple[str, str]] = field(default_factory=lambda: [("torch", "fp32"), ("onnxruntime", "fp32")])
+    sampler: str = "ddim"
+    # sampler steps; None: the stream commands' default for each model (streaming.setup.pick_sampler)
+    steps: list[int] | None = field(default_factory=lambda: [1, 2])
+    students_own_steps: bool = True  # a distilled student runs its own step count whatever ``steps`` say
+    windows: list[tuple[int, int, int]] = field(default_factory=lambda: [(80, 80, 1600), (160, 80, 1600)])
+    style: str | None = None
+    random_style: bool = True  # bench/common.py: pick_style
+    seam_blend: bool = True
+    offline: bool = False  # compare every stream with offline generation (fidelity, feature cosine)
+    count_flops: bool = True  # GFLOP per second of audio (one extra pass of each network per window)
+    reference_seconds: float = 4.0  # audio the reference DDPM sampler is timed on (0: not timed)
+    reference_steps: int | None = None
+    sessions: int = 1
+    latency_budget_ms: float = 400.0
+    realtime: bool = False
+    clock: str = "wall"
+    threads: int = 1
+    seed: int = 0
+    cache_dir: Path | None = None  # random-weight architectures (None: bench/common.py default_cache_dir)
+    strict: bool = False  # raise at the first configuration that cannot run instead of a skipped/failed row
+
+    def check(self) -> None:
+        choose_clock(self.clock, self.threads)
+        if self.clock == "cpu" and self.realtime:
+            raise UserError("--realtime measures latency on the wall clock: leave out --clock cpu")
+        if self.sessions < 1:
+            raise UserError("--sessions must be at least 1")
+        if not self.backends:
+            raise UserError("--backends: give at least one backend")
+        if self.steps is not None and not self.steps:
+            raise UserError("--steps: give at least one step count, e.g. 1,2")
+        if not self.windows:
+            raise UserError("--windows: give at least one hop/lookahead, e.g. 80/80")
+
+
+# --- parsing of `bench`'s list options -----------------------------------------------------------
 def split_list(text: str) -> list[str]:
     return [x.strip() for x in text.split(",") if x.strip() and x.strip() != "none"]
 
@@ -99,144 +145,42 @@ def parse_windows(text: str, context_ms: int) -> list[tuple[int, int, int]]:
     return out
 
 
-# --- models --------------------------------------------------------------------------------------
-def arch_config(arch: str):
-    """The ModelConfig of an --archs entry: a training/archs size, optionally with modifiers
-    '+student[N]' (a distilled 1-step student with an N-frame window, default 8 as `dpt-live
-    distill`) and '+small-encoder' (the demo model's 2-layer 128-d HuBERT in place of the arch's:
-    what a distilled small audio encoder would cost)."""
-    import dataclasses
-    import re
-
-    from diffposetalk.archs import ARCHS, HUBERT_DEMO, make_config
-
-    base, *mods = arch.split("+")
-    if base not in ARCHS:
-        raise UserError(f"--archs: unknown architecture {base!r} in {arch!r} (choose from {', '.join(ARCHS)}, "
-                        "optionally +student[N] and/or +small-encoder)")
-    cfg = make_config(base)
-    for mod in mods:
-        student = re.fullmatch(r"student(\d*)", mod)
-        if mod == "small-encoder":
-            cfg = dataclasses.replace(cfg, hubert=dict(HUBERT_DEMO), audio_hidden=HUBERT_DEMO["hidden_size"])
-        elif student:
-            cfg = dataclasses.replace(cfg, kind="student", student_steps=1, n_motions=int(student.group(1) or 8))
-        else:
-            raise UserError(f"--archs: unknown modifier {mod!r} in {arch!r} (+student[N], +small-encoder)")
-    cfg.description = f"random weights ({arch}), for timing only: dpt-live bench"
-    return cfg.validate(f"--archs {arch}")
+def bench_plan(args) -> Plan:
+    """The Plan of `dpt-live bench`'s options."""
+    return Plan(audio=str(args.audio), seconds=args.seconds, archs=split_list(args.archs),
+                models=[Path(m) for m in (args.model or [])], backends=parse_backends(args.backends),
+                steps=parse_steps(args.steps), windows=parse_windows(args.windows, args.context_ms),
+                style=args.style, seam_blend=not args.no_seam_blend, offline=args.fidelity,
+                reference_seconds=args.reference_seconds, reference_steps=args.reference_steps,
+                sessions=args.sessions, latency_budget_ms=args.latency_budget_ms, realtime=args.realtime,
+                clock=args.clock, threads=args.threads, seed=args.seed, cache_dir=args.cache_dir)
 
 
-def arch_model_dir(arch: str, cache_dir: Path, seed: int = 0) -> Path:
-    """demo, demo-student: the bundled trained models. Anything else (see arch_config): random
-    weights (speed does not depend on the weights), built once and cached; rebuilt if the config
-    changed."""
-    if arch in TRAINED:
-        path = TRAINED[arch][0]
-        if not (path / "config.json").is_file():
-            raise UserError(f"--archs {arch}: the bundled model {path} is not in this checkout")
-        return path
-    cfg = arch_config(arch)
-    out = cache_dir / arch
-    text = cfg.to_json() + "\n"
-    if (out / "weights.safetensors").is_file() and (out / "config.json").is_file() \
-            and (out / "config.json").read_text() == text:
-        return out
-    from diffposetalk.model import DiffPoseTalk
-    from diffposetalk.model_dir import save_model_dir
-
-    log.info("building the %s architecture with random weights under %s (once)", arch, out)
-    torch.manual_seed(seed)
-    model = DiffPoseTalk(cfg)
-    rng = np.random.default_rng(seed)
-    stats = {"shape_mean": np.zeros(100), "shape_std": np.ones(100), "exp_mean": np.zeros(50),
-             "exp_std": np.ones(50), "pose_mean": np.zeros(6), "pose_std": np.full(6, 0.1)}
-    styles = {"default": rng.normal(size=cfg.d_style).astype(np.float32)} if cfg.use_style else None
-    tmp = cache_dir / f".{arch}.partial"
-    save_model_dir(tmp, cfg, model, stats, styles)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)  # a half-written cache is never mistaken for a built one
-    return out
+# --- one configuration ---------------------------------------------------------------------------
+def step_counts(loaded, plan: Plan) -> list[int | None]:
+    """The sampler step counts ``loaded`` runs with; None: its default (a student's own count)."""
+    if plan.steps is None or (loaded.config.kind == "student" and plan.students_own_steps):
+        return [None]
+    return list(plan.steps)
 
 
-def pick_style(loaded: LoadedModel, name: str | None, seed: int) -> tuple[np.ndarray | None, str]:
-    """A style vector, so that style guidance (the reference's third pass) is measured: --style,
-    else the 'default' preset, else the first preset, else a seeded random vector."""
-    if not loaded.config.use_style:
-        if name:
-            raise UserError(f"model {loaded.path} takes no style input (--style {name})")
-        return None, "none (the model takes no style)"
-    if name:
-        return loaded.style(name), name
-    if loaded.styles:
-        key = "default" if "default" in loaded.styles else sorted(loaded.styles)[0]
-        return loaded.styles[key], f"preset {key}"
-    return np.random.default_rng(seed).normal(size=loaded.config.d_style).astype(np.float32), "random vector"
+def row_sampler(loaded, plan: Plan, steps: int | None):
+    if plan.steps is None:  # as `stream` would run the model
+        from streaming.setup import pick_sampler
+
+        return pick_sampler(plan.sampler, None, loaded)
+    return make_sampler(plan.sampler, steps, loaded.model)  # steps None: a student's own
 
 
-# --- one stream ----------------------------------------------------------------------------------
-@dataclass
-class StreamRun:
-    compute: list[float]
-    features: list[float]
-    denoise: list[float]
-    frames: int
-    measured_latency: list[float] | None  # emit - arrival per frame (realtime runs only)
-    spec: object
-    setup_s: float
-    wall_s: float
-    engine: str  # what the session actually ran on (build_session's description)
-
-
-def make_session(loaded, sampler, guidance, style, config, backend: tuple[str, str], threads: int, clock):
-    """A session with a step recorder and a denoising timer; setup time (export on first use
-    included) measured on the wall."""
-    rec = StreamRecorder()
-    t0 = time.perf_counter()
-    session = build_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, backend=backend[0],
-                            precision=backend[1], threads=threads, clock=clock)
-    setup = time.perf_counter() - t0
-    session.motion = timer = SampleTimer(session.motion, clock)
-    return session, rec, timer, setup
-
-
-def feed(session, rec: StreamRecorder, audio: np.ndarray, realtime: bool) -> float:
-    """Feed ``audio`` in 20 ms blocks: as fast as possible, or each block when it would have been
-    spoken (stamped with that time, so queueing behind a slow step counts as latency)."""
-    t0 = time.perf_counter()
-    for i in range(0, len(audio), BLOCK):
-        chunk = audio[i:i + BLOCK]
-        if realtime:
-            due = t0 + (i + len(chunk)) / SAMPLE_RATE
-            wait = due - time.perf_counter()
-            if wait > 0:
-                time.sleep(wait)
-            rec.on_frames(session.feed(chunk, arrival=due))
-        else:
-            rec.on_frames(session.feed(chunk))
-    rec.on_frames(session.finish())
-    return time.perf_counter() - t0
-
-
-def stream_once(loaded, sampler, guidance, style, config, audio, backend, threads, clock, realtime) -> StreamRun:
-    session, rec, timer, setup = make_session(loaded, sampler, guidance, style, config, backend, threads, clock)
-    wall = feed(session, rec, audio, realtime)
-    return StreamRun([s.compute_s for s in rec.steps], [s.features_s for s in rec.steps], timer.seconds,
-                     len(rec.frames), [f.latency for f in rec.frames] if realtime else None, session.spec,
-                     setup, wall, getattr(session, "backend", backend[0]))
-
-
-def summarise(run: StreamRun, audio_s: float, per_window_passes: int, flops: dict) -> dict:
-    """per_window_passes: denoiser passes of one streaming step (sampler steps × guided passes)."""
+def summarise(run: StreamRun, audio_s: float, per_window_passes: int, flops: dict | None) -> dict:
+    """per_window_passes: denoiser passes of one streaming step (sampler steps × guided passes);
+    flops: bench/cost.py network_flops of the window (None: not counted)."""
     n = len(run.compute)
     compute, feats, den = (np.asarray(x, dtype=np.float64) for x in (run.compute, run.features, run.denoise))
     other = compute - feats - den
     replayed = replay_latency(run.compute, run.spec, run.frames, BLOCK)
     measured = percentiles_ms(run.measured_latency) if run.measured_latency is not None else None
-    return {
+    row = {
         "engine": run.engine, "audio_seconds": round(audio_s, 3), "frames": run.frames, "steps_run": n,
         "setup_s": round(run.setup_s, 3), "wall_s": round(run.wall_s, 3),
         "rtf": float(compute.sum() / audio_s),
@@ -245,17 +189,21 @@ def summarise(run: StreamRun, audio_s: float, per_window_passes: int, flops: dic
         "stage_rtf": {"features": float(feats.sum() / audio_s), "denoise": float(den.sum() / audio_s),
                       "other": float(other.sum() / audio_s)},
         "step_ms": percentiles_ms(run.compute),
+        "features_ms": percentiles_ms(run.features),
         "replayed_latency_ms": percentiles_ms(replayed),
         "measured_latency_ms": measured,
         "worst_latency_ms": (measured or percentiles_ms(replayed))["max"],
+        "seams": seams(run.recorder, run.spec.hop),
         "passes_per_step": per_window_passes,
         "passes_per_audio_s": n * per_window_passes / audio_s,
         "encoder_passes_per_audio_s": n / audio_s,
         "ms_per_pass": round(float(den.mean() * 1000 / per_window_passes), 2),
-        "gflop_per_step": (flops["encoder"] + per_window_passes * flops["pass"]) / 1e9,
-        "gflop_per_audio_s": gflop_per_audio_s(n, audio_s, flops, per_window_passes),
-        "rss_mb": round(rss_mb(), 0),
     }
+    if flops is not None:
+        row["gflop_per_step"] = (flops["encoder"] + per_window_passes * flops["pass"]) / 1e9
+        row["gflop_per_audio_s"] = gflop_per_audio_s(n, audio_s, flops, per_window_passes)
+    row["rss_mb"] = round(rss_mb(), 0)
+    return row
 
 
 def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, threads: int, n: int,
@@ -270,13 +218,14 @@ def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, thr
     errors: list[str] = []
 
     def worker(i):
-        session, rec, _timer, _setup = built[i]
+        timed = built[i]
+        rec = timed.recorder
         try:
             start.wait()
-            wall = feed(session, rec, audio, realtime)
+            wall = feed(timed, audio, realtime)
             compute = [s.compute_s for s in rec.steps]
             lat = ([f.latency for f in rec.frames] if realtime
-                   else replay_latency(compute, session.spec, len(rec.frames), BLOCK))
+                   else replay_latency(compute, timed.session.spec, len(rec.frames), BLOCK))
             rtf = sum(compute) / (len(audio) / SAMPLE_RATE)
             worst = float(np.max(lat)) * 1000
             results[i] = {"rtf": round(rtf, 4), "worst_latency_ms": round(worst, 1), "wall_s": round(wall, 3),
@@ -299,23 +248,6 @@ def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, thr
 
 
 # --- the matrix ----------------------------------------------------------------------------------
-def load_clip(path: str, seconds: float, seed: int) -> tuple[np.ndarray, str]:
-    if path == "synthetic":
-        from diffposetalk.synth_audio import speechlike
-
-        return speechlike(seconds, seed), f"synthetic speech-like audio (seed {seed})"
-    from diffposetalk.audio_io import load_audio
-
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"--audio: file not found: {p}")
-    audio = load_audio(p)
-    n = min(len(audio), round(seconds * SAMPLE_RATE))
-    if n < FRAME_SAMPLES:
-        raise UserError(f"--audio {p}: {n / SAMPLE_RATE:.3f} s is shorter than one 40 ms motion frame")
-    return audio[:n].astype(np.float32), str(p)
-
-
 def machine_info() -> dict:
     info = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "torch_threads": torch.get_num_threads(), "load_average": [round(x, 2) for x in os.getloadavg()]}
@@ -333,126 +265,147 @@ def _targets(row: dict) -> dict:
             "compute_speedup": (row.get("speedup_compute") or 0) >= TARGET_COMPUTE_SPEEDUP}
 
 
-def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
-    """Runs everything the arguments ask for and returns the result (the JSON document)."""
-    if args.clock == "cpu" and args.threads != 1:
-        raise UserError("--clock cpu measures the calling thread only: use --threads 1")
-    if args.clock == "cpu" and args.realtime:
-        raise UserError("--realtime measures latency on the wall clock: leave out --clock cpu")
-    if args.sessions < 1:
-        raise UserError("--sessions must be at least 1")
-    backends = parse_backends(args.backends)
-    steps_list = parse_steps(args.steps)
-    windows = parse_windows(args.windows, args.context_ms)
-    archs = split_list(args.archs)
-    if not backends:
-        raise UserError("--backends: give at least one backend")
+def run_matrix(plan: Plan, progress: Callable[[str], None] = print,
+               row_line: Callable[[dict], str] | None = None) -> dict:
+    """Runs everything the plan asks for and returns the result (the JSON document). progress:
+    one line per reference run and per row (``row_line``, default :func:`one_line`, formats rows)."""
+    plan.check()
+    row_line = row_line or one_line
+    cache_dir = plan.cache_dir or default_cache_dir()
     # (name, directory, the architecture whose reference sampler it is compared with: an --archs
     # variant such as full+student with its base, full; a --model directory by its network sizes)
-    models = [(a, arch_model_dir(a, args.cache_dir, args.seed), TRAINED[a][1] if a in TRAINED else a.split("+")[0])
-              for a in archs]
-    models += [(Path(m).name, Path(m), None) for m in (args.model or [])]
+    models = [(a, arch_model_dir(a, cache_dir, plan.seed), reference_arch(a)) for a in plan.archs]
+    models += [(Path(m).name, Path(m), None) for m in plan.models]
     if not models:
         raise UserError("nothing to measure: give --archs and/or --model")
-    torch.set_num_threads(args.threads)
-    clock = bench_clock(args)
-    audio, audio_name = load_clip(str(args.audio), args.seconds, args.seed)
+    torch.set_num_threads(plan.threads)
+    clock = choose_clock(plan.clock, plan.threads)
+    audio, audio_name = load_clip(plan.audio, plan.seconds, plan.seed)
     audio_s = len(audio) / SAMPLE_RATE
     guidance = Guidance()
     result = {"settings": {"audio": audio_name, "audio_seconds": round(audio_s, 3),
-                           "backends": [f"{b}:{p}" for b, p in backends],
-                           "models": [f"{n} ({p})" for n, p, _ in models], "steps": steps_list,
-                           "windows": [f"{h}/{la}/{c}" for h, la, c in windows], "clock": args.clock,
-                           "threads": args.threads, "realtime": args.realtime, "sessions": args.sessions,
-                           "reference_seconds": args.reference_seconds, "reference_steps": args.reference_steps,
-                           "block_ms": BLOCK * 1000 // SAMPLE_RATE, "seed": args.seed,
+                           "backends": [f"{b}:{p}" for b, p in plan.backends],
+                           "models": [f"{n} ({p})" for n, p, _ in models],
+                           "steps": plan.steps if plan.steps is not None else "default",
+                           "windows": [f"{h}/{la}/{c}" for h, la, c in plan.windows], "clock": plan.clock,
+                           "threads": plan.threads, "realtime": plan.realtime, "sessions": plan.sessions,
+                           "reference_seconds": plan.reference_seconds, "reference_steps": plan.reference_steps,
+                           "block_ms": BLOCK * 1000 // SAMPLE_RATE, "seed": plan.seed,
+                           "sampler": plan.sampler, "seam_blend": plan.seam_blend, "offline": plan.offline,
                            "targets": {"rtf": TARGET_RTF, "worst_latency_ms": TARGET_LATENCY_MS,
                                        "compute_speedup": TARGET_COMPUTE_SPEEDUP}},
               "machine": machine_info(), "references": [], "rows": []}
     loaded_models = []
     for name, path, base in models:
         loaded = load_model_dir(path)
-        style, style_name = pick_style(loaded, args.style, args.seed)
+        style, style_name = pick_style(loaded, plan.style, plan.seed, plan.random_style)
         loaded_models.append((name, loaded, style, style_name, base))
 
-    # the reference offline sampler, once per teacher architecture
-    refs: dict[str, dict] = {}  # architecture_key -> reference result
-    row_ref: dict[str, str] = {}  # model name -> architecture_key of its reference
-    if args.reference_seconds > 0:
-        piece = audio[:round(args.reference_seconds * SAMPLE_RATE)]
-        teachers = {}  # reference name -> (loaded, style, style name)
-        for name, loaded, style, style_name, base in loaded_models:
-            if base is not None and base != name:  # an architecture variant: its base architecture's reference
-                if base not in teachers:
-                    tl = next((m for m in loaded_models if m[0] == base), None)
-                    if tl is None:
-                        tl_loaded = load_model_dir(arch_model_dir(base, args.cache_dir, args.seed))
-                        tl = (base, tl_loaded, *pick_style(tl_loaded, args.style, args.seed))
-                    teachers[base] = tl[1:4]
-                row_ref[name] = architecture_key(teachers[base][0])
-            elif loaded.config.kind != "student":
-                teachers.setdefault(name, (loaded, style, style_name))
-                row_ref[name] = architecture_key(loaded)
-        for name, (loaded, style, style_name) in teachers.items():
-            key = architecture_key(loaded)
-            if key in refs:
-                continue
-            progress(f"reference sampler on {name}: {len(piece) / SAMPLE_RATE:.2f} s of audio, "
-                     f"{args.reference_steps or loaded.config.n_diff_steps} of {loaded.config.n_diff_steps} steps timed ...")
-            flops = network_flops(loaded, None, guidance, style)
-            ref = time_reference(loaded, piece, guidance, style, clock, args.reference_steps, args.seed, flops)
-            ref.update(model=name, style=style_name, backend="torch")
-            refs[key] = ref
-            result["references"].append(ref)
-            progress(f"  {ref['seconds']:.1f} s -> {ref['rtf']:.2f} s per second of audio, "
-                     f"{ref['passes_per_audio_s']:.0f} passes/s, {ref['gflop_per_audio_s']:.1f} GFLOP/s")
+    refs, row_ref = time_references(plan, loaded_models, audio, guidance, clock, cache_dir, progress, result)
 
     flops_cache: dict = {}
     failed = 0
     for name, loaded, style, style_name, _base in loaded_models:
         # a student directory: the reference of a teacher with the same network sizes, if one ran
         ref = refs.get(row_ref.get(name, architecture_key(loaded)))
-        ref_name = ref["model"] if ref else None
-        step_counts = [None] if loaded.config.kind == "student" else steps_list
-        for backend in backends:
-            for steps in step_counts:
-                for hop, la, ctx in windows:
+        offline_feats = None  # computed once per model, when the first row needs it
+        offline_motion: dict = {}  # per sampler step count
+        for backend in plan.backends:
+            for steps in step_counts(loaded, plan):
+                for hop, la, ctx in plan.windows:
                     row = {"model": name, "kind": loaded.config.kind, "backend": backend[0],
                            "precision": backend[1], "hop_ms": hop, "lookahead_ms": la, "context_ms": ctx,
                            "style": style_name}
                     try:
-                        sampler = make_sampler("ddim", steps, loaded.model)  # steps None: a student's own
+                        sampler = row_sampler(loaded, plan, steps)
                         n_steps = len(sampler.timesteps(loaded.model))
                         row["denoiser_steps"] = n_steps
-                        config = StreamConfig(hop, la, ctx, seed=args.seed)
-                        key = (id(loaded), config.spec().window_samples)
-                        if key not in flops_cache:
-                            flops_cache[key] = network_flops(loaded, config.spec().window_samples, guidance, style)
+                        config = StreamConfig(hop, la, ctx, seed=plan.seed, seam_blend=plan.seam_blend)
+                        flops = None
+                        if plan.count_flops:
+                            key = (id(loaded), config.spec().window_samples)
+                            if key not in flops_cache:
+                                flops_cache[key] = network_flops(loaded, config.spec().window_samples, guidance,
+                                                                 style)
+                            flops = flops_cache[key]
+                        if plan.offline and n_steps not in offline_motion:
+                            offline_motion[n_steps] = offline_arrays(loaded, sampler, guidance, style, audio,
+                                                                     plan.seed)
+                            if offline_feats is None:
+                                offline_feats = offline_features(loaded, audio)
                         per_window = sampler.passes_per_window(loaded.model, guidance, style is not None)
-                        run = stream_once(loaded, sampler, guidance, style, config, audio, backend, args.threads,
-                                          clock, args.realtime)
-                        row.update(status="ok", **summarise(run, audio_s, per_window, flops_cache[key]))
+                        run = stream_once(loaded, sampler, guidance, style, config, audio, backend, plan.threads,
+                                          clock, plan.realtime, tap_features=plan.offline)
+                        row.update(status="ok", **summarise(run, audio_s, per_window, flops))
+                        if plan.offline:
+                            row["fidelity"] = stream_vs_offline(run.recorder, run.streamed_features,
+                                                                (offline_motion[n_steps], offline_feats))
                         if ref is not None:
-                            row["reference"] = ref_name
+                            row["reference"] = ref["model"]
                             row["speedup_time"] = ref["rtf"] / row["rtf"]
-                            row["speedup_compute"] = ref["gflop_per_audio_s"] / row["gflop_per_audio_s"]
+                            if "gflop_per_audio_s" in ref and "gflop_per_audio_s" in row:
+                                row["speedup_compute"] = ref["gflop_per_audio_s"] / row["gflop_per_audio_s"]
                         row["targets_met"] = _targets(row)
-                        if args.sessions > 1:
+                        if plan.sessions > 1:
                             row["concurrent"] = run_concurrent(loaded, sampler, guidance, style, config, audio,
-                                                               backend, args.threads, args.sessions, args.realtime,
-                                                               args.latency_budget_ms)
+                                                               backend, plan.threads, plan.sessions,
+                                                               plan.realtime, plan.latency_budget_ms)
                     except UserError as exc:  # this build or machine lacks the backend (or bad settings)
+                        if plan.strict:
+                            raise
                         row.update(status="skipped", reason=str(exc))
                     except Exception as exc:
+                        if plan.strict:
+                            raise
                         failed += 1
                         log.debug("row failed", exc_info=True)
                         row.update(status="failed", reason=f"{type(exc).__name__}: {exc}",
                                    traceback=traceback.format_exc(limit=4))
                     result["rows"].append(row)
-                    progress(one_line(row))
+                    progress(row_line(row))
     result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
     result["failed"] = failed
     return result
+
+
+def time_references(plan: Plan, loaded_models, audio, guidance, clock, cache_dir, progress,
+                    result) -> tuple[dict[str, dict], dict[str, str]]:
+    """The reference offline sampler, once per teacher architecture: ({architecture_key:
+    reference result}, {model name: architecture_key of its reference}). Appends each reference
+    to result['references']."""
+    refs: dict[str, dict] = {}
+    row_ref: dict[str, str] = {}
+    if plan.reference_seconds <= 0:
+        return refs, row_ref
+    piece = audio[:round(plan.reference_seconds * SAMPLE_RATE)]
+    teachers = {}  # reference name -> (loaded, style, style name)
+    for name, loaded, style, style_name, base in loaded_models:
+        if base is not None and base != name:  # an architecture variant: its base architecture's reference
+            if base not in teachers:
+                tl = next((m for m in loaded_models if m[0] == base), None)
+                if tl is None:
+                    tl_loaded = load_model_dir(arch_model_dir(base, cache_dir, plan.seed))
+                    tl = (base, tl_loaded, *pick_style(tl_loaded, plan.style, plan.seed, plan.random_style))
+                teachers[base] = tl[1:4]
+            row_ref[name] = architecture_key(teachers[base][0])
+        elif loaded.config.kind != "student":
+            teachers.setdefault(name, (loaded, style, style_name))
+            row_ref[name] = architecture_key(loaded)
+    for name, (loaded, style, style_name) in teachers.items():
+        key = architecture_key(loaded)
+        if key in refs:
+            continue
+        progress(f"reference sampler on {name}: {len(piece) / SAMPLE_RATE:.2f} s of audio, "
+                 f"{plan.reference_steps or loaded.config.n_diff_steps} of {loaded.config.n_diff_steps} steps timed ...")
+        flops = network_flops(loaded, None, guidance, style) if plan.count_flops else None
+        ref = time_reference(loaded, piece, guidance, style, clock, plan.reference_steps, plan.seed, flops)
+        ref.update(model=name, style=style_name, backend="torch")
+        refs[key] = ref
+        result["references"].append(ref)
+        line = (f"  {ref['seconds']:.1f} s -> {ref['rtf']:.2f} s per second of audio, "
+                f"{ref['passes_per_audio_s']:.0f} passes/s")
+        progress(line + (f", {ref['gflop_per_audio_s']:.1f} GFLOP/s" if "gflop_per_audio_s" in ref else ""))
+    return refs, row_ref
 
 
 def one_line(row: dict) -> str:
@@ -463,10 +416,30 @@ def one_line(row: dict) -> str:
     s = row["step_ms"]
     text = (f"{head}: RTF {row['rtf']:.2f}, step {s['p50']:.0f}/{s['p95']:.0f}/{s['p99']:.0f} ms "
             f"(features {row['stage_ms']['features']:.0f}, denoise {row['stage_ms']['denoise']:.0f}), "
-            f"worst latency {row['worst_latency_ms']:.0f} ms, {row['gflop_per_audio_s']:.1f} GFLOP/s audio")
+            f"worst latency {row['worst_latency_ms']:.0f} ms")
+    if "gflop_per_audio_s" in row:
+        text += f", {row['gflop_per_audio_s']:.1f} GFLOP/s audio"
     if "speedup_compute" in row:
         text += f", {row['speedup_time']:.0f}x time / {row['speedup_compute']:.0f}x compute vs reference"
     if "concurrent" in row:
         c = row["concurrent"]
         text += f", {c['keep_up']}/{c['n']} concurrent streams keep up"
     return text
+
+
+def run_bench(plan: Plan, json_path: Path | None = None, markdown_path: Path | None = None,
+              plot_path: Path | None = None) -> int:
+    """`dpt-live bench`: run the plan, print the progress and the markdown tables, write the asked
+    files. 1 when a configuration failed."""
+    from bench.report import markdown, write_json, write_markdown, write_plot
+
+    result = run_matrix(plan, progress=lambda line: print(line, flush=True))
+    print()
+    print(markdown(result))
+    if json_path:
+        write_json(result, json_path)
+    if markdown_path:
+        write_markdown(result, markdown_path)
+    if plot_path:
+        write_plot(result, plot_path)
+    return 1 if result["failed"] else 0

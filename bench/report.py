@@ -1,5 +1,6 @@
-"""Writers for `dpt-live bench` results (streaming/bench_matrix.py): JSON, a markdown report and a
-PNG plot (matplotlib, Agg: no display needed)."""
+"""Reports of the benchmark family (bench/matrix.py results): JSON, the markdown tables of
+`dpt-live bench`, its PNG plot (matplotlib, Agg: no display needed), and the row and table of
+`dpt-live stream-bench` (the streaming grid: speed, latency, seams, fidelity to offline generation)."""
 
 from __future__ import annotations
 
@@ -111,7 +112,46 @@ def markdown(result: dict) -> str:
     conc = concurrent_table(result)
     if conc:
         parts += ["", "Concurrent streams (threads sharing one loaded model, wall clock):", "", conc]
+    if s.get("offline"):
+        ok = [r for r in result["rows"] if r["status"] == "ok"]
+        parts += ["", "Seams and fidelity to offline generation (same sampler, seed, style and x_T; seam/inside: "
+                      "frame-to-frame change across step boundaries over that inside steps):", "",
+                  grid_table([grid_row(r) for r in ok], with_backend=True)]
     return "\n".join(parts) + "\n"
+
+
+# --- the streaming grid (`dpt-live stream-bench`) ------------------------------------------------
+def grid_row(row: dict) -> dict:
+    """A matrix row as `stream-bench` reports it (its JSON rows and table)."""
+    out = {"model": row["model"], "hop_ms": row["hop_ms"], "lookahead_ms": row["lookahead_ms"],
+           "context_ms": row["context_ms"], "denoiser_steps": row["denoiser_steps"], "rtf": row["rtf"],
+           "step_ms": row["step_ms"], "features_ms": row["features_ms"], "latency_ms": row["replayed_latency_ms"],
+           "seams": row["seams"]}
+    if "fidelity" in row:
+        out["fidelity"] = row["fidelity"]
+    if row.get("backend", "torch") != "torch" or row.get("precision", "fp32") != "fp32":
+        out["backend"] = _backend(row)
+    return out
+
+
+def grid_table(rows: list[dict], with_backend: bool = False) -> str:
+    """rows: grid_row results."""
+    head = ("| model | hop/la/ctx ms | RTF | step p50/p95/p99 ms | encoder p50 ms | worst latency ms "
+            "| seam/inside | feature cos | jaw corr / rmse | exp corr / rmse |")
+    if with_backend:
+        head = head.replace("| model |", "| model | backend | steps |", 1)
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        s, f = r["step_ms"], r.get("fidelity")
+        fid = ("—", "—", "—") if f is None else (f"{f['feature_cos']:.3f}", f"{f['jaw_corr']:.3f} / {f['jaw_rmse']:.4f}",
+                                                 f"{f['exp_corr']:.3f} / {f['exp_rmse']:.3f}")
+        ratio = r["seams"]["ratio"] if r["seams"] else None
+        model = f"{r['model']} | {r.get('backend', 'torch')} | {r['denoiser_steps']}" if with_backend else r["model"]
+        lines.append(f"| {model} | {_window(r)} | {r['rtf']:.2f} "
+                     f"| {s['p50']:.0f}/{s['p95']:.0f}/{s['p99']:.0f} | {r['features_ms']['p50']:.0f} "
+                     f"| {r['latency_ms']['max']:.0f} | {'—' if ratio is None else f'{ratio:.2f}'} "
+                     f"| {fid[0]} | {fid[1]} | {fid[2]} |")
+    return "\n".join(lines)
 
 
 def write_markdown(result: dict, path: Path) -> None:

@@ -3,11 +3,11 @@ to a viewer's socket, the dpt_server_overhead_seconds histogram) with 1, 10, ...
 
 The server runs as its own process (`dpt-live serve`, the real command) so that the viewers'
 receive work does not share its event loop; this process connects the viewers and reads
-/metrics before and after each measurement window (quantiles from the bucket differences)."""
+/metrics before and after each measurement window (quantiles from the bucket differences).
+The command's options are registered in dpt_live/commands/serve.py."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -20,26 +20,6 @@ from pathlib import Path
 
 from diffposetalk.errors import UserError
 from server.metrics import quantile_from_cumulative  # noqa: F401  (also the bench's API)
-
-DEMO_AUDIO = Path(__file__).resolve().parent.parent / "clients" / "demo" / "speech.flac"
-
-
-def register_bench(sub: argparse._SubParsersAction) -> None:
-    from diffposetalk.paths import DEFAULT_STREAM_MODEL
-
-    p = sub.add_parser("serve-bench", help="server overhead per frame with 1, 10, ... viewers")
-    p.add_argument("--model", type=Path, default=DEFAULT_STREAM_MODEL)
-    p.add_argument("--audio", type=Path, default=DEMO_AUDIO, help="played in real time in a loop")
-    p.add_argument("--viewers", default="1,10", help="comma-separated viewer counts")
-    p.add_argument("--seconds", type=float, default=20.0, help="measurement window per viewer count")
-    p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--mode", choices=["binary", "json"], default="binary")
-    p.add_argument("--backend", default="torch")
-    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
-                   help="extra argument for `dpt-live serve` (repeatable, e.g. --serve-arg=--steps=1)")
-    p.add_argument("--json", type=Path, help="also write the rows as JSON")
-    p.set_defaults(func=cmd_serve_bench)
-
 
 # --- Prometheus text ------------------------------------------------------------------------------
 
@@ -145,7 +125,10 @@ async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, war
     return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped), cpu
 
 
-def cmd_serve_bench(args) -> int:
+def run_serve_bench(args) -> int:
+    """`dpt-live serve-bench` (its options: dpt_live/commands/serve.py): a server with the demo
+    audio looping, then for each viewer count a measurement window; prints a line per count and
+    writes the rows with --json."""
     try:
         ns = [int(x) for x in args.viewers.split(",") if x.strip()]
     except ValueError as exc:

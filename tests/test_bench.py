@@ -1,6 +1,7 @@
 """`dpt-live bench` on tiny models and two seconds of audio: the JSON, markdown and PNG it writes,
 the numbers' consistency, student rows against their teacher's reference, the random-weight
-architecture cache and bad input."""
+architecture cache (in the user cache by default) and bad input; `dpt-live stream-bench` as a
+preset of the same benchmark family."""
 
 from __future__ import annotations
 
@@ -140,7 +141,7 @@ def test_students_use_their_teachers_reference(tmp_path):
 
 
 def test_random_architecture_is_built_once(tmp_path):
-    from bench.matrix import arch_model_dir
+    from bench.archs import arch_model_dir
 
     d = arch_model_dir("tiny", tmp_path)
     assert (d / "config.json").is_file() and (d / "styles" / "default.npy").is_file()
@@ -181,3 +182,63 @@ def test_realtime_run_measures_latency(tiny_model_dir, tmp_path):
     assert lat is not None and row["worst_latency_ms"] == lat["max"]
     assert lat["max"] >= 40 and row["wall_s"] >= 1.1  # fed at the speed of speech
     assert "speedup_time" not in row and np.isfinite(row["gflop_per_audio_s"])
+
+
+def test_stream_bench_is_a_preset_of_bench(tiny_model_dir, tmp_path, capsys):
+    """stream-bench's rows come out of the shared runner: `bench --fidelity` on the same model,
+    audio, sampler, style and window gives the same (deterministic) seams and fidelity."""
+    rc = main(["stream-bench", "--model", str(tiny_model_dir), "--seconds", "1.6", "--grid", "80/80/800,160/80/400",
+               "--style", "calm", "--json", str(tmp_path / "grid.json")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "| model | hop/la/ctx ms | RTF | step p50/p95/p99 ms | encoder p50 ms |" in out
+    assert "1.6 s of synthetic speech-like audio, ddim sampler" in out
+    grid = json.loads((tmp_path / "grid.json").read_text())
+    assert [(r["model"], r["hop_ms"], r["lookahead_ms"], r["context_ms"]) for r in grid] == [
+        ("tiny", 80, 80, 800), ("tiny", 160, 80, 400)]
+    for r in grid:
+        assert set(r) == {"model", "hop_ms", "lookahead_ms", "context_ms", "denoiser_steps", "rtf", "step_ms",
+                          "features_ms", "latency_ms", "seams", "fidelity"}
+        assert r["denoiser_steps"] == 2  # the stream commands' DDIM default
+        assert r["latency_ms"]["max"] >= r["lookahead_ms"] and -1 <= r["fidelity"]["feature_cos"] <= 1
+
+    rc = main(["bench", "--archs", "none", "--model", str(tiny_model_dir), "--backends", "torch", "--steps", "2",
+               "--windows", "80/80/800,160/80/400", "--audio", "synthetic", "--seconds", "1.6", "--style", "calm",
+               "--reference-seconds", "0", "--fidelity", "--json", str(tmp_path / "r.json"),
+               "--markdown", str(tmp_path / "r.md")])
+    assert rc == 0
+    rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    for g, r in zip(grid, rows, strict=True):
+        assert r["fidelity"] == g["fidelity"] and r["seams"] == g["seams"]
+        assert r["replayed_latency_ms"]["max"] == pytest.approx(r["worst_latency_ms"])
+    assert "Seams and fidelity to offline generation" in (tmp_path / "r.md").read_text()
+
+
+def test_stream_bench_long_defaults_to_the_bundled_stream_model(capsys):
+    from diffposetalk.paths import DEFAULT_STREAM_MODEL
+
+    if not (DEFAULT_STREAM_MODEL / "config.json").is_file():
+        pytest.skip("the bundled stream model is not in this checkout")
+    assert main(["stream-bench", "--long", "2", "--grid", "160/80/400"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last.startswith("2 s: 50 frames (floor(seconds x 25) = 50), " + DEFAULT_STREAM_MODEL.name)
+
+
+def test_random_architectures_go_to_the_user_cache(tmp_path, monkeypatch):
+    """Without --cache-dir the ~500 MB of random-weight models go to $DPT_LIVE_CACHE/bench-models
+    (else ~/.cache/dpt-live/bench-models), never into the checkout."""
+    from bench.common import default_cache_dir
+    from diffposetalk.paths import REPO_ROOT
+    from dpt_live.cli import build_parser
+
+    assert build_parser().parse_args(["bench"]).cache_dir is None
+    monkeypatch.delenv("DPT_LIVE_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert default_cache_dir() == tmp_path / "home" / ".cache" / "dpt-live" / "bench-models"
+    monkeypatch.setenv("DPT_LIVE_CACHE", str(tmp_path / "cache"))
+    assert default_cache_dir() == tmp_path / "cache" / "bench-models"
+    assert not default_cache_dir().resolve().is_relative_to(REPO_ROOT.resolve())
+    rc = main(["bench", "--archs", "tiny", "--backends", "torch", "--steps", "1", "--windows", "80/80/400",
+               "--audio", "synthetic", "--seconds", "0.8", "--reference-seconds", "0"])
+    assert rc == 0
+    assert (tmp_path / "cache" / "bench-models" / "tiny" / "config.json").is_file()

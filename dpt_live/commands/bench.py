@@ -1,20 +1,23 @@
-"""The `dpt-live bench` command: arguments here, the measuring in streaming/bench_matrix.py, the
-writers in streaming/bench_report.py (imported when the command runs: torch is heavy)."""
+"""The benchmark family's commands: `dpt-live bench` (the latency matrix of docs/PERFORMANCE.md)
+and `dpt-live stream-bench` (the streaming grid of docs/STREAMING.md, a preset of the same runner;
+registered from dpt_live/commands/stream.py, where it has always been listed). Arguments here;
+the measuring in bench/ (imported when a command runs: torch is heavy)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from diffposetalk.paths import DEFAULT_STREAM_MODEL, DEMO_AUDIO
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="latency benchmark: backends x architectures x steps x windows, "
                                      "against the reference sampler (docs/PERFORMANCE.md)")
-    p.add_argument("--audio", default=str(ROOT / "clients" / "demo" / "speech.flac"),
+    p.add_argument("--audio", default=str(DEMO_AUDIO),
                    help="audio file, or 'synthetic' for speech-like test audio (default: the demo speech)")
-    p.add_argument("--seconds", type=float, default=8.0, help="use the first SECONDS of the audio")
+    p.add_argument("--seconds", type=float, default=8.0,
+                   help="use the first SECONDS of the audio (the length of synthetic audio)")
     p.add_argument("--backends", default="torch,onnxruntime",
                    help="comma-separated backend[:precision]: torch, onnxruntime, onnxruntime:int8, tensorrt, "
                         "tensorrt:fp16, auto (ones this machine lacks are reported as skipped)")
@@ -38,29 +41,62 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a concurrent stream is 'within budget' when it keeps up and its worst latency is below this")
     p.add_argument("--realtime", action="store_true",
                    help="feed the audio in real time and measure latency (default: replay the step times)")
+    p.add_argument("--fidelity", action="store_true",
+                   help="also compare every stream with offline generation on the same audio (jaw / expression "
+                        "correlation and error, audio-feature cosine; the stream-bench columns)")
+    p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="time by wall clock, or by this thread's CPU time (a dedicated core on a shared machine)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+                   help="time by wall clock, or by this thread's CPU time (a dedicated core on a shared machine; "
+                        "--threads 1)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (and ONNX Runtime intra-op threads)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--cache-dir", type=Path, default=ROOT / "out" / "bench-models",
-                   help="where random-weight architectures are built once")
+    p.add_argument("--cache-dir", type=Path,
+                   help="where random-weight architectures are built once (default: $DPT_LIVE_CACHE/bench-models, "
+                        "else ~/.cache/dpt-live/bench-models)")
     p.add_argument("--json", type=Path, help="write the full result as JSON")
     p.add_argument("--markdown", type=Path, help="write the tables as markdown")
     p.add_argument("--plot", type=Path, help="write a PNG plot")
     p.set_defaults(func=cmd_bench)
 
 
-def cmd_bench(args) -> int:
-    from bench.matrix import run_matrix
-    from bench.report import markdown, write_json, write_markdown, write_plot
+def register_stream_bench(sub: argparse._SubParsersAction) -> None:
+    from streaming.options import DEFAULT_DDIM_STEPS
 
-    result = run_matrix(args, progress=lambda line: print(line, flush=True))
-    print()
-    print(markdown(result))
-    if args.json:
-        write_json(result, args.json)
-    if args.markdown:
-        write_markdown(result, args.markdown)
-    if args.plot:
-        write_plot(result, args.plot)
-    return 1 if result["failed"] else 0
+    p = sub.add_parser("stream-bench", help="streaming benchmark grid: speed, latency, fidelity, seams "
+                                            "(a preset of `bench`)")
+    p.add_argument("--model", type=Path, action="append",
+                   help="model directory (repeatable: e.g. a tiny and a full-size one; default: the bundled "
+                        f"stream model, {DEFAULT_STREAM_MODEL.parent.name}/{DEFAULT_STREAM_MODEL.name})")
+    p.add_argument("--audio", type=Path, help="audio file, used whole (default: synthetic speech-like audio)")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic audio")
+    p.add_argument("--grid", default="80/80/1600,80/40/1600,80/0/1600,160/80/1600,80/80/800",
+                   help="comma-separated hop/lookahead/context in ms (--long: the first)")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim",
+                   help="ddim (default), or ddpm: every diffusion step of the model")
+    p.add_argument("--steps", type=int,
+                   help=f"ddim steps (default: a student model's own, else {DEFAULT_DDIM_STEPS})")
+    p.add_argument("--style", help="preset name or .npy (default: the model's 'default' preset or null)")
+    p.add_argument("--no-offline", action="store_true", help="skip the fidelity comparison with animate")
+    p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
+    p.add_argument("--long", type=float, metavar="SECONDS",
+                   help="instead of the grid: one long synthetic stream (drift, memory, slowdown) through the "
+                        "first --model and the first --grid window")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="time steps by wall clock, or by thread CPU time (a dedicated core on a shared machine; "
+                        "--threads 1)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the rows as JSON (grid mode)")
+    p.set_defaults(func=cmd_stream_bench)
+
+
+def cmd_bench(args) -> int:
+    from bench.matrix import bench_plan, run_bench
+
+    return run_bench(bench_plan(args), args.json, args.markdown, args.plot)
+
+
+def cmd_stream_bench(args) -> int:
+    from bench.stream_grid import run_stream_bench
+
+    return run_stream_bench(args)

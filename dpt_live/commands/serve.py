@@ -1,5 +1,5 @@
-"""`dpt-live serve`: the live WebSocket server (streaming/server.py) from the command line, and
-`dpt-live serve-bench`: the server-overhead measurement (streaming/server_bench.py)."""
+"""`dpt-live serve`: the live WebSocket server (server/) from the command line, and
+`dpt-live serve-bench`: the server-overhead measurement (bench/server_load.py)."""
 
 from __future__ import annotations
 
@@ -79,9 +79,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_server_args(p)
     p.set_defaults(func=cmd_serve)
 
-    from bench.server_load import register_bench
+    register_serve_bench(sub)
 
-    register_bench(sub)
+
+def register_serve_bench(sub: argparse._SubParsersAction) -> None:
+    from diffposetalk.paths import DEFAULT_STREAM_MODEL, DEMO_AUDIO
+
+    p = sub.add_parser("serve-bench", help="server overhead per frame with 1, 10, ... viewers")
+    p.add_argument("--model", type=Path, default=DEFAULT_STREAM_MODEL,
+                   help="model directory the server runs (default: the bundled stream model)")
+    p.add_argument("--audio", type=Path, default=DEMO_AUDIO,
+                   help="played in real time in a loop (default: the demo speech)")
+    p.add_argument("--viewers", default="1,10", help="comma-separated viewer counts")
+    p.add_argument("--seconds", type=float, default=20.0, help="measurement window per viewer count")
+    p.add_argument("--warmup", type=float, default=3.0, help="seconds of viewing before each measurement window")
+    p.add_argument("--mode", choices=["binary", "json"], default="binary", help="the viewers' frame format")
+    p.add_argument("--backend", choices=BACKENDS, default="torch", help="the server's engine backend")
+    p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
+                   help="extra argument for `dpt-live serve` (repeatable, e.g. --serve-arg=--steps=1)")
+    p.add_argument("--json", type=Path, help="also write the rows as JSON")
+    p.set_defaults(func=cmd_serve_bench)
 
 
 def load_engine(args):
@@ -207,3 +224,9 @@ def cmd_serve(args) -> int:
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
     print("dpt-live serve: stopped", flush=True)
     return 0
+
+
+def cmd_serve_bench(args) -> int:
+    from bench.server_load import run_serve_bench
+
+    return run_serve_bench(args)

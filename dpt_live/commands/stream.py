@@ -1,5 +1,6 @@
 """CLI commands of the streaming engine: `stream` (the whole live pipeline over a file or a
-microphone, no server) and `stream-bench` (the benchmark grid of docs/STREAMING.md)."""
+microphone, no server); `stream-bench` (the benchmark grid of docs/STREAMING.md) is listed here
+and defined with the benchmark family in dpt_live/commands/bench.py."""
 
 from __future__ import annotations
 
@@ -11,14 +12,11 @@ from pathlib import Path
 
 from diffposetalk.errors import UserError
 from diffposetalk.paths import DEFAULT_STREAM_MODEL
-from streaming.options import DEFAULT_DDIM_STEPS, add_backend_args, add_model_args, add_window_args
+from dpt_live.commands.bench import register_stream_bench
+from streaming.options import add_backend_args, add_model_args, add_window_args
 from streaming.setup import stream_setup
 
 log = logging.getLogger("dpt_live.stream")
-
-
-
-
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,30 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, type=Path)
     p.set_defaults(func=cmd_stream)
 
-    p = sub.add_parser("stream-bench", help="streaming benchmark grid: speed, latency, fidelity, seams")
-    p.add_argument("--model", type=Path, action="append", required=True,
-                   help="model directory (repeatable: e.g. a tiny and a full-size one)")
-    p.add_argument("--audio", type=Path, help="audio file (default: synthetic speech-like audio)")
-    p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic audio")
-    p.add_argument("--grid", default="80/80/1600,80/40/1600,80/0/1600,160/80/1600,80/80/800",
-                   help="comma-separated hop/lookahead/context in ms")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, help=f"ddim steps (default {DEFAULT_DDIM_STEPS})")
-    p.add_argument("--style", help="preset name or .npy (default: the model's 'default' preset or null)")
-    p.add_argument("--no-offline", action="store_true", help="skip the fidelity comparison with animate")
-    p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
-    p.add_argument("--long", type=float, metavar="SECONDS",
-                   help="instead of the grid: one long stream (drift, memory, slowdown)")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
-                   help="time steps by wall clock, or by thread CPU time (a dedicated core on a shared machine)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--json", type=Path, help="also write the rows as JSON")
-    p.set_defaults(func=cmd_stream_bench)
-
-
-
-
+    # the streaming grid: a preset of the benchmark family, whose arguments live with `bench`'s
+    register_stream_bench(sub)
 
 
 def cmd_stream(args) -> int:
@@ -101,9 +77,3 @@ def cmd_stream(args) -> int:
           f"{report['real_time_factor']:.2f}, step p95 {report['step_compute_ms']['p95']:.0f} ms, worst frame "
           f"latency {lat['max']:.0f} ms{'' if report['frame_latency_ms'] else ' (replayed)'}")
     return 0
-
-
-def cmd_stream_bench(args) -> int:
-    from bench.stream_grid import run_bench
-
-    return run_bench(args)
