@@ -98,3 +98,40 @@ def markdown(name: str, rows: list[BatchRow], steps: int, hop_ms: float, device:
     lines += ["", f"streams one {device} serves at this setting (largest batch within 80 % of the hop): "
                   f"{streams_per_device(rows, steps, hop_ms)}"]
     return "\n".join(lines)
+
+
+def run_batch_bench(archs: list[str], models: list, batches: list[int], steps: list[int],
+                    windows: list[tuple[int, int, int]], device: str, cache_dir, seed: int = 0,
+                    repeats: int = 10, markdown_path=None, json_path=None) -> int:
+    """`dpt-live bench --batch-sizes`: the batch table of every model at each window and step count."""
+    import json
+    from pathlib import Path
+
+    from bench.archs import arch_model_dir
+    from diffposetalk.errors import UserError
+    from diffposetalk.model_dir import load_model_dir
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: PyTorch sees no CUDA device here")
+    entries = [(a, arch_model_dir(a, Path(cache_dir), seed)) for a in archs] + [(str(m), Path(m)) for m in models]
+    sections, records = [], []
+    for name, path in entries:
+        loaded = load_model_dir(path, device)
+        loaded.model.eval()
+        cfg = loaded.config
+        for hop, la, ctx in windows:
+            window_ms = ctx + hop + la
+            rows = measure(loaded.model, batches, window_ms, repeats, seed)
+            for s in sorted({cfg.student_steps or 1} if cfg.kind == "student" else set(steps)):
+                sections.append(markdown(name, rows, s, hop, device, window_ms))
+                print(sections[-1] + "\n", flush=True)
+                records.append({"model": name, "kind": cfg.kind, "device": device, "window_ms": window_ms,
+                                "hop_ms": hop, "steps": s, "streams": streams_per_device(rows, s, hop),
+                                "rows": [dict(vars(r), hop_ms=r.hop_ms(s)) for r in rows]})
+        del loaded
+    if markdown_path:
+        Path(markdown_path).write_text("\n\n".join(sections) + "\n")
+    if json_path:
+        Path(json_path).write_text(json.dumps({"device_name": torch.cuda.get_device_name(0) if device.startswith("cuda")
+                                               else "cpu", "results": records}, indent=2) + "\n")
+    return 0

@@ -242,3 +242,27 @@ def test_random_architectures_go_to_the_user_cache(tmp_path, monkeypatch):
                "--audio", "synthetic", "--seconds", "0.8", "--reference-seconds", "0"])
     assert rc == 0
     assert (tmp_path / "cache" / "bench-models" / "tiny" / "config.json").is_file()
+
+
+def test_batch_sizes_report_cost_per_batch(tiny_model_dir, tmp_path):
+    out = tmp_path / "batch.json"
+    assert main(["bench", "--batch-sizes", "1,3", "--archs", "none", "--model", str(tiny_model_dir),
+                 "--windows", "80/80/400", "--steps", "2", "--json", str(out)]) == 0
+    (res,) = json.loads(out.read_text())["results"]
+    assert res["window_ms"] == 560 and res["hop_ms"] == 80 and res["steps"] == 2
+    assert [r["batch"] for r in res["rows"]] == [1, 3]
+    for r in res["rows"]:
+        assert r["rows_per_stream"] == 3  # the tiny teacher guides audio and style: 3 CFG rows
+        assert r["audio_ms"] > 0 and r["denoise_ms"] > 0
+        assert r["hop_ms"] == pytest.approx(r["audio_ms"] + 2 * r["denoise_ms"])
+    assert 0 <= res["streams"] <= 3
+
+
+def test_batch_sizes_refuse_a_missing_device(tiny_model_dir, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["bench", "--batch-sizes", "1", "--archs", "none", "--model", str(tiny_model_dir),
+                 "--device", "cuda"]) == 2
+    assert "PyTorch sees no CUDA device" in capsys.readouterr().err

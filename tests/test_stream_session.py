@@ -236,7 +236,7 @@ def test_long_stream_no_drift_or_memory_growth(tmp_path):
 
 
 def _rss_mb() -> float:
-    from bench.stream_grid import rss_mb
+    from bench.common import rss_mb
 
     return rss_mb()
 

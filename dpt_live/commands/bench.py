@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from diffposetalk.errors import UserError
 from diffposetalk.paths import DEFAULT_STREAM_MODEL, DEMO_AUDIO
 
 
@@ -53,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cache-dir", type=Path,
                    help="where random-weight architectures are built once (default: $DPT_LIVE_CACHE/bench-models, "
                         "else ~/.cache/dpt-live/bench-models)")
+    p.add_argument("--batch-sizes", metavar="LIST",
+                   help="instead of the matrix: time the networks at these batch sizes (comma-separated "
+                        "stream counts, e.g. 1,8,64,256) and report how many streams one device serves")
+    p.add_argument("--device", default="cpu", help="with --batch-sizes: cpu, cuda or cuda:N")
     p.add_argument("--json", type=Path, help="write the full result as JSON")
     p.add_argument("--markdown", type=Path, help="write the tables as markdown")
     p.add_argument("--plot", type=Path, help="write a PNG plot")
@@ -93,7 +98,29 @@ def register_stream_bench(sub: argparse._SubParsersAction) -> None:
 def cmd_bench(args) -> int:
     from bench.matrix import bench_plan, run_bench
 
+    if args.batch_sizes:
+        return cmd_batch_bench(args)
+    if args.device != "cpu":
+        raise UserError("--device applies to --batch-sizes; the matrix runs its backends on their own devices")
     return run_bench(bench_plan(args), args.json, args.markdown, args.plot)
+
+
+def cmd_batch_bench(args) -> int:
+    from bench.batch_throughput import run_batch_bench
+    from bench.common import default_cache_dir
+    from bench.matrix import parse_steps, parse_windows
+
+    try:
+        batches = sorted({int(b) for b in args.batch_sizes.split(",") if b.strip()})
+    except ValueError as exc:
+        raise UserError(f"--batch-sizes wants comma-separated integers, got {args.batch_sizes!r}") from exc
+    if not batches or batches[0] < 1:
+        raise UserError("--batch-sizes: give positive batch sizes, e.g. 1,8,64")
+    archs = [] if args.archs == "none" else [a.strip() for a in args.archs.split(",") if a.strip()]
+    return run_batch_bench(archs, args.model or [], batches, parse_steps(args.steps),
+                           parse_windows(args.windows, args.context_ms), args.device,
+                           args.cache_dir or default_cache_dir(), args.seed, markdown_path=args.markdown,
+                           json_path=args.json)
 
 
 def cmd_stream_bench(args) -> int:
