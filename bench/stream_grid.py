@@ -20,7 +20,7 @@ import torch
 from diffposetalk.generate import generate_motion, motion_to_arrays
 from diffposetalk.model import Guidance
 from diffposetalk.synth_audio import speechlike, speechlike_blocks
-from streaming.factory import torch_session
+from streaming.factory import open_session
 from streaming.metrics import fidelity, percentiles_ms, replay_latency, seam_smoothness
 from streaming.report import StreamRecorder
 from streaming.session import StreamConfig
@@ -63,7 +63,7 @@ class FeatureTap:
 def stream_audio(loaded, sampler, guidance, style, config: StreamConfig, audio: np.ndarray, block: int = 320,
                  clock=time.perf_counter):
     rec = StreamRecorder()
-    session = torch_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, clock=clock)
+    session = open_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, clock=clock)
     session.audio = tap = FeatureTap(session.audio)
     for i in range(0, len(audio), block):
         rec.on_frames(session.feed(audio[i:i + block]))
@@ -199,8 +199,8 @@ def run_long(args) -> int:
     hop, la, ctx = parse_grid(args.grid)[0]
     loaded, sampler, style = _load(args, args.model[0])
     rec = StreamRecorder()  # only its step log; frames are counted, not kept
-    session = torch_session(loaded, sampler, Guidance(), StreamConfig(hop, la, ctx, seed=args.seed), style,
-                            on_step=rec.on_step, clock=bench_clock(args))
+    session = open_session(loaded, sampler, Guidance(), StreamConfig(hop, la, ctx, seed=args.seed), style,
+                           on_step=rec.on_step, clock=bench_clock(args))
     seconds = args.long
     report_every = max(seconds / 6, 1.0)
     frames, next_report, t0 = 0, report_every, time.perf_counter()
