@@ -1,5 +1,6 @@
 # Two commands on a fresh machine: `make run` and `make test`. Each bootstraps what it needs.
 PY ?= python3.11
+SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
@@ -37,15 +38,26 @@ test: venv lint
 lint: venv
 	$(BIN)/ruff check .
 
-# On a GPU machine: the CUDA and TensorRT tests (skipped elsewhere) and the batched-throughput figures.
-# GPU_PY: a Python that has a CUDA build of torch (and tensorrt + pycuda for the TensorRT paths).
+# On a GPU machine: the CUDA and TensorRT tests (skipped elsewhere) and the GPU figures: network
+# cost by batch size (streams per GPU), a stream of the bundled student and the reference sampler
+# on a full-size model with the PyTorch CUDA backend. GPU_PY: a Python with a CUDA build of torch
+# (plus tensorrt + pycuda for the TensorRT paths); results go to GPU_OUT.
 GPU_PY ?= $(BIN)/python
 GPU_OUT ?= out/gpu-check
+GPU_TMP ?= /tmp/dpt-live-gpu
+GPU_CLI = $(GPU_PY) -m dpt_live.cli
 gpu-check:
-	mkdir -p $(GPU_OUT)
+	mkdir -p $(GPU_OUT) $(GPU_TMP)
 	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee $(GPU_OUT)/gpu.txt
 	$(GPU_PY) -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a $(GPU_OUT)/gpu.txt
-	$(GPU_PY) -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_backends.py tests/test_export.py tests/test_convert.py 2>&1 | tee $(GPU_OUT)/tests.txt
+	set -o pipefail; $(GPU_PY) -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_backends.py tests/test_export.py 2>&1 | tee $(GPU_OUT)/tests.txt
+	set -o pipefail; $(GPU_CLI) bench --batch-sizes 1,8,32,128,512 --device cuda --archs full,full+student,demo,demo-student \
+	  --windows 80/80/1600 --steps 2 --cache-dir $(GPU_TMP) --markdown $(GPU_OUT)/batch.md --json $(GPU_OUT)/batch.json 2>&1 | tail -n 3
+	$(GPU_CLI) stream --device cuda --backend torch --style big_mouth --audio clients/demo/speech.flac \
+	  --report $(GPU_OUT)/stream-student-cuda.json -o $(GPU_TMP)/stream.npz
+	$(GPU_CLI) init --arch full -o $(GPU_TMP)/full >/dev/null
+	$(GPU_CLI) animate --model $(GPU_TMP)/full --device cuda --audio clients/demo/speech.flac -o $(GPU_TMP)/full.npz \
+	  2>&1 | tail -n 1 | tee $(GPU_OUT)/animate-full-ddpm-cuda.txt
 
 # The main job: the live server (`dpt-live serve`, docs/SERVER.md) with the bundled demo model, fed
 # by the microphone or, without one, the bundled speech in real time in a loop. Open the printed

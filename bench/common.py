@@ -85,6 +85,6 @@ def pick_style(loaded, name: str | None, seed: int, random_fallback: bool = True
 def default_cache_dir() -> Path:
     """Where random-weight architectures are built once: the user cache ($DPT_LIVE_CACHE, else
     ~/.cache/dpt-live) / bench-models, never the checkout (the full-size one is ~500 MB)."""
-    from engines.networks import cache_root
+    from engines.artefacts import cache_root
 
     return cache_root() / "bench-models"

@@ -21,7 +21,7 @@ def lip_fidelity(loaded, reference, candidate, audio: np.ndarray, style: np.ndar
     lip_error (training/evaluate.py's definition: RMS of jaw opening + exp[0:5] in normalised
     units), Pearson r of the jaw opening, and the largest difference of the motion vectors."""
     from diffposetalk.model import Guidance
-    from streaming.factory import torch_session
+    from streaming.factory import open_session
     from streaming.session import StreamConfig
     from streaming.setup import pick_sampler
 
@@ -30,7 +30,7 @@ def lip_fidelity(loaded, reference, candidate, audio: np.ndarray, style: np.ndar
     stats = {k: v.detach().cpu().numpy() for k, v in loaded.stats.items()}
     runs = []
     for networks in (reference, candidate):
-        session = torch_session(loaded, sampler, Guidance(), config, style, networks=networks)
+        session = open_session(loaded, sampler, Guidance(), config, style, networks=networks)
         frames = []
         for i in range(0, len(audio), BLOCK):
             frames += session.feed(audio[i:i + BLOCK])

@@ -71,7 +71,7 @@ def generate_motion(model: DiffPoseTalk, audio: np.ndarray | torch.Tensor, shape
                 indicator[:, -plan.n_pad_frames:] = 0
         audio_in = feats[:, s:e].expand(repeats, -1, -1)
         cond = WindowCondition(audio_in, shape_b, style_b, prev_motion, prev_audio, indicator)
-        motion = sampler.sample(model, cond, guidance, x_T, noise, window=w)
+        motion = sampler.sample(model, model.guided_denoiser(cond, guidance), x_T, noise, window=w)
         # the last n_prev frames generated so far (a window shorter than n_prev, e.g. a distilled
         # student's, keeps the tail of the previous condition, as the streaming session does)
         if prev_motion is None:  # first window: the model's learned start condition

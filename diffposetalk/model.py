@@ -1,9 +1,10 @@
-"""DiffPoseTalk: audio encoder + denoiser + style encoder + schedule, and the guided x0 prediction
-every sampler builds on. Parameter names match the reference's state-dict layout so imports are a
+"""DiffPoseTalk: audio encoder + denoiser + style encoder + schedule, and the guided denoiser
+(classifier-free guidance over a network pass) every sampler runs. Parameter names match the reference's state-dict layout so imports are a
 near-identity key map."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,39 +125,59 @@ class DiffPoseTalk(nn.Module):
         w_s = float(guidance.scales.get("style", 0.0)) if cond.style is not None else 0.0
         return torch.tensor([[w_a, w_s]], dtype=torch.float32, device=self.device).expand(n, -1)
 
+    def guided_denoiser(self, cond: WindowCondition, guidance: Guidance,
+                        net: NetworkPass | None = None) -> GuidedDenoiser:
+        """The denoiser a sampler runs for one window: ``denoise(x_t, t)`` -> guided network
+        output, over ``net`` (default: this model's own denoising network)."""
+        return GuidedDenoiser(self, cond, guidance, self.denoising_net if net is None else net)
+
     def guided_x0(self, x_t: torch.Tensor, t: int, cond: WindowCondition, guidance: Guidance) -> torch.Tensor:
-        """Network output for the current window's frames (N, L, D) after CFG and optional dynamic
-        thresholding: all guided passes run as one batch (a distilled student: one pass, the
-        scales are its input)."""
-        if self.cfg.kind == "student":
-            n = x_t.shape[0]
-            step = torch.full((n,), t, dtype=torch.long, device=x_t.device)
-            out = self.denoise(x_t, step, cond, guidance=self.student_guidance(cond, guidance, n))
-            return out[:, -self.cfg.n_motions:]
-        audio_in, person_in, scales, mode = self.guidance_entries(cond, guidance)
-        k, n = len(audio_in), x_t.shape[0]
-        prev_motion, prev_audio = self._prev(cond, n)
-        indicator = cond.indicator
+        """One step of :meth:`guided_denoiser` on this model's own network."""
+        return self.guided_denoiser(cond, guidance)(x_t, t)
+
+
+# DenoisingNetwork.forward's signature: (motion, audio_feat, person, prev_motion, prev_audio, step,
+# indicator, guidance) -> (N, n_prev + L, D). The model's module is one; a backend's call is another.
+NetworkPass = Callable[..., torch.Tensor]
+
+
+class GuidedDenoiser:
+    """``denoise(x_t, t)`` -> network output for the window's frames (N, L, D) after CFG and
+    optional dynamic thresholding: a teacher's guided passes run as one batch through ``net``; a
+    distilled student runs one pass with the scales as its input. The inputs that do not change
+    with the step are put together once, when the window's denoiser is made."""
+
+    def __init__(self, model: DiffPoseTalk, cond: WindowCondition, guidance: Guidance, net: NetworkPass):
+        self.cond, self.guidance, self.net = cond, guidance, net
+        self.L = model.cfg.n_motions
+        self.student = model.cfg.kind == "student"
+        n = cond.audio_feat.shape[0]
+        prev_motion, prev_audio = model._prev(cond, n)
+        if self.student:
+            self.k, self.scales, self.mode = 1, [], None
+            self.inputs = (cond.audio_feat, model._person(cond.shape, cond.style), prev_motion, prev_audio)
+            self.indicator = cond.indicator
+            self.student_guidance = model.student_guidance(cond, guidance, n)
+            return
+        audio_in, person_in, self.scales, self.mode = model.guidance_entries(cond, guidance)
+        self.k = k = len(audio_in)
+        self.inputs = (torch.cat(audio_in), torch.cat(person_in), torch.cat([prev_motion] * k),
+                       torch.cat([prev_audio] * k))
+        self.indicator = torch.cat([cond.indicator] * k) if cond.indicator is not None else None
+
+    def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        L, k, n = self.L, self.k, x_t.shape[0]
         step = torch.full((n * k,), t, dtype=torch.long, device=x_t.device)
-        out = self.denoising_net(
-            torch.cat([x_t] * k), torch.cat(audio_in), torch.cat(person_in),
-            torch.cat([prev_motion] * k), torch.cat([prev_audio] * k), step,
-            torch.cat([indicator] * k) if indicator is not None else None)
-        L = self.cfg.n_motions
-        if guidance.dynamic_threshold:
-            ratio, lo, hi = guidance.dynamic_threshold
+        if self.student:
+            return self.net(x_t, *self.inputs, step, self.indicator, self.student_guidance)[:, -L:]
+        out = self.net(torch.cat([x_t] * k), *self.inputs, step, self.indicator)
+        if self.guidance.dynamic_threshold:
+            ratio, lo, hi = self.guidance.dynamic_threshold
             s = torch.quantile(out[:, -L:].reshape(n * k, -1).abs(), ratio, dim=1)
             s = torch.clamp(s, min=lo, max=hi)[..., None, None]
             out = torch.clamp(out, min=-s, max=s)
         results = [r[:, -L:] for r in out.chunk(k)]
-        return combine_guidance(results, scales, mode)
-
-    # --- style -----------------------------------------------------------------------------------
-    def style_from_motion(self, motion: torch.Tensor) -> torch.Tensor:
-        """Normalised network motion vectors (N, 100, D) -> style (N, d_style)."""
-        if self.style_encoder is None:
-            raise ValueError("this model has no style encoder")
-        return self.style_encoder(motion)
+        return combine_guidance(results, self.scales, self.mode)
 
 
 def combine_guidance(results: list[torch.Tensor], scales: list[float], mode: str) -> torch.Tensor:

@@ -1,17 +1,21 @@
-"""Samplers: turn x_T into a clean motion window with a model's guided x0 prediction.
+"""Samplers: turn x_T into a clean motion window, in the style of k-diffusion.
 
-Every sampler implements :class:`Sampler` (``sample`` one window), so offline generation and the
-streaming engine can use any of them. Noise comes from a :class:`NoiseSource` so that runs can be
-reproduced from a file."""
+The sampling loops are functions over a denoiser callable ``denoise(x_t, t)`` (the guided network
+output, :meth:`diffposetalk.model.DiffPoseTalk.guided_denoiser`), so running the networks on
+another backend means passing another callable. A :class:`Sampler` names a loop with its settings
+(steps, passes per window) for offline generation and the streaming engine. Noise comes from a
+:class:`NoiseSource` so that runs can be reproduced from a file."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 
 import numpy as np
 import torch
 
-from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition
+from diffposetalk.diffusion import DiffusionSchedule
+from diffposetalk.model import DiffPoseTalk, Guidance
 
 
 class NoiseSource(ABC):
@@ -90,7 +94,60 @@ class FileNoise(NoiseSource):
         return z.to(self.device)
 
 
+# (x_t, t) -> the guided network output for the window's frames: DiffPoseTalk.guided_denoiser
+Denoiser = Callable[[torch.Tensor, int], torch.Tensor]
+
+
+@torch.no_grad()
+def sample_ddpm(denoise: Denoiser, x_T: torch.Tensor, schedule: DiffusionSchedule, timesteps: list[int],
+                target: str = "sample", noise: Callable[[int], torch.Tensor] | None = None,
+                flexibility: float = 0.0) -> torch.Tensor:
+    """Ancestral sampling as the reference runs it: at each step t (descending) the posterior mean
+    from the network's prediction of ``target`` ("sample": x0, "noise": eps) plus sigma_t z, with
+    z = noise(t) (none at t = 1; default: fresh Gaussian draws)."""
+    x = x_T
+    for t in timesteps:
+        if t > 1:
+            z = noise(t) if noise is not None else torch.randn_like(x)
+        else:
+            z = torch.zeros_like(x)
+        alpha, abar, abar_prev = schedule.alphas[t], schedule.alpha_bars[t], schedule.alpha_bars[t - 1]
+        sigma = schedule.sigma(t, flexibility)
+        out = denoise(x, t)
+        if target == "noise":
+            c0 = 1 / torch.sqrt(alpha)
+            c1 = (1 - alpha) / torch.sqrt(1 - abar)
+            x = c0 * (x - c1 * out) + sigma * z
+        else:
+            c0 = (1 - abar_prev) * torch.sqrt(alpha) / (1 - abar)
+            c1 = (1 - alpha) * torch.sqrt(abar_prev) / (1 - abar)
+            x = c0 * x + c1 * out + sigma * z
+    return x
+
+
+@torch.no_grad()
+def sample_ddim(denoise: Denoiser, x_T: torch.Tensor, schedule: DiffusionSchedule, timesteps: list[int],
+                target: str = "sample") -> torch.Tensor:
+    """Deterministic DDIM (eta 0) over ``timesteps`` (descending), ending at t = 0."""
+    x = x_T
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else 0
+        abar, abar_prev = schedule.alpha_bars[t], schedule.alpha_bars[t_prev]
+        out = denoise(x, t)
+        if target == "noise":
+            eps = out
+            x0 = (x - torch.sqrt(1 - abar) * eps) / torch.sqrt(abar)
+        else:
+            x0 = out
+            eps = (x - torch.sqrt(abar) * x0) / torch.sqrt(1 - abar)
+        x = torch.sqrt(abar_prev) * x0 + torch.sqrt(1 - abar_prev) * eps
+    return x
+
+
 class Sampler(ABC):
+    """A sampling function with its settings: which steps it evaluates and how many network
+    passes that costs, for a given model."""
+
     name: str
     stochastic: bool = False
 
@@ -99,9 +156,11 @@ class Sampler(ABC):
         """The network steps evaluated, in order."""
 
     @abstractmethod
-    def sample(self, model: DiffPoseTalk, cond: WindowCondition, guidance: Guidance,
-               x_T: torch.Tensor, noise: NoiseSource | None = None, window: int = 0) -> torch.Tensor:
-        """One window: x_T (N, L, D) -> clean normalised motion (N, L, D)."""
+    def sample(self, model: DiffPoseTalk, denoise: Denoiser, x_T: torch.Tensor, noise: NoiseSource | None = None,
+               window: int = 0) -> torch.Tensor:
+        """One window: x_T (N, L, D) -> clean normalised motion (N, L, D), calling ``denoise``
+        (e.g. ``model.guided_denoiser(cond, guidance)``) at each step; ``model`` gives the
+        schedule, the prediction target and the number of steps."""
 
     def passes_per_window(self, model: DiffPoseTalk, guidance: Guidance, has_style: bool) -> int:
         if model.cfg.kind == "student":  # guidance distilled: one pass per step, the scales are an input
@@ -123,26 +182,11 @@ class DDPMSampler(Sampler):
     def timesteps(self, model):
         return list(range(model.cfg.n_diff_steps, 0, -1))
 
-    @torch.no_grad()
-    def sample(self, model, cond, guidance, x_T, noise=None, window=0):
-        sched = model.diffusion_sched
-        if noise is None:
-            noise = RandomNoise()
-        x = x_T
-        for t in self.timesteps(model):
-            z = noise.step(window, t, tuple(x.shape)) if t > 1 else torch.zeros_like(x)
-            alpha, abar, abar_prev = sched.alphas[t], sched.alpha_bars[t], sched.alpha_bars[t - 1]
-            sigma = sched.sigma(t, self.flexibility)
-            target = model.guided_x0(x, t, cond, guidance)
-            if model.cfg.target == "noise":
-                c0 = 1 / torch.sqrt(alpha)
-                c1 = (1 - alpha) / torch.sqrt(1 - abar)
-                x = c0 * (x - c1 * target) + sigma * z
-            else:
-                c0 = (1 - abar_prev) * torch.sqrt(alpha) / (1 - abar)
-                c1 = (1 - alpha) * torch.sqrt(abar_prev) / (1 - abar)
-                x = c0 * x + c1 * target + sigma * z
-        return x
+    def sample(self, model, denoise, x_T, noise=None, window=0):
+        source = noise if noise is not None else RandomNoise()
+        shape = tuple(x_T.shape)
+        return sample_ddpm(denoise, x_T, model.diffusion_sched, self.timesteps(model), model.cfg.target,
+                           lambda t: source.step(window, t, shape), self.flexibility)
 
 
 class DDIMSampler(Sampler):
@@ -161,23 +205,8 @@ class DDIMSampler(Sampler):
         ts = np.unique(np.round(np.linspace(T, 0, n + 1)).astype(int))[::-1]
         return [int(t) for t in ts if t > 0]
 
-    @torch.no_grad()
-    def sample(self, model, cond, guidance, x_T, noise=None, window=0):
-        sched = model.diffusion_sched
-        ts = self.timesteps(model)
-        x = x_T
-        for i, t in enumerate(ts):
-            t_prev = ts[i + 1] if i + 1 < len(ts) else 0
-            abar, abar_prev = sched.alpha_bars[t], sched.alpha_bars[t_prev]
-            out = model.guided_x0(x, t, cond, guidance)
-            if model.cfg.target == "noise":
-                eps = out
-                x0 = (x - torch.sqrt(1 - abar) * eps) / torch.sqrt(abar)
-            else:
-                x0 = out
-                eps = (x - torch.sqrt(abar) * x0) / torch.sqrt(1 - abar)
-            x = torch.sqrt(abar_prev) * x0 + torch.sqrt(1 - abar_prev) * eps
-        return x
+    def sample(self, model, denoise, x_T, noise=None, window=0):
+        return sample_ddim(denoise, x_T, model.diffusion_sched, self.timesteps(model), model.cfg.target)
 
 
 def make_sampler(name: str, steps: int | None, model: DiffPoseTalk) -> Sampler:

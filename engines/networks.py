@@ -1,5 +1,5 @@
-"""Engine backends: one interface for the three networks of a model, a registry, the automatic
-choice, and the cache keys of exported files.
+"""Engine backends: one interface for the three networks of a model, the backends' names and
+precisions, their availability here, and the automatic choice.
 
 Every backend implements :class:`Networks` with numpy arrays at the boundary:
 
@@ -9,26 +9,24 @@ Every backend implements :class:`Networks` with numpy arrays at the boundary:
   and batch 1..k (the teacher batches its k CFG passes; a student has one pass + guidance input);
 - ``style(motion (N, T, D))`` -> (N, d_style).
 
-Samplers and ``guided_x0`` stay backend-independent: :func:`backend_model` gives a copy of the
-model whose denoiser and style encoder are thin torch modules calling a backend, so
-diffposetalk.sampler and streaming.motion run unchanged on any backend (see docs/EXPORT.md)."""
+Samplers and classifier-free guidance stay backend-independent: ``network_pass()`` gives the
+denoiser call with DenoisingNetwork.forward's signature that DiffPoseTalk.guided_denoiser runs
+over (see docs/EXPORT.md). The ONNX Runtime and TensorRT runtimes (engines/onnx_runtime.py,
+engines/tensorrt_runtime.py) load exported artefacts found through engines/artefacts.py;
+export/prepare.py makes them on demand and opens a backend by name."""
 
 from __future__ import annotations
 
-import copy
-import hashlib
-import json
 import logging
-import os
-import threading
 from abc import ABC, abstractmethod
-from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
-from diffposetalk.model import DiffPoseTalk
+from diffposetalk.config import ModelConfig
+from diffposetalk.errors import UserError
+from diffposetalk.model import DiffPoseTalk, NetworkPass
+from diffposetalk.units import FRAME_SAMPLES
 
 log = logging.getLogger("dpt_live.backends")
 
@@ -36,7 +34,6 @@ BACKEND_NAMES = ("torch", "onnxruntime", "tensorrt")
 PRECISIONS = ("fp32", "int8", "fp16")
 # what each backend can run: dynamic int8 is an ONNX Runtime CPU feature, fp16 a TensorRT one
 BACKEND_PRECISIONS = {"torch": ("fp32",), "onnxruntime": ("fp32", "int8"), "tensorrt": ("fp32", "fp16")}
-FRAME_SAMPLES = 640  # 16 kHz samples per 25 fps motion frame
 
 
 def denoiser_input_names(cfg) -> list[str]:
@@ -50,7 +47,7 @@ def denoiser_input_names(cfg) -> list[str]:
     return names
 
 
-def call_denoiser(net: nn.Module, inputs: dict):
+def call_denoiser(net: NetworkPass, inputs: dict):
     """DenoisingNetwork.forward with its inputs named as in :func:`denoiser_input_names`
     (the optional ones may be absent)."""
     return net(inputs["motion"], inputs["audio_feat"], inputs["person"], inputs["prev_motion"], inputs["prev_audio"],
@@ -67,6 +64,7 @@ class Networks(ABC):
     """The three network calls of one model on one backend (numpy in, float32 numpy out)."""
 
     name: str
+    cfg: ModelConfig
     precision: str = "fp32"
 
     @abstractmethod
@@ -83,6 +81,25 @@ class Networks(ABC):
 
     def describe(self) -> str:
         return f"{self.name} ({self.precision})"
+
+    def network_pass(self) -> NetworkPass:
+        """DenoisingNetwork.forward's signature on torch tensors, computed by :meth:`denoise`:
+        the pass DiffPoseTalk.guided_denoiser (CFG) and the samplers run over."""
+        names = denoiser_input_names(self.cfg)
+        student = self.cfg.kind == "student"
+
+        def run(motion, audio_feat, person, prev_motion, prev_audio, step, indicator=None, guidance=None):
+            if student and guidance is None:
+                raise ValueError("a distilled student needs the guidance scales (w_audio, w_style)")
+            if "indicator" in names and indicator is None:
+                indicator = torch.ones(motion.shape[:2], device=motion.device)
+            given = {"motion": motion, "audio_feat": audio_feat, "person": person, "prev_motion": prev_motion,
+                     "prev_audio": prev_audio, "step": step, "indicator": indicator, "guidance": guidance}
+            inputs = {n: np.ascontiguousarray(given[n].detach().cpu().numpy(),
+                                              dtype=np.int64 if n == "step" else np.float32) for n in names}
+            return torch.from_numpy(self.denoise(inputs)).to(motion.device)
+
+        return run
 
     _warm_windows: frozenset = frozenset()
 
@@ -102,7 +119,14 @@ class TorchNetworks(Networks):
     name = "torch"
 
     def __init__(self, model: DiffPoseTalk):
-        self.model = model
+        self.model, self.cfg = model, model.cfg
+
+    def network_pass(self) -> NetworkPass:
+        return self.model.denoising_net  # the module itself: no numpy round trip
+
+    def warm_audio(self, window_samples: int) -> None:
+        """Nothing to export or load, and a TorchNetworks is made per session: no warm-up pass
+        (it would be paid again at every session build)."""
 
     @torch.inference_mode()
     def audio_features(self, audio):
@@ -128,75 +152,6 @@ def check_window(audio: np.ndarray) -> None:
     if audio.ndim != 1 or len(audio) == 0 or len(audio) % FRAME_SAMPLES:
         raise ValueError(f"audio window has shape {audio.shape}: need (S,) with S a positive multiple of "
                          f"{FRAME_SAMPLES} samples (one 40 ms motion frame)")
-
-
-# --- torch adapters: a backend behind DiffPoseTalk's own module slots --------------------------------
-
-class BackendDenoiser(nn.Module):
-    """DenoisingNetwork.forward's signature, computed by a backend."""
-
-    def __init__(self, networks: Networks, cfg):
-        super().__init__()
-        self.networks = networks
-        self.names = denoiser_input_names(cfg)
-        self.student = cfg.kind == "student"
-
-    def forward(self, motion, audio_feat, person_feat, prev_motion, prev_audio, step, indicator=None,
-                guidance=None):
-        if self.student and guidance is None:
-            raise ValueError("a distilled student needs the guidance scales (w_audio, w_style)")
-        if "indicator" in self.names and indicator is None:
-            indicator = torch.ones(motion.shape[:2], device=motion.device)
-        given = {"motion": motion, "audio_feat": audio_feat, "person": person_feat, "prev_motion": prev_motion,
-                 "prev_audio": prev_audio, "step": step, "indicator": indicator, "guidance": guidance}
-        inputs = {}
-        for n in self.names:
-            dtype = np.int64 if n == "step" else np.float32
-            inputs[n] = np.ascontiguousarray(given[n].detach().cpu().numpy(), dtype=dtype)
-        return torch.from_numpy(self.networks.denoise(inputs)).to(motion.device)
-
-
-class BackendStyleEncoder(nn.Module):
-    def __init__(self, networks: Networks, n_motions: int):
-        super().__init__()
-        self.networks = networks
-        self.n_motions = n_motions
-
-    def forward(self, motion: torch.Tensor) -> torch.Tensor:
-        out = self.networks.style(np.ascontiguousarray(motion.detach().cpu().numpy(), dtype=np.float32))
-        return torch.from_numpy(out).to(motion.device)
-
-
-def backend_model(model: DiffPoseTalk, networks: Networks) -> DiffPoseTalk:
-    """A shallow copy of ``model`` (parameters shared) whose denoiser and style encoder run on
-    ``networks``; samplers, guided_x0 and the streaming motion engine use it unchanged."""
-    if isinstance(networks, TorchNetworks):
-        return model
-    twin = copy.copy(model)
-    twin._modules = dict(model._modules)  # copy.copy shares the module dict: replace in a new one
-    twin._modules["denoising_net"] = BackendDenoiser(networks, model.cfg)
-    if model.style_encoder is not None:
-        twin._modules["style_encoder"] = BackendStyleEncoder(networks, model.style_encoder.n_motions)
-    return twin
-
-
-class BackendAudioFeatures:
-    """streaming.motion.AudioFeatureEngine on a backend, fixed to one window length."""
-
-    def __init__(self, networks: Networks, window_samples: int, feature_dim: int):
-        if window_samples % FRAME_SAMPLES:
-            raise ValueError("the audio window must be a whole number of motion frames")
-        self.networks = networks
-        self.window_samples = window_samples
-        self.n_frames = window_samples // FRAME_SAMPLES
-        self.feature_dim = feature_dim
-        networks.warm_audio(window_samples)  # compile/export now, not on the first live step
-
-    def features(self, audio: np.ndarray) -> np.ndarray:
-        if audio.shape != (self.window_samples,):
-            raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to "
-                             f"({self.window_samples},)")
-        return self.networks.audio_features(audio)
 
 
 # --- availability and the automatic choice -------------------------------------------------------------
@@ -254,86 +209,14 @@ def choose_backend(requested: str, precision: str = "fp32") -> str:
     return "torch"
 
 
-def make_networks(loaded, backend: str, precision: str = "fp32", threads: int | None = None,
-                  cache_dir: str | Path | None = None) -> Networks:
-    """The networks of a loaded model directory on a concrete backend (not "auto")."""
-    from diffposetalk.errors import UserError
-
+def check_backend(backend: str, precision: str) -> None:
+    """A UserError unless ``backend`` (concrete, not "auto") runs ``precision`` here."""
     if backend not in BACKEND_NAMES:
         raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKEND_NAMES)})")
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r} (choose from {', '.join(PRECISIONS)})")
     if precision not in BACKEND_PRECISIONS[backend]:
         raise UserError(f"the {backend} backend runs {'/'.join(BACKEND_PRECISIONS[backend])}, not {precision}")
-    if backend == "torch":
-        return TorchNetworks(loaded.model)
     why = backend_unavailable(backend)
     if why is not None:
         raise UserError(f"backend {backend!r} cannot run here: {why}")
-    # one set of sessions/engines per model and settings, shared by every stream of this process
-    # (a server's sessions): a full-size HuBERT graph is ~400 MB, and ORT/TRT runs are thread-safe
-    key = (backend, model_hash(loaded.model), precision, threads or 1, str(cache_dir or cache_root()))
-    with _NETWORKS_LOCK:
-        nets = _NETWORKS.get(key)
-        if nets is None:
-            if backend == "onnxruntime":
-                from engines.onnx_runtime import OrtNetworks
-
-                nets = OrtNetworks.for_model(loaded, precision, threads=threads, cache_dir=cache_dir)
-            else:
-                from engines.tensorrt_runtime import TrtNetworks
-
-                nets = TrtNetworks.for_model(loaded, precision, cache_dir=cache_dir)
-            _NETWORKS[key] = nets
-    return nets
-
-
-_NETWORKS: dict[tuple, Networks] = {}
-_NETWORKS_LOCK = threading.Lock()
-
-
-# --- cache keys ---------------------------------------------------------------------------------------
-
-def cache_root() -> Path:
-    """Where exported graphs and engines live: $DPT_LIVE_CACHE, else ~/.cache/dpt-live."""
-    env = os.environ.get("DPT_LIVE_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "dpt-live"
-
-
-def model_hash(model: DiffPoseTalk) -> str:
-    """16 hex digits over the config and every tensor of the state dict (names, dtypes, shapes,
-    bytes): the same weights give the same key wherever they were loaded from, and any change to a
-    weight gives a new one."""
-    state = model.state_dict()
-    # remembered per model object until a tensor is replaced or changed in place (its version
-    # counter moves): hashing a full-size model takes seconds, every session build asks for it
-    fingerprint = tuple((name, t.data_ptr(), t._version) for name, t in state.items())
-    cached = getattr(model, "_dpt_live_hash", None)
-    if cached is not None and cached[0] == fingerprint:
-        return cached[1]
-    h = hashlib.sha256(model.cfg.to_json().encode())
-    for name, t in sorted(state.items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    digest = h.hexdigest()[:16]
-    object.__setattr__(model, "_dpt_live_hash", (fingerprint, digest))
-    return digest
-
-
-def onnx_cache_dir(model: DiffPoseTalk, root: Path | None = None) -> Path:
-    return (root or cache_root()) / "onnx" / model_hash(model)
-
-
-def trt_cache_key(gpu_name: str, compute_capability: tuple[int, int] | str, trt_version: str, model_key: str,
-                  graph: str, precision: str = "fp32") -> str:
-    """A TensorRT plan runs only on the TensorRT version and GPU it was built for: the key names
-    all of them plus the model and graph (file name with its fixed shape) it came from.
-    Pure Python, so it is unit-tested without a GPU."""
-    if isinstance(compute_capability, tuple):
-        compute_capability = f"{compute_capability[0]}.{compute_capability[1]}"
-    parts = {"gpu": gpu_name.strip(), "cc": str(compute_capability), "trt": trt_version.strip(),
-             "model": model_key, "graph": graph, "precision": precision}
-    digest = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
-    slug = "".join(c if c.isalnum() else "-" for c in gpu_name.strip()).strip("-").lower() or "gpu"
-    return f"{slug}_sm{str(compute_capability).replace('.', '')}_trt{trt_version.strip()}_{digest}"

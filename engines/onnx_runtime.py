@@ -1,8 +1,9 @@
 """ONNX Runtime backend: the exported graphs of a model (export/onnx_export.py) in ORT sessions.
 
-Graphs are looked up in the model's cache directory (keyed by model hash, engines/backends.py) and
-exported on demand when missing, so ``--backend onnxruntime`` works on any model directory; an
-audio window length not exported yet is exported the first time it is asked for.
+Graphs are asked of an artefact lookup (engines/artefacts.py) when first needed: the denoiser
+when the networks open, an audio window length the first time it is used, the style encoder at
+the first style call. The plain lookup finds exported graphs only; export/prepare.py's exports
+(and quantises) missing ones, so ``--backend onnxruntime`` works on any model directory.
 
 CPU sessions use ``intra_op_num_threads`` = 1 by default: on a shared 2-core machine a second
 thread mostly waits for a busy core (docs/EXPORT.md has the measurements). The CUDA execution
@@ -13,13 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from pathlib import Path
 
 import numpy as np
 
 from diffposetalk.errors import UserError
-from engines.networks import Networks, check_window, denoiser_input_names, model_hash, onnx_cache_dir
+from engines.artefacts import ArtefactLookup
+from engines.networks import Networks, check_window, denoiser_input_names
 
 log = logging.getLogger("dpt_live.backends")
 
@@ -58,80 +59,30 @@ def make_session(path: Path, threads: int = 1, providers: list[str] | None = Non
 class OrtNetworks(Networks):
     name = "onnxruntime"
 
-    def __init__(self, graph_dir: str | Path, cfg, precision: str = "fp32", threads: int | None = None,
-                 providers: list[str] | None = None, model=None, key: str | None = None):
-        """graph_dir holds the exported graphs of one model; ``model`` (optional) lets missing ones
-        be exported on demand."""
-        from export.onnx_export import DENOISER_FILE, STYLE_FILE
-
+    def __init__(self, artefacts: ArtefactLookup, cfg, precision: str = "fp32", threads: int | None = None,
+                 providers: list[str] | None = None):
+        """``artefacts`` finds (or makes) the graphs of one model at ``precision``."""
         if precision not in ("fp32", "int8"):
             raise UserError(f"the onnxruntime backend runs fp32 or int8, not {precision}")
-        self.dir, self.cfg, self.precision = Path(graph_dir), cfg, precision
+        self.artefacts, self.cfg, self.precision = artefacts, cfg, precision
         self.threads = threads or 1
         self.providers = providers or default_providers()
-        self.model, self.key = model, key
         self.input_names = denoiser_input_names(cfg)
-        self._lock = threading.Lock()  # on-demand export from two threads must not race
         self._audio: dict[int, object] = {}
-        self._denoiser = self._session(DENOISER_FILE, self._export_denoiser)
+        self._denoiser = self._session("denoiser")
         self._style = None
-        self._style_file = STYLE_FILE
         log.info("onnxruntime %s: %s, %d intra-op thread(s), graphs in %s", precision,
-                 ",".join(self.providers), self.threads, self.dir)
+                 ",".join(self.providers), self.threads, artefacts.onnx_dir)
 
-    @classmethod
-    def for_model(cls, loaded, precision: str = "fp32", threads: int | None = None,
-                  cache_dir: str | Path | None = None) -> OrtNetworks:
-        key = model_hash(loaded.model)
-        graph_dir = Path(cache_dir) if cache_dir is not None else onnx_cache_dir(loaded.model)
-        try:
-            graph_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise UserError(f"cannot create the ONNX cache {graph_dir} ({exc}); set DPT_LIVE_CACHE") from exc
-        return cls(graph_dir, loaded.config, precision, threads, model=loaded.model, key=key)
-
-    # --- graphs ---------------------------------------------------------------------------------------
-    def _file(self, fp32_file: str, export, precision: str | None = None) -> Path:
-        """The graph file at ``precision`` (default: the backend's), exporting (and quantising) it
-        first if needed."""
-        from export.onnx_export import graph_file, read_record
-        from export.quantize import quantize_graph
-
-        src = self.dir / fp32_file
-        with self._lock:
-            rec = read_record(src)
-            if rec is not None and self.key is not None and rec.model_hash != self.key:
-                raise UserError(f"{src} was exported from another model (hash {rec.model_hash}, this model "
-                                f"{self.key}); delete it or export again")
-            if rec is None:
-                if self.model is None:
-                    raise UserError(f"{src} is missing: run `dpt-live export onnx` for this model first")
-                log.info("exporting %s to %s (first use of this model/shape)", fp32_file, self.dir)
-                export()
-            if (precision or self.precision) == "fp32":
-                return src
-            dst = self.dir / graph_file(fp32_file, "int8")
-            if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
-                quantize_graph(src, dst)
-            return dst
-
-    def _session(self, fp32_file: str, export):
-        return make_session(self._file(fp32_file, export), self.threads, self.providers)
-
-    def _export_denoiser(self):
-        from export.onnx_export import export_denoiser
-
-        export_denoiser(self.model, self.dir, key=self.key)
+    def _session(self, graph: str, window_samples: int | None = None, precision: str | None = None):
+        path = self.artefacts.onnx(graph, precision or self.precision, window_samples)
+        return make_session(path, self.threads, self.providers)
 
     # --- the three calls --------------------------------------------------------------------------------
     def audio_session(self, window_samples: int):
         sess = self._audio.get(window_samples)
         if sess is None:
-            from export.onnx_export import audio_file, export_audio
-
-            sess = self._session(audio_file(window_samples),
-                                 lambda: export_audio(self.model, self.dir, window_samples, key=self.key))
-            self._audio[window_samples] = sess
+            sess = self._audio[window_samples] = self._session("audio", window_samples)
         return sess
 
     def audio_features(self, audio):
@@ -146,9 +97,6 @@ class OrtNetworks(Networks):
         if self.cfg.style_encoder is None or not self.cfg.use_style:
             raise ValueError("this model has no style encoder")
         if self._style is None:
-            from export.onnx_export import export_style
-
             # the style encoder runs once per style, not per step: kept fp32 at every precision
-            path = self._file(self._style_file, lambda: export_style(self.model, self.dir, key=self.key), "fp32")
-            self._style = make_session(path, self.threads, self.providers)
+            self._style = self._session("style", precision="fp32")
         return self._style.run(None, {"motion": np.ascontiguousarray(motion, dtype=np.float32)})[0]

@@ -1,5 +1,7 @@
 """TensorRT backend: serialized plans (export/tensorrt_build.py) run with pycuda.
 
+- Plans are asked of an artefact lookup (engines/artefacts.py) for this GPU and TensorRT version;
+  export/prepare.py's lookup builds missing ones on first use.
 - ``pycuda.autoprimaryctx``: TensorRT, PyTorch and pycuda share the device's primary context;
   a thread that has no current context (a server's worker thread) pushes it around each call.
 - Preallocated device buffers and pinned host buffers per input shape: a call is copy in ->
@@ -19,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.errors import UserError
+from engines.artefacts import ArtefactLookup
 from engines.networks import Networks, check_window, denoiser_input_names
 
 log = logging.getLogger("dpt_live.backends")
@@ -181,32 +184,31 @@ class TrtEngine:
             return binding.run(feeds)
 
 
+def gpu_identity() -> tuple[str, tuple[int, int], str]:
+    """(GPU name, compute capability, TensorRT version) of device 0: what a plan is built for."""
+    import tensorrt as trt
+
+    dev = cuda_driver().Device(0)
+    return dev.name(), tuple(dev.compute_capability()), trt.__version__
+
+
 class TrtNetworks(Networks):
     name = "tensorrt"
 
-    def __init__(self, loaded, precision: str = "fp32", cache_dir: str | Path | None = None):
-        from engines.networks import model_hash, onnx_cache_dir
-
+    def __init__(self, artefacts: ArtefactLookup, cfg, precision: str = "fp32"):
+        """``artefacts`` finds (or builds) the plans of one model for this GPU at ``precision``."""
         if precision not in ("fp32", "fp16"):
             raise UserError(f"the tensorrt backend runs fp32 or fp16, not {precision}")
-        self.loaded, self.cfg, self.precision = loaded, loaded.config, precision
-        self.key = model_hash(loaded.model)
-        self.onnx_dir = Path(cache_dir) if cache_dir is not None else onnx_cache_dir(loaded.model)
-        self.input_names = denoiser_input_names(self.cfg)
+        self.artefacts, self.cfg, self.precision = artefacts, cfg, precision
+        self.gpu = gpu_identity()
+        self.input_names = denoiser_input_names(cfg)
         self._audio: dict[int, TrtEngine] = {}
         self._denoiser = self._engine("denoiser")
         self._style = None
-        log.info("tensorrt %s: plans for model %s", precision, self.key)
-
-    @classmethod
-    def for_model(cls, loaded, precision: str = "fp32", cache_dir: str | Path | None = None) -> TrtNetworks:
-        return cls(loaded, precision, cache_dir)
+        log.info("tensorrt %s: plans for model %s", precision, artefacts.key)
 
     def _engine(self, graph: str, window_samples: int | None = None, precision: str | None = None) -> TrtEngine:
-        from export.tensorrt_build import ensure_plan
-
-        plan = ensure_plan(self.loaded, self.onnx_dir, graph, precision or self.precision, window_samples,
-                           key=self.key)
+        plan = self.artefacts.plan(graph, precision or self.precision, window_samples, self.gpu)
         return TrtEngine(plan, use_graph=graph == "denoiser")
 
     def audio_features(self, audio):

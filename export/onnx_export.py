@@ -1,6 +1,6 @@
 """ONNX export of a model's three networks at fixed shapes, each checked against PyTorch.
 
-Graphs (file names are the cache's keys within a model's directory, see engines/backends.py):
+Graphs (file names are the cache's keys within a model's directory, see engines/artefacts.py):
 
 - ``audio_<S>.onnx``: normalised audio (1, S) -> features (1, S/640, feature_dim); one file per
   streaming window length S (context + hop + lookahead), since the encoder is not causal;
@@ -19,7 +19,7 @@ import logging
 import os
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -28,35 +28,18 @@ from torch import nn
 
 from diffposetalk.errors import UserError
 from diffposetalk.model import DiffPoseTalk
-from engines.networks import (
-    FRAME_SAMPLES,
-    TorchNetworks,
-    call_denoiser,
-    denoiser_batch,
-    denoiser_input_names,
-    model_hash,
-)
+from diffposetalk.units import FRAME_SAMPLES
+from engines.artefacts import DENOISER_FILE, OPSET, STYLE_FILE, ExportRecord, audio_file, graph_file, model_hash
+from engines.networks import TorchNetworks, call_denoiser, denoiser_batch, denoiser_input_names
 
 log = logging.getLogger("dpt_live.export")
 
-OPSET = 17  # LayerNormalization is a native op from 17 on (stays one FP32 op in TensorRT)
 DEFAULT_TOLERANCE = 1e-3  # max abs difference to PyTorch (fp32) accepted for an fp32 graph
 FP16_TOLERANCE = 5e-2  # ... for an fp16 graph (measured ~1e-3 on the demo model, docs/EXPORT.md)
-DENOISER_FILE = "denoiser.onnx"
-STYLE_FILE = "style.onnx"
 
 
 class ParityError(UserError):
     """An exported graph disagrees with PyTorch beyond the tolerance (the file is not kept)."""
-
-
-def graph_file(base: str, precision: str = "fp32") -> str:
-    """denoiser.onnx -> denoiser.fp16.onnx etc. (int8 files are made by export/quantize.py)."""
-    return base if precision == "fp32" else base[: -len(".onnx")] + f".{precision}.onnx"
-
-
-def audio_file(window_samples: int, precision: str = "fp32") -> str:
-    return graph_file(f"audio_{window_samples}.onnx", precision)
 
 
 def default_tolerance(precision: str) -> float:
@@ -67,35 +50,6 @@ def window_samples_from_ms(window_ms: int) -> int:
     if window_ms <= 0 or window_ms % 40:
         raise UserError(f"audio window must be a positive multiple of 40 ms (one motion frame), got {window_ms}")
     return window_ms // 40 * FRAME_SAMPLES
-
-
-@dataclass
-class ExportRecord:
-    graph: str  # "audio", "denoiser", "style"
-    file: str
-    model_hash: str
-    inputs: dict[str, list]  # name -> shape (batch "N" where dynamic)
-    max_abs_diff: float | None  # vs PyTorch on the parity inputs (None: not checked here)
-    ref_max_abs: float | None  # largest |output| of PyTorch there (scale of the difference)
-    tolerance: float
-    seconds: float
-    precision: str = "fp32"
-    opset: int = OPSET
-    extra: dict = field(default_factory=dict)
-
-    def summary(self) -> str:
-        return (f"{self.file:<24} max |onnx - torch| = {self.max_abs_diff:.2e} (outputs up to "
-                f"{self.ref_max_abs:.2f}, tolerance {self.tolerance:g}), {self.seconds:.1f} s")
-
-
-def read_record(path: Path) -> ExportRecord | None:
-    side = Path(str(path) + ".json")
-    if not (path.is_file() and side.is_file()):
-        return None
-    try:
-        return ExportRecord(**json.loads(side.read_text()))
-    except (OSError, ValueError, TypeError):
-        return None  # unreadable sidecar: treated as not exported
 
 
 def export_copy(model: DiffPoseTalk, precision: str = "fp32") -> DiffPoseTalk:

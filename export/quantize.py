@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+from engines.artefacts import graph_file
+
 QUANTIZED_OPS = ["MatMul", "Gemm"]
 
 
@@ -20,8 +22,6 @@ def quantize_graph(src: str | Path, dst: str | Path | None = None) -> Path:
     """src fp32 .onnx -> dst (default: NAME.int8.onnx beside it), written atomically, with a sidecar
     copied from the source's plus the precision."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    from export.onnx_export import graph_file
 
     src = Path(src)
     dst = Path(dst) if dst is not None else src.with_name(graph_file(src.name, "int8"))

@@ -6,9 +6,10 @@
 - fp32 plans clear TF32 where the flag exists, so they match PyTorch fp32 within 1e-3.
 - Fixed shapes: the audio encoder at its window length, the denoiser with one optimisation
   profile over batch 1..k (k = the teacher's CFG passes), the style encoder at batch 1..4.
-- Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.networks.trt_cache_key)
+- Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.artefacts.trt_cache_key)
   names the GPU, compute capability, TensorRT version, model hash, graph and precision; a plan is
-  checked against PyTorch after it is built and refused over the tolerance."""
+  checked against PyTorch after it is built and refused over the tolerance. export/prepare.py
+  decides when one is built (first use, or `dpt-live export tensorrt`)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.errors import UserError
-from engines.networks import TorchNetworks, backend_unavailable, cache_root, denoiser_batch, model_hash, trt_cache_key
+from engines.artefacts import ExportRecord
+from engines.networks import TorchNetworks, backend_unavailable, denoiser_batch
+from engines.tensorrt_runtime import TrtEngine, trt_logger
+from export.onnx_export import ParityError, default_tolerance, denoiser_inputs, parity_audio
 
 log = logging.getLogger("dpt_live.export")
 
@@ -33,22 +37,6 @@ def require_tensorrt() -> None:
     why = backend_unavailable("tensorrt")
     if why is not None:
         raise UserError(f"TensorRT export needs a CUDA GPU with TensorRT and pycuda: {why}")
-
-
-def gpu_identity() -> tuple[str, tuple[int, int], str]:
-    """(GPU name, compute capability, TensorRT version) of device 0."""
-    import tensorrt as trt
-
-    from engines.tensorrt_runtime import cuda_driver
-
-    dev = cuda_driver().Device(0)
-    return dev.name(), tuple(dev.compute_capability()), trt.__version__
-
-
-def trt_major() -> int:
-    import tensorrt as trt
-
-    return int(trt.__version__.split(".")[0])
 
 
 def network_flags() -> int:
@@ -64,8 +52,6 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: dict[str, tuple[tuple
     """Parse ``onnx_path`` and write a serialized engine to ``plan_path`` (atomically).
     profiles: input name -> (min, opt, max) shapes for the inputs with a dynamic batch."""
     import tensorrt as trt
-
-    from engines.tensorrt_runtime import trt_logger
 
     logger = trt_logger()
     builder = trt.Builder(logger)
@@ -96,7 +82,7 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: dict[str, tuple[tuple
     return plan_path
 
 
-def _profiles(graph: str, cfg, onnx_record) -> dict:
+def plan_profiles(graph: str, cfg, onnx_record: ExportRecord) -> dict:
     if graph == "audio":
         return {}
     if graph == "denoiser":
@@ -107,60 +93,28 @@ def _profiles(graph: str, cfg, onnx_record) -> dict:
     return {"motion": ((1, *shape[1:]), (1, *shape[1:]), (STYLE_MAX_BATCH, *shape[1:]))}
 
 
-def _onnx(loaded, onnx_dir: Path, graph: str, precision: str, window_samples: int | None, key: str):
-    """The ONNX graph (exported now if missing) and its record."""
-    from export import onnx_export as ox
-
-    onnx_dir.mkdir(parents=True, exist_ok=True)
-    if graph == "audio":
-        path = onnx_dir / ox.audio_file(window_samples, precision)
-        export = lambda: ox.export_audio(loaded.model, onnx_dir, window_samples, key=key, precision=precision)  # noqa: E731
-    elif graph == "denoiser":
-        path = onnx_dir / ox.graph_file(ox.DENOISER_FILE, precision)
-        export = lambda: ox.export_denoiser(loaded.model, onnx_dir, key=key, precision=precision)  # noqa: E731
-    else:
-        path = onnx_dir / ox.STYLE_FILE
-        export = lambda: ox.export_style(loaded.model, onnx_dir, key=key)  # noqa: E731
-    rec = ox.read_record(path)
-    if rec is None or rec.model_hash != key:
-        rec = export()
-    return path, rec
-
-
-def ensure_plan(loaded, onnx_dir: Path, graph: str, precision: str, window_samples: int | None = None,
-                key: str | None = None, tolerance: float | None = None, root: Path | None = None) -> Path:
-    """The plan for one graph of a model on this GPU, built (and parity-checked) when missing."""
-    from export.onnx_export import default_tolerance
-
-    key = key or model_hash(loaded.model)
-    path, rec = _onnx(loaded, Path(onnx_dir), graph, precision, window_samples, key)
-    name, cc, version = gpu_identity()
-    cache_key = trt_cache_key(name, cc, version, key, f"{path.name}:{rec.inputs}", precision)
-    plan = (root or cache_root()) / "tensorrt" / cache_key / (path.stem + ".plan")
-    side = Path(str(plan) + ".json")
-    if plan.is_file() and side.is_file():
-        return plan
-    log.info("building TensorRT %s plan for %s (first use on this GPU/TensorRT)", precision, path.name)
-    build_plan(path, plan, _profiles(graph, loaded.config, rec))
+def build_checked_plan(loaded, onnx: Path, record: ExportRecord, plan: Path, graph: str, precision: str,
+                       window_samples: int | None, gpu: tuple[str, tuple, str], tolerance: float | None = None) -> Path:
+    """Build the plan of one graph from its ONNX file, check it against PyTorch (removed over the
+    tolerance) and write its sidecar, which marks it complete."""
+    log.info("building TensorRT %s plan for %s (first use on this GPU/TensorRT)", precision, onnx.name)
+    build_plan(onnx, plan, plan_profiles(graph, loaded.config, record))
     tol = default_tolerance(precision) if tolerance is None else tolerance
     diff, scale = plan_parity(loaded, plan, graph, window_samples)
     if not np.isfinite(diff) or diff > tol:
         plan.unlink(missing_ok=True)
-        from export.onnx_export import ParityError
-
         raise ParityError(f"{plan.name}: TensorRT differs from PyTorch by {diff:.3g} (outputs up to {scale:.3g}), "
                           f"over the tolerance {tol:g}; plan removed")
-    side.write_text(json.dumps({"graph": graph, "onnx": path.name, "precision": precision, "gpu": name,
-                                "compute_capability": list(cc), "tensorrt": version, "model_hash": key,
-                                "max_abs_diff": diff, "ref_max_abs": scale, "tolerance": tol}, indent=2) + "\n")
+    name, cc, version = gpu
+    Path(str(plan) + ".json").write_text(json.dumps(
+        {"graph": graph, "onnx": onnx.name, "precision": precision, "gpu": name, "compute_capability": list(cc),
+         "tensorrt": version, "model_hash": record.model_hash, "max_abs_diff": diff, "ref_max_abs": scale,
+         "tolerance": tol}, indent=2) + "\n")
     return plan
 
 
 def plan_parity(loaded, plan: Path, graph: str, window_samples: int | None) -> tuple[float, float]:
     """Max abs difference of the plan's output to PyTorch fp32 on the export's parity inputs."""
-    from engines.tensorrt_runtime import TrtEngine
-    from export.onnx_export import denoiser_inputs, parity_audio
-
     cfg = loaded.config
     ref = TorchNetworks(loaded.model)
     eng = TrtEngine(plan, use_graph=False)
@@ -178,19 +132,3 @@ def plan_parity(loaded, plan: Path, graph: str, window_samples: int | None) -> t
         cases.append(({"motion": m}, ref.style(m)))
     diff = max(float(np.max(np.abs(eng.run(f) - r))) for f, r in cases)
     return diff, max(float(np.max(np.abs(r))) for _, r in cases)
-
-
-def build_plans(loaded, onnx_dir: Path, windows: list[int], precision: str, tolerance: float | None) -> list[str]:
-    """Every plan a stream needs; returns one summary line per plan."""
-    key = model_hash(loaded.model)
-    lines = []
-    jobs = [("audio", w, precision) for w in windows] + [("denoiser", None, precision)]
-    if loaded.model.style_encoder is not None:
-        jobs.append(("style", None, "fp32"))
-    for graph, window, prec in jobs:
-        t0 = time.perf_counter()
-        plan = ensure_plan(loaded, onnx_dir, graph, prec, window, key, tolerance)
-        meta = json.loads(Path(str(plan) + ".json").read_text())
-        lines.append(f"{plan.name:<28} {prec}, max |trt - torch| = {meta['max_abs_diff']:.2e} (outputs up to "
-                     f"{meta['ref_max_abs']:.2f}), {time.perf_counter() - t0:.0f} s -> {plan.parent}")
-    return lines

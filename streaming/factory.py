@@ -1,5 +1,6 @@
 """Build a streaming session for a loaded model directory on an engine backend (PyTorch, ONNX
-Runtime, TensorRT: engines/backends.py)."""
+Runtime, TensorRT: engines/networks.py), what the backend needs made on first use
+(export/prepare.py)."""
 
 from __future__ import annotations
 
@@ -12,34 +13,35 @@ import torch
 from diffposetalk.model import Guidance
 from diffposetalk.model_dir import LoadedModel
 from diffposetalk.sampler import Sampler
-from engines.networks import BACKEND_NAMES, BackendAudioFeatures, backend_model, choose_backend, make_networks
-from streaming.motion import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
+from engines.networks import BACKEND_NAMES, Networks, TorchNetworks, choose_backend
+from export.prepare import open_networks
+from streaming.motion import CoefDecoder, NetworkAudioFeatures, SamplingMotionEngine
 from streaming.session import StepInfo, StreamConfig, StreamSession
 
 log = logging.getLogger("dpt_live.stream")
 
 
-def torch_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
-                  config: StreamConfig | None = None, style: np.ndarray | torch.Tensor | None = None,
-                  shape_raw: np.ndarray | torch.Tensor | None = None,
-                  on_step: Callable[[StepInfo], None] | None = None, networks=None, **kwargs) -> StreamSession:
+def open_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
+                 config: StreamConfig | None = None, style: np.ndarray | torch.Tensor | None = None,
+                 shape_raw: np.ndarray | torch.Tensor | None = None,
+                 on_step: Callable[[StepInfo], None] | None = None, networks: Networks | None = None,
+                 **kwargs) -> StreamSession:
     """shape_raw: FLAME shape (100,) (default: the mean face); style: (d_style,) or None;
-    networks: an engines.networks.Networks to run the networks on (default: the model itself)."""
+    networks: the engine backend to run the networks on (default: the model itself, PyTorch)."""
     config = config or StreamConfig()
     model, stats = loaded.model, loaded.stats
+    networks = TorchNetworks(model) if networks is None else networks
     shape_raw = torch.zeros(100) if shape_raw is None else torch.as_tensor(shape_raw, dtype=torch.float32)
     shape = (shape_raw.to(model.device) - stats["shape_mean"]) / stats["shape_std"]
     spec = config.spec()
     spec.check_model(loaded.config.n_motions)
-    if networks is None:
-        audio = TorchAudioFeatures(model, spec.window_samples)
-    else:  # same motion engine and sampler; the model's networks call the backend
-        audio = BackendAudioFeatures(networks, spec.window_samples, loaded.config.feature_dim)
-        model = backend_model(model, networks)
-    motion = TorchMotionEngine(model, sampler, guidance, shape, config.seed)
+    audio = NetworkAudioFeatures(networks, spec.window_samples)
+    motion = SamplingMotionEngine(model, sampler, guidance, shape, config.seed, networks)
     decoder = CoefDecoder(stats, loaded.config.head_pose)
     style_np = None if style is None else np.asarray(torch.as_tensor(style).cpu(), dtype=np.float32)
-    return StreamSession(audio, motion, decoder, config, style_np, on_step=on_step, **kwargs)
+    session = StreamSession(audio, motion, decoder, config, style_np, on_step=on_step, **kwargs)
+    session.backend = networks.describe()  # for reports
+    return session
 
 
 BACKENDS = ("auto", *BACKEND_NAMES)
@@ -59,15 +61,12 @@ def build_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     if backend not in BACKENDS:
         raise UserError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
     name = choose_backend(backend, precision)
-    networks = None
-    if name != "torch" or precision != "fp32":
-        try:
-            networks = make_networks(loaded, name, precision, threads)
-        except Exception as exc:  # auto promises a working session: any failure falls back to torch
-            if backend != "auto":
-                raise
-            log.warning("backend auto: %s unusable (%s); using torch", name, exc)
-    session = torch_session(loaded, sampler, guidance, config, style, shape_raw, on_step=on_step,
-                            networks=networks, **kwargs)
-    session.backend = networks.describe() if networks is not None else "torch (fp32)"  # for reports
-    return session
+    try:
+        networks = open_networks(loaded, name, precision, threads)
+    except Exception as exc:  # auto promises a working session: any failure falls back to torch
+        if backend != "auto":
+            raise
+        log.warning("backend auto: %s unusable (%s); using torch", name, exc)
+        networks = TorchNetworks(loaded.model)
+    return open_session(loaded, sampler, guidance, config, style, shape_raw, on_step=on_step, networks=networks,
+                        **kwargs)

@@ -7,8 +7,10 @@ TensorRT backend can slot in without touching the streaming logic:
 - :class:`MotionEngine`: one denoiser window (conditions in, clean motion out), with the sampler,
   guidance, person shape and the session's noise inside.
 
-The PyTorch implementations wrap :class:`diffposetalk.model.DiffPoseTalk` and any
-:class:`diffposetalk.sampler.Sampler` (DDPM, DDIM, a distilled student later)."""
+The implementations run on any engine backend (engines.networks.Networks; TorchNetworks for
+PyTorch): :class:`NetworkAudioFeatures` calls its audio encoder, :class:`SamplingMotionEngine`
+runs any :class:`diffposetalk.sampler.Sampler` (DDPM, DDIM, a distilled student's steps) over the
+model's guided denoiser with the backend's network pass."""
 
 from __future__ import annotations
 
@@ -19,6 +21,8 @@ import torch
 
 from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition, motion_to_coef
 from diffposetalk.sampler import RandomNoise, Sampler
+from diffposetalk.units import FRAME_SAMPLES
+from engines.networks import Networks, TorchNetworks
 
 
 class AudioFeatureEngine(Protocol):
@@ -44,33 +48,37 @@ class MotionEngine(Protocol):
         style (d_style,) or None -> clean normalised motion (n_motions, motion_dim)."""
 
 
-class TorchAudioFeatures:
-    def __init__(self, model: DiffPoseTalk, window_samples: int, frame_samples: int = 640):
-        if window_samples % frame_samples:
-            raise ValueError("the audio window must be a whole number of motion frames")
-        self.model = model
-        self.window_samples = window_samples
-        self.n_frames = window_samples // frame_samples
-        self.feature_dim = model.cfg.feature_dim
+class NetworkAudioFeatures:
+    """The audio features of one fixed window length, on any backend's networks."""
 
-    @torch.inference_mode()
+    def __init__(self, networks: Networks, window_samples: int):
+        if window_samples % FRAME_SAMPLES:
+            raise ValueError("the audio window must be a whole number of motion frames")
+        self.networks = networks
+        self.window_samples = window_samples
+        self.n_frames = window_samples // FRAME_SAMPLES
+        self.feature_dim = networks.cfg.feature_dim
+        networks.warm_audio(window_samples)  # compile/export now, not on the first live step
+
     def features(self, audio: np.ndarray) -> np.ndarray:
         if audio.shape != (self.window_samples,):
             raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to "
                              f"({self.window_samples},)")
-        x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.model.device)
-        return self.model.audio_features(x[None], self.n_frames)[0].float().cpu().numpy()
+        return self.networks.audio_features(audio)
 
 
-class TorchMotionEngine:
-    """One per session: x_T is drawn once from the seeded generator and reused for every window
-    (as the reference does); a stochastic sampler's per-step noise comes from the same generator,
-    so a session is reproducible for a seed and the same audio."""
+class SamplingMotionEngine:
+    """One per session: the sampler over the model's guided denoiser, whose network passes run on
+    ``networks`` (default: the model itself in PyTorch). x_T is drawn once from the seeded
+    generator and reused for every window (as the reference does); a stochastic sampler's per-step
+    noise comes from the same generator, so a session is reproducible for a seed and the same
+    audio."""
 
     def __init__(self, model: DiffPoseTalk, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
-                 seed: int = 0):
+                 seed: int = 0, networks: Networks | None = None):
         cfg = model.cfg
         self.model, self.sampler, self.guidance = model, sampler, guidance
+        self.net = (TorchNetworks(model) if networks is None else networks).network_pass()
         self.n_motions, self.n_prev, self.motion_dim = cfg.n_motions, cfg.n_prev_motions, cfg.motion_dim
         self.use_indicator = cfg.use_indicator
         dev = model.device
@@ -85,14 +93,14 @@ class TorchMotionEngine:
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
-        """One guided pass so the first live step does not pay PyTorch's first-call costs. It calls
-        the network directly: no draws from the session's noise generator (reproducibility)."""
+        """One guided pass so the first live step does not pay the networks' first-call costs. It
+        calls the denoiser directly: no draws from the session's noise generator (reproducibility)."""
         L, F = self.n_motions, self.model.cfg.feature_dim
         cond = WindowCondition(torch.zeros(1, L, F, device=self.model.device), self.shape,
                                None if self.null_style is None else self._t(self.null_style),
                                self._t(self.start_motion), self._t(self.start_audio),
                                torch.ones(1, L, device=self.model.device) if self.use_indicator else None)
-        self.model.guided_x0(self.x_T, 1, cond, self.guidance)
+        self.model.guided_denoiser(cond, self.guidance, self.net)(self.x_T, 1)
 
     def _t(self, a: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.model.device)[None]
@@ -102,7 +110,8 @@ class TorchMotionEngine:
         cond = WindowCondition(self._t(audio_feat), self.shape, None if style is None else self._t(style),
                                self._t(prev_motion), self._t(prev_audio),
                                self._t(indicator) if self.use_indicator else None)
-        out = self.sampler.sample(self.model, cond, self.guidance, self.x_T, self.noise, window=step)
+        denoise = self.model.guided_denoiser(cond, self.guidance, self.net)
+        out = self.sampler.sample(self.model, denoise, self.x_T, self.noise, window=step)
         return out[0].float().cpu().numpy()
 
 

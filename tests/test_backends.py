@@ -15,17 +15,10 @@ from diffposetalk.model import Guidance, WindowCondition
 from diffposetalk.model_dir import load_model_dir
 from diffposetalk.sampler import DDIMSampler
 from diffposetalk.synth_audio import speechlike
-from engines.networks import (
-    BACKEND_NAMES,
-    TorchNetworks,
-    backend_model,
-    backend_unavailable,
-    choose_backend,
-    make_networks,
-    model_hash,
-    trt_cache_key,
-)
+from engines.artefacts import model_hash, trt_cache_key
+from engines.networks import BACKEND_NAMES, TorchNetworks, backend_unavailable, choose_backend
 from export.onnx_export import denoiser_inputs
+from export.prepare import open_networks
 from streaming.factory import build_session
 from streaming.session import StreamConfig
 
@@ -64,7 +57,7 @@ def student(tmp_path_factory):
 
 
 def networks_for(loaded, name, cache):
-    return make_networks(loaded, name, "fp32", threads=1)
+    return open_networks(loaded, name, "fp32", threads=1)
 
 
 @pytest.mark.parametrize("backend", AVAILABLE)
@@ -91,11 +84,12 @@ def test_network_calls_match_torch(backend, which, request, cache):
 @pytest.mark.parametrize("backend", AVAILABLE)
 @pytest.mark.parametrize("which", ["teacher", "student"])
 def test_guided_x0_and_sampler_match_torch(backend, which, request, cache):
-    """The sampler and guided_x0 run unchanged on a model copy whose networks call the backend."""
+    """The guided denoiser and the sampler run unchanged over the backend's network pass."""
     loaded = request.getfixturevalue(which)
-    cfg = loaded.config
-    twin = backend_model(loaded.model, networks_for(loaded, backend, cache))
-    assert twin.denoising_net is not loaded.model.denoising_net and twin.audio_encoder is loaded.model.audio_encoder
+    cfg, model = loaded.config, loaded.model
+    networks = networks_for(loaded, backend, cache)
+    net = networks.network_pass()
+    assert net is not model.denoising_net
     g = torch.Generator().manual_seed(0)
     L, F = cfg.n_motions, cfg.feature_dim
     cond = WindowCondition(torch.randn(1, L, F, generator=g), torch.randn(1, 100, generator=g),
@@ -105,19 +99,18 @@ def test_guided_x0_and_sampler_match_torch(backend, which, request, cache):
     x_T = torch.randn(1, L, cfg.motion_dim, generator=g)
     for guidance in (Guidance(), Guidance(scales={"audio": 2.0, "style": 1.5}, dynamic_threshold=(0.9, 1.0, 4.0))):
         with torch.no_grad():
-            ref = loaded.model.guided_x0(x_T, 7, cond, guidance)
-            out = twin.guided_x0(x_T, 7, cond, guidance)
-            ref_s = DDIMSampler(2).sample(loaded.model, cond, guidance, x_T)
-            out_s = DDIMSampler(2).sample(twin, cond, guidance, x_T)
+            ref = model.guided_x0(x_T, 7, cond, guidance)
+            out = model.guided_denoiser(cond, guidance, net)(x_T, 7)
+            ref_s = DDIMSampler(2).sample(model, model.guided_denoiser(cond, guidance), x_T)
+            out_s = DDIMSampler(2).sample(model, model.guided_denoiser(cond, guidance, net), x_T)
         assert (out - ref).abs().max() < TOL and (out_s - ref_s).abs().max() < TOL
     # the guidance scales reach the network: different scales, different output
     with torch.no_grad():
-        other = twin.guided_x0(x_T, 7, cond, Guidance(scales={"audio": 1.0, "style": 0.0}))
+        other = model.guided_denoiser(cond, Guidance(scales={"audio": 1.0, "style": 0.0}), net)(x_T, 7)
     assert (other - out).abs().max() > 1e-3
     style = np.random.default_rng(0).normal(size=(2, 100, cfg.motion_dim)).astype(np.float32)
-    with torch.no_grad():
-        s_ref = loaded.model.style_from_motion(torch.from_numpy(style))
-        s_out = twin.style_from_motion(torch.from_numpy(style))
+    s_ref = torch.from_numpy(TorchNetworks(model).style(style))
+    s_out = torch.from_numpy(networks.style(style))
     assert (s_out - s_ref).abs().max() < TOL
 
 
@@ -191,9 +184,9 @@ def test_auto_choice_and_unavailable_backends(teacher, cache, caplog):
     with pytest.raises(UserError, match="unknown backend"):
         build_session(teacher, DDIMSampler(1), Guidance(), CONFIG, backend="cuda")
     with pytest.raises(UserError, match="the torch backend runs fp32"):
-        make_networks(teacher, "torch", "int8")
+        open_networks(teacher, "torch", "int8")
     with pytest.raises(UserError, match="onnxruntime backend runs fp32/int8, not fp16"):
-        make_networks(teacher, "onnxruntime", "fp16")
+        open_networks(teacher, "onnxruntime", "fp16")
 
 
 def test_auto_falls_back_to_torch_when_the_cache_is_unusable(teacher, tmp_path, monkeypatch, caplog):
@@ -210,11 +203,9 @@ def test_auto_falls_back_to_torch_when_the_cache_is_unusable(teacher, tmp_path, 
 
 def test_graphs_of_another_model_are_refused(teacher, tmp_path):
     other = load_model_dir(make_tiny_model_dir(tmp_path / "other", seed=9))
-    make_networks(other, "onnxruntime", cache_dir=tmp_path / "g")  # exports the other model's denoiser
-    from engines.onnx_runtime import OrtNetworks
-
+    open_networks(other, "onnxruntime", cache_dir=tmp_path / "g")  # exports the other model's denoiser
     with pytest.raises(UserError, match="was exported from another model"):
-        OrtNetworks.for_model(teacher, cache_dir=tmp_path / "g")
+        open_networks(teacher, "onnxruntime", cache_dir=tmp_path / "g")
 
 
 def test_model_hash_follows_the_weights(teacher, tiny_model_dir):
@@ -240,7 +231,7 @@ def test_trt_cache_key_names_every_ingredient():
 @pytest.mark.skipif("tensorrt" in AVAILABLE, reason="checks the no-GPU error path")
 def test_tensorrt_without_gpu_is_a_clear_error(teacher):
     with pytest.raises(UserError, match="cannot run here"):
-        make_networks(teacher, "tensorrt")
+        open_networks(teacher, "tensorrt")
 
 
 @pytest.mark.skipif("tensorrt" not in AVAILABLE,

@@ -56,8 +56,8 @@ def test_recording_engine_gives_the_live_inputs(setup):
     session replays the teacher's frames (teacher forcing, seam blend included)."""
     from diffposetalk.model import Guidance
     from diffposetalk.sampler import DDIMSampler
-    from streaming.factory import torch_session
-    from streaming.motion import TorchMotionEngine
+    from streaming.factory import open_session
+    from streaming.motion import SamplingMotionEngine
     from streaming.session import StreamConfig
     from training.distill import make_student
     from training.distill_data import record_stream
@@ -86,7 +86,7 @@ def test_recording_engine_gives_the_live_inputs(setup):
     _, student = make_student(teacher, 8, 1)
     seen = []
 
-    class Spy(TorchMotionEngine):
+    class Spy(SamplingMotionEngine):
         def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
             seen.append((audio_feat.copy(), indicator.copy(), prev_audio.copy()))
             return super().sample(audio_feat, indicator, prev_motion, prev_audio, style, step)
@@ -94,15 +94,15 @@ def test_recording_engine_gives_the_live_inputs(setup):
     import streaming.factory as factory
     teacher.model = student
     teacher.config = student.cfg
-    orig = factory.TorchMotionEngine
-    factory.TorchMotionEngine = Spy
+    orig = factory.SamplingMotionEngine
+    factory.SamplingMotionEngine = Spy
     try:
-        session = torch_session(teacher, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400), style=teacher.styles["calm"],
-                                shape_raw=torch.from_numpy(clip.shape))
+        session = open_session(teacher, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400), style=teacher.styles["calm"],
+                               shape_raw=torch.from_numpy(clip.shape))
         session.feed(clip.audio)
         session.finish()
     finally:
-        factory.TorchMotionEngine = orig
+        factory.SamplingMotionEngine = orig
     assert len(seen) == S
     for s, (a, ind, pa) in enumerate(seen):
         np.testing.assert_allclose(a, rec["audio_feat"][s], atol=1e-5)
@@ -286,7 +286,7 @@ def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
     from diffposetalk.model import Guidance
     from diffposetalk.model_dir import load_model_dir
     from diffposetalk.sampler import DDIMSampler, make_sampler
-    from streaming.factory import torch_session
+    from streaming.factory import open_session
     from streaming.session import StreamConfig
 
     root, base = setup["root"], setup["base"] + ["--batch", "8", "--val-every", "2", "--quiet", "--seed", "5"]
@@ -314,7 +314,7 @@ def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
     sampler = make_sampler("ddim", None, a.model)
     assert sampler.timesteps(a.model) == [20, 10]
     assert sampler.passes_per_window(a.model, Guidance(), has_style=True) == 2
-    session = torch_session(a, sampler, Guidance(), StreamConfig(), style=a.styles["calm"])
+    session = open_session(a, sampler, Guidance(), StreamConfig(), style=a.styles["calm"])
     audio = np.random.default_rng(0).uniform(-0.3, 0.3, 16000).astype(np.float32)
     frames = session.feed(audio) + session.finish()
     assert len(frames) == 25 and all(np.isfinite(f.exp).all() for f in frames)

@@ -11,7 +11,8 @@ import pytest
 
 from diffposetalk.model_dir import load_model_dir
 from dpt_live.cli import main
-from engines.networks import backend_unavailable, model_hash
+from engines.artefacts import model_hash
+from engines.networks import backend_unavailable
 from export.onnx_export import ParityError, export_model
 
 

@@ -10,6 +10,7 @@ from diffposetalk.config import ModelConfig, tiny_config
 from diffposetalk.diffusion import DiffusionSchedule
 from diffposetalk.layers import alignment_mask
 from diffposetalk.model import DiffPoseTalk, WindowCondition, coef_to_motion, motion_to_coef
+from engines.networks import TorchNetworks
 
 
 def _cond(model, n=2, style=True):
@@ -141,5 +142,5 @@ def test_coef_motion_round_trip(head_pose):
 def test_style_encoder_shape():
     torch.manual_seed(0)
     model = DiffPoseTalk(tiny_config()).eval()
-    style = model.style_from_motion(torch.randn(3, 100, 54))
+    style = TorchNetworks(model).style(torch.randn(3, 100, 54).numpy())
     assert style.shape == (3, model.cfg.d_style)

@@ -88,9 +88,10 @@ def test_generate_windows_continue_and_reuse_x_T(model):
     calls = []
     real_sample = DDIMSampler.sample
 
-    def spy(self, m, cond, guidance, x_T, noise=None, window=0):
+    def spy(self, m, denoise, x_T, noise=None, window=0):
+        cond = denoise.cond
         calls.append((window, cond.prev_motion, cond.prev_audio, cond.indicator.clone(), x_T.clone()))
-        out = real_sample(self, m, cond, guidance, x_T, noise, window)
+        out = real_sample(self, m, denoise, x_T, noise, window)
         calls[-1] += (out,)
         return out
 
@@ -150,8 +151,8 @@ def test_ddim_is_deterministic_and_uses_subset(model):
     assert s.timesteps(model) == [20, 15, 10, 5]
     assert DDIMSampler(1).timesteps(model) == [20]
     cond, x_T = _cond(model), torch.randn(1, 100, 54)
-    a = s.sample(model, cond, Guidance(), x_T, RandomNoise(0))
-    b = s.sample(model, cond, Guidance(), x_T, RandomNoise(1))
+    a = s.sample(model, model.guided_denoiser(cond, Guidance()), x_T, RandomNoise(0))
+    b = s.sample(model, model.guided_denoiser(cond, Guidance()), x_T, RandomNoise(1))
     assert torch.equal(a, b)
 
 

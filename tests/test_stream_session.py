@@ -14,9 +14,10 @@ from diffposetalk.model import Guidance
 from diffposetalk.model_dir import load_model_dir
 from diffposetalk.sampler import DDIMSampler, DDPMSampler
 from diffposetalk.synth_audio import speechlike, speechlike_blocks
-from streaming.factory import torch_session
+from engines.networks import TorchNetworks
+from streaming.factory import open_session
 from streaming.metrics import seam_smoothness
-from streaming.motion import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
+from streaming.motion import CoefDecoder, NetworkAudioFeatures, SamplingMotionEngine
 from streaming.session import StreamConfig, StreamSession
 from streaming.windowing import FRAME_SAMPLES
 
@@ -54,8 +55,8 @@ class SpyAudio:
 def spy_session(loaded, config, style=None, sampler=None):
     cfg = config.spec()
     shape = torch.zeros(loaded.config.shape_dim)
-    audio = SpyAudio(TorchAudioFeatures(loaded.model, cfg.window_samples))
-    motion = SpyMotion(TorchMotionEngine(loaded.model, sampler or DDIMSampler(1), Guidance(), shape, config.seed))
+    audio = SpyAudio(NetworkAudioFeatures(TorchNetworks(loaded.model), cfg.window_samples))
+    motion = SpyMotion(SamplingMotionEngine(loaded.model, sampler or DDIMSampler(1), Guidance(), shape, config.seed))
     session = StreamSession(audio, motion, CoefDecoder(loaded.stats, loaded.config.head_pose), config, style)
     return session, audio, motion
 
@@ -68,7 +69,7 @@ def run(session, audio, block=320):
 
 
 def test_frames_indices_and_times(loaded, audio):
-    session = torch_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
+    session = open_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
     frames = run(session, audio)
     assert len(frames) == int(3.3 * 25) == 82
     assert [f.index for f in frames] == list(range(82))
@@ -125,14 +126,14 @@ def test_seams_like_inside(loaded):
     audio = speechlike(6, seed=2)
     ratios = {}
     for blend in (True, False):
-        session = torch_session(loaded, DDIMSampler(2), Guidance(), StreamConfig(160, 80, 800, seam_blend=blend))
+        session = open_session(loaded, DDIMSampler(2), Guidance(), StreamConfig(160, 80, 800, seam_blend=blend))
         ratios[blend] = seam_smoothness(np.stack([f.motion for f in run(session, audio)]), 4)["ratio"]
     assert 0.6 < ratios[True] < 1.3 and ratios[True] <= ratios[False] + 0.05, ratios
 
 
 def test_deterministic_for_seed_and_audio(loaded, audio):
     def motion(seed, block, sampler):
-        session = torch_session(loaded, sampler, Guidance(), StreamConfig(160, 80, 400, eyes=True, seed=seed))
+        session = open_session(loaded, sampler, Guidance(), StreamConfig(160, 80, 400, eyes=True, seed=seed))
         fr = run(session, audio[:16000], block)
         return np.stack([f.motion for f in fr]), np.stack([f.eyes for f in fr])
 
@@ -177,7 +178,7 @@ def test_bad_audio(loaded, caplog):
     out = {}
     with caplog.at_level(logging.WARNING, logger="dpt_live.stream"):
         for name, x in cases.items():
-            session = torch_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
+            session = open_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
             frames = run(session, x)
             out[name] = np.stack([f.motion for f in frames])
             assert len(frames) == 50, name
@@ -189,15 +190,15 @@ def test_bad_audio(loaded, caplog):
     assert sum("NaN/inf" in r.message for r in caplog.records) == 1
     assert any("clipping" in r.message for r in caplog.records)
     clean = np.stack([f.motion for f in run(
-        torch_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400)), speech)])
+        open_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400)), speech)])
     # a DC offset is removed by the running mean: the motion barely changes
     assert np.abs(out["dc"] - clean).max() < 0.05 * np.abs(clean).max()
 
 
 def test_short_streams(loaded):
-    session = torch_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
+    session = open_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
     assert session.feed(np.zeros(100, np.float32)) == [] and session.finish() == []
-    session = torch_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
+    session = open_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
     frames = session.feed(speechlike(0.5)) + session.finish()
     assert len(frames) == 12
     with pytest.raises(RuntimeError):
@@ -217,7 +218,7 @@ def test_long_stream_no_drift_or_memory_growth(tmp_path):
                                                feature_dim=16, n_heads=2, n_layers=1, audio_hidden=16,
                                                hubert=hubert))
     seconds = 600
-    session = torch_session(micro, DDIMSampler(1), Guidance(), StreamConfig(480, 80, 160), clock=time.thread_time)
+    session = open_session(micro, DDIMSampler(1), Guidance(), StreamConfig(480, 80, 160), clock=time.thread_time)
     frames, rss = 0, []
     last_index = -1
     for i, block in enumerate(speechlike_blocks(seconds, block=8000, seed=4)):
@@ -258,8 +259,8 @@ def test_style_cache(loaded, tmp_path):
 
 def test_window_samples_must_match_engine(loaded):
     config = StreamConfig(80, 80, 400)
-    wrong = TorchAudioFeatures(loaded.model, 640 * 10)
-    motion = TorchMotionEngine(loaded.model, DDIMSampler(1), Guidance(), torch.zeros(100))
+    wrong = NetworkAudioFeatures(TorchNetworks(loaded.model), 640 * 10)
+    motion = SamplingMotionEngine(loaded.model, DDIMSampler(1), Guidance(), torch.zeros(100))
     with pytest.raises(ValueError, match="fixed to"):
         StreamSession(wrong, motion, CoefDecoder(loaded.stats, True), config)
     assert config.spec().window_samples == 14 * FRAME_SAMPLES

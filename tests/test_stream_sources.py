@@ -15,7 +15,7 @@ import torch
 from diffposetalk.model import Guidance
 from diffposetalk.sampler import DDIMSampler
 from diffposetalk.synth_audio import speechlike
-from streaming.factory import torch_session
+from streaming.factory import open_session
 from streaming.runner import run_stream
 from streaming.session import StreamConfig
 from streaming.sources import (
@@ -28,7 +28,7 @@ from streaming.sources import (
 
 
 def new_session(loaded):
-    return torch_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(160, 80, 400))
+    return open_session(loaded, DDIMSampler(1), Guidance(), StreamConfig(160, 80, 400))
 
 
 @pytest.fixture(scope="module")

@@ -65,7 +65,7 @@ def draw_target(seed: int, set_idx: int, clip_idx: int, configs=DEFAULT_CONFIGS)
 
 
 class RecordingEngine:
-    """A streaming MotionEngine (same attributes as streaming.motion.TorchMotionEngine) that
+    """A streaming MotionEngine (same attributes as streaming.motion.SamplingMotionEngine) that
     records each step's inputs and returns the teacher's frames for the window (teacher forcing).
 
     ``teacher`` (T, D) normalised motion of the whole clip; ``n_motions`` the *student's* window;
@@ -114,7 +114,8 @@ def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int
                   lookahead_ms: int, context_ms: int, style: np.ndarray | None) -> dict[str, np.ndarray]:
     """Run a real StreamSession over ``audio`` with a RecordingEngine; returns the stacked inputs
     of every step and the session's emitted motion (which must equal the teacher's)."""
-    from streaming.motion import CoefDecoder, TorchAudioFeatures
+    from engines.networks import TorchNetworks
+    from streaming.motion import CoefDecoder, NetworkAudioFeatures
     from streaming.session import StreamConfig, StreamSession
 
     model = loaded.model
@@ -124,7 +125,7 @@ def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int
     engine = RecordingEngine(teacher, n_motions, spec.hop, model.start_motion_feat[0].detach().cpu().numpy(),
                              model.start_audio_feat[0].detach().cpu().numpy(),
                              None if null is None else null[0, 0].detach().cpu().numpy())
-    session = StreamSession(TorchAudioFeatures(model, spec.window_samples), engine,
+    session = StreamSession(NetworkAudioFeatures(TorchNetworks(model), spec.window_samples), engine,
                             CoefDecoder(loaded.stats, loaded.config.head_pose), config, style)
     frames = session.feed(audio) + session.finish()
     r = engine.records

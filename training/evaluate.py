@@ -400,13 +400,13 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
     """(seeds, T, D) normalised motion from one streaming session per seed over the whole clip."""
     import torch
 
-    from streaming.factory import torch_session
+    from streaming.factory import open_session
     from streaming.session import StreamConfig
 
     out = []
     for r in range(seeds):
         config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, seed=r)
-        session = torch_session(loaded, sampler, guidance, config, style, shape_raw)
+        session = open_session(loaded, sampler, guidance, config, style, shape_raw)
         with counter:
             frames = session.feed(audio) + session.finish()
         out.append(np.stack([f.motion for f in frames]))

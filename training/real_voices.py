@@ -111,7 +111,7 @@ SOURCE_NAMES = [s.name for s in SOURCES]
 
 
 def default_voices_dir() -> Path:
-    from engines.networks import cache_root
+    from engines.artefacts import cache_root
 
     return cache_root() / "real-voices"
 

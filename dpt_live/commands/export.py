@@ -73,7 +73,7 @@ def cmd_onnx(args) -> int:
     import torch
 
     from diffposetalk.model_dir import load_model_dir
-    from engines.networks import model_hash, onnx_cache_dir
+    from engines.artefacts import model_hash, onnx_cache_dir
     from export.onnx_export import DEFAULT_TOLERANCE, export_model
 
     windows = parse_windows(args.window_ms)
@@ -105,14 +105,16 @@ def timing_step(loaded, out: Path, windows: list[int], int8: bool, repeats: int,
 
     import numpy as np
 
+    from engines.artefacts import ArtefactLookup, model_hash
     from engines.networks import TorchNetworks, denoiser_batch
     from engines.onnx_runtime import OrtNetworks
     from export.onnx_export import denoiser_inputs, parity_audio
 
+    graphs = ArtefactLookup(model_hash(loaded.model), out)  # just exported
     nets = {"torch": TorchNetworks(loaded.model),
-            "onnxruntime fp32": OrtNetworks(out, loaded.config, "fp32", threads, model=loaded.model)}
+            "onnxruntime fp32": OrtNetworks(graphs, loaded.config, "fp32", threads)}
     if int8:
-        nets["onnxruntime int8"] = OrtNetworks(out, loaded.config, "int8", threads, model=loaded.model)
+        nets["onnxruntime int8"] = OrtNetworks(graphs, loaded.config, "int8", threads)
     calls = [(f"audio encoder {w // 16} ms", "audio_features", parity_audio(w)) for w in windows]
     for b in sorted({denoiser_batch(loaded.config), 1}, reverse=True):
         calls.append((f"denoiser pass, batch {b}", "denoise", denoiser_inputs(loaded.config, b)))
@@ -141,8 +143,8 @@ def timing_step(loaded, out: Path, windows: list[int], int8: bool, repeats: int,
 
 def int8_step(loaded, out: Path, windows: list[int], audio_path: Path | None) -> dict:
     from bench.fidelity import lip_fidelity
+    from engines.artefacts import DENOISER_FILE, ArtefactLookup, audio_file, model_hash
     from engines.onnx_runtime import OrtNetworks
-    from export.onnx_export import DENOISER_FILE, audio_file
     from export.quantize import quantize_graph
     from streaming.session import StreamConfig
 
@@ -155,8 +157,9 @@ def int8_step(loaded, out: Path, windows: list[int], audio_path: Path | None) ->
     config = default if default.spec().window_samples in windows else window_config(max(windows))
     audio = load_audio(audio_path)
     style = loaded.styles.get("default", next(iter(loaded.styles.values()), None))
-    fp32 = OrtNetworks(out, loaded.config, "fp32", model=loaded.model)
-    int8 = OrtNetworks(out, loaded.config, "int8", model=loaded.model)
+    graphs = ArtefactLookup(model_hash(loaded.model), out)  # just exported and quantised
+    fp32 = OrtNetworks(graphs, loaded.config, "fp32")
+    int8 = OrtNetworks(graphs, loaded.config, "int8")
     fid = lip_fidelity(loaded, fp32, int8, audio, style, config)
     fid["audio_seconds"] = round(len(audio) / 16000, 2)
     fid["window_ms"] = config.spec().window_samples // 16
@@ -190,17 +193,17 @@ def load_audio(path: Path | None):
 
 def cmd_tensorrt(args) -> int:
     from diffposetalk.model_dir import load_model_dir
-    from engines.networks import model_hash, onnx_cache_dir
+    from engines.artefacts import model_hash
     from export.onnx_export import default_tolerance
-    from export.tensorrt_build import build_plans, require_tensorrt
+    from export.prepare import build_plans
+    from export.tensorrt_build import require_tensorrt
 
     windows = parse_windows(args.window_ms)
     require_tensorrt()  # a clear error before loading anything when there is no GPU/TensorRT
     tol = check_tolerance(args.tolerance, default_tolerance(args.precision))
     loaded = load_model_dir(args.model)
     key = model_hash(loaded.model)
-    onnx_dir = onnx_cache_dir(loaded.model)
     print(f"building TensorRT {args.precision} plans for {args.model} (model hash {key})")
-    for rec in build_plans(loaded, onnx_dir, windows, args.precision, tol):
+    for rec in build_plans(loaded, windows, args.precision, tol):
         print("  " + rec)
     return 0
