@@ -37,11 +37,12 @@ from diffposetalk.errors import UserError
 from diffposetalk.model import Guidance
 from diffposetalk.model_dir import LoadedModel, load_model_dir
 from diffposetalk.sampler import make_sampler
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 from streaming.factory import BACKENDS, build_session
 from streaming.metrics import percentiles_ms, replay_latency
 from streaming.report import StreamRecorder
 from streaming.session import StreamConfig
-from streaming.windowing import FRAME_SAMPLES, SAMPLE_RATE
+from streaming.windowing import parse_windows
 
 log = logging.getLogger("dpt_live.bench")
 
@@ -79,23 +80,6 @@ def parse_steps(text: str) -> list[int]:
         out.append(int(s))
     if not out:
         raise UserError("--steps: give at least one step count, e.g. 1,2")
-    return out
-
-
-def parse_windows(text: str, context_ms: int) -> list[tuple[int, int, int]]:
-    """'hop/lookahead' (context from --context-ms) or 'hop/lookahead/context', in ms."""
-    from streaming.windowing import WindowSpec
-
-    out = []
-    for item in split_list(text):
-        parts = item.split("/")
-        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
-            raise UserError(f"--windows entries are hop/lookahead or hop/lookahead/context in ms, got {item!r}")
-        hop, la, ctx = int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else context_ms
-        WindowSpec.from_ms(hop, la, ctx)  # names the problem (multiple of 40 ms, hop >= 40)
-        out.append((hop, la, ctx))
-    if not out:
-        raise UserError("--windows: give at least one hop/lookahead, e.g. 80/80")
     return out
 
 
@@ -343,7 +327,7 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
         raise UserError("--sessions must be at least 1")
     backends = parse_backends(args.backends)
     steps_list = parse_steps(args.steps)
-    windows = parse_windows(args.windows, args.context_ms)
+    windows = parse_windows(args.windows, "--windows", args.context_ms)
     archs = split_list(args.archs)
     if not backends:
         raise UserError("--backends: give at least one backend")

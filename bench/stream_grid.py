@@ -20,11 +20,12 @@ import torch
 from diffposetalk.generate import generate_motion, motion_to_arrays
 from diffposetalk.model import Guidance
 from diffposetalk.synth_audio import speechlike, speechlike_blocks
+from diffposetalk.units import SAMPLE_RATE
 from streaming.factory import torch_session
 from streaming.metrics import fidelity, percentiles_ms, replay_latency, seam_smoothness
 from streaming.report import StreamRecorder
 from streaming.session import StreamConfig
-from streaming.windowing import frames_in
+from streaming.windowing import frames_in, parse_windows
 
 
 def rss_mb() -> float:
@@ -33,18 +34,6 @@ def rss_mb() -> float:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def parse_grid(text: str) -> list[tuple[int, int, int]]:
-    from diffposetalk.errors import UserError
-
-    grid = []
-    for item in text.split(","):
-        parts = item.strip().split("/")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise UserError(f"--grid entries are hop/lookahead/context in ms, got {item!r}")
-        grid.append(tuple(int(p) for p in parts))
-    return grid
 
 
 class FeatureTap:
@@ -115,7 +104,7 @@ def grid_row(loaded, name, sampler, guidance, style, audio, hop, la, ctx, seed, 
     arrays = rec.arrays(np.zeros(100))
     row = {"model": name, "hop_ms": hop, "lookahead_ms": la, "context_ms": ctx,
            "denoiser_steps": len(sampler.timesteps(loaded.model)),
-           "rtf": sum(compute) / (len(audio) / 16000),
+           "rtf": sum(compute) / (len(audio) / SAMPLE_RATE),
            "step_ms": percentiles_ms(compute),
            "features_ms": percentiles_ms([s.features_s for s in rec.steps]),
            "latency_ms": percentiles_ms(lat),
@@ -180,13 +169,13 @@ def run_bench(args) -> int:
         loaded, sampler, style = _load(args, path)
         offline = None if args.no_offline else (offline_arrays(loaded, sampler, guidance, style, audio, args.seed),
                                                 offline_features(loaded, audio))
-        for hop, la, ctx in parse_grid(args.grid):
+        for hop, la, ctx in parse_windows(args.grid, "--grid"):
             row = grid_row(loaded, path.name, sampler, guidance, style, audio, hop, la, ctx, args.seed, offline,
                            bench_clock(args), not args.no_seam_blend)
             rows.append(row)
             print(format_table([row]).splitlines()[-1], flush=True)
     print()
-    print(f"{len(audio) / 16000:.1f} s of {'audio ' + str(args.audio) if args.audio else 'synthetic speech-like audio'}, "
+    print(f"{len(audio) / SAMPLE_RATE:.1f} s of {'audio ' + str(args.audio) if args.audio else 'synthetic speech-like audio'}, "
           f"{args.sampler} sampler, {torch.get_num_threads()} thread(s), {args.clock} clock; latency replayed for "
           "real-time arrival in 20 ms blocks")
     print(format_table(rows))
@@ -196,7 +185,7 @@ def run_bench(args) -> int:
 
 
 def run_long(args) -> int:
-    hop, la, ctx = parse_grid(args.grid)[0]
+    hop, la, ctx = parse_windows(args.grid, "--grid")[0]
     loaded, sampler, style = _load(args, args.model[0])
     rec = StreamRecorder()  # only its step log; frames are counted, not kept
     session = torch_session(loaded, sampler, Guidance(), StreamConfig(hop, la, ctx, seed=args.seed), style,
@@ -209,9 +198,9 @@ def run_long(args) -> int:
     for block in speechlike_blocks(seconds, 1600, args.seed):
         frames += len(session.feed(block))
         fed += len(block)
-        if fed / 16000 >= next_report:
+        if fed / SAMPLE_RATE >= next_report:
             s = percentiles_ms([x.compute_s for x in rec.steps])
-            lines.append(f"| {fed / 16000:.0f} | {frames} | {s['p50']:.1f} | {s['p99']:.1f} | {rss_mb():.0f} "
+            lines.append(f"| {fed / SAMPLE_RATE:.0f} | {frames} | {s['p50']:.1f} | {s['p99']:.1f} | {rss_mb():.0f} "
                          f"| {time.perf_counter() - t0:.0f} |")
             print(lines[-1], flush=True)
             rec.steps.clear()  # percentiles per stretch: a slowdown would show as a trend

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from diffposetalk.units import FPS  # the hello's fps: the model's frame rate
+
 PROTOCOL_VERSION = 1
-FPS = 25
 MAGIC = b"DPTF"
 HEADER_FORMAT = "<4sHHIIdd"
 HEADER = struct.Struct(HEADER_FORMAT)

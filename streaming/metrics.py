@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.windowing import FRAME_SAMPLES, SAMPLE_RATE, WindowSpec
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
+from streaming.windowing import WindowSpec
 
 
 def percentiles_ms(seconds) -> dict | None:

@@ -211,7 +211,7 @@ def convert_source(source: Source, root: Path, version: str, out: Path) -> list[
     """Convert the source's recordings under ``root`` into ``out`` -> manifest entries."""
     import soundfile as sf
 
-    from diffposetalk.audio_io import SAMPLE_RATE
+    from diffposetalk.units import SAMPLE_RATE
 
     picked = source.select(root)
     missing = [p for p in picked if not p.is_file()]
