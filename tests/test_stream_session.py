@@ -14,11 +14,11 @@ from diffposetalk.model import Guidance
 from diffposetalk.model_dir import load_model_dir
 from diffposetalk.sampler import DDIMSampler, DDPMSampler
 from diffposetalk.synth_audio import speechlike, speechlike_blocks
+from diffposetalk.units import FRAME_SAMPLES
 from streaming.factory import torch_session
 from streaming.metrics import seam_smoothness
 from streaming.motion import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
 from streaming.session import StreamConfig, StreamSession
-from streaming.windowing import FRAME_SAMPLES
 
 
 @pytest.fixture(scope="module")
