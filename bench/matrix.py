@@ -35,13 +35,14 @@ from bench.cost import SampleTimer, architecture_key, gflop_per_audio_s, network
 from bench.stream_grid import bench_clock, rss_mb
 from diffposetalk.errors import UserError
 from diffposetalk.model import Guidance
-from diffposetalk.model_dir import LoadedModel, load_model_dir
+from diffposetalk.model_dir import load_model_dir
 from diffposetalk.sampler import make_sampler
 from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 from streaming.factory import BACKENDS, build_session
 from streaming.metrics import percentiles_ms, replay_latency
 from streaming.report import StreamRecorder
 from streaming.session import StreamConfig
+from streaming.style import choose_style
 from streaming.windowing import parse_windows
 
 log = logging.getLogger("dpt_live.bench")
@@ -144,21 +145,6 @@ def arch_model_dir(arch: str, cache_dir: Path, seed: int = 0) -> Path:
         shutil.rmtree(out)
     tmp.rename(out)  # a half-written cache is never mistaken for a built one
     return out
-
-
-def pick_style(loaded: LoadedModel, name: str | None, seed: int) -> tuple[np.ndarray | None, str]:
-    """A style vector, so that style guidance (the reference's third pass) is measured: --style,
-    else the 'default' preset, else the first preset, else a seeded random vector."""
-    if not loaded.config.use_style:
-        if name:
-            raise UserError(f"model {loaded.path} takes no style input (--style {name})")
-        return None, "none (the model takes no style)"
-    if name:
-        return loaded.style(name), name
-    if loaded.styles:
-        key = "default" if "default" in loaded.styles else sorted(loaded.styles)[0]
-        return loaded.styles[key], f"preset {key}"
-    return np.random.default_rng(seed).normal(size=loaded.config.d_style).astype(np.float32), "random vector"
 
 
 # --- one stream ----------------------------------------------------------------------------------
@@ -356,7 +342,8 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
     loaded_models = []
     for name, path, base in models:
         loaded = load_model_dir(path)
-        style, style_name = pick_style(loaded, args.style, args.seed)
+        chosen = choose_style(loaded, args.style, any_preset=True, random_seed=args.seed)  # style guidance measured
+        style, style_name = chosen.vector, chosen.label
         loaded_models.append((name, loaded, style, style_name, base))
 
     # the reference offline sampler, once per teacher architecture
@@ -371,7 +358,8 @@ def run_matrix(args, progress: Callable[[str], None] = print) -> dict:
                     tl = next((m for m in loaded_models if m[0] == base), None)
                     if tl is None:
                         tl_loaded = load_model_dir(arch_model_dir(base, args.cache_dir, args.seed))
-                        tl = (base, tl_loaded, *pick_style(tl_loaded, args.style, args.seed))
+                        chosen = choose_style(tl_loaded, args.style, any_preset=True, random_seed=args.seed)
+                        tl = (base, tl_loaded, chosen.vector, chosen.label)
                     teachers[base] = tl[1:4]
                 row_ref[name] = architecture_key(teachers[base][0])
             elif loaded.config.kind != "student":

@@ -24,6 +24,7 @@ from diffposetalk.units import SAMPLE_RATE
 from streaming.factory import torch_session
 from streaming.metrics import fidelity, percentiles_ms, replay_latency, seam_smoothness
 from streaming.report import StreamRecorder
+from streaming.runner import stream_array
 from streaming.session import StreamConfig
 from streaming.windowing import frames_in, parse_windows
 
@@ -54,9 +55,7 @@ def stream_audio(loaded, sampler, guidance, style, config: StreamConfig, audio: 
     rec = StreamRecorder()
     session = torch_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, clock=clock)
     session.audio = tap = FeatureTap(session.audio)
-    for i in range(0, len(audio), block):
-        rec.on_frames(session.feed(audio[i:i + block]))
-    rec.on_frames(session.finish())
+    stream_array(session, audio, block, rec.on_frames)
     ctx = session.spec.context
     feats = np.concatenate([out[ctx:ctx + st.n_frames] for out, st in zip(tap.outputs, rec.steps)])
     return rec, session, feats
@@ -134,15 +133,11 @@ def format_table(rows: list[dict]) -> str:
 def _load(args, path):
     from diffposetalk.model_dir import load_model_dir
     from streaming.setup import pick_sampler
+    from streaming.style import choose_style
 
     loaded = load_model_dir(path)
     sampler = pick_sampler(args.sampler, args.steps, loaded)
-    style = None
-    if loaded.config.use_style:
-        if args.style:
-            style = loaded.style(args.style)
-        elif "default" in loaded.styles:
-            style = loaded.styles["default"]
+    style = choose_style(loaded, args.style if loaded.config.use_style else None).vector  # --style: models that take it
     return loaded, sampler, style
 
 

@@ -18,6 +18,7 @@ from diffposetalk.units import FRAME_SAMPLES
 from streaming.factory import torch_session
 from streaming.metrics import seam_smoothness
 from streaming.motion import CoefDecoder, TorchAudioFeatures, TorchMotionEngine
+from streaming.runner import stream_array
 from streaming.session import StreamConfig, StreamSession
 
 
@@ -61,10 +62,7 @@ def spy_session(loaded, config, style=None, sampler=None):
 
 
 def run(session, audio, block=320):
-    frames = []
-    for i in range(0, len(audio), block):
-        frames += session.feed(audio[i:i + block])
-    return frames + session.finish()
+    return stream_array(session, audio, block)
 
 
 def test_frames_indices_and_times(loaded, audio):

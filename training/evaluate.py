@@ -402,6 +402,7 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
     import torch
 
     from streaming.factory import torch_session
+    from streaming.runner import stream_array
     from streaming.session import StreamConfig
 
     out = []
@@ -409,7 +410,7 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
         config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, seed=r)
         session = torch_session(loaded, sampler, guidance, config, style, shape_raw)
         with counter:
-            frames = session.feed(audio) + session.finish()
+            frames = stream_array(session, audio)
         out.append(np.stack([f.motion for f in frames]))
     return torch.from_numpy(np.stack(out))
 

@@ -145,7 +145,8 @@ class JawModel:
 
             from training.evaluate import eval_sampler
 
-            self.loaded, self.style, self.guidance = load_for_generation(args)
+            self.loaded, style, self.guidance = load_for_generation(args)
+            self.style = style.tensor
             self.sampler = eval_sampler(args.sampler, args.steps, self.loaded.model)
             self.shape_raw = torch.zeros(100)
         self.steps = len(self.sampler.timesteps(self.loaded.model))
@@ -166,17 +167,13 @@ class JawModel:
     def _stream(self, audio):
         from streaming.factory import build_session
         from streaming.report import StreamRecorder
-        from streaming.runner import run_stream
-        from streaming.sources import PushSource
+        from streaming.runner import stream_array
 
         a = self.args
         recorder = StreamRecorder()
         session = build_session(self.loaded, self.sampler, self.guidance, self.config, self.style, self.shape_raw,
                                 backend=a.backend, precision=a.precision, threads=a.threads)
-        source = PushSource()  # the whole clip at once, as fast as the session takes it
-        source.push(audio)
-        source.end()
-        run_stream(source, session, recorder.on_frames)
+        stream_array(session, audio, on_frames=recorder.on_frames)  # the whole clip at once
         return recorder.arrays(self.shape_raw.numpy())["pose"][:, JAW]
 
 

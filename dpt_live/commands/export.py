@@ -145,6 +145,7 @@ def int8_step(loaded, out: Path, windows: list[int], audio_path: Path | None) ->
     from export.onnx_export import DENOISER_FILE, audio_file
     from export.quantize import quantize_graph
     from streaming.session import StreamConfig
+    from streaming.style import choose_style
 
     for f in [audio_file(w) for w in windows] + [DENOISER_FILE]:
         q = quantize_graph(Path(out) / f)
@@ -154,7 +155,7 @@ def int8_step(loaded, out: Path, windows: list[int], audio_path: Path | None) ->
     default = StreamConfig()
     config = default if default.spec().window_samples in windows else window_config(max(windows))
     audio = load_audio(audio_path)
-    style = loaded.styles.get("default", next(iter(loaded.styles.values()), None))
+    style = choose_style(loaded, None, any_preset=True).vector
     fp32 = OrtNetworks(out, loaded.config, "fp32", model=loaded.model)
     int8 = OrtNetworks(out, loaded.config, "int8", model=loaded.model)
     fid = lip_fidelity(loaded, fp32, int8, audio, style, config)
