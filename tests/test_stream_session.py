@@ -254,6 +254,43 @@ def test_style_cache(loaded, tmp_path):
     assert cache.get(str(tmp_path / "clip.npz")) is clip  # computed once
 
 
+def test_choose_style(loaded, tmp_path):
+    """Which style a run uses, as every command asks it (streaming.style.choose_style)."""
+    import dataclasses
+
+    from diffposetalk.errors import UserError
+    from streaming.style import choose_style
+
+    rng = np.random.default_rng(1)
+    vec = rng.normal(size=loaded.config.d_style).astype(np.float32)
+    np.save(tmp_path / "s.npy", vec)
+    np.savez(tmp_path / "saved.npz", style=vec)  # a vector in an .npz, as LoadedModel.style reads it
+    np.savez(tmp_path / "clip.npz", exp=rng.normal(size=(120, 50)).astype(np.float32),
+             pose=rng.normal(scale=0.1, size=(120, 6)).astype(np.float32))
+    calm = choose_style(loaded, "calm")
+    assert (calm.name, calm.label) == ("calm", "calm")
+    np.testing.assert_array_equal(calm.vector, loaded.styles["calm"])
+    npy = choose_style(loaded, str(tmp_path / "s.npy"))
+    assert npy.name == "s.npy" and np.array_equal(npy.vector, vec) and np.array_equal(npy.tensor.numpy(), vec)
+    assert np.array_equal(choose_style(loaded, str(tmp_path / "saved.npz")).vector, vec)
+    clip = choose_style(loaded, str(tmp_path / "clip.npz"))
+    assert clip.name == "clip.npz" and clip.vector.shape == (loaded.config.d_style,)
+    # unset: 'default', else the null style; benchmarks: any preset, then a seeded random vector
+    null = choose_style(loaded, None)
+    assert null.vector is None and null.name is None and null.tensor is None
+    with_default = dataclasses.replace(loaded, styles={**loaded.styles, "default": vec})
+    assert choose_style(with_default, None).name == "default"
+    assert choose_style(loaded, None, any_preset=True).label == "preset calm"
+    bare = dataclasses.replace(loaded, styles={})
+    a, b = (choose_style(bare, None, any_preset=True, random_seed=3) for _ in range(2))
+    assert a.label == "random vector" and np.array_equal(a.vector, b.vector)
+    assert choose_style(bare, None, any_preset=True).vector is None
+    styleless = dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, use_style=False))
+    assert choose_style(styleless, None, any_preset=True, random_seed=0).vector is None
+    with pytest.raises(UserError, match="takes no style input"):
+        choose_style(styleless, "calm")
+
+
 def test_window_samples_must_match_engine(loaded):
     config = StreamConfig(80, 80, 400)
     wrong = TorchAudioFeatures(loaded.model, 640 * 10)
