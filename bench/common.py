@@ -66,20 +66,15 @@ def pick_style(loaded, name: str | None, seed: int, random_fallback: bool = True
     seeded random vector, so that style guidance (the reference's third pass) is always measured;
     a --style the model does not take is an error. Without it (`stream-bench`, as `stream`):
     --style, else the 'default' preset, else none; a --style the model does not take is ignored."""
-    if not loaded.config.use_style:
-        if name and random_fallback:
-            raise UserError(f"model {loaded.path} takes no style input (--style {name})")
-        return None, "none (the model takes no style)"
-    if name:
-        return loaded.style(name), name
-    if "default" in loaded.styles:
-        return loaded.styles["default"], "preset default"
-    if not random_fallback:
-        return None, "none"
-    if loaded.styles:
-        key = sorted(loaded.styles)[0]
-        return loaded.styles[key], f"preset {key}"
-    return np.random.default_rng(seed).normal(size=loaded.config.d_style).astype(np.float32), "random vector"
+    from streaming.style import choose_style
+
+    if not loaded.config.use_style and not random_fallback:
+        name = None  # stream-bench mixes models: a --style one of them does not take is ignored
+    if random_fallback:
+        chosen = choose_style(loaded, name, any_preset=True, random_seed=seed)
+    else:
+        chosen = choose_style(loaded, name)
+    return chosen.vector, chosen.label if chosen.vector is not None or not loaded.config.use_style else "none"
 
 
 def default_cache_dir() -> Path:

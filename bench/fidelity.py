@@ -22,6 +22,7 @@ def lip_fidelity(loaded, reference, candidate, audio: np.ndarray, style: np.ndar
     units), Pearson r of the jaw opening, and the largest difference of the motion vectors."""
     from diffposetalk.model import Guidance
     from streaming.factory import open_session
+    from streaming.runner import stream_array
     from streaming.session import StreamConfig
     from streaming.setup import pick_sampler
 
@@ -31,10 +32,7 @@ def lip_fidelity(loaded, reference, candidate, audio: np.ndarray, style: np.ndar
     runs = []
     for networks in (reference, candidate):
         session = open_session(loaded, sampler, Guidance(), config, style, networks=networks)
-        frames = []
-        for i in range(0, len(audio), BLOCK):
-            frames += session.feed(audio[i:i + BLOCK])
-        frames += session.finish()
+        frames = stream_array(session, audio, BLOCK)
         runs.append({"exp": np.stack([f.exp for f in frames]), "pose": np.stack([f.pose for f in frames]),
                      "motion": np.stack([f.motion for f in frames])})
     ref, cand = runs

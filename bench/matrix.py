@@ -129,20 +129,10 @@ def parse_steps(text: str) -> list[int]:
 
 
 def parse_windows(text: str, context_ms: int) -> list[tuple[int, int, int]]:
-    """'hop/lookahead' (context from --context-ms) or 'hop/lookahead/context', in ms."""
-    from streaming.windowing import WindowSpec
+    """--windows: 'hop/lookahead' (context from --context-ms) or 'hop/lookahead/context', in ms."""
+    from streaming.windowing import parse_windows as parse
 
-    out = []
-    for item in split_list(text):
-        parts = item.split("/")
-        if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts):
-            raise UserError(f"--windows entries are hop/lookahead or hop/lookahead/context in ms, got {item!r}")
-        hop, la, ctx = int(parts[0]), int(parts[1]), int(parts[2]) if len(parts) == 3 else context_ms
-        WindowSpec.from_ms(hop, la, ctx)  # names the problem (multiple of 40 ms, hop >= 40)
-        out.append((hop, la, ctx))
-    if not out:
-        raise UserError("--windows: give at least one hop/lookahead, e.g. 80/80")
-    return out
+    return parse(text, "--windows", default_context_ms=context_ms)
 
 
 def bench_plan(args) -> Plan:

@@ -35,13 +35,9 @@ DEFAULT_MODELS = (DEFAULT_STREAM_MODEL,)
 
 
 def parse_grid(text: str) -> list[tuple[int, int, int]]:
-    grid = []
-    for item in text.split(","):
-        parts = item.strip().split("/")
-        if len(parts) != 3 or not all(p.isdigit() for p in parts):
-            raise UserError(f"--grid entries are hop/lookahead/context in ms, got {item!r}")
-        grid.append(tuple(int(p) for p in parts))
-    return grid
+    from streaming.windowing import parse_windows
+
+    return parse_windows(text, "--grid")
 
 
 def grid_plan(models: list[Path], audio: Path | None, seconds: float, grid: str, sampler: str = "ddim",

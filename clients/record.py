@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from server.protocol import FPS
+
 log = logging.getLogger(__name__)
 
 
@@ -100,7 +102,7 @@ def run_record(args) -> int:
     if rec is not None and (len(rec) or error is None):
         rec.save(out)
         dropped = int(sum(r[4] for r in rec.rows))
-        print(f"wrote {out}: {len(rec)} frames ({len(rec) / 25:.1f} s), {dropped} dropped; stopped: "
+        print(f"wrote {out}: {len(rec)} frames ({len(rec) / FPS:.1f} s), {dropped} dropped; stopped: "
               f"{reason if error is None else error}")
     if error is not None:
         raise error

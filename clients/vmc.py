@@ -19,8 +19,6 @@ from clients.vmc_map import VmcMapper
 
 log = logging.getLogger(__name__)
 
-FPS = 25
-FRAME_S = 1.0 / FPS
 _BLINK_NAMES = frozenset(("Blink_L", "Blink_R", "eyeBlinkLeft", "eyeBlinkRight"))
 
 

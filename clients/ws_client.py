@@ -1,5 +1,6 @@
 """The Python clients' connection to `dpt-live serve` (docs/PROTOCOL.md): connect to /ws with a
-token, read and check the hello, yield decoded frames, reconnect with backoff after a drop.
+token, read and check the hello, yield decoded frames, reconnect with backoff after a drop; and the
+control messages a client sends (``*_control``).
 
 Used by the VMC bridge and the recorder. Blocking (websockets' sync client): both are small
 command-line loops, and a background reader thread is all the VMC bridge needs."""
@@ -15,7 +16,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from diffposetalk.errors import UserError
-from server.protocol import WireFrame
+from server.protocol import WireFrame, dumps
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +192,7 @@ class StreamClient:
         self.notices = self.notices[-99:] + [msg]
 
     def send(self, text: str) -> None:
-        """Send a control message (build it with server.protocol's *_control helpers)."""
+        """Send a control message (build it with this module's *_control functions)."""
         if self._ws is None:
             raise ClientError("not connected")
         self._ws.send(text)
@@ -207,3 +208,34 @@ class StreamClient:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# --- control messages a client sends (docs/PROTOCOL.md; the server checks them with
+# server.protocol.parse_control) ------------------------------------------------------------------
+
+def style_control(name: str | None) -> str:
+    return dumps({"type": "style", "name": name})
+
+
+def guidance_control(audio: float, style: float) -> str:
+    return dumps({"type": "guidance", "audio": float(audio), "style": float(style)})
+
+
+def reset_control() -> str:
+    return dumps({"type": "reset"})
+
+
+def pause_control(paused: bool) -> str:
+    return dumps({"type": "pause", "paused": bool(paused)})
+
+
+def audio_start_control(rate: int, channels: int = 1, fmt: str = "f32le") -> str:
+    return dumps({"type": "audio_start", "rate": int(rate), "channels": int(channels), "format": fmt})
+
+
+def audio_end_control() -> str:
+    return dumps({"type": "audio_end"})
+
+
+def ping_control() -> str:
+    return dumps({"type": "ping"})

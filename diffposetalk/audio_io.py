@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.errors import UserError
-
-SAMPLE_RATE = 16000
+from diffposetalk.units import SAMPLE_RATE
 
 
 def to_mono(audio: np.ndarray) -> np.ndarray:

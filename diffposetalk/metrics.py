@@ -11,8 +11,12 @@ LIP_DIMS_EXP = slice(0, 5)
 JAW = 3
 
 
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    a, b = a - a.mean(), b - b.mean()
+def pearson(a: np.ndarray, b: np.ndarray, axis: int | None = None) -> float:
+    """Pearson r of two equally shaped arrays. ``axis=None``: one mean removed from each array;
+    ``axis=0`` on (T, D) arrays: each column's own mean removed (a coefficient's offset does not
+    count as correlation), then one r over all entries."""
+    a = a - a.mean(axis=axis, keepdims=True)
+    b = b - b.mean(axis=axis, keepdims=True)
     den = np.sqrt((a * a).sum() * (b * b).sum())
     return float((a * b).sum() / den) if den > 0 else float("nan")
 

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from diffposetalk.units import SAMPLE_RATE
 
 
 def speechlike_second(index: int, seed: int = 0) -> np.ndarray:

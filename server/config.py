@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffposetalk.units import FPS
+
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
 
 
@@ -18,7 +20,7 @@ class ServerConfig:
     max_message: int = 1 << 20
     max_sessions: int = 8
     max_viewers: int = 64
-    viewer_queue: int = 25  # frames (1 s) a viewer may fall behind before its oldest are dropped
+    viewer_queue: int = FPS  # frames (1 s) a viewer may fall behind before its oldest are dropped
     session_idle: float = 60.0  # s without viewers and audio before an on-demand session closes
     upstream_idle: float = 10.0  # s without upstream PCM before audio_end is assumed
     ping_interval: float | None = 20.0

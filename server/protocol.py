@@ -1,5 +1,6 @@
 """Wire protocol v1 of `dpt-live serve` (docs/PROTOCOL.md): pure encode/decode/validate functions
-shared by the server (streaming/server*.py) and the Python clients (clients/). No I/O here.
+shared by the server (server/) and the Python clients (clients/, which build the control messages
+they send in clients/ws_client.py). No I/O here.
 
 Server -> viewer: a text JSON ``hello`` first, then frames (binary ``<4sHHIIdd`` header + 60
 float32, or JSON in ``mode=json``) and text JSON notices (``dropped``, ``state``, ``error``,
@@ -16,8 +17,9 @@ from typing import Any
 
 import numpy as np
 
+from diffposetalk.units import FPS  # the hello's fps: the model's frame rate
+
 PROTOCOL_VERSION = 1
-FPS = 25
 MAGIC = b"DPTF"
 HEADER_FORMAT = "<4sHHIIdd"
 HEADER = struct.Struct(HEADER_FORMAT)
@@ -168,13 +170,6 @@ def json_frame_from_dict(obj: dict) -> WireFrame:
                      reset=bool(obj.get("reset", False)))
 
 
-def decode_json_frame(text: str | dict) -> WireFrame:
-    obj = _parse_object(text, "frame") if not isinstance(text, dict) else text
-    if obj.get("type") != "frame":
-        raise ProtocolError(f"expected a frame message, got type {obj.get('type')!r}")
-    return json_frame_from_dict(obj)
-
-
 # --- server messages ------------------------------------------------------------------------------
 
 def make_hello(*, session: str, mode: str, shape, flame_asset: str | None, model: dict, styles: list[str],
@@ -298,32 +293,3 @@ def parse_control(text: str) -> dict[str, Any]:
 def audio_frame_bytes(start: dict[str, Any]) -> int:
     """Bytes of one multi-channel sample in an upstream declared by ``audio_start``."""
     return (4 if start["format"] == "f32le" else 2) * start["channels"]
-
-
-# Builders for clients (what they send)
-def style_control(name: str | None) -> str:
-    return dumps({"type": "style", "name": name})
-
-
-def guidance_control(audio: float, style: float) -> str:
-    return dumps({"type": "guidance", "audio": float(audio), "style": float(style)})
-
-
-def reset_control() -> str:
-    return dumps({"type": "reset"})
-
-
-def pause_control(paused: bool) -> str:
-    return dumps({"type": "pause", "paused": bool(paused)})
-
-
-def audio_start_control(rate: int, channels: int = 1, fmt: str = "f32le") -> str:
-    return dumps({"type": "audio_start", "rate": int(rate), "channels": int(channels), "format": fmt})
-
-
-def audio_end_control() -> str:
-    return dumps({"type": "audio_end"})
-
-
-def ping_control() -> str:
-    return dumps({"type": "ping"})

@@ -19,6 +19,8 @@ import math
 
 import numpy as np
 
+from diffposetalk.units import SAMPLE_RATE
+
 log = logging.getLogger("dpt_live.stream")
 
 FULL_SCALE = 0.999  # |x| at or above this counts as clipped
@@ -51,7 +53,7 @@ class AudioConditioner:
 
 
 class RunningNormalizer:
-    def __init__(self, tau_s: float = 8.0, floor: float = 3e-3, rate: int = 16000):
+    def __init__(self, tau_s: float = 8.0, floor: float = 3e-3, rate: int = SAMPLE_RATE):
         self.tau_samples = tau_s * rate
         self.floor = floor
         # exponentially weighted sums of 1, x, x^2 (float64: a DC offset must not eat precision)

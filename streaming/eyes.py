@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from diffposetalk.units import FPS
+
 EYE_CHANNELS = ("blink_l", "blink_r", "gaze_yaw", "gaze_pitch")
 
 
 class ProceduralEyes:
-    def __init__(self, seed: int = 0, fps: int = 25, blink_interval_s=(2.0, 6.0), blink_s: float = 0.15,
+    def __init__(self, seed: int = 0, fps: int = FPS, blink_interval_s=(2.0, 6.0), blink_s: float = 0.15,
                  saccade_interval_s=(0.3, 1.5), saccade_rad: float = 0.015, gaze_limit_rad: float = 0.05):
         self.rng = np.random.default_rng(seed)
         self.dt = 1.0 / fps

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from streaming.windowing import FRAME_SAMPLES, SAMPLE_RATE, WindowSpec
+from diffposetalk.metrics import pearson
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
+from streaming.windowing import WindowSpec
 
 
 def percentiles_ms(seconds) -> dict | None:
@@ -51,13 +53,6 @@ def seam_smoothness(motion: np.ndarray, hop: int) -> dict:
     return out
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    den = np.sqrt((a * a).sum() * (b * b).sum())
-    return float((a * b).sum() / den) if den > 0 else float("nan")
-
-
 def fidelity(stream: dict, offline: dict) -> dict:
     """Jaw opening (pose[:, 3]) and expression (exp) of a streamed run against offline animate on
     the same audio: Pearson correlation (per-coefficient means removed) and RMS error."""
@@ -65,5 +60,5 @@ def fidelity(stream: dict, offline: dict) -> dict:
     jaw_s, jaw_o = stream["pose"][:n, 3], offline["pose"][:n, 3]
     exp_s, exp_o = stream["exp"][:n], offline["exp"][:n]
     return {"frames": n,
-            "jaw_corr": _corr(jaw_s, jaw_o), "jaw_rmse": float(np.sqrt(np.mean((jaw_s - jaw_o) ** 2))),
-            "exp_corr": _corr(exp_s, exp_o), "exp_rmse": float(np.sqrt(np.mean((exp_s - exp_o) ** 2)))}
+            "jaw_corr": pearson(jaw_s, jaw_o), "jaw_rmse": float(np.sqrt(np.mean((jaw_s - jaw_o) ** 2))),
+            "exp_corr": pearson(exp_s, exp_o, axis=0), "exp_rmse": float(np.sqrt(np.mean((exp_s - exp_o) ** 2)))}

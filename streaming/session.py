@@ -24,12 +24,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffposetalk.units import FPS, FRAME_SAMPLES, SAMPLE_RATE
 from streaming.conditioning import AudioConditioner, RunningNormalizer
 from streaming.eyes import ProceduralEyes
 from streaming.motion import AudioFeatureEngine, CoefDecoder, MotionEngine
 from streaming.ring import RingBuffer
 from streaming.style import StyleFader
-from streaming.windowing import FPS, FRAME_SAMPLES, SAMPLE_RATE, WindowSpec, frames_in
+from streaming.windowing import WindowSpec, frames_in
 
 MAX_CHUNK = 4 * SAMPLE_RATE  # a feed() longer than this is processed in pieces (flat memory)
 

@@ -4,34 +4,26 @@ guidance and sampler (`animate`, `stream`, `serve` and `voice-check` build them 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
-from diffposetalk.errors import UserError
 from streaming.options import DEFAULT_DDIM_STEPS
 
 log = logging.getLogger("dpt_live.stream")
 
 
 def load_for_generation(args):
+    """(loaded model, ChosenStyle, Guidance) from the model options (streaming.options)."""
     import torch
 
     from diffposetalk.model import Guidance
     from diffposetalk.model_dir import load_model_dir
+    from streaming.style import choose_style
 
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model_dir(args.model, args.device)
-    cfg = loaded.config
-    style = None
-    if cfg.use_style:
-        if args.style:
-            style = torch.from_numpy(loaded.style(args.style))
-        elif "default" in loaded.styles:
-            style = torch.from_numpy(loaded.styles["default"])
-        else:
-            log.info("no --style given: using the model's null style (no style guidance)")
-    elif args.style:
-        raise UserError(f"model {args.model} takes no style input")
+    style = choose_style(loaded, args.style)
+    if loaded.config.use_style and style.vector is None:
+        log.info("no --style given: using the model's null style (no style guidance)")
     guidance = Guidance(scales={"audio": args.cfg_audio, "style": args.cfg_style}, mode=args.cfg_mode,
                         dynamic_threshold=(args.dtr, 1.0, 4.0) if args.dtr > 0 else None)
     return loaded, style, guidance
@@ -54,21 +46,15 @@ def stream_setup(args):
 
     from diffposetalk.model_dir import load_vector
     from streaming.session import StreamConfig
-    from streaming.style import StyleCache
 
     config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, eyes=args.eyes, seed=args.seed,
                           seam_blend=not args.no_seam_blend)
     config.spec()  # window arguments are checked before the model loads
-    style_clip = args.style if args.style and Path(args.style).suffix == ".npz" else None
-    if style_clip:
-        args.style = None  # a motion clip: resolved below through the style encoder
     if args.threads is None:
         # one thread unless asked: a step is many small ops, and OpenMP threads that compete for a
         # busy core made steps 10-80x slower in docs/STREAMING.md's measurements
         args.threads = 1
     loaded, style, guidance = load_for_generation(args)
-    if style_clip:
-        style = StyleCache(loaded).get(style_clip)
     sampler = pick_sampler(args.sampler, args.steps, loaded)
     shape_raw = torch.from_numpy(load_vector(args.shape, 100, "shape")) if args.shape else torch.zeros(100)
-    return loaded, style, guidance, sampler, shape_raw, config
+    return loaded, style.vector, guidance, sampler, shape_raw, config

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from diffposetalk.audio_io import SAMPLE_RATE, StreamResampler, pcm_to_float
+from diffposetalk.audio_io import StreamResampler, pcm_to_float
 from diffposetalk.errors import UserError
+from diffposetalk.units import SAMPLE_RATE
 
 log = logging.getLogger("dpt_live.stream")
 

@@ -1,4 +1,4 @@
-"""Session style: resolved once and cached, switched mid-stream by crossfading the style vectors.
+"""Session style: the vector a run starts with (choose_style), switched mid-stream by crossfading.
 
 The denoiser takes one style vector per window, so a switch is spread over the steps of the fade
 (~0.5 s): each step uses the vector interpolated at the time of its first emitted frame, eased
@@ -6,6 +6,7 @@ with smoothstep so the rate of change is zero at both ends (no visible pop or ki
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +14,69 @@ import numpy as np
 from diffposetalk.errors import UserError
 
 
+@dataclass(frozen=True)
+class ChosenStyle:
+    """The style a run starts with. ``vector`` None: the model's null style (no style guidance)."""
+    vector: np.ndarray | None
+    name: str | None  # what the server announces: the preset's name, the file's name, None (null)
+    label: str  # what a report says: the --style given, "preset NAME", "null style", ...
+
+    @property
+    def tensor(self):
+        """The vector as offline generation (diffposetalk.generate) takes it."""
+        import torch
+
+        return None if self.vector is None else torch.from_numpy(self.vector)
+
+
+def choose_style(loaded, spec: str | None, *, any_preset: bool = False,
+                 random_seed: int | None = None) -> ChosenStyle:
+    """Which style vector a run uses (every command that generates motion asks this): ``spec``
+    (--style, see resolve_style) when given, else the model's 'default' preset, else the null style.
+    Benchmarks and the export fidelity check must exercise the style-guidance pass, so they fall
+    back further: ``any_preset`` to the first preset by name, then ``random_seed`` to a random
+    vector drawn with that seed."""
+    if not loaded.config.use_style:
+        if spec:
+            raise UserError(f"model {loaded.path} takes no style input (--style {spec})")
+        return ChosenStyle(None, None, "none (the model takes no style)")
+    if spec:
+        return ChosenStyle(resolve_style(loaded, spec), spec if spec in loaded.styles else Path(spec).name, spec)
+    if "default" in loaded.styles or (any_preset and loaded.styles):
+        key = "default" if "default" in loaded.styles else sorted(loaded.styles)[0]
+        return ChosenStyle(loaded.styles[key], key, f"preset {key}")
+    if random_seed is not None:
+        vec = np.random.default_rng(random_seed).normal(size=loaded.config.d_style).astype(np.float32)
+        return ChosenStyle(vec, None, "random vector")
+    return ChosenStyle(None, None, "null style")
+
+
+def resolve_style(loaded, spec: str) -> np.ndarray:
+    """A style vector by spec: a preset name of the model, a ``.npy`` vector, or a reference motion
+    clip ``.npz`` (exp, pose) run through the style encoder (an ``.npz`` without exp/pose is read
+    as a saved vector, as LoadedModel.style reads it)."""
+    if not loaded.config.use_style:
+        raise UserError(f"model {loaded.path} takes no style input")
+    if spec not in loaded.styles and Path(spec).suffix == ".npz" and _holds_motion(spec):
+        from diffposetalk.style_vectors import style_from_coef_file
+
+        return style_from_coef_file(loaded, spec).astype(np.float32)
+    return loaded.style(spec)
+
+
+def _holds_motion(path: str) -> bool:
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (OSError, ValueError):
+        return True  # unreadable: style_from_coef_file says so, naming the motion file
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        return False
+    with data:
+        return bool({"exp", "pose"} & set(data.files))
+
+
 class StyleCache:
-    """Style vectors by spec: a preset name of the model, a ``.npy`` vector, or a reference motion
-    clip ``.npz`` (exp, pose) run once through the style encoder."""
+    """resolve_style with each spec resolved once (a motion clip runs the style encoder once)."""
 
     def __init__(self, loaded):
         self.loaded = loaded
@@ -23,17 +84,8 @@ class StyleCache:
 
     def get(self, spec: str) -> np.ndarray:
         if spec not in self._cache:
-            self._cache[spec] = self._resolve(spec)
+            self._cache[spec] = resolve_style(self.loaded, spec)
         return self._cache[spec]
-
-    def _resolve(self, spec: str) -> np.ndarray:
-        if not self.loaded.config.use_style:
-            raise UserError(f"model {self.loaded.path} takes no style input")
-        if spec not in self.loaded.styles and Path(spec).suffix == ".npz":
-            from diffposetalk.style_vectors import style_from_coef_file
-
-            return style_from_coef_file(self.loaded, spec).astype(np.float32)
-        return self.loaded.style(spec)
 
 
 def smoothstep(x: float) -> float:

@@ -16,11 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from diffposetalk.errors import UserError
+from diffposetalk.units import FPS, FRAME_SAMPLES
 
-SAMPLE_RATE = 16000
-FPS = 25
 FRAME_MS = 1000 // FPS  # 40
-FRAME_SAMPLES = SAMPLE_RATE // FPS  # 640
 
 
 def ms_to_frames(ms: int, what: str) -> int:
@@ -85,3 +83,35 @@ class WindowSpec:
 def frames_in(n_samples: int) -> int:
     """Motion frames a stream of ``n_samples`` yields: whole 40 ms frames (as offline animate)."""
     return n_samples // FRAME_SAMPLES
+
+
+
+def parse_windows(text: str, option: str, default_context_ms: int | None = None,
+                  pairs_only: bool = False) -> list[tuple[int, int, int]]:
+    """Command-line windows in ms, comma-separated: 'hop/lookahead/context' (``--grid``), also
+    'hop/lookahead' with ``default_context_ms`` as the context (``--windows``), or with
+    ``pairs_only`` 'hop/lookahead' only (``--configs``: the context is not the user's choice) ->
+    [(hop_ms, lookahead_ms, context_ms)], each checked as a WindowSpec. ``option`` names the
+    option in errors."""
+    if pairs_only and default_context_ms is None:
+        raise ValueError("pairs_only needs default_context_ms")
+    if pairs_only:
+        lengths, form, example = (2,), "HOP/LOOKAHEAD", "80/80"
+    elif default_context_ms is not None:
+        lengths, form, example = (2, 3), "HOP/LOOKAHEAD[/CONTEXT]", "80/80"
+    else:
+        lengths, form, example = (3,), "HOP/LOOKAHEAD/CONTEXT", "80/80/1600"
+    out = []
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        parts = [x.strip() for x in item.split("/")]
+        if len(parts) not in lengths or not all(x.isdigit() for x in parts):
+            raise UserError(f"{option}: {item!r} is not {form} in ms (e.g. {example})")
+        hop, lookahead = int(parts[0]), int(parts[1])
+        context = int(parts[2]) if len(parts) == 3 else default_context_ms
+        WindowSpec.from_ms(hop, lookahead, context)  # names the problem (multiple of 40 ms, hop >= 40)
+        out.append((hop, lookahead, context))
+    if not out:
+        raise UserError(f"{option}: give at least one window, e.g. {example}")
+    return out

@@ -20,6 +20,7 @@ from engines.networks import BACKEND_NAMES, TorchNetworks, backend_unavailable, 
 from export.onnx_export import denoiser_inputs
 from export.prepare import open_networks
 from streaming.factory import build_session
+from streaming.runner import stream_array
 from streaming.session import StreamConfig
 
 CONFIG = StreamConfig(80, 80, 400)  # window 560 ms: 8960 samples, 14 frames
@@ -119,10 +120,7 @@ def stream(loaded, backend, precision="fp32", seconds=2.4, style="calm"):
     vec = loaded.styles.get(style) if style else None
     session = build_session(loaded, sampler, Guidance(), CONFIG, vec, backend=backend, precision=precision)
     audio = speechlike(seconds, seed=4)
-    frames = []
-    for i in range(0, len(audio), 320):
-        frames += session.feed(audio[i:i + 320])
-    frames += session.finish()
+    frames = stream_array(session, audio, 320)
     return session, np.stack([f.motion for f in frames]), np.stack([f.exp for f in frames])
 
 

@@ -15,6 +15,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from clients import ws_client as c  # the control messages clients send
 from server import protocol as p
 
 TOKEN = "test-token"
@@ -164,10 +165,10 @@ def pcm_speech(seconds, rate=16000, channels=1, fmt="f32le", seed=0):
 
 
 async def push_audio(ws, data, chunk_bytes, rate, channels, fmt):
-    await ws.send(p.audio_start_control(rate, channels, fmt))
+    await ws.send(c.audio_start_control(rate, channels, fmt))
     for i in range(0, len(data), chunk_bytes):
         await ws.send(data[i:i + chunk_bytes])
-    await ws.send(p.audio_end_control())
+    await ws.send(c.audio_end_control())
 
 
 def test_slow_viewer_loses_oldest_frames_others_and_pipeline_unaffected(engine):
@@ -360,13 +361,13 @@ def test_controls_style_guidance_pause_and_errors(engine, speech_like_wav):
                 await hello_of(ws)
                 await hello_of(other)
                 await frames_of(ws, 2)
-                await ws.send(p.ping_control())
+                await ws.send(c.ping_control())
                 out["pong"], _ = await until(ws, "pong")
-                await ws.send(p.style_control("no-such-style"))
+                await ws.send(c.style_control("no-such-style"))
                 out["style_error"], _ = await until(ws, "error")
-                await ws.send(p.style_control(None))
+                await ws.send(c.style_control(None))
                 out["style"], _ = await until(other, "state", "style")  # every viewer hears about it
-                await ws.send(p.guidance_control(2.0, 1.5))
+                await ws.send(c.guidance_control(2.0, 1.5))
                 out["guidance"], _ = await until(ws, "state", "guidance")
                 # the guidance change rebuilt the pipeline: a frame with the reset flag follows
                 for _ in range(50):
@@ -374,7 +375,7 @@ def test_controls_style_guidance_pause_and_errors(engine, speech_like_wav):
                     if f[0].reset:
                         out["reset_frame"] = f[0]
                         break
-                await ws.send(p.pause_control(True))
+                await ws.send(c.pause_control(True))
                 out["paused"], _ = await until(ws, "state", "pause")
                 await asyncio.sleep(0.4)  # frames of audio heard before the pause may still arrive
                 while True:
@@ -385,11 +386,11 @@ def test_controls_style_guidance_pause_and_errors(engine, speech_like_wav):
                 seq_before = h.server.sessions["default"].pipeline.seq
                 await asyncio.sleep(0.6)
                 out["frames_while_paused"] = h.server.sessions["default"].pipeline.seq - seq_before
-                await ws.send(p.pause_control(False))
+                await ws.send(c.pause_control(False))
                 await until(ws, "state", "pause")
                 f, _ = await frames_of(ws, 1)
                 out["after_pause"] = f[0]
-                await ws.send(p.audio_end_control())
+                await ws.send(c.audio_end_control())
                 out["end_error"], _ = await until(ws, "error")
                 out["summary"] = h.server.sessions["default"].summary()
         finally:
@@ -455,10 +456,10 @@ def test_a_client_that_sends_but_never_reads_is_closed(engine):
                 await hello_of(other)
                 with pytest.raises(ConnectionClosed) as info:
                     for _ in range(MAX_NOTICES * 4):
-                        await ws.send(p.ping_control())
+                        await ws.send(c.ping_control())
                     while True:
                         await asyncio.wait_for(ws.recv(), 10)
-                await other.send(p.ping_control())
+                await other.send(c.ping_control())
                 pong, _ = await until(other, "pong")
         finally:
             await h.server.stop()

@@ -8,6 +8,7 @@ import struct
 import numpy as np
 import pytest
 
+from clients import ws_client as c  # the control messages clients send
 from server import protocol as p
 
 
@@ -81,12 +82,12 @@ def test_hello_round_trip_and_version_check():
 
 
 def test_control_messages_validate():
-    assert p.parse_control(p.style_control(None)) == {"type": "style", "name": None}
-    assert p.parse_control(p.guidance_control(1, 2.5)) == {"type": "guidance", "audio": 1.0, "style": 2.5}
-    assert p.parse_control(p.pause_control(True))["paused"] is True
-    start = p.parse_control(p.audio_start_control(48000, 2, "s16le"))
+    assert p.parse_control(c.style_control(None)) == {"type": "style", "name": None}
+    assert p.parse_control(c.guidance_control(1, 2.5)) == {"type": "guidance", "audio": 1.0, "style": 2.5}
+    assert p.parse_control(c.pause_control(True))["paused"] is True
+    start = p.parse_control(c.audio_start_control(48000, 2, "s16le"))
     assert start["dtype"] == "int16" and p.audio_frame_bytes(start) == 4
-    for builder in (p.reset_control, p.audio_end_control, p.ping_control):
+    for builder in (c.reset_control, c.audio_end_control, c.ping_control):
         assert p.parse_control(builder())["type"] in p.CONTROL_TYPES
 
 

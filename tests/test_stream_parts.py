@@ -10,12 +10,13 @@ import pytest
 
 from diffposetalk.audio_io import StreamResampler, pcm_to_float
 from diffposetalk.errors import UserError
+from diffposetalk.units import FRAME_SAMPLES
 from streaming.conditioning import AudioConditioner, RunningNormalizer
 from streaming.eyes import ProceduralEyes
 from streaming.metrics import replay_latency, seam_smoothness
 from streaming.ring import RingBuffer
 from streaming.style import StyleFader, smoothstep
-from streaming.windowing import FRAME_SAMPLES, WindowSpec, frames_in
+from streaming.windowing import WindowSpec, frames_in, parse_windows
 
 # --- windowing ------------------------------------------------------------------------------------
 
@@ -40,6 +41,20 @@ def test_window_arithmetic():
 def test_window_rejects_bad_knobs(args):
     with pytest.raises(UserError):
         WindowSpec.from_ms(*args)
+
+
+def test_parse_windows():
+    """The one parser behind stream-bench --grid, bench --windows and distill --configs."""
+    assert parse_windows("80/80/1600, 160/0/800", "--grid") == [(80, 80, 1600), (160, 0, 800)]
+    assert parse_windows("80/80,160/80/400", "--windows", default_context_ms=1200) == [(80, 80, 1200),
+                                                                                         (160, 80, 400)]
+    assert parse_windows("80/40", "--configs", 0, pairs_only=True) == [(80, 40, 0)]
+    for text, kw, message in [("80/80", {}, "--grid: '80/80' is not HOP/LOOKAHEAD/CONTEXT"),
+                              ("80/x", {"default_context_ms": 800}, "--grid: '80/x'"),
+                              ("80/80/800", {"default_context_ms": 0, "pairs_only": True}, "HOP/LOOKAHEAD in"),
+                              ("50/80/800", {}, "multiple of 40"), (" , ", {}, "at least one window")]:
+        with pytest.raises(UserError, match=message):
+            parse_windows(text, "--grid", **kw)
 
 
 def test_window_must_fit_model():

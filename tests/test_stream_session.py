@@ -14,12 +14,13 @@ from diffposetalk.model import Guidance
 from diffposetalk.model_dir import load_model_dir
 from diffposetalk.sampler import DDIMSampler, DDPMSampler
 from diffposetalk.synth_audio import speechlike, speechlike_blocks
+from diffposetalk.units import FRAME_SAMPLES
 from engines.networks import TorchNetworks
 from streaming.factory import open_session
 from streaming.metrics import seam_smoothness
 from streaming.motion import CoefDecoder, NetworkAudioFeatures, SamplingMotionEngine
+from streaming.runner import stream_array
 from streaming.session import StreamConfig, StreamSession
-from streaming.windowing import FRAME_SAMPLES
 
 
 @pytest.fixture(scope="module")
@@ -62,10 +63,7 @@ def spy_session(loaded, config, style=None, sampler=None):
 
 
 def run(session, audio, block=320):
-    frames = []
-    for i in range(0, len(audio), block):
-        frames += session.feed(audio[i:i + block])
-    return frames + session.finish()
+    return stream_array(session, audio, block)
 
 
 def test_frames_indices_and_times(loaded, audio):
@@ -255,6 +253,43 @@ def test_style_cache(loaded, tmp_path):
     clip = cache.get(str(tmp_path / "clip.npz"))
     assert clip.shape == (loaded.config.d_style,) and np.all(np.isfinite(clip))
     assert cache.get(str(tmp_path / "clip.npz")) is clip  # computed once
+
+
+def test_choose_style(loaded, tmp_path):
+    """Which style a run uses, as every command asks it (streaming.style.choose_style)."""
+    import dataclasses
+
+    from diffposetalk.errors import UserError
+    from streaming.style import choose_style
+
+    rng = np.random.default_rng(1)
+    vec = rng.normal(size=loaded.config.d_style).astype(np.float32)
+    np.save(tmp_path / "s.npy", vec)
+    np.savez(tmp_path / "saved.npz", style=vec)  # a vector in an .npz, as LoadedModel.style reads it
+    np.savez(tmp_path / "clip.npz", exp=rng.normal(size=(120, 50)).astype(np.float32),
+             pose=rng.normal(scale=0.1, size=(120, 6)).astype(np.float32))
+    calm = choose_style(loaded, "calm")
+    assert (calm.name, calm.label) == ("calm", "calm")
+    np.testing.assert_array_equal(calm.vector, loaded.styles["calm"])
+    npy = choose_style(loaded, str(tmp_path / "s.npy"))
+    assert npy.name == "s.npy" and np.array_equal(npy.vector, vec) and np.array_equal(npy.tensor.numpy(), vec)
+    assert np.array_equal(choose_style(loaded, str(tmp_path / "saved.npz")).vector, vec)
+    clip = choose_style(loaded, str(tmp_path / "clip.npz"))
+    assert clip.name == "clip.npz" and clip.vector.shape == (loaded.config.d_style,)
+    # unset: 'default', else the null style; benchmarks: any preset, then a seeded random vector
+    null = choose_style(loaded, None)
+    assert null.vector is None and null.name is None and null.tensor is None
+    with_default = dataclasses.replace(loaded, styles={**loaded.styles, "default": vec})
+    assert choose_style(with_default, None).name == "default"
+    assert choose_style(loaded, None, any_preset=True).label == "preset calm"
+    bare = dataclasses.replace(loaded, styles={})
+    a, b = (choose_style(bare, None, any_preset=True, random_seed=3) for _ in range(2))
+    assert a.label == "random vector" and np.array_equal(a.vector, b.vector)
+    assert choose_style(bare, None, any_preset=True).vector is None
+    styleless = dataclasses.replace(loaded, config=dataclasses.replace(loaded.config, use_style=False))
+    assert choose_style(styleless, None, any_preset=True, random_seed=0).vector is None
+    with pytest.raises(UserError, match="takes no style input"):
+        choose_style(styleless, "calm")
 
 
 def test_window_samples_must_match_engine(loaded):

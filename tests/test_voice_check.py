@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from diffposetalk.units import FRAME_SAMPLES as FRAME  # the VAD frame is the motion frame
+from diffposetalk.units import SAMPLE_RATE
 from dpt_live.cli import main
 from training import real_voices
 from training.voice_check import (
     DEFINITIONS,
-    FRAME,
-    SAMPLE_RATE,
     VAD_DILATE,
     jaw_metrics,
     pad_silence,

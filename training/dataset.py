@@ -132,7 +132,7 @@ class TfhpLmdb:
         parts = [self._read_segment(entry, s) for s in range(first, last + 1)]
         offset = start - first * self.seg_len
         out = {k: np.concatenate([p[k] for p in parts])[offset:offset + length] for k in fmt.STAT_KEYS}
-        spf = fmt.SAMPLES_PER_FRAME
+        spf = fmt.FRAME_SAMPLES
         out["audio"] = np.concatenate([p["audio"] for p in parts])[offset * spf:(offset + length) * spf]
         return out
 
@@ -156,9 +156,9 @@ class TfhpLmdb:
             if out[k].shape != (n, fmt.DIMS[k]):
                 raise UserError(f"{where}: coef '{k}' has shape {out[k].shape}, expected ({n}, {fmt.DIMS[k]})")
         audio, rate = fmt.decode_flac(bytes(flac))
-        if rate != fmt.SAMPLE_RATE or len(audio) != n * fmt.SAMPLES_PER_FRAME:
+        if rate != fmt.SAMPLE_RATE or len(audio) != n * fmt.FRAME_SAMPLES:
             raise UserError(f"{where}: audio is {len(audio)} samples at {rate} Hz, "
-                            f"expected {n * fmt.SAMPLES_PER_FRAME} at {fmt.SAMPLE_RATE} Hz")
+                            f"expected {n * fmt.FRAME_SAMPLES} at {fmt.SAMPLE_RATE} Hz")
         out["audio"] = audio
         return out
 

@@ -81,17 +81,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def parse_configs(text: str, window: int) -> tuple[tuple[int, int], ...]:
-    from streaming.windowing import WindowSpec
+    """--configs: (hop ms, lookahead ms) pairs that fit the student's window."""
+    from streaming.windowing import WindowSpec, parse_windows
 
     out = []
-    for item in text.split(","):
-        try:
-            hop, la = (int(x) for x in item.strip().split("/"))
-        except ValueError:
-            raise UserError(f"--configs: {item!r} is not HOP/LOOKAHEAD in ms (e.g. 80/80)") from None
-        spec = WindowSpec.from_ms(hop, la, 0)
+    for hop, la, ctx in parse_windows(text, "--configs", default_context_ms=0, pairs_only=True):
+        spec = WindowSpec.from_ms(hop, la, ctx)
         if spec.new_frames > window:
-            raise UserError(f"--configs {item}: hop + lookahead = {spec.new_frames} frames exceeds the student "
+            raise UserError(f"--configs {hop}/{la}: hop + lookahead = {spec.new_frames} frames exceeds the student "
                             f"window of {window} frames (--window)")
         out.append((hop, la))
     return tuple(out)

@@ -116,6 +116,7 @@ def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int
     of every step and the session's emitted motion (which must equal the teacher's)."""
     from engines.networks import TorchNetworks
     from streaming.motion import CoefDecoder, NetworkAudioFeatures
+    from streaming.runner import stream_array
     from streaming.session import StreamConfig, StreamSession
 
     model = loaded.model
@@ -127,7 +128,7 @@ def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int
                              None if null is None else null[0, 0].detach().cpu().numpy())
     session = StreamSession(NetworkAudioFeatures(TorchNetworks(model), spec.window_samples), engine,
                             CoefDecoder(loaded.stats, loaded.config.head_pose), config, style)
-    frames = session.feed(audio) + session.finish()
+    frames = stream_array(session, audio)
     r = engine.records
     return {"audio_feat": np.stack(r["audio_feat"]), "indicator": np.stack(r["indicator"]),
             "prev_motion": np.stack(r["prev_motion"]), "prev_audio": np.stack(r["prev_audio"]),

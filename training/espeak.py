@@ -21,8 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from diffposetalk.audio_io import SAMPLE_RATE, resample
+from diffposetalk.audio_io import resample
 from diffposetalk.errors import UserError
+from diffposetalk.units import SAMPLE_RATE
 
 # speak_lib.h constants
 _AUDIO_OUTPUT_SYNCHRONOUS = 2

@@ -212,7 +212,8 @@ def evaluate(args) -> dict:
     from diffposetalk.model import Guidance, coef_to_motion
     from diffposetalk.model_dir import load_model_dir
     from diffposetalk.sampler import RandomNoise
-    from training.train_data import UNIT, load_split
+    from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
+    from training.train_data import load_split
 
     torch.set_num_threads(args.threads)
     loaded = load_model_dir(args.model, args.device)
@@ -237,11 +238,11 @@ def evaluate(args) -> dict:
     def generate(c, n: int, style, seeds: int):
         """(seeds, n, D) normalised motion for clip c's first n frames under ``style``."""
         if stream:
-            return _stream_motion(loaded, sampler, guidance, args, c.audio[:n * UNIT], style, c.shape,
+            return _stream_motion(loaded, sampler, guidance, args, c.audio[:n * FRAME_SAMPLES], style, c.shape,
                                   counter, seeds)
         shape = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
         with counter:
-            return generate_motion(model, c.audio[:n * UNIT], shape, style, sampler, guidance,
+            return generate_motion(model, c.audio[:n * FRAME_SAMPLES], shape, style, sampler, guidance,
                                    RandomNoise(seed=0, device=args.device), repeats=seeds)
 
     lip_vertex = _lip_vertex_fn(args.flame, stats) if args.flame else None
@@ -260,7 +261,7 @@ def evaluate(args) -> dict:
         t_gen = time.perf_counter()
         motion = generate(c, n, style, args.seeds)
         gen_wall += time.perf_counter() - t_gen
-        gen_audio_s += n * UNIT / 16000
+        gen_audio_s += n * FRAME_SAMPLES / SAMPLE_RATE
         arrays = motion_to_arrays(motion, stats_t, cfg.head_pose, torch.from_numpy(c.shape))
         motion_np = motion.cpu().numpy()
         m = min(n, motion_np.shape[1])
@@ -401,6 +402,7 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
     import torch
 
     from streaming.factory import open_session
+    from streaming.runner import stream_array
     from streaming.session import StreamConfig
 
     out = []
@@ -408,7 +410,7 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
         config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, seed=r)
         session = open_session(loaded, sampler, guidance, config, style, shape_raw)
         with counter:
-            frames = session.feed(audio) + session.finish()
+            frames = stream_array(session, audio)
         out.append(np.stack([f.motion for f in frames]))
     return torch.from_numpy(np.stack(out))
 

@@ -3,21 +3,22 @@
 The bundled models were trained on synthetic espeak-ng speech only; these recordings test them on
 real voices. Only package registries are reachable from where this runs, so the recordings come
 from packages that ship speech: Debian packages (``apt-get download``, unpacked with ``dpkg-deb``)
-and PyPI source distributions (sha256-checked against the index). Each kept recording is converted
-to 16 kHz mono 16-bit WAV and listed in manifest.json with where it came from and the licence the
-package states. Nothing fetched belongs in the repository: the default folder is the cache
-($DPT_LIVE_CACHE/real-voices, else ~/.cache/dpt-live/real-voices)."""
+and Python source distributions (``pip download``, checked against the sha256 pinned here), both
+through the machine's own package clients so that their configured mirrors and proxies apply. Each
+kept recording is converted to 16 kHz mono 16-bit WAV and listed in manifest.json with where it
+came from and the licence the package states. Nothing fetched belongs in the repository: the
+default folder is the cache ($DPT_LIVE_CACHE/real-voices, else ~/.cache/dpt-live/real-voices)."""
 
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
-import shutil
+import os
 import subprocess
+import sys
 import tarfile
 import tempfile
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,6 @@ import numpy as np
 from diffposetalk.errors import UserError
 
 MANIFEST = "manifest.json"
-PYPI_SIMPLE = "https://pypi.org/simple/{}/"
 
 
 class SourceError(UserError):
@@ -48,6 +48,9 @@ class Source:
     language: str
     select: Callable[[Path], list[Path]]
     raw_rate: int = 16000
+    sha256: str | None = None  # PyPI: of the pinned sdist
+    # PyPI: pins for the sdist's build backend, which pip runs to read the package's metadata
+    build_constraints: tuple[str, ...] = ()
 
 
 def _duration(path: Path) -> float:
@@ -95,11 +98,13 @@ SOURCES = [
     Source("pysptk", "pypi", "pysptk", "1.0.1",
            "MIT (LICENSE.md); the recording: CMU ARCTIC, 'free for use for any purpose' "
            "(pysptk/example_audio_data/COPYING, (c) 2003 Carnegie Mellon University)",
-           "CMU ARCTIC speaker (not named by the package)", "en-US", _pysptk),
+           "CMU ARCTIC speaker (not named by the package)", "en-US", _pysptk,
+           sha256="78b1c9338bf795a41cdc3ff03fcd4699c401c323f54630bb71a19710078d0b3f"),
     Source("pocketsphinx", "pypi", "pocketsphinx", "5.0.4",
            "BSD-2-Clause, Carnegie Mellon University (LICENSE); test/data/librivox: LibriVox "
            "recordings (public domain)", "LibriVox reader (Sense and Sensibility ch. 1); CMU test speakers",
-           "en-US", _pocketsphinx),
+           "en-US", _pocketsphinx, sha256="17d2971e998490def9554b6ba41886708422af5b4ae888723b1b077aab0fe8d4",
+           build_constraints=("scikit-build-core<0.10",)),  # later versions refuse its pyproject settings
     Source("asterisk-core-sounds-en-wav", "debian", "asterisk-core-sounds-en-wav", None,
            "CC-BY-SA-3.0 (debian/copyright: recorded by Allison Smith)", "Allison Smith (female)",
            "en-US", _asterisk_en),
@@ -128,9 +133,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 # --- download and unpack ---------------------------------------------------------------------------
 
-def _run(cmd: list[str], cwd: Path, what: str) -> str:
+def _run(cmd: list[str], cwd: Path, what: str, env: dict[str, str] | None = None) -> str:
     try:
-        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=600,
+                              env=None if env is None else {**os.environ, **env})
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SourceError(f"{what}: {' '.join(cmd)} failed: {exc}") from exc
     if done.returncode != 0:
@@ -153,36 +159,32 @@ def fetch_debian(source: Source, work: Path) -> tuple[Path, str]:
 
 
 def fetch_pypi(source: Source, work: Path) -> tuple[Path, str]:
-    """The sdist of the pinned version from the PyPI simple index (JSON form), sha256-checked,
-    unpacked -> (root, version)."""
+    """The sdist of the pinned version through this interpreter's pip (``pip download --no-deps
+    --no-binary NAME``: the package index, mirrors and proxies pip is configured with), checked
+    against the pinned sha256, unpacked -> (root, version)."""
     what = f"PyPI sdist {source.package}=={source.version}"
-    url = PYPI_SIMPLE.format(source.package)
-    try:
-        req = urllib.request.Request(url, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            index = json.load(resp)
-    except Exception as exc:
-        raise SourceError(f"{what}: cannot read the index {url}: {exc}") from exc
-    name = f"{source.package}-{source.version}.tar.gz"
-    files = [f for f in index.get("files", []) if f.get("filename") == name]
-    if not files:
-        raise SourceError(f"{what}: {name} is not listed in {url}")
-    target = work / name
-    try:
-        with urllib.request.urlopen(files[0]["url"], timeout=600) as resp, open(target, "wb") as out:
-            shutil.copyfileobj(resp, out)
-    except Exception as exc:
-        raise SourceError(f"{what}: download of {files[0]['url']} failed: {exc}") from exc
-    want = files[0].get("hashes", {}).get("sha256")
+    download = work / "download"
+    download.mkdir()
+    env = None
+    if source.build_constraints:
+        pins = work / "build-constraints.txt"
+        pins.write_text("\n".join(source.build_constraints) + "\n")
+        env = {"PIP_BUILD_CONSTRAINT": str(pins)}
+    _run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", source.package,
+          "-d", str(download), f"{source.package}=={source.version}"], work, what, env)
+    sdists = sorted(download.iterdir())
+    if len(sdists) != 1 or not sdists[0].name.endswith(".tar.gz"):
+        raise SourceError(f"{what}: pip download left {[p.name for p in sdists]}, not one .tar.gz sdist")
+    target = sdists[0]
     got = hashlib.sha256(target.read_bytes()).hexdigest()
-    if want and got != want:
-        raise SourceError(f"{what}: sha256 {got} does not match the index's {want}")
+    if source.sha256 and got != source.sha256:
+        raise SourceError(f"{what}: sha256 {got} of {target.name} does not match the pinned {source.sha256}")
     root = work / "root"
     try:
         with tarfile.open(target) as tar:
             tar.extractall(root, filter="data")  # "data": no links out, no absolute paths
     except (tarfile.TarError, OSError) as exc:
-        raise SourceError(f"{what}: cannot unpack {name}: {exc}") from exc
+        raise SourceError(f"{what}: cannot unpack {target.name}: {exc}") from exc
     return root, source.version
 
 
@@ -211,7 +213,7 @@ def convert_source(source: Source, root: Path, version: str, out: Path) -> list[
     """Convert the source's recordings under ``root`` into ``out`` -> manifest entries."""
     import soundfile as sf
 
-    from diffposetalk.audio_io import SAMPLE_RATE
+    from diffposetalk.units import SAMPLE_RATE
 
     picked = source.select(root)
     missing = [p for p in picked if not p.is_file()]

@@ -20,11 +20,9 @@ from typing import Any
 import numpy as np
 
 from diffposetalk import safe_pickle
+from diffposetalk.units import FPS, FRAME_SAMPLES, SAMPLE_RATE  # noqa: F401  (the format's rates, above)
 
 SEG_LEN = 100
-FPS = 25
-SAMPLE_RATE = 16000
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 SPLITS = ("train", "val", "test")
 PICKLE_PROTOCOL = 4
 STATS_FILE = "stats_train.npz"

@@ -64,8 +64,8 @@ class TfhpWriter:
             raise ValueError(f"unknown split {split!r}")
         if pose.shape != (n, 6) or exp.shape != (n, 50) or shape.shape != (n, 100):
             raise ValueError(f"coefficient shapes {exp.shape} {pose.shape} {shape.shape} for {n} frames")
-        if len(audio) != n * fmt.SAMPLES_PER_FRAME:
-            raise ValueError(f"audio has {len(audio)} samples, expected {n} x {fmt.SAMPLES_PER_FRAME}")
+        if len(audio) != n * fmt.FRAME_SAMPLES:
+            raise ValueError(f"audio has {len(audio)} samples, expected {n} x {fmt.FRAME_SAMPLES}")
         entry = fmt.entry_name(person, video)
         coefs = {"shape": shape, "exp": exp, "pose": pose}
         with self._env.begin(write=True) as txn:
@@ -73,7 +73,7 @@ class TfhpWriter:
             for seg, a in enumerate(range(0, n, self.seg_len)):
                 b = min(a + self.seg_len, n)
                 value = {"coef": {k: np.ascontiguousarray(v[a:b], dtype=np.float32) for k, v in coefs.items()},
-                         "audio": fmt.encode_flac(audio[a * fmt.SAMPLES_PER_FRAME:b * fmt.SAMPLES_PER_FRAME])}
+                         "audio": fmt.encode_flac(audio[a * fmt.FRAME_SAMPLES:b * fmt.FRAME_SAMPLES])}
                 txn.put(fmt.segment_key(entry, seg), fmt.encode_value(value))
         self.entries[split].append(entry)
         if split == "train":

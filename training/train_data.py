@@ -13,10 +13,9 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.errors import UserError
+from diffposetalk.units import FRAME_SAMPLES
 from training import tfhp_format as fmt
 
-SAMPLE_RATE = fmt.SAMPLE_RATE
-UNIT = fmt.SAMPLES_PER_FRAME  # audio samples per motion frame
 SPLITS = fmt.SPLITS
 
 
@@ -24,7 +23,7 @@ SPLITS = fmt.SPLITS
 class Clip:
     entry: str  # "<person>/<video:03d>"
     person: str
-    audio: np.ndarray  # (n * UNIT,) float32 16 kHz, raw (not normalised)
+    audio: np.ndarray  # (n * FRAME_SAMPLES,) float32 16 kHz, raw (not normalised)
     exp: np.ndarray  # (n, 50) raw FLAME
     pose: np.ndarray  # (n, 6)
     shape: np.ndarray  # (100,) first frame's shape
@@ -65,8 +64,8 @@ def _decode_flac(data: bytes, source: str) -> np.ndarray:
         audio, sr = fmt.decode_flac(data)
     except RuntimeError as exc:
         raise UserError(f"{source}: cannot decode audio ({exc})") from exc
-    if sr != SAMPLE_RATE:
-        raise UserError(f"{source}: audio at {sr} Hz, expected {SAMPLE_RATE}")
+    if sr != fmt.SAMPLE_RATE:
+        raise UserError(f"{source}: audio at {sr} Hz, expected {fmt.SAMPLE_RATE}")
     return audio
 
 
@@ -90,7 +89,7 @@ def _read_clip(txn, entry: str) -> Clip:
     exp = np.concatenate(parts["exp"])[:n_frames]
     pose = np.concatenate(parts["pose"])[:n_frames]
     shape = np.concatenate(parts["shape"])[0]
-    audio = np.concatenate(parts["audio"])[: n_frames * UNIT]
+    audio = np.concatenate(parts["audio"])[: n_frames * FRAME_SAMPLES]
     return Clip(entry, entry.split("/")[0], audio, exp, pose, shape)
 
 

@@ -21,8 +21,9 @@ from diffposetalk.config import ModelConfig
 from diffposetalk.errors import UserError
 from diffposetalk.model import DiffPoseTalk, coef_to_motion, motion_to_coef
 from diffposetalk.model_dir import save_model_dir
+from diffposetalk.units import FRAME_SAMPLES
 from training.losses import LossWeights, snr_weights, total_loss, window_losses
-from training.train_data import UNIT, WindowBank, load_split, load_stats_np
+from training.train_data import WindowBank, load_split, load_stats_np
 from training.train_state import lr_at, resume_model_dir, save_state
 
 log = logging.getLogger("dpt_live.train")
@@ -35,7 +36,7 @@ DROP_STYLE, DROP_AUDIO = 0.55, 0.9  # u ~ U(0,1): style nulled if u > 0.55, audi
 class Batch:
     """One denoiser batch (numpy, so it is cheap to build and easy to test). L = window length."""
 
-    audio: np.ndarray  # (B, 2L*UNIT) raw 16 kHz
+    audio: np.ndarray  # (B, 2L*FRAME_SAMPLES) raw 16 kHz
     motion: np.ndarray  # (B, 2L, D) normalised
     shape: np.ndarray  # (B, 100) normalised
     shape_raw: np.ndarray  # (B, 100)
@@ -92,7 +93,7 @@ def make_batch(bank: WindowBank, rng: np.random.Generator, batch: int, stats: di
     for _ in range(batch):
         clip, s = bank.random_window(rng)
         e = s + 2 * L
-        audio.append(clip.audio[s * UNIT:e * UNIT])
+        audio.append(clip.audio[s * FRAME_SAMPLES:e * FRAME_SAMPLES])
         motion.append(coef_to_motion(clip.exp[s:e], clip.pose[s:e], stats, cfg.head_pose))
         shape_raw.append(clip.shape)
         people.append(clip.person)
@@ -129,12 +130,12 @@ def audio_features(model: DiffPoseTalk, b: Batch, device) -> torch.Tensor:
         feats = torch.from_numpy(b.feats).to(device)
         return torch.stack([feats[:, :L], feats[:, L:]], dim=1), feats[:, L - model.cfg.n_prev_motions:L]
     audio = torch.from_numpy(b.audio).to(device)
-    n_real = (L + b.end[:, 1]) * UNIT
-    feats = model.audio_features(_normalised_padded(audio, n_real, 2 * L * UNIT), 2 * L)
+    n_real = (L + b.end[:, 1]) * FRAME_SAMPLES
+    feats = model.audio_features(_normalised_padded(audio, n_real, 2 * L * FRAME_SAMPLES), 2 * L)
     w0, w1 = feats[:, :L], feats[:, L:]
     cut0 = np.nonzero(b.end[:, 0] < L)[0]
     if len(cut0):
-        sub = _normalised_padded(audio[cut0, :L * UNIT], b.end[cut0, 0] * UNIT, L * UNIT)
+        sub = _normalised_padded(audio[cut0, :L * FRAME_SAMPLES], b.end[cut0, 0] * FRAME_SAMPLES, L * FRAME_SAMPLES)
         w0 = w0.clone()
         w0[torch.from_numpy(cut0).to(device)] = model.audio_features(sub, L)
     return torch.stack([w0, w1], dim=1), feats[:, L - model.cfg.n_prev_motions:L]

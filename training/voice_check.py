@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.errors import UserError
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 from training.evaluate import JAW, pearson
 
-SAMPLE_RATE = 16000
-FRAME = 640  # 40 ms: one motion frame at 25 fps, so VAD frame i is motion frame i
+# VAD frames are motion frames (40 ms, FRAME_SAMPLES), so VAD frame i is motion frame i
 VAD_RANGE_DB = 30.0
 VAD_DILATE = 3
 ENVELOPE_FRAMES = 5
@@ -27,7 +27,7 @@ CLOSES_RATIO = 0.5
 OVER_CLOSED_RAD = 0.03
 
 DEFINITIONS = {
-    "vad": f"energy VAD of the clean padded audio on {FRAME * 1000 // SAMPLE_RATE} ms frames (= motion "
+    "vad": f"energy VAD of the clean padded audio on {FRAME_SAMPLES * 1000 // SAMPLE_RATE} ms frames (= motion "
            f"frames): RMS per frame in dB; speech = frames within {VAD_RANGE_DB:.0f} dB of the loudest "
            f"frame, dilated by ±{VAD_DILATE} frames; silence = every other frame (includes the padding, "
            f"less the dilation). Noise and gain variants are measured against the clean clip's VAD",
@@ -57,8 +57,8 @@ DEFINITIONS = {
 
 def frame_rms(audio: np.ndarray) -> np.ndarray:
     """RMS of each whole 40 ms frame (a trailing partial frame is dropped, as motion frames are)."""
-    n = len(audio) // FRAME
-    frames = np.asarray(audio[:n * FRAME], dtype=np.float64).reshape(n, FRAME)
+    n = len(audio) // FRAME_SAMPLES
+    frames = np.asarray(audio[:n * FRAME_SAMPLES], dtype=np.float64).reshape(n, FRAME_SAMPLES)
     return np.sqrt(np.mean(frames ** 2, axis=1))
 
 
@@ -108,8 +108,8 @@ def jaw_metrics(jaw: np.ndarray, clean_audio: np.ndarray, pad_frames: int = 0) -
 
 def pad_silence(audio: np.ndarray, pad_s: float) -> tuple[np.ndarray, int]:
     """Digital silence of ``pad_s`` on both sides, rounded to whole frames -> (audio, pad frames)."""
-    frames = int(round(pad_s * SAMPLE_RATE / FRAME))
-    z = np.zeros(frames * FRAME, np.float32)
+    frames = int(round(pad_s * SAMPLE_RATE / FRAME_SAMPLES))
+    z = np.zeros(frames * FRAME_SAMPLES, np.float32)
     return np.concatenate([z, np.asarray(audio, np.float32), z]), frames
 
 
@@ -145,7 +145,8 @@ class JawModel:
 
             from training.evaluate import eval_sampler
 
-            self.loaded, self.style, self.guidance = load_for_generation(args)
+            self.loaded, style, self.guidance = load_for_generation(args)
+            self.style = style.tensor
             self.sampler = eval_sampler(args.sampler, args.steps, self.loaded.model)
             self.shape_raw = torch.zeros(100)
         self.steps = len(self.sampler.timesteps(self.loaded.model))
@@ -166,17 +167,13 @@ class JawModel:
     def _stream(self, audio):
         from streaming.factory import build_session
         from streaming.report import StreamRecorder
-        from streaming.runner import run_stream
-        from streaming.sources import PushSource
+        from streaming.runner import stream_array
 
         a = self.args
         recorder = StreamRecorder()
         session = build_session(self.loaded, self.sampler, self.guidance, self.config, self.style, self.shape_raw,
                                 backend=a.backend, precision=a.precision, threads=a.threads)
-        source = PushSource()  # the whole clip at once, as fast as the session takes it
-        source.push(audio)
-        source.end()
-        run_stream(source, session, recorder.on_frames)
+        stream_array(session, audio, on_frames=recorder.on_frames)  # the whole clip at once
         return recorder.arrays(self.shape_raw.numpy())["pose"][:, JAW]
 
 

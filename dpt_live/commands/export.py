@@ -147,6 +147,7 @@ def int8_step(loaded, out: Path, windows: list[int], audio_path: Path | None) ->
     from engines.onnx_runtime import OrtNetworks
     from export.quantize import quantize_graph
     from streaming.session import StreamConfig
+    from streaming.style import choose_style
 
     for f in [audio_file(w) for w in windows] + [DENOISER_FILE]:
         q = quantize_graph(Path(out) / f)
@@ -156,7 +157,7 @@ def int8_step(loaded, out: Path, windows: list[int], audio_path: Path | None) ->
     default = StreamConfig()
     config = default if default.spec().window_samples in windows else window_config(max(windows))
     audio = load_audio(audio_path)
-    style = loaded.styles.get("default", next(iter(loaded.styles.values()), None))
+    style = choose_style(loaded, None, any_preset=True).vector
     graphs = ArtefactLookup(model_hash(loaded.model), out)  # just exported and quantised
     fp32 = OrtNetworks(graphs, loaded.config, "fp32")
     int8 = OrtNetworks(graphs, loaded.config, "int8")

@@ -143,7 +143,7 @@ def cmd_animate(args) -> int:
                unit="window")
     t0 = time.perf_counter()
     try:
-        motion = generate_motion(model, audio, shape, style, sampler, guidance, noise, args.repeats,
+        motion = generate_motion(model, audio, shape, style.tensor, sampler, guidance, noise, args.repeats,
                                  progress=lambda i, n: bar.update(1))
     except ValueError as exc:  # noise file shape problems and similar
         raise UserError(str(exc)) from exc

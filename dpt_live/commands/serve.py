@@ -104,7 +104,6 @@ def register_serve_bench(sub: argparse._SubParsersAction) -> None:
 def load_engine(args):
     """The shared Engine (model loaded once) from the model/window/guidance arguments."""
     import numpy as np
-    import torch
 
     from diffposetalk.model_dir import load_vector
     from server.engine import Engine
@@ -117,12 +116,6 @@ def load_engine(args):
     if args.threads is None:
         args.threads = 1  # as `stream`: one thread per pipeline (docs/STREAMING.md, wall-clock table)
     loaded, style, guidance = load_for_generation(args)
-    if not args.style and style is not None:
-        style_name = "default"
-    elif args.style and args.style in loaded.styles:
-        style_name = args.style
-    else:
-        style_name = Path(args.style).name if args.style else None
     sampler = pick_sampler(args.sampler, args.steps, loaded)
     shape_raw = load_vector(args.shape, 100, "shape") if args.shape else np.zeros(100, np.float32)
     extra = {}
@@ -130,8 +123,8 @@ def load_engine(args):
         extra["precision"] = args.precision
     engine = Engine(loaded=loaded, sampler=sampler, config=config, shape_raw=shape_raw, backend=args.backend,
                     guidance_mode=guidance.mode, dynamic_threshold=guidance.dynamic_threshold,
-                    default_scales=dict(guidance.scales), default_style_name=style_name,
-                    default_style=None if style is None else np.asarray(torch.as_tensor(style), np.float32),
+                    default_scales=dict(guidance.scales), default_style_name=style.name,
+                    default_style=style.vector,
                     build_kwargs=extra)
     engine.probe()  # fail now (backend, shapes), not in a thread; "auto" is resolved once
     return engine

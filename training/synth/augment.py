@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from diffposetalk.audio_io import SAMPLE_RATE
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 
 NOISE_KINDS = ("none", "white", "pink", "babble")
 FILTER_KINDS = ("none", "lowpass", "highpass", "eq")
@@ -66,7 +66,7 @@ def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return band * (0.3 + envelope)
 
 
-def active_rms(audio: np.ndarray, frame: int = 640) -> float:
+def active_rms(audio: np.ndarray, frame: int = FRAME_SAMPLES) -> float:
     """RMS over the louder half of 40 ms frames (speech, not the silences between it)."""
     n = len(audio) // frame * frame
     if n == 0:

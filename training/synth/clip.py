@@ -6,14 +6,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from diffposetalk.audio_io import SAMPLE_RATE
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 from training.espeak import Voice, synthesize
 from training.synth.augment import active_rms, augment
-from training.synth.motion import FPS, make_motion
+from training.synth.motion import make_motion
 from training.synth.speakers import Speaker
 from training.synth.words import make_utterance
 
-SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640
 SPEECH_LEVEL = 0.05  # active RMS of the clean speech before the augmentation gain (-26 dBFS)
 GAP_RANGE = (0.3, 1.5)  # s of silence before, between and after utterances
 
@@ -63,8 +62,8 @@ def make_clip(speaker: Speaker, duration: float, seed) -> Clip:
 
     # Cut at the requested length, like a video that ends mid-sentence (keeps totals exact).
     clean = np.concatenate(pieces)
-    n_frames = min(len(clean), int(round(duration * SAMPLE_RATE))) // SAMPLES_PER_FRAME
-    clean = clean[:n_frames * SAMPLES_PER_FRAME]
+    n_frames = min(len(clean), int(round(duration * SAMPLE_RATE))) // FRAME_SAMPLES
+    clean = clean[:n_frames * FRAME_SAMPLES]
     end = len(clean) / SAMPLE_RATE
     phonemes = [(p, s, min(e, end)) for p, s, e in phonemes if s < end]
     words = [(w, s) for w, s in words if s < end]

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from diffposetalk.units import FPS
 from training.synth.visemes import EXP_MAP, VISEMES, visemes_of
 
-FPS = 25
 RATE = 200  # Hz of the internal articulation track (5 ms steps)
 N_EXP, N_POSE = 50, 6
 
