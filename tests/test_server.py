@@ -489,7 +489,7 @@ def test_static_viewer_files_and_flame_asset(engine, tmp_path):
     session's shape) is served at /flame.bin with the token and announced in hello."""
     import argparse
 
-    from dpt_live.commands.serve import flame_asset
+    from server.setup import flame_asset
     from server.flame_asset import parse_flame_asset
 
     web = tmp_path / "web"
