@@ -1,5 +1,5 @@
-"""The `dpt-live bench` command: arguments here, the measuring in streaming/bench_matrix.py, the
-writers in streaming/bench_report.py (imported when the command runs: torch is heavy)."""
+"""The `dpt-live bench` command: arguments here, the measuring in bench/matrix.py, the writers in
+bench/report.py (imported when the command runs: torch is heavy)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from diffposetalk.errors import UserError
 
 log = logging.getLogger("dpt_live.export")
 
-# the stream defaults (streaming/commands.py): 1600 ms context + 80 ms hop + 80 ms lookahead
+# the stream defaults (streaming/options.py): 1600 ms context + 80 ms hop + 80 ms lookahead
 DEFAULT_WINDOW_MS = "1760"
 
 
