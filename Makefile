@@ -5,6 +5,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2 chromium
+# Extra pip options for the torch install, e.g. TORCH_PIP_ARGS="--index-url <PyTorch's CPU-only
+# wheel index>" (README "Install"); this project's machines find a local CPU wheel without them.
+TORCH_PIP_ARGS ?=
 
 .PHONY: run test lint gpu-check system venv clean
 
@@ -23,8 +26,9 @@ $(STAMP): pyproject.toml
 	@command -v $(PY) >/dev/null || { echo "need Python 3.11 ($(PY))"; exit 1; }
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip >/dev/null
-	# CPU torch first: a plain 'torch' requirement would pull a multi-GB CUDA build.
-	$(BIN)/pip install -q torch==2.13.0
+	# torch first, on its own, so its build can be chosen: on PyPI the Linux default is the CUDA
+	# build (several GB); TORCH_PIP_ARGS can point pip at the CPU-only one.
+	$(BIN)/pip install -q $(TORCH_PIP_ARGS) torch==2.13.0
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 

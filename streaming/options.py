@@ -6,19 +6,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from diffposetalk.paths import DEFAULT_MODEL
+from diffposetalk.paths import DEFAULT_MODEL, DEFAULT_STREAM_MODEL
+
+# what --help says each bundled default is
+BUNDLED_MODEL_NAMES = {DEFAULT_MODEL: "the bundled demo teacher, models/demo",
+                       DEFAULT_STREAM_MODEL: "the bundled demo student, models/demo-student"}
 
 
-def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Options shared by every command that generates motion."""
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: bundled demo)")
+def add_model_args(p: argparse.ArgumentParser, default: Path | None = DEFAULT_MODEL,
+                   default_help: str | None = None) -> None:
+    """Options shared by every command that generates motion. `default` is the model a command
+    runs without --model (the teacher offline, the student when streaming); `default_help` says
+    so in --help when it is not one of the bundled models (e.g. None resolved later)."""
+    says = default_help or BUNDLED_MODEL_NAMES.get(default, str(default))
+    p.add_argument("--model", type=Path, default=default, help=f"model directory (default: {says})")
     p.add_argument("--style", help="preset name of the model, or a .npy style vector")
     p.add_argument("--cfg-audio", type=float, default=1.15, help="audio guidance scale")
     p.add_argument("--cfg-style", type=float, default=3.0, help="style guidance scale")
     p.add_argument("--cfg-mode", choices=["incremental", "independent"], help="default: the model's")
     p.add_argument("--dtr", type=float, default=0.0, help="dynamic thresholding ratio (0: off; e.g. 0.99)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
@@ -27,15 +35,15 @@ DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 1600
 DEFAULT_DDIM_STEPS = 2
 
 
-def add_window_args(p: argparse.ArgumentParser) -> None:
+def add_window_args(p: argparse.ArgumentParser, steps_help: str | None = None) -> None:
     p.add_argument("--hop-ms", type=int, default=DEFAULT_HOP_MS, help="new audio per step (multiple of 40)")
     p.add_argument("--lookahead-ms", type=int, default=DEFAULT_LOOKAHEAD_MS,
                    help="future audio used for the newest frame (multiple of 40)")
     p.add_argument("--context-ms", type=int, default=DEFAULT_CONTEXT_MS,
                    help="past audio the audio encoder sees (multiple of 40)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, help=f"ddim steps (default: a student model's own, else "
-                                              f"{DEFAULT_DDIM_STEPS})")
+    p.add_argument("--steps", type=int, help=steps_help or f"ddim steps (default: a student model's own, else "
+                                                            f"{DEFAULT_DDIM_STEPS})")
 
 
 def add_backend_args(p: argparse.ArgumentParser, default: str = "auto") -> None:

@@ -183,14 +183,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     from streaming.options import add_backend_args, add_model_args, add_window_args
 
     p = sub.add_parser("voice-check", help="does the mouth move with (real) speech and close in silence? (JSON)")
-    add_model_args(p)
-    p.set_defaults(model=None)  # None: the default model of animate, or of stream with --stream
+    # None: the default model of animate, or of stream with --stream (resolved in cmd_voice_check)
+    add_model_args(p, default=None, default_help="the bundled demo teacher models/demo, or with --stream "
+                                                 "the bundled demo student models/demo-student")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", type=Path, nargs="+", help="audio files")
     src.add_argument("--voices", nargs="?", const="", metavar="DIR",
                      help="a `voices fetch` folder (manifest.json; default: the cache's real-voices)")
     p.add_argument("--stream", action="store_true", help="run the streaming session (as `stream`), not `animate`")
-    add_window_args(p)  # --sampler/--steps: offline ddim 25 unless given; --stream as `stream`
+    add_window_args(p, steps_help="ddim steps (default: 25 offline, 2 with --stream; a distilled student "
+                                  "runs its own count)")
     add_backend_args(p, default="torch")
     p.add_argument("--pad-s", type=float, default=1.5, help="digital silence added before and after (s)")
     p.add_argument("--noise-snr", type=float, nargs="+", default=[], metavar="DB",

@@ -11,7 +11,7 @@ from diffposetalk.errors import UserError
 
 log = logging.getLogger("dpt_live.export")
 
-# the stream defaults (streaming/commands.py): 1600 ms context + 80 ms hop + 80 ms lookahead
+# the stream defaults (streaming/options.py): 1600 ms context + 80 ms hop + 80 ms lookahead
 DEFAULT_WINDOW_MS = "1760"
 
 
@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     esub = p.add_subparsers(dest="export_command", required=True, metavar="FORMAT")
 
     o = esub.add_parser("onnx", help="audio encoder, denoiser and style encoder as ONNX, checked against PyTorch")
-    o.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: bundled demo)")
+    o.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: the bundled demo teacher, models/demo)")
     o.add_argument("-o", "--out", type=Path,
                    help="output directory (default: the cache that --backend onnxruntime reads)")
     o.add_argument("--window-ms", default=DEFAULT_WINDOW_MS,
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.set_defaults(func=cmd_onnx)
 
     t = esub.add_parser("tensorrt", help="TensorRT plans from the ONNX graphs (needs a CUDA GPU and TensorRT)")
-    t.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: bundled demo)")
+    t.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: the bundled demo teacher, models/demo)")
     t.add_argument("--window-ms", default=DEFAULT_WINDOW_MS, help="audio encoder window length(s) in ms")
     t.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: the graph is cast to fp16 with normalisation kept in fp32")

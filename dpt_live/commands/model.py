@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("style", help="style vector from 100 frames of motion (npz with exp, pose)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: the bundled demo teacher, models/demo)")
     p.add_argument("--motion", required=True, type=Path)
     p.add_argument("--start", type=int, default=0, help="first frame")
     p.add_argument("-o", "--out", required=True, type=Path)
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_animate)
 
     p = sub.add_parser("info", help="describe a model directory")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL)
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: the bundled demo teacher, models/demo)")
     p.set_defaults(func=cmd_info)
 
 

@@ -59,15 +59,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     from streaming.options import add_window_args
 
     p = sub.add_parser("serve", help="live server: WebSocket motion stream + web viewer on one port")
-    add_model_args(p)
-    p.set_defaults(model=DEFAULT_STREAM_MODEL)
+    add_model_args(p, default=DEFAULT_STREAM_MODEL)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--audio", type=Path, help="audio file played in real time as the default session's source")
     src.add_argument("--mic", nargs="?", const="", metavar="DEVICE",
                      help="live microphone as the default session's source (default input, index or part of its name)")
     p.add_argument("--loop", action="store_true", help="with --audio: start the file again at its end")
     add_window_args(p)
-    p.add_argument("--backend", choices=BACKENDS, default="auto", help="engine backend (streaming.factory)")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="engine backend (auto: tensorrt with a GPU, else onnxruntime, else torch; docs/EXPORT.md)")
     p.add_argument("--precision", help="backend precision (e.g. int8 for onnxruntime, fp16 for tensorrt)")
     p.add_argument("--eyes", action=argparse.BooleanOptionalAction, default=True,
                    help="procedural blinks and gaze (default on; --no-eyes)")

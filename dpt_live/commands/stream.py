@@ -21,8 +21,7 @@ log = logging.getLogger("dpt_live.stream")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("stream", help="live pipeline over an audio file or a microphone -> npz (no server)")
-    add_model_args(p)  # --style also takes a motion clip .npz (exp, pose) through the style encoder
-    p.set_defaults(model=DEFAULT_STREAM_MODEL)
+    add_model_args(p, default=DEFAULT_STREAM_MODEL)  # --style also takes a motion clip .npz (exp, pose)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--audio", type=Path, help="audio file (any rate/channels; resampled to 16 kHz mono)")
     src.add_argument("--mic", nargs="?", const="", metavar="DEVICE",
