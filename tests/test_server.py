@@ -485,12 +485,12 @@ def synthetic_flame_npz(path, V=30, F=40):
 
 
 def test_static_viewer_files_and_flame_asset(engine, tmp_path):
-    """`/` serves the viewer's files; --flame's asset (built by clients/flame_asset.py for the
+    """`/` serves the viewer's files; --flame's asset (built by server/flame_asset.py for the
     session's shape) is served at /flame.bin with the token and announced in hello."""
     import argparse
 
-    from server.setup import flame_asset
     from server.flame_asset import parse_flame_asset
+    from server.setup import flame_asset
 
     web = tmp_path / "web"
     web.mkdir()
