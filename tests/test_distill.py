@@ -362,3 +362,16 @@ def test_bundled_demo_student_is_the_stream_default():
     assert set(loaded.styles) == {"calm", "animated", "big_mouth", "small_mouth"}
     args = build_parser().parse_args(["stream", "--audio", "x.wav", "-o", "y.npz"])
     assert args.model == DEFAULT_STREAM_MODEL
+
+
+def test_animate_picks_ddim_for_a_student(tmp_path, speech_like_wav):
+    """A student runs only under DDIM: `animate` picks it without --sampler (ddpm is refused by name)."""
+    from dpt_live.cli import main
+    from tests.conftest import make_tiny_model_dir
+
+    student = make_tiny_model_dir(tmp_path / "student", kind="student", student_steps=1)
+    out = tmp_path / "s.npz"
+    assert main(["animate", "--model", str(student), "--audio", str(speech_like_wav), "-o", str(out)]) == 0
+    assert np.load(out)["exp"].shape[1] == 50
+    assert main(["animate", "--model", str(student), "--audio", str(speech_like_wav), "--sampler", "ddpm",
+                 "-o", str(out)]) == 2

@@ -45,7 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--audio", required=True, type=Path)
     p.add_argument("--shape", type=Path, help="FLAME shape (100,) .npy (default: mean face)")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm")
+    p.add_argument("--sampler", choices=["ddpm", "ddim"],
+                   help="default: ddpm (the reference) for a teacher, ddim for a distilled student")
     p.add_argument("--steps", type=int, help="ddim steps (ddpm always runs all of the model's steps)")
     p.add_argument("--noise", type=Path, help="npz with x_T and z for exact reproduction")
     p.add_argument("--repeats", type=int, default=1, help="independent samples (batched)")
@@ -130,7 +131,8 @@ def cmd_animate(args) -> int:
     if args.repeats < 1:
         raise UserError("--repeats must be >= 1")
     audio = load_audio(args.audio)
-    sampler = make_sampler(args.sampler, args.steps, model)
+    # a distilled student runs only under DDIM (its own step count): pick it rather than refuse
+    sampler = make_sampler(args.sampler or ("ddim" if cfg.kind == "student" else "ddpm"), args.steps, model)
     shape_raw = torch.from_numpy(load_vector(args.shape, 100, "shape")) if args.shape else torch.zeros(100)
     shape = (shape_raw.to(args.device) - loaded.stats["shape_mean"]) / loaded.stats["shape_std"]
     if args.noise:
