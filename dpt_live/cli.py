@@ -15,14 +15,12 @@ from dpt_live import __version__
 COMMAND_MODULES = [
     "dpt_live.commands.model",
     "dpt_live.commands.flame",
-    "training.synth.command",
-    "training.train",
-    "training.evaluate",
-    "training.probe",
-    "training.presets",
-    "training.real_voices",
-    "training.voice_check",
-    "training.distill",
+    "dpt_live.commands.synth",
+    "dpt_live.commands.train",
+    "dpt_live.commands.evaluate",  # eval, probe
+    "dpt_live.commands.presets",
+    "dpt_live.commands.voices",  # voices fetch, voice-check
+    "dpt_live.commands.distill",
     "dpt_live.commands.stream",
     "dpt_live.commands.export",
     "dpt_live.commands.serve",

@@ -102,8 +102,8 @@ def test_eval_end_to_end(tmp_path):
     from diffposetalk.archs import make_config
     from diffposetalk.model import DiffPoseTalk
     from diffposetalk.model_dir import save_model_dir
+    from dpt_live.commands.evaluate import cmd_eval
     from tests.test_train import write_tiny_lmdb
-    from training.evaluate import cmd_eval
     from training.train_data import load_stats_np
 
     data = write_tiny_lmdb(tmp_path / "lmdb", n_people=5, clips=2, frames=210)
@@ -131,7 +131,7 @@ def test_eval_presets_on_the_same_audio(tmp_path):
     from diffposetalk.model import DiffPoseTalk
     from diffposetalk.model_dir import save_model_dir
     from tests.test_train import write_tiny_lmdb
-    from training.evaluate import evaluate
+    from training.evaluate import EvalOptions, evaluate
     from training.train_data import load_stats_np
 
     data = write_tiny_lmdb(tmp_path / "lmdb", n_people=5, clips=2, frames=210)
@@ -144,16 +144,16 @@ def test_eval_presets_on_the_same_audio(tmp_path):
                               max_seconds=None, cfg_audio=1.15, cfg_style=3.0, flame=None, threads=1,
                               device="cpu", presets=1, swap_styles=True)
     same = save_model_dir(tmp_path / "same", cfg, net, load_stats_np(data), {"big_mouth": a, "small_mouth": a})
-    pr = evaluate(argparse.Namespace(model=same, **vars(args)))["metrics"]["presets"]
+    pr = evaluate(EvalOptions(model=same, **vars(args)))["metrics"]["presets"]
     assert pr["clips"] == 1 and set(pr["per_preset"]) == {"big_mouth", "small_mouth"}
     assert pr["big_small_jaw_ratio"] == 1.0 and pr["jaw_std_ratio_max_min"] == 1.0
     diff = save_model_dir(tmp_path / "diff", cfg, net, load_stats_np(data), {"big_mouth": a, "small_mouth": b})
-    pr = evaluate(argparse.Namespace(model=diff, **vars(args)))["metrics"]["presets"]
+    pr = evaluate(EvalOptions(model=diff, **vars(args)))["metrics"]["presets"]
     ratio = pr["per_preset"]["big_mouth"]["jaw_std"] / pr["per_preset"]["small_mouth"]["jaw_std"]
     assert pr["big_small_jaw_ratio"] == pytest.approx(ratio) and ratio != 1.0
     assert pr["jaw_std_ratio_max_min"] == pytest.approx(max(ratio, 1 / ratio))
     args.split, args.presets = "train", 0  # 3 speakers (the test split has one: nothing to swap)
-    swap = evaluate(argparse.Namespace(model=diff, **vars(args)))["metrics"]["style_swap"]
+    swap = evaluate(EvalOptions(model=diff, **vars(args)))["metrics"]["style_swap"]
     assert swap["clips"] == 6 and 0.0 <= swap["retrieved_as_style_speaker"] <= 1.0
 
 
@@ -166,8 +166,9 @@ def test_probe_reports_x0_error_per_step(tmp_path):
     from diffposetalk.errors import UserError
     from diffposetalk.model import DiffPoseTalk
     from diffposetalk.model_dir import load_model_dir, save_model_dir
+    from dpt_live.commands.evaluate import cmd_probe
     from tests.test_train import write_tiny_lmdb
-    from training.probe import cmd_probe, probe_denoiser
+    from training.probe import probe_denoiser
     from training.train_data import load_split, load_stats_np
 
     data = write_tiny_lmdb(tmp_path / "lmdb", n_people=5, clips=2, frames=210)

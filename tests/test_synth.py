@@ -294,7 +294,7 @@ def test_values_hold_only_plain_data(world):
 
 def test_synth_command(tmp_path, capsys):
     from diffposetalk.errors import UserError
-    from training.synth.command import register
+    from dpt_live.commands.synth import register
 
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())

@@ -46,6 +46,23 @@ def train_args(**kw):
     return argparse.Namespace(**base)
 
 
+def style_options(**kw):
+    """train_args as `train style-encoder` hands them to the trainer."""
+    from dpt_live.commands.arguments import options_from
+    from training.train_style import StyleEncoderOptions
+
+    args = train_args(**kw)
+    return options_from(args, StyleEncoderOptions, head_pose=not args.no_head_pose)
+
+
+def denoiser_options(**kw):
+    """train_args as `train denoiser` hands them to the trainer."""
+    from dpt_live.commands.arguments import options_from
+    from training.train_denoiser import DenoiserOptions
+
+    return options_from(train_args(**kw), DenoiserOptions)
+
+
 # --- pure pieces ---------------------------------------------------------------------------------
 
 def test_nt_xent_known_values():
@@ -173,9 +190,9 @@ def _weights(path, name):
 def test_style_encoder_resume_is_identical(tiny_data, tmp_path):
     from training.train_style import WEIGHTS, train_style_encoder
 
-    train_style_encoder(train_args(data=tiny_data, out=tmp_path / "full", iters=4))
-    train_style_encoder(train_args(data=tiny_data, out=tmp_path / "half", iters=2))
-    train_style_encoder(train_args(data=tiny_data, out=tmp_path / "half", iters=4, resume=True))
+    train_style_encoder(style_options(data=tiny_data, out=tmp_path / "full", iters=4))
+    train_style_encoder(style_options(data=tiny_data, out=tmp_path / "half", iters=2))
+    train_style_encoder(style_options(data=tiny_data, out=tmp_path / "half", iters=4, resume=True))
     full, half = _weights(tmp_path / "full", WEIGHTS), _weights(tmp_path / "half", WEIGHTS)
     assert all(torch.equal(full[k], half[k]) for k in full)
 
@@ -185,18 +202,18 @@ def test_denoiser_trains_and_resumes_identically(tiny_data, tmp_path):
     from training.train_denoiser import train_denoiser
     from training.train_style import train_style_encoder
 
-    se = train_style_encoder(train_args(data=tiny_data, out=tmp_path / "se", iters=1))
+    se = train_style_encoder(style_options(data=tiny_data, out=tmp_path / "se", iters=1))
     kw = dict(data=tiny_data, style_encoder=se, batch=2)
-    train_denoiser(train_args(out=tmp_path / "full", iters=2, **kw))
-    train_denoiser(train_args(out=tmp_path / "half", iters=1, **kw))
-    train_denoiser(train_args(out=tmp_path / "half", iters=2, resume=True, **kw))
+    train_denoiser(denoiser_options(out=tmp_path / "full", iters=2, **kw))
+    train_denoiser(denoiser_options(out=tmp_path / "half", iters=1, **kw))
+    train_denoiser(denoiser_options(out=tmp_path / "half", iters=2, resume=True, **kw))
     full, half = (_weights(tmp_path / d, "weights.safetensors") for d in ("full", "half"))
     assert all(torch.equal(full[k], half[k]) for k in full)
     loaded = load_model_dir(tmp_path / "full")  # a usable model directory
     se_w = _weights(se, "style_encoder.safetensors")
     assert torch.equal(loaded.model.style_encoder.motion_proj.weight, se_w["motion_proj.weight"])  # frozen
     with pytest.raises(UserError, match="not empty"):
-        train_denoiser(train_args(out=tmp_path / "full", iters=2, **kw))
+        train_denoiser(denoiser_options(out=tmp_path / "full", iters=2, **kw))
 
 
 def test_style_consistency_term(tiny_data):
@@ -269,9 +286,9 @@ def test_fine_tune_with_frozen_cached_audio(tiny_data, tmp_path):
     from training.train_denoiser import FeatureCache, train_denoiser
     from training.train_style import train_style_encoder
 
-    se = train_style_encoder(train_args(data=tiny_data, out=tmp_path / "se", iters=1))
-    base = train_denoiser(train_args(data=tiny_data, style_encoder=se, out=tmp_path / "base", iters=1))
-    tuned = train_denoiser(train_args(data=tiny_data, style_encoder=se, out=tmp_path / "tuned", iters=2,
+    se = train_style_encoder(style_options(data=tiny_data, out=tmp_path / "se", iters=1))
+    base = train_denoiser(denoiser_options(data=tiny_data, style_encoder=se, out=tmp_path / "base", iters=1))
+    tuned = train_denoiser(denoiser_options(data=tiny_data, style_encoder=se, out=tmp_path / "tuned", iters=2,
                                       init=base, freeze_audio="all"))
     before, after = _weights(base, "weights.safetensors"), _weights(tuned, "weights.safetensors")
     audio_keys = [k for k in before if k.startswith(("audio_encoder.", "audio_feature_map."))]
@@ -286,7 +303,7 @@ def test_fine_tune_with_frozen_cached_audio(tiny_data, tmp_path):
     np.testing.assert_allclose(cache.window(clip.entry, 5, 20), direct[5:25].numpy(), atol=1e-6)
 
     with pytest.raises(UserError, match="no weights.safetensors"):
-        train_denoiser(train_args(data=tiny_data, style_encoder=se, out=tmp_path / "x", init=tmp_path / "se"))
+        train_denoiser(denoiser_options(data=tiny_data, style_encoder=se, out=tmp_path / "x", init=tmp_path / "se"))
 
 
 def test_bad_data_path_and_split(tiny_data, tmp_path):
@@ -309,3 +326,17 @@ def test_demo_arch_size():
     assert cfg.hubert["hidden_size"] // 64 == cfg.hubert["num_attention_heads"]
     n = sum(p.numel() for p in DiffPoseTalk(cfg).parameters())
     assert n * 4 <= 12e6
+
+
+def test_cli_registration_does_not_import_torch():
+    """Every command, the training ones included, registers without torch (imported when one runs)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = "import sys; from dpt_live.cli import build_parser; build_parser(); assert 'torch' not in sys.modules"
+    env = dict(os.environ, PYTHONPATH=str(root))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=root)
+    assert result.returncode == 0, result.stderr

@@ -1,4 +1,4 @@
-"""`dpt-live distill`: a few-step streaming student from a DiffPoseTalk teacher.
+"""Distillation (`dpt-live distill`): a few-step streaming student from a DiffPoseTalk teacher.
 
 Guidance + step + streaming distillation in one: the student (engines kind "student") takes the
 guidance scales (w_audio, w_style) as an input and maps the teacher's noise to the teacher's
@@ -14,7 +14,6 @@ denoiser."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import logging
@@ -23,61 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
+from diffposetalk.config import ModelConfig
 from diffposetalk.errors import UserError
+from training.train_loop import TrainOptions
 
 log = logging.getLogger("dpt_live.distill")
 
 STEP_CHOICES = (1, 2, 4)
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("distill", help="distil a teacher model into a 1/2/4-step streaming student")
-    p.add_argument("--teacher", required=True, type=Path, help="teacher model directory")
-    p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
-    p.add_argument("-o", "--out", required=True, type=Path, help="student model directory (checkpoints)")
-    p.add_argument("--steps", type=int, choices=STEP_CHOICES, default=2, help="student denoising steps")
-    p.add_argument("--init", type=Path, help="start from this student (e.g. progressive: a 2-step student "
-                                              "for a 1-step one) instead of the teacher")
-    g = p.add_argument_group("targets (built once, cached, resumable)")
-    g.add_argument("--targets", type=Path, help="targets folder (default: <out>-targets next to --out)")
-    g.add_argument("--target-sets", type=int, default=2,
-                   help="passes over the train clips, each with its own guidance/noise/window draw")
-    g.add_argument("--target-set", type=int, action="append",
-                   help="build only this set (repeatable; for parallel builds with --only-targets)")
-    g.add_argument("--target-steps", type=int, default=25, help="teacher DDIM steps for the targets")
-    g.add_argument("--window", type=int, default=8, help="student window in frames (>= hop + lookahead)")
-    g.add_argument("--configs", default="80/80,80/40,160/80", help="hop/lookahead ms pairs the student sees")
-    g.add_argument("--context-ms", type=int, default=1600)
-    g.add_argument("--val-clips", type=int, default=10, help="val clips for the validation loss")
-    g.add_argument("--train-clips", type=int, help="only the first N train clips (default: all)")
-    g.add_argument("--style-swap", type=float, default=0.0,
-                   help="share of targets conditioned on another speaker's style, so the student cannot "
-                        "read the style off the voice (docs/DISTILL.md)")
-    g.add_argument("--reverse", action="store_true",
-                   help="build the missing shards last clip first (a second parallel builder)")
-    g.add_argument("--only-targets", action="store_true", help="build the targets and stop")
-    g.add_argument("--no-build", action="store_true",
-                   help="train on the shards already in --targets (e.g. while parallel builders still run)")
-    g = p.add_argument_group("training")
-    g.add_argument("--iters", type=int, default=3000)
-    g.add_argument("--batch", type=int, default=64)
-    g.add_argument("--lr", type=float, default=2e-4)
-    g.add_argument("--warmup", type=int, default=100)
-    g.add_argument("--schedule", choices=["constant", "cosine"], default="cosine")
-    g.add_argument("--clip", type=float, default=1.0, help="gradient norm clip")
-    g.add_argument("--vel-weight", type=float, default=5.0, help="velocity term weight")
-    g.add_argument("--mouth-weight", type=float, default=1.0, help="weight of the mouth dims in the loss")
-    g.add_argument("--context-mix", type=float, default=0.0,
-                   help="probability per training window that its previous frames come from another style "
-                        "draw of the same clip, amplitude-jittered (decorrelates context and style)")
-    g.add_argument("--val-every", type=int, default=250)
-    g.add_argument("--save-every", type=int, default=250)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--resume", action="store_true", help="continue the run in --out")
-    g.add_argument("--threads", type=int, default=1)
-    g.add_argument("--device", default="cpu")
-    g.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_distill)
 
 
 def parse_configs(text: str, window: int) -> tuple[tuple[int, int], ...]:
@@ -189,134 +140,233 @@ def validate(student, val, idx_batches, steps: int, dim_w, vel_weight: float, de
     return dict(sums)
 
 
-def build_targets(args, teacher, window: int, configs) -> tuple[list[Path], list[Path]]:
+def build_targets(opts: DistillOptions, teacher, configs) -> tuple[list[Path], list[Path]]:
+    """Build the missing target shards (opts.target_set, or every set) -> (train, val) shard paths."""
     from training.distill_data import build_shards
 
-    sets = args.target_set if args.target_set else list(range(args.target_sets))
-    bad = [s for s in sets if not 0 <= s < args.target_sets]
+    sets = opts.target_set if opts.target_set else list(range(opts.target_sets))
+    bad = [s for s in sets if not 0 <= s < opts.target_sets]
     if bad:
-        raise UserError(f"--target-set {bad}: must be in 0..{args.target_sets - 1}")
-    common = dict(n_motions=window, steps=args.target_steps, seed=args.seed, configs=configs,
-                  context_ms=args.context_ms, reverse=args.reverse)
-    train = build_shards(teacher, args.data, "train", args.targets, sets, max_clips=args.train_clips,
-                         style_swap=args.style_swap, **common)
-    val = build_shards(teacher, args.data, "val", args.targets, [0], max_clips=args.val_clips, **common)
+        raise UserError(f"--target-set {bad}: must be in 0..{opts.target_sets - 1}")
+    common = dict(n_motions=opts.window, steps=opts.target_steps, seed=opts.seed, configs=configs,
+                  context_ms=opts.context_ms, reverse=opts.reverse)
+    train = build_shards(teacher, opts.data, "train", opts.targets, sets, max_clips=opts.train_clips,
+                         style_swap=opts.style_swap, **common)
+    val = build_shards(teacher, opts.data, "val", opts.targets, [0], max_clips=opts.val_clips, **common)
     return train, val
 
 
-def cmd_distill(args) -> int:
+# --- the run --------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(kw_only=True)
+class DistillOptions(TrainOptions):
+    """`dpt-live distill` (the options of the same names)."""
+
+    teacher: Path  # teacher model directory
+    steps: int = 2  # student denoising steps (STEP_CHOICES)
+    init: Path | None = None  # start from this student instead of the teacher (progressive distillation)
+    # targets (built once, cached, resumable)
+    targets: Path | None = None  # default: <out>-targets next to out
+    target_sets: int = 2  # passes over the train clips, each with its own guidance/noise/window draw
+    target_set: list[int] | None = None  # build only these sets (with only_targets)
+    target_steps: int = 25  # teacher DDIM steps for the targets
+    window: int = 8  # student window in frames
+    configs: str = "80/80,80/40,160/80"  # hop/lookahead ms pairs the student sees
+    context_ms: int = 1600
+    val_clips: int = 10
+    train_clips: int | None = None  # only the first N train clips
+    style_swap: float = 0.0  # share of targets conditioned on another speaker's style
+    reverse: bool = False  # build the missing shards last clip first
+    only_targets: bool = False  # build the targets and stop
+    no_build: bool = False  # train on the shards already in targets
+    # training
+    iters: int = 3000
+    batch: int = 64
+    lr: float = 2e-4
+    schedule: str = "cosine"
+    vel_weight: float = 5.0  # velocity term weight
+    mouth_weight: float = 1.0  # weight of the mouth dims in the loss
+    context_mix: float = 0.0  # probability that a window's previous frames come from another style draw
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        self.targets = self.targets or self.out.parent / f"{self.out.name}-targets"
+
+
+@dataclasses.dataclass
+class DistillResult:
+    targets: Path
+    train_shards: list[Path]
+    val_shards: list[Path]
+    config: ModelConfig | None = None  # the student's; None when only the targets were built
+
+
+@dataclasses.dataclass
+class StudentRun:
+    """The student being trained and everything a checkpoint saves with it."""
+
+    config: ModelConfig
+    student: object  # DiffPoseTalk
+    params: list
+    optimizer: object  # torch.optim.Adam
+    rng: np.random.Generator  # the batch draws
+    options: dict  # recorded with the checkpoints, checked on --resume
+    step: int = 0
+    history: list = dataclasses.field(default_factory=list)
+
+
+def distill(opts: DistillOptions) -> DistillResult:
+    """Build (or reuse) the targets, then, unless ``opts.only_targets``, train the student in
+    ``opts.out`` (``opts.resume`` continues a run)."""
     import torch
-    from tqdm import tqdm
 
-    from diffposetalk.model_dir import load_model_dir, save_model_dir
-    from training.distill_data import DistillSet
-    from training.distill_losses import dim_weights
-    from training.train_denoiser import set_dropout
-    from training.train_state import lr_at, resume_model_dir, save_state
+    from diffposetalk.model_dir import load_model_dir
 
-    torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    out = Path(args.out)
-    args.targets = args.targets or out.parent / f"{out.name}-targets"
-    configs = parse_configs(args.configs, args.window)
-    if args.target_set and not args.only_targets:
+    torch.set_num_threads(opts.threads)
+    device = torch.device(opts.device)
+    configs = check_options(opts)
+    teacher = load_model_dir(opts.teacher, "cpu")
+    train_paths, val_paths = target_shards(opts, teacher, configs)
+    if opts.only_targets:
+        return DistillResult(opts.targets, train_paths, val_paths)
+
+    run = prepare_student(opts, teacher, device)
+    train_student(opts, teacher, run, train_paths, val_paths, device)
+    if run.step >= opts.iters:
+        log.info("already at step %d of %d: nothing to do", run.step, opts.iters)
+    return DistillResult(opts.targets, train_paths, val_paths, run.config)
+
+
+def check_options(opts: DistillOptions) -> tuple[tuple[int, int], ...]:
+    """Refuse contradictory options before anything is loaded; returns the parsed --configs."""
+    configs = parse_configs(opts.configs, opts.window)
+    if opts.target_set and not opts.only_targets:
         raise UserError("--target-set builds part of the targets: use it with --only-targets")
-    if args.iters < 1 or args.batch < 1:
+    if opts.iters < 1 or opts.batch < 1:
         raise UserError("--iters and --batch must be positive")
-    if not 0.0 <= args.style_swap <= 1.0:
-        raise UserError(f"--style-swap {args.style_swap}: must be a probability in [0, 1]")
-    if not 0.0 <= args.context_mix <= 1.0:
-        raise UserError(f"--context-mix {args.context_mix}: must be a probability in [0, 1]")
-    if not args.resume and not args.only_targets and out.exists() and any(out.iterdir()):
+    if not 0.0 <= opts.style_swap <= 1.0:
+        raise UserError(f"--style-swap {opts.style_swap}: must be a probability in [0, 1]")
+    if not 0.0 <= opts.context_mix <= 1.0:
+        raise UserError(f"--context-mix {opts.context_mix}: must be a probability in [0, 1]")
+    out = opts.out
+    if not opts.resume and not opts.only_targets and out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
-    teacher = load_model_dir(args.teacher, "cpu")
-    if args.no_build:
-        train_paths = sorted(args.targets.glob("train_set*.npz"))
-        val_paths = sorted(args.targets.glob("val_set*.npz"))
-        if not train_paths or not val_paths:
-            raise UserError(f"--no-build: {args.targets} holds {len(train_paths)} train and {len(val_paths)} val "
-                            "shards; both are needed")
-    else:
-        train_paths, val_paths = build_targets(args, teacher, args.window, configs)
-    if args.only_targets:
-        print(f"targets in {args.targets}: {len(train_paths)} train, {len(val_paths)} val shards")
-        return 0
+    return configs
 
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    if args.init:
-        init = load_model_dir(args.init, "cpu")
-        if init.config.kind != "student" or init.config.n_motions != args.window:
-            raise UserError(f"--init {args.init}: needs a student with a {args.window}-frame window")
-        cfg = dataclasses.replace(init.config, student_steps=args.steps,
-                                  description=f"{args.steps}-step student distilled from "
-                                              f"{teacher.path.name}, initialised from {args.init.name}")
-        student = init.model
-    else:
-        cfg, student = make_student(teacher, args.window, args.steps)
+
+def target_shards(opts: DistillOptions, teacher, configs) -> tuple[list[Path], list[Path]]:
+    """(train, val) shard paths: the ones already in opts.targets with --no-build, else built."""
+    if not opts.no_build:
+        return build_targets(opts, teacher, configs)
+    train_paths = sorted(opts.targets.glob("train_set*.npz"))
+    val_paths = sorted(opts.targets.glob("val_set*.npz"))
+    if not train_paths or not val_paths:
+        raise UserError(f"--no-build: {opts.targets} holds {len(train_paths)} train and {len(val_paths)} val "
+                        "shards; both are needed")
+    return train_paths, val_paths
+
+
+def prepare_student(opts: DistillOptions, teacher, device) -> StudentRun:
+    """Seed, the student (from the teacher or --init) with only its denoiser learning, its
+    optimizer, and with --resume the saved weights, optimizer and RNG states."""
+    import torch
+
+    from training.train_denoiser import set_dropout
+
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    cfg, student = _initial_student(opts, teacher)
     student.to(device).eval()
     student.denoising_net.train()  # the only part that learns (and the only one that runs)
     set_dropout(student.denoising_net, 0.0)  # distillation regresses a deterministic map
     params = trainable(student)
-    optimizer = torch.optim.Adam(params, lr=args.lr)
-    options = {"teacher": str(args.teacher), "steps": args.steps, "window": args.window, "batch": args.batch,
-               "seed": args.seed, "target_sets": args.target_sets, "target_steps": args.target_steps,
-               "configs": args.configs, "context_ms": args.context_ms, "vel_weight": args.vel_weight,
-               "mouth_weight": args.mouth_weight, "context_mix": args.context_mix, "lr": args.lr, "iters": args.iters,
-               "init": str(args.init) if args.init else None}
-    step, history = 0, []
-    if args.resume:
-        step, history = resume_model_dir(out, cfg, student, optimizer, rng, options,
-                                         ("teacher", "steps", "window", "batch", "seed", "target_sets",
-                                          "target_steps", "configs", "context_ms", "vel_weight",
-                                          "mouth_weight", "init", "context_mix"),
-                                         "is not this run's student (--teacher/--steps/--window)")
+    run = StudentRun(cfg, student, params, torch.optim.Adam(params, lr=opts.lr), rng, _recorded_options(opts))
+    if opts.resume:
+        run.step, run.history = _resume(opts, run)
+    return run
 
-    train = DistillSet(train_paths, args.window)
-    val = DistillSet(val_paths, args.window)
+
+def _initial_student(opts: DistillOptions, teacher):
+    """(config, student): the --init student with this run's step count, or one made from the teacher."""
+    from diffposetalk.model_dir import load_model_dir
+
+    if not opts.init:
+        return make_student(teacher, opts.window, opts.steps)
+    init = load_model_dir(opts.init, "cpu")
+    if init.config.kind != "student" or init.config.n_motions != opts.window:
+        raise UserError(f"--init {opts.init}: needs a student with a {opts.window}-frame window")
+    cfg = dataclasses.replace(init.config, student_steps=opts.steps,
+                              description=f"{opts.steps}-step student distilled from "
+                                          f"{teacher.path.name}, initialised from {Path(opts.init).name}")
+    return cfg, init.model
+
+
+def _recorded_options(opts: DistillOptions) -> dict:
+    """The options saved with the checkpoints and in distill.json."""
+    return {"teacher": str(opts.teacher), "steps": opts.steps, "window": opts.window, "batch": opts.batch,
+            "seed": opts.seed, "target_sets": opts.target_sets, "target_steps": opts.target_steps,
+            "configs": opts.configs, "context_ms": opts.context_ms, "vel_weight": opts.vel_weight,
+            "mouth_weight": opts.mouth_weight, "context_mix": opts.context_mix, "lr": opts.lr, "iters": opts.iters,
+            "init": str(opts.init) if opts.init else None}
+
+
+def _resume(opts: DistillOptions, run: StudentRun) -> tuple[int, list]:
+    from training.train_state import resume_model_dir
+
+    return resume_model_dir(opts.out, run.config, run.student, run.optimizer, run.rng, run.options,
+                            ("teacher", "steps", "window", "batch", "seed", "target_sets",
+                             "target_steps", "configs", "context_ms", "vel_weight",
+                             "mouth_weight", "init", "context_mix"),
+                            "is not this run's student (--teacher/--steps/--window)")
+
+
+def train_student(opts: DistillOptions, teacher, run: StudentRun, train_paths: list[Path], val_paths: list[Path],
+                  device) -> None:
+    """The training loop over the target shards, from ``run.step``; checkpoints (and distill.json,
+    what this student was trained on) go to opts.out."""
+    from diffposetalk.model_dir import save_model_dir
+    from training.distill_data import DistillSet
+    from training.distill_losses import dim_weights
+    from training.train_loop import optimizer_step, run_training
+    from training.train_state import save_state
+
+    out, cfg, student, rng, history = opts.out, run.config, run.student, run.rng, run.history
+    train = DistillSet(train_paths, opts.window)
+    val = DistillSet(val_paths, opts.window)
     log.info("train targets: %s; val: %s", train.describe(), val.describe())
     # what this student was trained on (with --no-build the shard list is not implied by the options)
     out.mkdir(parents=True, exist_ok=True)
     (out / "distill.json").write_text(json.dumps(
-        {"options": options, "train": train.describe(), "val": val.describe(),
+        {"options": run.options, "train": train.describe(), "val": val.describe(),
          "train_shards": [p.name for p in train_paths], "val_shards": [p.name for p in val_paths]}, indent=1) + "\n")
     stats = {k: v.cpu().numpy() for k, v in teacher.stats.items()}
-    dim_w = dim_weights(cfg.motion_dim, cfg.head_pose, args.mouth_weight, device)
+    dim_w = dim_weights(cfg.motion_dim, cfg.head_pose, opts.mouth_weight, device)
     val_idx = np.linspace(0, len(val) - 1, min(len(val), 2048)).astype(int)
     val_batches = [val_idx[i:i + 256] for i in range(0, len(val_idx), 256)]
-
-    def checkpoint(at: int) -> None:
-        save_model_dir(out, cfg, student, stats, teacher.styles)
-        save_state(out, at, optimizer, rng, options, history)
-        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-
     recent = defaultdict(lambda: deque(maxlen=50))
-    bar = tqdm(range(step, args.iters), initial=step, total=args.iters, dynamic_ncols=True, disable=args.quiet)
-    for it in bar:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
-        idx = rng.integers(0, len(train), size=args.batch)
-        prev = train.decorrelate(idx, rng, args.context_mix) if args.context_mix > 0 else None
-        b = train.batch(idx, device, prev)
-        loss, terms, per_step = unrolled(student, b, args.steps, dim_w, args.vel_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-        optimizer.step()
+
+    def train_step() -> dict:
+        idx = rng.integers(0, len(train), size=opts.batch)
+        prev = train.decorrelate(idx, rng, opts.context_mix) if opts.context_mix > 0 else None
+        loss, terms, _ = unrolled(student, train.batch(idx, device, prev), opts.steps, dim_w, opts.vel_weight)
+        optimizer_step(run.optimizer, loss, run.params, opts.clip)
         recent["loss"].append(float(loss.detach()))
         for k in ("coef", "vel", "lip"):
             recent[k].append(float(terms[k].detach()))
-        bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items()})
-        done = it + 1
-        if done % args.val_every == 0 or done == args.iters:
-            v = validate(student, val, val_batches, args.steps, dim_w, args.vel_weight, device)
-            history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
-            bar.write(f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
-                      f"(coef {v['val_coef']:.4f}, lip {v['val_lip']:.4f}, per step "
-                      + " ".join(f"{v[f'val_coef_step{k + 1}']:.4f}" for k in range(len(per_step))) + ")")
-        if done % args.save_every == 0 or done == args.iters:
-            checkpoint(done)
-    if step >= args.iters:
-        log.info("already at step %d of %d: nothing to do", step, args.iters)
-    print(f"student written to {out} ({cfg.student_steps} steps, {cfg.n_motions}-frame window)")
-    return 0
+        return {k: f"{np.mean(v):.3g}" for k, v in recent.items()}
+
+    def validate_now(done: int) -> str:
+        v = validate(student, val, val_batches, opts.steps, dim_w, opts.vel_weight, device)
+        history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
+        per_step = [x for k, x in v.items() if k.startswith("val_coef_step")]
+        return (f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
+                f"(coef {v['val_coef']:.4f}, lip {v['val_lip']:.4f}, per step "
+                + " ".join(f"{x:.4f}" for x in per_step) + ")")
+
+    def checkpoint(at: int) -> None:
+        save_model_dir(out, cfg, student, stats, teacher.styles)
+        save_state(out, at, run.optimizer, rng, run.options, history)
+        (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+
+    run_training(run.step, opts, run.optimizer, train_step, validate_now, checkpoint)

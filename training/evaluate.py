@@ -1,4 +1,4 @@
-"""`dpt-live eval`: generate motion for the clips of a split and compare it with ground truth.
+"""Evaluation (`dpt-live eval`): generate motion for the clips of a split and compare it with ground truth.
 
 Every metric's definition is written next to its value in the JSON (DEFINITIONS) and in
 docs/TRAINING.md. Generation conditions each clip on its speaker's style taken from *other* GT
@@ -6,8 +6,7 @@ material of that speaker (see speaker_styles), so style retrieval is not a copy 
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
 import time
 from pathlib import Path
 
@@ -67,35 +66,6 @@ DEFINITIONS = {
                                      "stream mode runs one session per seed",
 }
 
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="metrics of a model on a split of an lmdb dataset (writes JSON)")
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--json", type=Path, help="write the metrics here")
-    p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
-    p.add_argument("--steps", type=int, help="ddim steps (default 25, or a distilled student's own)")
-    p.add_argument("--seeds", type=int, default=2, help="samples per clip (diversity needs >= 2)")
-    p.add_argument("--max-clips", type=int, help="first M clips of the split")
-    p.add_argument("--max-seconds", type=float, default=20.0, help="evaluate at most this much of each clip")
-    p.add_argument("--cfg-audio", type=float, default=1.15)
-    p.add_argument("--cfg-style", type=float, default=3.0)
-    p.add_argument("--flame", type=Path, help="FLAME model: adds the lip-vertex error")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--device", default="cpu")
-    # --stream: the same metrics on the live pipeline (StreamSession over each clip's audio)
-    p.add_argument("--stream", action="store_true", help="generate through the streaming session")
-    p.add_argument("--presets", type=int, default=0, metavar="N",
-                   help="also drive the first N clips with every style preset (same audio) and compare them")
-    p.add_argument("--swap-styles", action="store_true",
-                   help="also drive every clip with another test speaker's style and check which speaker "
-                        "the motion is retrieved as (the style's, not the voice's)")
-    p.add_argument("--hop-ms", type=int, default=80)
-    p.add_argument("--lookahead-ms", type=int, default=80)
-    p.add_argument("--context-ms", type=int, default=1600)
-    p.set_defaults(func=cmd_eval)
 
 
 # --- metrics on arrays (pure numpy; tested on known inputs) ---------------------------------------
@@ -192,7 +162,7 @@ def speaker_styles(clip_styles: dict[str, tuple[str, np.ndarray]]) -> dict[str, 
     return out
 
 
-# --- the command -----------------------------------------------------------------------------------
+# --- the evaluation -----------------------------------------------------------------------------------
 
 def eval_sampler(name: str, steps: int | None, model):
     """The sampler `eval` and `voice-check` run offline: ddim 25 steps unless asked (a distilled
@@ -204,133 +174,211 @@ def eval_sampler(name: str, steps: int | None, model):
     return make_sampler(name, steps if name == "ddim" else None, model)
 
 
-def evaluate(args) -> dict:
+@dataclasses.dataclass(kw_only=True)
+class EvalOptions:
+    """`dpt-live eval` (the options of the same names)."""
+
+    model: Path
+    data: Path  # HDTF_TFHP-layout lmdb (or a SynthTalk folder)
+    split: str = "test"
+    sampler: str = "ddim"  # ddpm | ddim
+    steps: int | None = None  # ddim steps (default 25, or a distilled student's own)
+    seeds: int = 2  # samples per clip (diversity needs >= 2)
+    max_clips: int | None = None  # first M clips of the split
+    max_seconds: float | None = 20.0  # evaluate at most this much of each clip
+    cfg_audio: float = 1.15
+    cfg_style: float = 3.0
+    flame: Path | None = None  # FLAME model: adds the lip-vertex error
+    threads: int = 2
+    device: str = "cpu"
+    stream: bool = False  # generate through the streaming session (the window below)
+    presets: int = 0  # also drive the first N clips with every style preset
+    swap_styles: bool = False  # also drive every clip with another test speaker's style
+    hop_ms: int = 80
+    lookahead_ms: int = 80
+    context_ms: int = 1600
+
+
+@dataclasses.dataclass
+class ReferenceStyles:
+    """GT material of the evaluated clips: normalised motion, style vectors and the
+    leave-one-clip-out speaker galleries (style encoder and encoder-free moments)."""
+
+    gt_motion: dict[str, np.ndarray]  # entry -> (T, D) normalised GT motion
+    clip_styles: dict[str, tuple[str, np.ndarray]]  # entry -> (speaker, style); clips >= 100 frames
+    galleries: dict[str, dict[str, np.ndarray]]  # entry -> speaker -> reference style
+    clip_moments: dict[str, tuple[str, np.ndarray]]
+    moment_galleries: dict[str, dict[str, np.ndarray]]
+
+
+def reference_styles(model, clips, stats: dict, head_pose: bool) -> ReferenceStyles:
+    from diffposetalk.model import coef_to_motion
+
+    gt_motion = {c.entry: coef_to_motion(c.exp, c.pose, stats, head_pose).astype(np.float32) for c in clips}
+    clip_styles = gt_clip_styles(model, clips, gt_motion)
+    clip_moments = {e: (p, motion_moments(gt_motion[e])) for e, (p, _) in clip_styles.items()}
+    return ReferenceStyles(gt_motion, clip_styles, speaker_styles(clip_styles), clip_moments,
+                           speaker_styles(clip_moments))
+
+
+@dataclasses.dataclass
+class ClipScores:
+    """What the per-clip loop collects for the summary metrics."""
+
+    per_clip: list[dict] = dataclasses.field(default_factory=list)
+    gt_queries: list = dataclasses.field(default_factory=list)  # (speaker, GT style) per clip
+    gen_queries: list = dataclasses.field(default_factory=list)  # (speaker, generated style) per sample
+    gen_moments: list = dataclasses.field(default_factory=list)
+    pooled_pred: dict[int, list] = dataclasses.field(default_factory=dict)  # seed -> jaw per clip
+    pooled_gt: list = dataclasses.field(default_factory=list)
+    gen_wall: float = 0.0
+    gen_audio_s: float = 0.0
+
+    def mean(self, key: str) -> float:
+        return float(np.mean([np.mean(r[key]) for r in self.per_clip]))
+
+    def stat_mean(self, key: str, which: str) -> float:  # pred_stats: a list per clip (seeds); gt_stats: one
+        flat = [v for r in self.per_clip for v in (r[which] if isinstance(r[which], list) else [r[which]])]
+        return float(np.mean([f[key] for f in flat]))
+
+
+def evaluate(opts: EvalOptions) -> dict:
+    """Generate motion for the clips of a split and compare it with GT: the result `eval` writes."""
     import torch
 
     from diffposetalk.errors import UserError
-    from diffposetalk.generate import generate_motion, motion_to_arrays
-    from diffposetalk.model import Guidance, coef_to_motion
+    from diffposetalk.model import Guidance
     from diffposetalk.model_dir import load_model_dir
-    from diffposetalk.sampler import RandomNoise
-    from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
     from training.train_data import load_split
 
-    torch.set_num_threads(args.threads)
-    loaded = load_model_dir(args.model, args.device)
+    torch.set_num_threads(opts.threads)
+    loaded = load_model_dir(opts.model, opts.device)
     model, cfg = loaded.model, loaded.config
     if model.style_encoder is None:
-        raise UserError(f"{args.model}: eval needs a model with a style encoder")
-    stats_t = loaded.stats
-    stats = {k: v.cpu().numpy() for k, v in stats_t.items()}
-    clips = load_split(args.data, args.split, args.max_clips)
-    max_frames = int(args.max_seconds * cfg.fps) if args.max_seconds else None
-    sampler = eval_sampler(args.sampler, args.steps, model)
-    stream = getattr(args, "stream", False)
+        raise UserError(f"{opts.model}: eval needs a model with a style encoder")
+    stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
+    clips = load_split(opts.data, opts.split, opts.max_clips)
+    max_frames = int(opts.max_seconds * cfg.fps) if opts.max_seconds else None
+    sampler = eval_sampler(opts.sampler, opts.steps, model)
     counter = _PassCounter(model)
-    guidance = Guidance(scales={"audio": args.cfg_audio, "style": args.cfg_style})
+    guidance = Guidance(scales={"audio": opts.cfg_audio, "style": opts.cfg_style})
+    refs = reference_styles(model, clips, stats, cfg.head_pose)
+    generate = _motion_generator(loaded, sampler, guidance, opts, counter)
+    lip_vertex = _lip_vertex_fn(opts.flame, stats) if opts.flame else None
+    scores = ClipScores()
+    t0 = time.time()
+    for c in clips:
+        if c.entry in refs.clip_styles:
+            score_clip(c, min(c.n_frames, max_frames or c.n_frames), loaded, refs, generate, opts.seeds,
+                       lip_vertex, scores)
+    if not scores.per_clip:
+        raise UserError(f"split {opts.split}: no clip has the 100 frames the style encoder needs")
+    metrics = summary_metrics(scores, refs, counter.rows, opts.seeds)
+    if lip_vertex is not None:
+        metrics["lip_vertex_error"] = scores.mean("lip_vertex_error")
+    if opts.swap_styles:
+        metrics["style_swap"] = style_swap(model, clips, refs.clip_styles, refs.galleries, max_frames, generate)
+    if opts.presets and loaded.styles:
+        used = [c for c in clips if c.entry in {r["entry"] for r in scores.per_clip}][:opts.presets]
+        metrics["presets"] = preset_contrast(loaded, used, max_frames, generate)
+    return {"model": str(opts.model), "data": str(opts.data), "split": opts.split, "clips": len(scores.per_clip),
+            "speakers": len({r["person"] for r in scores.per_clip}), "sampler": opts.sampler,
+            "steps": len(sampler.timesteps(model)), "seeds": opts.seeds,
+            "kind": cfg.kind, "mode": "stream" if opts.stream else "offline",
+            "window": ({"hop_ms": opts.hop_ms, "lookahead_ms": opts.lookahead_ms, "context_ms": opts.context_ms}
+                       if opts.stream else None),
+            "guidance": guidance.scales, "max_seconds": opts.max_seconds, "seconds": round(time.time() - t0, 1),
+            "metrics": metrics, "definitions": DEFINITIONS, "per_clip": scores.per_clip}
 
-    gt_motion = {c.entry: coef_to_motion(c.exp, c.pose, stats, cfg.head_pose).astype(np.float32) for c in clips}
-    clip_styles = gt_clip_styles(model, clips, gt_motion)
-    galleries = speaker_styles(clip_styles)
-    clip_moments = {e: (p, motion_moments(gt_motion[e])) for e, (p, _) in clip_styles.items()}
-    moment_galleries = speaker_styles(clip_moments)
+
+def _motion_generator(loaded, sampler, guidance, opts: EvalOptions, counter):
+    """generate(clip, n, style, seeds) -> (seeds, n, D) normalised motion for the clip's first n
+    frames under ``style``: offline (the seeds batched) or one streaming session per seed."""
+    import torch
+
+    from diffposetalk.generate import generate_motion
+    from diffposetalk.sampler import RandomNoise
+    from diffposetalk.units import FRAME_SAMPLES
+
+    stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
 
     def generate(c, n: int, style, seeds: int):
-        """(seeds, n, D) normalised motion for clip c's first n frames under ``style``."""
-        if stream:
-            return _stream_motion(loaded, sampler, guidance, args, c.audio[:n * FRAME_SAMPLES], style, c.shape,
+        if opts.stream:
+            return _stream_motion(loaded, sampler, guidance, opts, c.audio[:n * FRAME_SAMPLES], style, c.shape,
                                   counter, seeds)
         shape = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
         with counter:
-            return generate_motion(model, c.audio[:n * FRAME_SAMPLES], shape, style, sampler, guidance,
-                                   RandomNoise(seed=0, device=args.device), repeats=seeds)
+            return generate_motion(loaded.model, c.audio[:n * FRAME_SAMPLES], shape, style, sampler, guidance,
+                                   RandomNoise(seed=0, device=opts.device), repeats=seeds)
+    return generate
 
-    lip_vertex = _lip_vertex_fn(args.flame, stats) if args.flame else None
-    per_clip, gt_queries, gen_queries, gen_moments = [], [], [], []
-    pooled_pred, pooled_gt = {}, []
-    gen_wall = gen_audio_s = 0.0
-    t0 = time.time()
-    for c in clips:
-        if c.entry not in clip_styles:
-            continue
-        n = min(c.n_frames, max_frames or c.n_frames)
-        gt = {"exp": c.exp[:n], "pose": c.pose[:n]}
-        gallery = galleries[c.entry]
-        style = torch.from_numpy(gallery[c.person]).float()
-        gt_queries.append((c.person, clip_styles[c.entry][1]))
-        t_gen = time.perf_counter()
-        motion = generate(c, n, style, args.seeds)
-        gen_wall += time.perf_counter() - t_gen
-        gen_audio_s += n * FRAME_SAMPLES / SAMPLE_RATE
-        arrays = motion_to_arrays(motion, stats_t, cfg.head_pose, torch.from_numpy(c.shape))
-        motion_np = motion.cpu().numpy()
-        m = min(n, motion_np.shape[1])
-        rec = {"entry": c.entry, "person": c.person, "frames": m, "lip_error": [], "mouth_corr": [],
-               "head_pose_error_deg": [], "pred_stats": [],
-               "gt_stats": motion_stats({k: v[:m] for k, v in gt.items()}, gt_motion[c.entry][:m])}
-        for r in range(args.seeds):
-            pred = {"exp": arrays["exp"][r, :m], "pose": arrays["pose"][r, :m]}
-            g = {k: v[:m] for k, v in gt.items()}
-            rec["lip_error"].append(lip_error(pred, g, stats))
-            rec["mouth_corr"].append(pearson(pred["pose"][:, JAW], g["pose"][:, JAW]))
-            rec["head_pose_error_deg"].append(head_pose_error_deg(pred, g))
-            rec["pred_stats"].append(motion_stats(pred, motion_np[r, :m]))
-            if lip_vertex is not None:
-                rec.setdefault("lip_vertex_error", []).append(lip_vertex(pred, g, c.shape))
-            pooled_pred.setdefault(r, []).append(pred["pose"][:, JAW])
-            s = motion_style(model, motion_np[r, :m])
-            if s is not None:
-                gen_queries.append((c.person, s))
-                gen_moments.append((c.person, motion_moments(motion_np[r, :m])))
-        pooled_gt.append(gt["pose"][:m, JAW])
-        rec["diversity"] = diversity(motion_np[:, :m]) if args.seeds > 1 else None
-        per_clip.append(rec)
-        print(f"  {c.entry}: lip {np.mean(rec['lip_error']):.3f}  corr {np.mean(rec['mouth_corr']):.3f}",
-              flush=True)
-    if not per_clip:
-        raise UserError(f"split {args.split}: no clip has the 100 frames the style encoder needs")
 
-    def mean(key):
-        return float(np.mean([np.mean(r[key]) for r in per_clip]))
+def score_clip(c, n: int, loaded, refs: ReferenceStyles, generate, seeds: int, lip_vertex,
+               scores: ClipScores) -> None:
+    """Generate clip ``c``'s first ``n`` frames under its speaker's reference style, ``seeds``
+    samples, and add its per-sample metrics and retrieval queries to ``scores``."""
+    import torch
 
-    def stat_mean(key, which):  # pred_stats: a list per clip (seeds); gt_stats: one per clip
-        flat = [v for r in per_clip for v in (r[which] if isinstance(r[which], list) else [r[which]])]
-        return float(np.mean([f[key] for f in flat]))
+    from diffposetalk.generate import motion_to_arrays
+    from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 
-    gt_cat = np.concatenate(pooled_gt)
-    metrics = {
-        "lip_error": mean("lip_error"),
-        "mouth_corr_mean": mean("mouth_corr"),
-        "mouth_corr_pooled": float(np.mean([pearson(np.concatenate(v), gt_cat) for v in pooled_pred.values()])),
-        "head_pose_error_deg": mean("head_pose_error_deg"),
-        "motion_stats": {w: {k: stat_mean(k, f"{w}_stats") for k in ("jaw_std", "head_std_deg", "speed")}
+    model, cfg = loaded.model, loaded.config
+    stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
+    gt = {"exp": c.exp[:n], "pose": c.pose[:n]}
+    style = torch.from_numpy(refs.galleries[c.entry][c.person]).float()
+    scores.gt_queries.append((c.person, refs.clip_styles[c.entry][1]))
+    t_gen = time.perf_counter()
+    motion = generate(c, n, style, seeds)
+    scores.gen_wall += time.perf_counter() - t_gen
+    scores.gen_audio_s += n * FRAME_SAMPLES / SAMPLE_RATE
+    arrays = motion_to_arrays(motion, loaded.stats, cfg.head_pose, torch.from_numpy(c.shape))
+    motion_np = motion.cpu().numpy()
+    m = min(n, motion_np.shape[1])
+    g = {k: v[:m] for k, v in gt.items()}
+    rec = {"entry": c.entry, "person": c.person, "frames": m, "lip_error": [], "mouth_corr": [],
+           "head_pose_error_deg": [], "pred_stats": [], "gt_stats": motion_stats(g, refs.gt_motion[c.entry][:m])}
+    for r in range(seeds):
+        pred = {"exp": arrays["exp"][r, :m], "pose": arrays["pose"][r, :m]}
+        rec["lip_error"].append(lip_error(pred, g, stats))
+        rec["mouth_corr"].append(pearson(pred["pose"][:, JAW], g["pose"][:, JAW]))
+        rec["head_pose_error_deg"].append(head_pose_error_deg(pred, g))
+        rec["pred_stats"].append(motion_stats(pred, motion_np[r, :m]))
+        if lip_vertex is not None:
+            rec.setdefault("lip_vertex_error", []).append(lip_vertex(pred, g, c.shape))
+        scores.pooled_pred.setdefault(r, []).append(pred["pose"][:, JAW])
+        s = motion_style(model, motion_np[r, :m])
+        if s is not None:
+            scores.gen_queries.append((c.person, s))
+            scores.gen_moments.append((c.person, motion_moments(motion_np[r, :m])))
+    scores.pooled_gt.append(gt["pose"][:m, JAW])
+    rec["diversity"] = diversity(motion_np[:, :m]) if seeds > 1 else None
+    scores.per_clip.append(rec)
+    print(f"  {c.entry}: lip {np.mean(rec['lip_error']):.3f}  corr {np.mean(rec['mouth_corr']):.3f}", flush=True)
+
+
+def summary_metrics(scores: ClipScores, refs: ReferenceStyles, network_rows: int, seeds: int) -> dict:
+    """The metrics of DEFINITIONS over the scored clips (lip_vertex_error, style_swap and presets
+    are added by the caller when asked for)."""
+    per_clip = scores.per_clip
+    gt_cat = np.concatenate(scores.pooled_gt)
+    return {
+        "lip_error": scores.mean("lip_error"),
+        "mouth_corr_mean": scores.mean("mouth_corr"),
+        "mouth_corr_pooled": float(np.mean([pearson(np.concatenate(v), gt_cat) for v in scores.pooled_pred.values()])),
+        "head_pose_error_deg": scores.mean("head_pose_error_deg"),
+        "motion_stats": {w: {k: scores.stat_mean(k, f"{w}_stats") for k in ("jaw_std", "head_std_deg", "speed")}
                          for w in ("pred", "gt")},
         # leave-one-clip-out galleries: each query is matched against its own clip's gallery
-        "style_retrieval_gt": _loo_retrieval(gt_queries, per_clip, galleries, 1),
-        "style_retrieval_generated": _loo_retrieval(gen_queries, per_clip, galleries, args.seeds),
-        "style_retrieval_moments_gt": _loo_retrieval([(p, v) for p, v in clip_moments.values()], per_clip,
-                                                     moment_galleries, 1, "euclidean"),
-        "style_retrieval_moments_generated": _loo_retrieval(gen_moments, per_clip, moment_galleries,
-                                                            args.seeds, "euclidean"),
-        "diversity": (float(np.mean([r["diversity"] for r in per_clip])) if args.seeds > 1 else None),
-        "network_passes_per_audio_second": counter.rows / args.seeds / gen_audio_s,
-        "wall_seconds_per_audio_second": gen_wall / args.seeds / gen_audio_s,
+        "style_retrieval_gt": _loo_retrieval(scores.gt_queries, per_clip, refs.galleries, 1),
+        "style_retrieval_generated": _loo_retrieval(scores.gen_queries, per_clip, refs.galleries, seeds),
+        "style_retrieval_moments_gt": _loo_retrieval([(p, v) for p, v in refs.clip_moments.values()], per_clip,
+                                                     refs.moment_galleries, 1, "euclidean"),
+        "style_retrieval_moments_generated": _loo_retrieval(scores.gen_moments, per_clip, refs.moment_galleries,
+                                                            seeds, "euclidean"),
+        "diversity": (float(np.mean([r["diversity"] for r in per_clip])) if seeds > 1 else None),
+        "network_passes_per_audio_second": network_rows / seeds / scores.gen_audio_s,
+        "wall_seconds_per_audio_second": scores.gen_wall / seeds / scores.gen_audio_s,
     }
-    if lip_vertex is not None:
-        metrics["lip_vertex_error"] = mean("lip_vertex_error")
-    if getattr(args, "swap_styles", False):
-        metrics["style_swap"] = style_swap(model, clips, clip_styles, galleries, max_frames, generate)
-    if getattr(args, "presets", 0) and loaded.styles:
-        used = [c for c in clips if c.entry in {r["entry"] for r in per_clip}][:args.presets]
-        metrics["presets"] = preset_contrast(loaded, used, max_frames, generate)
-    return {"model": str(args.model), "data": str(args.data), "split": args.split, "clips": len(per_clip),
-            "speakers": len({r["person"] for r in per_clip}), "sampler": args.sampler,
-            "steps": len(sampler.timesteps(model)), "seeds": args.seeds,
-            "kind": cfg.kind, "mode": "stream" if stream else "offline",
-            "window": ({"hop_ms": args.hop_ms, "lookahead_ms": args.lookahead_ms, "context_ms": args.context_ms}
-                       if stream else None),
-            "guidance": guidance.scales, "max_seconds": args.max_seconds, "seconds": round(time.time() - t0, 1),
-            "metrics": metrics, "definitions": DEFINITIONS, "per_clip": per_clip}
 
 
 def preset_contrast(loaded, clips, max_frames: int | None, generate) -> dict:
@@ -397,7 +445,7 @@ class _PassCounter:
         self.active = False
 
 
-def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, counter, seeds: int):
+def _stream_motion(loaded, sampler, guidance, opts: EvalOptions, audio, style, shape_raw, counter, seeds: int):
     """(seeds, T, D) normalised motion from one streaming session per seed over the whole clip."""
     import torch
 
@@ -407,7 +455,7 @@ def _stream_motion(loaded, sampler, guidance, args, audio, style, shape_raw, cou
 
     out = []
     for r in range(seeds):
-        config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, seed=r)
+        config = StreamConfig(opts.hop_ms, opts.lookahead_ms, opts.context_ms, seed=r)
         session = open_session(loaded, sampler, guidance, config, style, shape_raw)
         with counter:
             frames = stream_array(session, audio)
@@ -488,13 +536,3 @@ def format_table(result: dict) -> str:
            f"{result['steps']} steps, {result['seeds']} seeds, {result.get('mode', 'offline')}"
     lines = [head] + [f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}" for k, v in rows]
     return "\n".join(lines)
-
-
-def cmd_eval(args) -> int:
-    result = evaluate(args)
-    print(format_table(result))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        print(f"metrics written to {args.json}")
-    return 0

@@ -1,4 +1,4 @@
-"""`dpt-live presets`: named style presets of a model from speakers of a dataset.
+"""Named style presets of a model from speakers of a dataset (`dpt-live presets`).
 
 A preset is the mean style-encoder vector over every 100-frame GT window (stride 50) of one
 speaker's clips, encoded with the model's own style encoder and statistics, so it matches what
@@ -6,19 +6,9 @@ speaker's clips, encoded with the model's own style encoder and statistics, so i
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("presets", help="write named style presets (styles/NAME.npy) from dataset speakers")
-    p.add_argument("--model", required=True, type=Path, help="model directory (presets go to its styles/)")
-    p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
-    p.add_argument("--split", default="train", choices=["train", "val", "test"])
-    p.add_argument("pairs", nargs="+", metavar="NAME=SPEAKER", help="e.g. calm=S021 big_mouth=S052")
-    p.set_defaults(func=cmd_presets)
 
 
 def parse_pairs(pairs: list[str]) -> dict[str, str]:
@@ -58,15 +48,11 @@ def speaker_presets(loaded, clips, wanted: dict[str, str]) -> dict[str, np.ndarr
     return out
 
 
-def cmd_presets(args) -> int:
-    from diffposetalk.model_dir import load_model_dir
-    from training.train_data import load_split
-
-    wanted = parse_pairs(args.pairs)
-    loaded = load_model_dir(args.model)
-    presets = speaker_presets(loaded, load_split(args.data, args.split), wanted)
-    (args.model / "styles").mkdir(exist_ok=True)
+def write_presets(model_dir: Path, presets: dict[str, np.ndarray]) -> list[Path]:
+    """Save each preset as the model directory's styles/NAME.npy; returns the files."""
+    (model_dir / "styles").mkdir(exist_ok=True)
+    written = []
     for name, vec in presets.items():
-        np.save(args.model / "styles" / f"{name}.npy", vec)
-        print(f"wrote {args.model / 'styles' / name}.npy (speaker {wanted[name]})")
-    return 0
+        np.save(model_dir / "styles" / f"{name}.npy", vec)
+        written.append(model_dir / "styles" / f"{name}.npy")
+    return written

@@ -1,4 +1,4 @@
-"""`dpt-live probe`: does a trained denoiser use its noisy input x_t?
+"""Does a trained denoiser use its noisy input x_t? (`dpt-live probe`)
 
 A denoiser that predicts x0 should be nearly exact when x_t is nearly clean (small t) and fall back
 to the conditional mean only when x_t is mostly noise. One that ignores x_t gives the same error
@@ -9,26 +9,11 @@ plus how much the output moves when x_t's noise or the audio features change."""
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
 GROUPS = {"all": slice(None), "jaw": slice(53, 54), "head": slice(50, 53)}  # normalised motion dims
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("probe", help="does a trained denoiser use its noisy input? x0 error per diffusion step")
-    p.add_argument("--model", required=True, type=Path)
-    p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
-    p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--windows", type=int, default=16, help="GT windows (drawn with --seed)")
-    p.add_argument("--steps", default="5,25,50,100,200,350,499", help="diffusion steps to probe")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--json", type=Path)
-    p.set_defaults(func=cmd_probe)
 
 
 def probe_denoiser(loaded, clips, steps: list[int], n_windows: int, seed: int) -> dict:
@@ -82,27 +67,26 @@ def probe_denoiser(loaded, clips, steps: list[int], n_windows: int, seed: int) -
             "sensitivity": {"t": t_mid, "new_x_t_noise": float(other_noise), "other_audio": float(other_audio)}}
 
 
-def cmd_probe(args) -> int:
+def probe_model_dir(model: Path, data: Path, split: str, steps: list[int], n_windows: int, seed: int,
+                    threads: int = 1) -> dict:
+    """:func:`probe_denoiser` on a model directory and a split of a dataset (torch on ``threads``
+    CPU threads)."""
     import torch
 
-    from diffposetalk.errors import UserError
     from diffposetalk.model_dir import load_model_dir
     from training.train_data import load_split
 
-    torch.set_num_threads(args.threads)
-    try:
-        steps = [int(x) for x in args.steps.split(",") if x.strip()]
-    except ValueError as exc:
-        raise UserError(f"--steps {args.steps!r}: comma-separated integers expected") from exc
-    result = probe_denoiser(load_model_dir(args.model), load_split(args.data, args.split), steps,
-                            args.windows, args.seed)
-    print(f"{'t':>4} {'abar':>8} {'x0 mse all':>11} {'jaw':>7} {'head':>7} {'copy x_t':>9}")
+    torch.set_num_threads(threads)
+    return probe_denoiser(load_model_dir(model), load_split(data, split), steps, n_windows, seed)
+
+
+def format_table(result: dict) -> str:
+    """The probe's result as the table `dpt-live probe` prints."""
+    lines = [f"{'t':>4} {'abar':>8} {'x0 mse all':>11} {'jaw':>7} {'head':>7} {'copy x_t':>9}"]
     for r in result["per_step"]:
-        print(f"{r['t']:>4} {r['alpha_bar']:8.5f} {r['x0_mse_all']:11.4f} {r['x0_mse_jaw']:7.4f} "
-              f"{r['x0_mse_head']:7.4f} {r['rescaled_x_t_mse_all']:9.4f}")
+        lines.append(f"{r['t']:>4} {r['alpha_bar']:8.5f} {r['x0_mse_all']:11.4f} {r['x0_mse_jaw']:7.4f} "
+                     f"{r['x0_mse_head']:7.4f} {r['rescaled_x_t_mse_all']:9.4f}")
     s = result["sensitivity"]
-    print(f"output change at t={s['t']}: new x_t noise {s['new_x_t_noise']:.4f}, "
-          f"other windows' audio {s['other_audio']:.4f}")
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=1) + "\n")
-    return 0
+    lines.append(f"output change at t={s['t']}: new x_t noise {s['new_x_t_noise']:.4f}, "
+                 f"other windows' audio {s['other_audio']:.4f}")
+    return "\n".join(lines)

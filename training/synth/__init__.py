@@ -4,6 +4,6 @@ espeak-ng speaks random English; an articulation model turns its phoneme timings
 expression and head motion at 25 fps; the audio is augmented like real recordings. See
 docs/SYNTHTALK.md."""
 
-from training.synth.world import WorldSummary, generate_world
+from training.synth.world import WorldSummary, check_world_request, generate_world
 
-__all__ = ["generate_world", "WorldSummary"]
+__all__ = ["check_world_request", "generate_world", "WorldSummary"]

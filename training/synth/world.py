@@ -65,6 +65,30 @@ def _timings_json(speaker: Speaker, video: int, clip: Clip) -> dict:
             "augmentation": clip.augmentation}
 
 
+def check_world_request(out: str | Path, n_speakers: int, minutes: float, clips_per_speaker: int | None = None,
+                        workers: int = 1) -> list[str]:
+    """Refuse a world that cannot be generated (UserError naming the option; a missing espeak-ng
+    with its install hint); returns warnings about one that can but will not train well."""
+    from diffposetalk.errors import UserError
+    from training.espeak import require
+
+    if n_speakers < 3:
+        raise UserError("--speakers must be at least 3 (train, val and test speakers are disjoint)")
+    if minutes <= 0:
+        raise UserError("--minutes must be positive")
+    if clips_per_speaker is not None and clips_per_speaker < 1:
+        raise UserError("--clips-per-speaker must be at least 1")
+    if workers < 1:
+        raise UserError("--workers must be at least 1")
+    if (Path(out) / "lmdb").exists():
+        raise UserError(f"{Path(out) / 'lmdb'} already exists: choose another --out or remove it")
+    require()
+    if minutes * 60 / n_speakers < MIN_CLIP_SECONDS:
+        return [f"under {MIN_CLIP_SECONDS} s per speaker; the denoiser trains on clips "
+                "of at least 8 s (two 100-frame windows)"]
+    return []
+
+
 def generate_world(out: str | Path, n_speakers: int, minutes: float, seed: int,
                    clips_per_speaker: int | None = None, workers: int = 1,
                    progress: Callable[[float], None] | None = None) -> WorldSummary:

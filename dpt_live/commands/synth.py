@@ -1,12 +1,13 @@
-"""`dpt-live synth`: generate a SynthTalk world in the HDTF_TFHP lmdb layout."""
+"""`dpt-live synth`: generate a SynthTalk world in the HDTF_TFHP lmdb layout (training/synth)."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "synth", help="generate a synthetic speech-to-FLAME training set (SynthTalk)",
         description="Generate a SynthTalk world: espeak-ng speech with ground-truth FLAME motion, "
@@ -19,36 +20,17 @@ def register(subparsers) -> None:
                    help="clips per speaker (default: about one per 45 s of a speaker's audio)")
     p.add_argument("--workers", type=int, default=1,
                    help=f"worker processes (this machine has {os.cpu_count()} CPUs)")
-    p.set_defaults(func=run)
+    p.set_defaults(func=cmd_synth)
 
 
-def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+def cmd_synth(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from diffposetalk.errors import UserError
-    from training.espeak import require
-    from training.synth import generate_world
+    from training.synth import check_world_request, generate_world
 
     out = Path(args.out)
-    if args.speakers < 3:
-        raise UserError("--speakers must be at least 3 (train, val and test speakers are disjoint)")
-    if args.minutes <= 0:
-        raise UserError("--minutes must be positive")
-    if args.clips_per_speaker is not None and args.clips_per_speaker < 1:
-        raise UserError("--clips-per-speaker must be at least 1")
-    if args.workers < 1:
-        raise UserError("--workers must be at least 1")
-    if (out / "lmdb").exists():
-        raise UserError(f"{out / 'lmdb'} already exists: choose another --out or remove it")
-    require()  # a missing espeak-ng raises a UserError with the install hint
-    from training.synth.world import MIN_CLIP_SECONDS
-
-    if args.minutes * 60 / args.speakers < MIN_CLIP_SECONDS:
-        print(f"warning: under {MIN_CLIP_SECONDS} s per speaker; the denoiser trains on clips "
-              "of at least 8 s (two 100-frame windows)")
-
+    for warning in check_world_request(out, args.speakers, args.minutes, args.clips_per_speaker, args.workers):
+        print(f"warning: {warning}")
     with tqdm(total=round(args.minutes * 60), unit="s audio", desc="synth") as bar:
         summary = generate_world(out, args.speakers, args.minutes, args.seed,
                                  clips_per_speaker=args.clips_per_speaker, workers=args.workers,

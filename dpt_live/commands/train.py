@@ -1,12 +1,12 @@
-"""`dpt-live train style-encoder|denoiser`: the command line of the trainers.
-
-The work lives in training/train_style.py and training/train_denoiser.py; this module only
-declares options (torch is imported inside the command functions)."""
+"""`dpt-live train style-encoder|denoiser`: the options of the trainers; the training is
+training/train_style.py and training/train_denoiser.py (imported when a command runs: torch)."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+
+from dpt_live.commands.arguments import options_from
 
 
 def _common(p: argparse.ArgumentParser, lr: float, batch: int) -> None:
@@ -65,18 +65,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_style_encoder(args) -> int:
-    from training.train_style import train_style_encoder
+    from training.train_style import StyleEncoderOptions, train_style_encoder
 
-    out = train_style_encoder(args)
+    out = train_style_encoder(options_from(args, StyleEncoderOptions, head_pose=not args.no_head_pose))
     print(f"style encoder written to {out}")
     return 0
 
 
 def cmd_denoiser(args) -> int:
-    from training.train_denoiser import train_denoiser
+    from training.train_denoiser import DenoiserOptions, train_denoiser
 
-    if args.freeze_audio is None:
-        args.freeze_audio = "reference" if args.arch == "full" else "none"
-    out = train_denoiser(args)
+    out = train_denoiser(options_from(args, DenoiserOptions))  # freeze_audio None: the arch's default
     print(f"model written to {out}")
     return 0
