@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import signal
+import threading
 import time
 
 import numpy as np
@@ -74,9 +76,14 @@ def run_record(args) -> int:
     reason = "end of stream"
     start = None
     error: BaseException | None = None
+    # Ctrl-C sets a flag the frame loop checks: a KeyboardInterrupt raised inside the WebSocket
+    # library's receive could leave the connection half-closed and the recording unsaved
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: stop.set()) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
         # Frames are read with a timeout so --seconds ends a silent stream too.
-        stream = client.frames(timeout=args.idle_timeout)
+        stream = client.frames(timeout=args.idle_timeout, stop=stop)
         for frame in stream:
             if rec is None:
                 rec = Recording(client.hello["template"]["shape"])
@@ -96,7 +103,11 @@ def run_record(args) -> int:
     except ClientError as exc:
         error = exc
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
         client.close()
+    if stop.is_set():
+        reason = "Ctrl-C"
     if rec is None:
         rec = Recording(client.hello["template"]["shape"]) if client.hello else None
     if rec is not None and (len(rec) or error is None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import random
+import threading
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -143,9 +144,11 @@ class StreamClient:
 
     # --- use ----------------------------------------------------------------------------------
 
-    def frames(self, timeout: float | None = None) -> Iterator[Frame]:
+    def frames(self, timeout: float | None = None, stop: threading.Event | None = None) -> Iterator[Frame]:
         """Decoded frames; notices (state, error, dropped, pong) are kept in ``notices``.
-        ``timeout``: seconds without any message before TimeoutError (None: wait forever)."""
+        ``timeout``: seconds without any message before TimeoutError (None: wait forever).
+        ``stop``: set from elsewhere (e.g. a SIGINT handler) to end the iteration cleanly within a
+        quarter second — safer than an exception raised inside the WebSocket library's receive."""
         from websockets.exceptions import ConnectionClosed
 
         from server.protocol import ProtocolError, decode_server_message
@@ -156,7 +159,9 @@ class StreamClient:
                 return
             try:
                 while True:
-                    message = ws.recv(timeout=timeout)
+                    message = self._recv(ws, timeout, stop)
+                    if message is None:
+                        return
                     recv_time = time.time()
                     try:
                         item = decode_server_message(message)
@@ -180,6 +185,22 @@ class StreamClient:
                         return
                     raise ClientError(f"connection closed ({code}: {reason or 'no reason'})") from exc
                 log.warning("connection closed (%s %s); reconnecting", code, reason)
+
+    @staticmethod
+    def _recv(ws, timeout: float | None, stop: threading.Event | None):
+        """ws.recv with ``timeout``, in short slices when ``stop`` may end it (None when it did)."""
+        if stop is None:
+            return ws.recv(timeout=timeout)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not stop.is_set():
+            left = 0.25 if deadline is None else min(0.25, deadline - time.monotonic())
+            if left <= 0:
+                raise TimeoutError(f"no message for {timeout:g} s")
+            try:
+                return ws.recv(timeout=left)
+            except TimeoutError:
+                continue
+        return None
 
     def _notice(self, msg: dict) -> None:
         kind = msg.get("type")
