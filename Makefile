@@ -42,26 +42,48 @@ test: venv lint
 lint: venv
 	$(BIN)/ruff check .
 
-# On a GPU machine: the CUDA and TensorRT tests (skipped elsewhere) and the GPU figures: network
-# cost by batch size (streams per GPU), a stream of the bundled student and the reference sampler
-# on a full-size model with the PyTorch CUDA backend. GPU_PY: a Python with a CUDA build of torch
-# (plus tensorrt + pycuda for the TensorRT paths); results go to GPU_OUT.
+# On a GPU machine: first `dpt-live doctor` (what this machine has, what is missing and how to get
+# it: README "GPU install"), then every step the doctor says can run, each other one skipped with
+# the reason: the CUDA/TensorRT tests (they skip themselves where they cannot run), the PyTorch CUDA
+# figures (network cost by batch size, a stream of the bundled student, the reference sampler on a
+# full-size model), the TensorRT plans of the bundled models (fp32 and fp16, checked against
+# PyTorch; CUDA graphs with cuda-python) with a TensorRT stream, and a stream on onnxruntime-gpu's
+# CUDA provider. GPU_PY: a Python with the project installed (a CUDA build of torch; tensorrt,
+# pycuda and cuda-python for TensorRT); results go to GPU_OUT.
 GPU_PY ?= $(BIN)/python
 GPU_OUT ?= out/gpu-check
 GPU_TMP ?= /tmp/dpt-live-gpu
 GPU_CLI = $(GPU_PY) -m dpt_live.cli
+# $(call gpu_needs,KEYS,WHAT): ends the recipe line (successfully) with the reason when the doctor
+# says KEYS (see `dpt-live doctor --help`) are missing
+gpu_needs = why=$$($(GPU_CLI) doctor --need $(1)) || { echo "gpu-check: skipped $(2): $$why" | tee -a $(GPU_OUT)/skipped.txt; exit 0; }
+
 gpu-check:
 	mkdir -p $(GPU_OUT) $(GPU_TMP)
-	nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee $(GPU_OUT)/gpu.txt
-	$(GPU_PY) -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))" | tee -a $(GPU_OUT)/gpu.txt
+	rm -f $(GPU_OUT)/skipped.txt
+	$(GPU_CLI) doctor --json $(GPU_OUT)/doctor.json | tee $(GPU_OUT)/doctor.txt
+	-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee $(GPU_OUT)/gpu.txt
 	set -o pipefail; $(GPU_PY) -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_backends.py tests/test_export.py 2>&1 | tee $(GPU_OUT)/tests.txt
-	set -o pipefail; $(GPU_CLI) bench --batch-sizes 1,8,32,128,512 --device cuda --archs full,full+student,demo,demo-student \
-	  --windows 80/80/1600 --steps 2 --cache-dir $(GPU_TMP) --markdown $(GPU_OUT)/batch.md --json $(GPU_OUT)/batch.json 2>&1 | tail -n 3
+	@$(call gpu_needs,torch-cuda,the PyTorch CUDA figures); set -ex -o pipefail; \
+	$(GPU_CLI) bench --batch-sizes 1,8,32,128,512 --device cuda --archs full,full+student,demo,demo-student \
+	  --windows 80/80/1600 --steps 2 --cache-dir $(GPU_TMP) --markdown $(GPU_OUT)/batch.md --json $(GPU_OUT)/batch.json 2>&1 | tail -n 3; \
 	$(GPU_CLI) stream --device cuda --backend torch --style big_mouth --audio clients/demo/speech.flac \
-	  --report $(GPU_OUT)/stream-student-cuda.json -o $(GPU_TMP)/stream.npz
-	$(GPU_CLI) init --arch full -o $(GPU_TMP)/full >/dev/null
+	  --report $(GPU_OUT)/stream-student-cuda.json -o $(GPU_TMP)/stream.npz; \
+	$(GPU_CLI) init --arch full -o $(GPU_TMP)/full >/dev/null; \
 	$(GPU_CLI) animate --model $(GPU_TMP)/full --device cuda --audio clients/demo/speech.flac -o $(GPU_TMP)/full.npz \
 	  2>&1 | tail -n 1 | tee $(GPU_OUT)/animate-full-ddpm-cuda.txt
+	@$(call gpu_needs,tensorrt-backend,the TensorRT plans and stream); set -ex -o pipefail; \
+	for model in models/demo-student models/demo; do for precision in fp32 fp16; do \
+	  DPT_LIVE_CACHE=$(GPU_TMP)/cache $(GPU_CLI) export tensorrt --model $$model --precision $$precision \
+	    2>&1 | tee -a $(GPU_OUT)/tensorrt-plans.txt; done; done; \
+	DPT_LIVE_CACHE=$(GPU_TMP)/cache $(GPU_CLI) stream --backend tensorrt --precision fp16 --style big_mouth \
+	  --audio clients/demo/speech.flac --report $(GPU_OUT)/stream-student-tensorrt.json -o $(GPU_TMP)/stream-trt.npz \
+	  2>&1 | tee $(GPU_OUT)/stream-student-tensorrt.txt
+	@$(call gpu_needs,onnxruntime-gpu,the onnxruntime-gpu stream); set -ex -o pipefail; \
+	DPT_LIVE_CACHE=$(GPU_TMP)/cache DPT_LIVE_ORT_PROVIDERS=CUDAExecutionProvider,CPUExecutionProvider \
+	  $(GPU_CLI) stream --backend onnxruntime --style big_mouth --audio clients/demo/speech.flac \
+	  --report $(GPU_OUT)/stream-student-ort-cuda.json -o $(GPU_TMP)/stream-ort.npz 2>&1 | tee $(GPU_OUT)/stream-student-ort-cuda.txt
+	@echo "gpu-check: results in $(GPU_OUT)"; cat $(GPU_OUT)/skipped.txt 2>/dev/null || true
 
 # The main job: the live server (`dpt-live serve`, docs/SERVER.md) with the bundled demo model, fed
 # by the microphone or, without one, the bundled speech in real time in a loop. Open the printed

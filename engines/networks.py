@@ -17,6 +17,8 @@ export/prepare.py makes them on demand and opens a backend by name."""
 
 from __future__ import annotations
 
+import ctypes
+import importlib.util
 import logging
 from abc import ABC, abstractmethod
 
@@ -156,14 +158,67 @@ def check_window(audio: np.ndarray) -> None:
 
 # --- availability and the automatic choice -------------------------------------------------------------
 
-def cuda_available() -> bool:
-    try:
-        import pycuda.driver as cuda
+# CUDA driver API result codes worth naming (cuda.h); others are reported by number
+_CUDA_ERRORS = {100: "CUDA_ERROR_NO_DEVICE", 35: "CUDA_ERROR_INSUFFICIENT_DRIVER", 3: "CUDA_ERROR_NOT_INITIALIZED",
+                999: "CUDA_ERROR_UNKNOWN", 101: "CUDA_ERROR_INVALID_DEVICE", 304: "CUDA_ERROR_OPERATING_SYSTEM"}
+LIBCUDA = "libcuda.so.1"
 
-        cuda.init()
-        return cuda.Device.count() > 0
-    except Exception:  # no pycuda, no driver, no device: all mean "no CUDA here"
-        return torch.cuda.is_available()
+
+def load_libcuda():
+    """The NVIDIA driver's CUDA library (what pycuda, TensorRT and every CUDA runtime load);
+    OSError when this machine has no NVIDIA driver (or the container does not expose it)."""
+    return ctypes.CDLL(LIBCUDA)
+
+
+def cuda_driver_problem() -> str | None:
+    """None when the CUDA driver loads and sees a device, else why not; asks the driver itself
+    (ctypes), so a missing driver is never mistaken for a missing Python package."""
+    try:
+        lib = load_libcuda()
+    except OSError as exc:
+        return f"the NVIDIA driver library {LIBCUDA} cannot be loaded ({exc}): no NVIDIA driver on this machine"
+    rc = lib.cuInit(0)
+    if rc != 0:
+        return f"the CUDA driver does not initialise (cuInit: {_CUDA_ERRORS.get(rc, f'error {rc}')})"
+    count = ctypes.c_int(0)
+    rc = lib.cuDeviceGetCount(ctypes.byref(count))
+    if rc != 0 or count.value == 0:
+        return "the CUDA driver sees no device"
+    return None
+
+
+def cuda_available() -> bool:
+    """A CUDA device is usable here: the driver sees one (or PyTorch does)."""
+    return cuda_driver_problem() is None or torch.cuda.is_available()
+
+
+def tensorrt_problems() -> list[str]:
+    """What keeps the TensorRT backend from running here, one entry per missing piece: the
+    tensorrt package, pycuda, the NVIDIA driver (each named for what it is; README "GPU install"
+    says how to get it)."""
+    problems = []
+    if importlib.util.find_spec("tensorrt") is None:
+        problems.append("the tensorrt Python package is not installed (its wheels come from NVIDIA's package index: "
+                        "pip install tensorrt, see README \"GPU install\")")
+    else:
+        try:
+            import tensorrt  # noqa: F401
+        except (ImportError, OSError) as exc:
+            problems.append(f"the tensorrt package is installed but does not load ({exc})")
+    pycuda_installed = importlib.util.find_spec("pycuda") is not None
+    if not pycuda_installed:
+        problems.append("pycuda is not installed (pip install pycuda: it builds from source against the CUDA "
+                        "toolkit, see README \"GPU install\")")
+    driver = cuda_driver_problem()
+    if driver is not None:
+        problems.append(driver)
+    elif pycuda_installed:
+        try:
+            import pycuda.driver  # noqa: F401
+        except ImportError as exc:  # e.g. built against another CUDA version than this driver's
+            problems.append(f"pycuda is installed but pycuda.driver does not load ({exc}); reinstall it against "
+                            "this machine's CUDA toolkit")
+    return problems
 
 
 def backend_unavailable(name: str) -> str | None:
@@ -178,17 +233,8 @@ def backend_unavailable(name: str) -> str | None:
             return f"onnxruntime/onnx not installed ({exc.name})"
         return None
     if name == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401
-        except ImportError:
-            return "the tensorrt Python package is not installed (pip install tensorrt pycuda)"
-        try:
-            import pycuda.driver  # noqa: F401
-        except ImportError:
-            return "pycuda is not installed (pip install pycuda)"
-        if not cuda_available():
-            return "no CUDA device"
-        return None
+        problems = tensorrt_problems()
+        return "; ".join(problems) if problems else None
     return f"unknown backend {name!r}"
 
 

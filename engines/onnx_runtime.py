@@ -50,10 +50,28 @@ def make_session(path: Path, threads: int = 1, providers: list[str] | None = Non
     # no busy-waiting worker threads: on a shared machine they steal the core the next step needs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
+    requested = providers or default_providers()
     try:
-        return ort.InferenceSession(str(path), so, providers=providers or default_providers())
+        session = ort.InferenceSession(str(path), so, providers=requested)
     except Exception as exc:  # ORT raises its own exception types (Fail, InvalidGraph, ...)
         raise UserError(f"cannot load ONNX graph {path}: {exc}") from exc
+    check_providers(session, requested, path)
+    return session
+
+
+def check_providers(session, requested: list[str], path: Path) -> list[str]:
+    """The providers ``session`` really got; a warning when a requested GPU provider is not among
+    them (ORT falls back to the next provider, down to CPU, without an error: a CPU-only
+    onnxruntime, a CUDA/cuDNN/TensorRT library it cannot load, no device)."""
+    got = list(session.get_providers())
+    lost = [p for p in requested if p != "CPUExecutionProvider" and p not in got]
+    if lost:
+        log.warning("onnxruntime: %s asked for %s but runs on %s (the GPU provider did not load: GPU use needs "
+                    "onnxruntime-gpu instead of onnxruntime, with its CUDA/cuDNN libraries; `dpt-live doctor` checks)",
+                    Path(path).name, ",".join(lost), ",".join(got))
+    else:
+        log.debug("onnxruntime: %s runs on %s", Path(path).name, ",".join(got))
+    return got
 
 
 class OrtNetworks(Networks):
@@ -72,7 +90,7 @@ class OrtNetworks(Networks):
         self._denoiser = self._session("denoiser")
         self._style = None
         log.info("onnxruntime %s: %s, %d intra-op thread(s), graphs in %s", precision,
-                 ",".join(self.providers), self.threads, artefacts.onnx_dir)
+                 ",".join(self._denoiser.get_providers()), self.threads, artefacts.onnx_dir)
 
     def _session(self, graph: str, window_samples: int | None = None, precision: str | None = None):
         path = self.artefacts.onnx(graph, precision or self.precision, window_samples)

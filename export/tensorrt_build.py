@@ -4,18 +4,26 @@
   precision flags at all; in 10 the strongly-typed flag gives the same behaviour). fp16 plans are
   built from the fp16 ONNX graphs (export/onnx_export.py: half weights, normalisation in fp32).
 - fp32 plans clear TF32 where the flag exists, so they match PyTorch fp32 within 1e-3.
-- Fixed shapes: the audio encoder at its window length, the denoiser with one optimisation
-  profile over batch 1..k (k = the teacher's CFG passes), the style encoder at batch 1..4.
+- Fixed shapes: the audio encoder at its window length; the denoiser and the style encoder
+  with one fixed-shape optimisation profile per batch bucket (:func:`batch_buckets`: batch 1..k
+  for the denoiser, k = the teacher's CFG passes; 1..4 for the style encoder). A profile serves
+  one execution context at a time, and a fixed shape lets the runtime capture each context's
+  enqueue as a CUDA graph (engines/tensorrt_runtime.py).
 - Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.artefacts.trt_cache_key)
   names the GPU, compute capability, TensorRT version, model hash, graph and precision; a plan is
   checked against PyTorch after it is built and refused over the tolerance. export/prepare.py
-  decides when one is built (first use, or `dpt-live export tensorrt`)."""
+  decides when one is built (first use, or `dpt-live export tensorrt`).
+- Files are written under a temporary name unique to the process, thread and call, then renamed
+  over the target (:func:`write_atomic`): a plan is kept only once checked, and two builders of
+  one plan (threads or processes) never write into the same file."""
 
 from __future__ import annotations
 
 import json
 import logging
 import os
+import secrets
+import threading
 import time
 from pathlib import Path
 
@@ -36,7 +44,40 @@ STYLE_MAX_BATCH = 4
 def require_tensorrt() -> None:
     why = backend_unavailable("tensorrt")
     if why is not None:
-        raise UserError(f"TensorRT export needs a CUDA GPU with TensorRT and pycuda: {why}")
+        raise UserError(f"TensorRT export needs a CUDA GPU with TensorRT and pycuda: {why} "
+                        "(`dpt-live doctor` lists what this machine has; README \"GPU install\")")
+
+
+def temporary_sibling(path: Path) -> Path:
+    """A file name beside ``path`` that no other process, thread or call uses."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.{secrets.token_hex(4)}.tmp")
+
+
+def write_atomic(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a unique temporary file renamed over it: a reader sees
+    the old file or the new one, never a part, and concurrent writers never share a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_sibling(path)
+    try:
+        with open(tmp, "xb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes that get a fixed-shape profile of their own: 1..4, then powers of two up to
+    ``max_batch`` (and ``max_batch`` itself); the runtime pads a batch between two buckets."""
+    buckets = [b for b in (1, 2, 3, 4) if b <= max_batch]
+    b = 8
+    while b < max_batch:
+        buckets.append(b)
+        b *= 2
+    if max_batch > 4:
+        buckets.append(max_batch)
+    return buckets
 
 
 def network_flags() -> int:
@@ -48,9 +89,17 @@ def network_flags() -> int:
     return 0 if flag is None else 1 << int(flag)
 
 
-def build_plan(onnx_path: Path, plan_path: Path, profiles: dict[str, tuple[tuple, tuple, tuple]]) -> Path:
-    """Parse ``onnx_path`` and write a serialized engine to ``plan_path`` (atomically).
-    profiles: input name -> (min, opt, max) shapes for the inputs with a dynamic batch."""
+Profile = dict[str, tuple[tuple, tuple, tuple]]  # input name -> (min, opt, max) shape
+
+
+def build_plan(onnx_path: Path, plan_path: Path, profiles: list[Profile]) -> Path:
+    """Parse ``onnx_path`` and write a serialized engine to ``plan_path`` (atomically)."""
+    return write_atomic(plan_path, serialize_plan(onnx_path, profiles))
+
+
+def serialize_plan(onnx_path: Path, profiles: list[Profile]) -> bytes:
+    """The serialized engine of ``onnx_path`` with one optimisation profile per entry of
+    ``profiles`` (the inputs with a dynamic batch; none for a fixed-shape graph)."""
     import tensorrt as trt
 
     logger = trt_logger()
@@ -65,32 +114,30 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: dict[str, tuple[tuple
     tf32 = getattr(trt.BuilderFlag, "TF32", None)
     if tf32 is not None:
         config.clear_flag(tf32)  # fp32 means fp32 (TF32 matmuls would miss the 1e-3 parity)
-    if profiles:
+    for shapes in profiles:
         profile = builder.create_optimization_profile()
-        for name, (lo, opt, hi) in profiles.items():
+        for name, (lo, opt, hi) in shapes.items():
             profile.set_shape(name, lo, opt, hi)
         config.add_optimization_profile(profile)
     t0 = time.perf_counter()
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UserError(f"TensorRT failed to build an engine from {onnx_path.name} (see its log above)")
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = plan_path.with_name(plan_path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(bytes(plan))
-    os.replace(tmp, plan_path)
-    log.info("built %s in %.0f s", plan_path, time.perf_counter() - t0)
-    return plan_path
+    log.info("built %s (%d profile(s)) in %.0f s", onnx_path.name, len(profiles), time.perf_counter() - t0)
+    return bytes(plan)
 
 
-def plan_profiles(graph: str, cfg, onnx_record: ExportRecord) -> dict:
+def plan_profiles(graph: str, cfg, onnx_record: ExportRecord) -> list[Profile]:
+    """One fixed-shape profile per batch bucket of the graph's batch-dynamic inputs."""
     if graph == "audio":
-        return {}
-    if graph == "denoiser":
-        k = denoiser_batch(cfg)
-        return {name: ((1, *shape[1:]), (k, *shape[1:]), (k, *shape[1:]))
-                for name, shape in onnx_record.inputs.items()}
-    shape = onnx_record.inputs["motion"]
-    return {"motion": ((1, *shape[1:]), (1, *shape[1:]), (STYLE_MAX_BATCH, *shape[1:]))}
+        return []
+    names = list(onnx_record.inputs) if graph == "denoiser" else ["motion"]
+    max_batch = denoiser_batch(cfg) if graph == "denoiser" else STYLE_MAX_BATCH
+    profiles = []
+    for b in batch_buckets(max_batch):
+        shapes = {name: (b, *onnx_record.inputs[name][1:]) for name in names}
+        profiles.append({name: (shape, shape, shape) for name, shape in shapes.items()})
+    return profiles
 
 
 def build_checked_plan(loaded, onnx: Path, record: ExportRecord, plan: Path, graph: str, precision: str,
@@ -98,18 +145,27 @@ def build_checked_plan(loaded, onnx: Path, record: ExportRecord, plan: Path, gra
     """Build the plan of one graph from its ONNX file, check it against PyTorch (removed over the
     tolerance) and write its sidecar, which marks it complete."""
     log.info("building TensorRT %s plan for %s (first use on this GPU/TensorRT)", precision, onnx.name)
-    build_plan(onnx, plan, plan_profiles(graph, loaded.config, record))
+    profiles = plan_profiles(graph, loaded.config, record)
+    data = serialize_plan(onnx, profiles)
     tol = default_tolerance(precision) if tolerance is None else tolerance
-    diff, scale = plan_parity(loaded, plan, graph, window_samples)
-    if not np.isfinite(diff) or diff > tol:
-        plan.unlink(missing_ok=True)
-        raise ParityError(f"{plan.name}: TensorRT differs from PyTorch by {diff:.3g} (outputs up to {scale:.3g}), "
-                          f"over the tolerance {tol:g}; plan removed")
+    # checked under a name of its own, renamed into place only when it passes
+    plan.parent.mkdir(parents=True, exist_ok=True)
+    checked = temporary_sibling(plan)
+    try:
+        with open(checked, "xb") as f:
+            f.write(data)
+        diff, scale = plan_parity(loaded, checked, graph, window_samples)
+        if not np.isfinite(diff) or diff > tol:
+            raise ParityError(f"{plan.name}: TensorRT differs from PyTorch by {diff:.3g} (outputs up to {scale:.3g}), "
+                              f"over the tolerance {tol:g}; plan removed")
+        os.replace(checked, plan)
+    finally:
+        checked.unlink(missing_ok=True)
     name, cc, version = gpu
-    Path(str(plan) + ".json").write_text(json.dumps(
+    write_atomic(Path(str(plan) + ".json"), (json.dumps(
         {"graph": graph, "onnx": onnx.name, "precision": precision, "gpu": name, "compute_capability": list(cc),
          "tensorrt": version, "model_hash": record.model_hash, "max_abs_diff": diff, "ref_max_abs": scale,
-         "tolerance": tol}, indent=2) + "\n")
+         "tolerance": tol, "batch_profiles": [next(iter(p.values()))[0][0] for p in profiles]}, indent=2) + "\n").encode())
     return plan
 
 

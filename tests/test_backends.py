@@ -4,6 +4,7 @@ sessions, for a tiny teacher and a tiny distilled student; the automatic choice;
 from __future__ import annotations
 
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -256,3 +257,190 @@ def test_stream_command_backend_flag(tiny_model_dir, speech_like_wav, tmp_path, 
     if "tensorrt" not in AVAILABLE:
         assert main(base + ["--backend", "tensorrt", "-o", str(tmp_path / "t.npz")]) == 2
         assert "backend 'tensorrt' cannot run here" in capsys.readouterr().err
+
+
+# --- the GPU path without a GPU: warm-up inputs, profile choice, why TensorRT cannot run, providers ----------
+
+@pytest.mark.parametrize("which", ["teacher", "student"])
+def test_warmup_inputs_are_valid_denoiser_inputs(which, request, cache):
+    """The first TensorRT enqueue of a shape runs on these: every index in range, so the network
+    gives finite output (checked on torch and on the ONNX graph the plan is built from)."""
+    from engines.tensorrt_runtime import warmup_inputs
+
+    loaded = request.getfixturevalue(which)
+    cfg = loaded.config
+    shapes = denoiser_inputs(cfg, 3)
+    warm = warmup_inputs({n: (v.shape, v.dtype) for n, v in shapes.items()})
+    assert {n: (v.shape, v.dtype) for n, v in warm.items()} == {n: (v.shape, v.dtype) for n, v in shapes.items()}
+    assert np.all((warm["step"] >= 1) & (warm["step"] <= cfg.n_diff_steps))
+    if "indicator" in warm:
+        assert np.all(warm["indicator"] == 1)
+    assert all(not v.any() for n, v in warm.items() if n not in ("step", "indicator"))
+    for net in (TorchNetworks(loaded.model), networks_for(loaded, "onnxruntime", cache)):
+        assert np.isfinite(net.denoise(warm)).all()
+
+
+def test_select_profile_prefers_fixed_buckets_and_pads_between_them():
+    from engines.tensorrt_runtime import pad_rows, profile_is_fixed, select_profile
+
+    def bucket(b):
+        return {"motion": ((b, 10, 4), (b, 10, 4)), "step": ((b,), (b,))}
+
+    def shapes(n):
+        return {"motion": (n, 10, 4), "step": (n,), "audio_const": (7,)}
+
+    profiles = [bucket(1), bucket(2), bucket(4), {"motion": ((1, 10, 4), (8, 10, 4)), "step": ((1,), (8,))}]
+    assert [profile_is_fixed(p) for p in profiles] == [True, True, True, False]
+    assert select_profile(profiles, shapes(2)) == (1, shapes(2))  # its own bucket, not the range
+    assert select_profile(profiles, shapes(5)) == (3, shapes(5))  # only the range takes 5 as it is
+    p, run = select_profile(profiles[:3], shapes(3))  # no bucket of 3: padded to the 4 bucket
+    assert p == 2 and run == {**shapes(4), "audio_const": (7,)}
+    with pytest.raises(ValueError, match="no optimisation profile"):
+        select_profile(profiles[:3], shapes(9))
+    with pytest.raises(ValueError, match="no optimisation profile"):
+        select_profile(profiles[:3], {"motion": (2, 11, 4), "step": (2,)})
+    x = np.arange(6).reshape(3, 2)
+    assert pad_rows(x, 3) is x
+    np.testing.assert_array_equal(pad_rows(x, 5), np.array([[0, 1], [2, 3], [4, 5], [4, 5], [4, 5]]))
+
+
+def test_padded_rows_leave_the_real_rows_unchanged(teacher):
+    """Why padding a batch to its bucket is exact: the denoiser's rows are independent."""
+    from engines.tensorrt_runtime import pad_rows
+
+    net, x = TorchNetworks(teacher.model), denoiser_inputs(teacher.config, 2, seed=3)
+    padded = net.denoise({n: pad_rows(v, 3) for n, v in x.items()})[:2]
+    np.testing.assert_allclose(padded, net.denoise(x), atol=1e-5)
+
+
+class FakeLibcuda:
+    """Stands in for the driver's libcuda.so.1 where these tests need one that loads."""
+
+    def __init__(self, init_result=0, devices=1):
+        self.init_result, self.devices = init_result, devices
+
+    def cuInit(self, flags):
+        return self.init_result
+
+    def cuDeviceGetCount(self, count_ref):
+        count_ref._obj.value = self.devices
+        return 0
+
+
+def _hide_module(monkeypatch, name):
+    """importlib finds no ``name`` (as on a machine where it is not installed)."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == name else find_spec(n, *a))
+
+
+@pytest.fixture
+def fake_packages(monkeypatch, tmp_path):
+    """A folder on sys.path for stand-in packages; what they import is forgotten afterwards
+    (a real package imported before the test is put back by monkeypatch)."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for name in ("tensorrt", "pycuda", "pycuda.driver"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    before = set(sys.modules)
+    yield tmp_path
+    for name in set(sys.modules) - before:
+        if name.split(".")[0] in ("tensorrt", "pycuda"):
+            del sys.modules[name]
+
+
+def _fake_tensorrt_installed(tmp_path):
+    """A tensorrt package that imports (what the availability check looks for first)."""
+    (tmp_path / "tensorrt").mkdir(exist_ok=True)
+    (tmp_path / "tensorrt" / "__init__.py").write_text("__version__ = '10.0.0-test'\n")
+
+
+def test_missing_libcuda_is_not_reported_as_missing_pycuda(monkeypatch, fake_packages):
+    """pycuda installed, no NVIDIA driver: its driver module fails to import exactly as a real
+    pycuda does there; the reason names the driver library, not pycuda."""
+    import engines.networks as networks
+    from engines.gpu_doctor import pycuda_check
+
+    pkg = fake_packages / "pycuda"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("VERSION_TEXT = 'test'\n")
+    (pkg / "driver.py").write_text("raise ImportError('libcuda.so.1: cannot open shared object file: "
+                                   "No such file or directory')\n")
+    _fake_tensorrt_installed(fake_packages)
+
+    def no_driver():
+        raise OSError("libcuda.so.1: cannot open shared object file: No such file or directory")
+
+    monkeypatch.setattr(networks, "load_libcuda", no_driver)
+    why = backend_unavailable("tensorrt")
+    assert "pycuda is not installed" not in why and "tensorrt Python package" not in why
+    assert "NVIDIA driver library libcuda.so.1 cannot be loaded" in why
+    check = pycuda_check()
+    assert not check.ok and "installed, but pycuda.driver does not load" in check.detail
+    assert "NVIDIA driver is missing" in check.fix
+    assert not networks.cuda_available() or torch.cuda.is_available()
+
+
+def test_missing_pycuda_with_a_working_driver(monkeypatch, fake_packages):
+    import engines.networks as networks
+
+    _hide_module(monkeypatch, "pycuda")
+    _fake_tensorrt_installed(fake_packages)
+    monkeypatch.setattr(networks, "load_libcuda", lambda: FakeLibcuda())
+    assert networks.cuda_driver_problem() is None
+    why = backend_unavailable("tensorrt")
+    assert why.startswith("pycuda is not installed") and "libcuda" not in why and "builds from source" in why
+    monkeypatch.setattr(networks, "load_libcuda", lambda: FakeLibcuda(init_result=100))
+    assert "cuInit: CUDA_ERROR_NO_DEVICE" in networks.cuda_driver_problem()
+    monkeypatch.setattr(networks, "load_libcuda", lambda: FakeLibcuda(devices=0))
+    assert networks.cuda_driver_problem() == "the CUDA driver sees no device"
+
+
+def test_tensorrt_reasons_here_name_each_missing_piece():
+    """On this machine, as it is: every missing piece is named for what it is."""
+    import importlib.util
+
+    from engines.networks import cuda_driver_problem
+
+    why = backend_unavailable("tensorrt") or ""
+    assert ("tensorrt Python package is not installed" in why) == (importlib.util.find_spec("tensorrt") is None)
+    assert ("pycuda is not installed" in why) == (importlib.util.find_spec("pycuda") is None)
+    driver = cuda_driver_problem()
+    assert driver is None or driver in why
+
+
+def _identity_graph(path):
+    from onnx import TensorProto, helper, save
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "identity",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 9
+    save(model, path)
+    return path
+
+
+def test_onnxruntime_logs_the_providers_it_got(tmp_path, caplog, teacher, cache):
+    """A requested GPU provider that did not load is a warning naming what runs instead."""
+    import warnings
+
+    from engines.onnx_runtime import OrtNetworks, make_session
+    from export.prepare import OnDemandArtefacts
+
+    caplog.set_level(logging.DEBUG, logger="dpt_live.backends")
+    path = _identity_graph(tmp_path / "identity.onnx")
+    sess = make_session(path, providers=["CPUExecutionProvider"])
+    assert sess.get_providers() == ["CPUExecutionProvider"] and "WARNING" not in caplog.text
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a CPU-only onnxruntime warns that it has no CUDA provider
+        sess = make_session(path, providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
+    lost = [r for r in caplog.records if r.levelno == logging.WARNING]
+    if "CUDAExecutionProvider" in sess.get_providers():  # onnxruntime-gpu on a GPU machine
+        assert not lost
+    else:
+        assert len(lost) == 1 and "asked for CUDAExecutionProvider but runs on CPUExecutionProvider" in lost[0].message
+        assert "onnxruntime-gpu" in lost[0].message
+    caplog.clear()
+    nets = OrtNetworks(OnDemandArtefacts(teacher), teacher.config, providers=["CPUExecutionProvider"])
+    assert f"onnxruntime fp32: {','.join(nets._denoiser.get_providers())}, 1 intra-op" in caplog.text

@@ -132,3 +132,85 @@ def test_export_tensorrt_builds_checked_plans(tiny_model_dir, tmp_path, capsys, 
     for p in plans:
         meta = json.loads(p.with_name(p.name + ".json").read_text())
         assert meta["max_abs_diff"] < meta["tolerance"] and np.isfinite(meta["max_abs_diff"])
+
+
+# --- TensorRT plan files and the doctor, without a GPU -----------------------------------------------------
+
+def test_plan_files_are_written_under_unique_temporary_names(tmp_path):
+    """Threads of one process writing one plan never share a temporary file, and a reader only
+    ever sees a whole file."""
+    import os
+    import threading
+
+    from export.tensorrt_build import temporary_sibling, write_atomic
+
+    target = tmp_path / "cache" / "denoiser.plan"
+    names = {temporary_sibling(target) for _ in range(50)}
+    assert len(names) == 50 and all(n.parent == target.parent and n.name.endswith(".tmp") for n in names)
+    assert all(f".{os.getpid()}.{threading.get_ident()}." in n.name for n in names)
+    payloads = [bytes([i]) * 50_000 for i in range(8)]
+    seen, errors = [], []
+
+    def writer(data):
+        try:
+            for _ in range(20):
+                write_atomic(target, data)
+                seen.append(target.read_bytes())
+        except Exception as exc:  # collected: an exception in a thread would not fail the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(p,)) for p in payloads]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert all(s in payloads for s in seen) and target.read_bytes() in payloads
+    assert [p.name for p in target.parent.iterdir()] == ["denoiser.plan"]  # no temporary file left
+
+
+def test_plan_profiles_are_fixed_batch_buckets(tiny_model_dir, tmp_path, capsys):
+    """One fixed-shape profile per batch bucket: an execution context (and CUDA graph) each."""
+    from engines.artefacts import read_record
+    from export.tensorrt_build import batch_buckets, plan_profiles
+
+    assert batch_buckets(1) == [1] and batch_buckets(3) == [1, 2, 3] and batch_buckets(4) == [1, 2, 3, 4]
+    assert batch_buckets(64) == [1, 2, 3, 4, 8, 16, 32, 64] and batch_buckets(48) == [1, 2, 3, 4, 8, 16, 32, 48]
+    out = tmp_path / "onnx"
+    assert run(["export", "onnx", "--model", str(tiny_model_dir), "-o", str(out), "--window-ms", "560"], capsys)[0] == 0
+    cfg = load_model_dir(tiny_model_dir).config
+    den = plan_profiles("denoiser", cfg, read_record(out / "denoiser.onnx"))
+    assert len(den) == 3  # a teacher's CFG passes: batch 1, 2 and 3
+    for b, profile in enumerate(den, start=1):
+        assert set(profile) == set(read_record(out / "denoiser.onnx").inputs)
+        assert all(lo == opt == hi and lo[0] == b for lo, opt, hi in profile.values())
+        assert profile["motion"][0] == (b, cfg.n_motions, cfg.motion_dim)
+    style = plan_profiles("style", cfg, read_record(out / "style.onnx"))
+    assert [p["motion"][0][0] for p in style] == [1, 2, 3, 4]
+    assert plan_profiles("audio", cfg, read_record(out / "audio_8960.onnx")) == []
+
+
+def test_doctor_reports_this_machine(tmp_path, capsys):
+    from engines.gpu_doctor import gpu_report
+
+    rc, stdout, _ = run(["doctor", "--json", str(tmp_path / "doctor.json")], capsys)
+    assert rc == 0
+    for title in ("NVIDIA driver", "PyTorch CUDA", "TensorRT", "pycuda", "cuda-python", "ONNX Runtime GPU",
+                  "TensorRT backend", "--backend auto picks"):
+        assert title in stdout
+    report = json.loads((tmp_path / "doctor.json").read_text())
+    checks = {c["key"]: c for c in report["checks"]}
+    assert checks["tensorrt-backend"]["ok"] == (backend_unavailable("tensorrt") is None)
+    assert report["backends"]["tensorrt"] == backend_unavailable("tensorrt")
+    assert all(c["fix"] for c in checks.values() if not c["ok"] and c["key"] != "tensorrt-backend")
+    assert "http" not in stdout  # indexes are described in words, never as an address
+    # --need: silent and 0 when there, the reasons and 1 when not
+    missing = [c.key for c in gpu_report() if not c.ok]
+    present = [c.key for c in gpu_report() if c.ok]
+    if present:
+        assert run(["doctor", "--need", ",".join(present)], capsys)[:2] == (0, "")
+    if missing:
+        rc, stdout, _ = run(["doctor", "--need", missing[0]], capsys)
+        assert rc == 1 and checks[missing[0]]["detail"] in stdout
+    rc, _, err = run(["doctor", "--need", "gpu"], capsys)
+    assert rc == 2 and "unknown gpu" in err
