@@ -4,8 +4,9 @@
   precision flags at all; in 10 the strongly-typed flag gives the same behaviour). fp16 plans are
   built from the fp16 ONNX graphs (export/onnx_export.py: half weights, normalisation in fp32).
 - fp32 plans clear TF32 where the flag exists, so they match PyTorch fp32 within 1e-3.
-- Fixed shapes: the audio encoder at its window length, the denoiser with one optimisation
-  profile over batch 1..k (k = the teacher's CFG passes), the style encoder at batch 1..4.
+- Fixed shapes but the batch: the audio encoder at its window length over batch 1..MAX_WINDOWS,
+  the denoiser with one optimisation profile over batch 1..k·MAX_WINDOWS (k = the teacher's CFG
+  passes, the optimum; more for a batching scheduler's windows), the style encoder at batch 1..4.
 - Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.artefacts.trt_cache_key)
   names the GPU, compute capability, TensorRT version, model hash, graph and precision; a plan is
   checked against PyTorch after it is built and refused over the tolerance. export/prepare.py
@@ -31,6 +32,7 @@ log = logging.getLogger("dpt_live.export")
 
 WORKSPACE_BYTES = 2 << 30
 STYLE_MAX_BATCH = 4
+MAX_WINDOWS = 64  # windows (sessions) one batched call carries at most (streaming/scheduler.py)
 
 
 def require_tensorrt() -> None:
@@ -84,10 +86,11 @@ def build_plan(onnx_path: Path, plan_path: Path, profiles: dict[str, tuple[tuple
 
 def plan_profiles(graph: str, cfg, onnx_record: ExportRecord) -> dict:
     if graph == "audio":
-        return {}
+        shape = onnx_record.inputs["audio"]
+        return {"audio": ((1, *shape[1:]), (1, *shape[1:]), (MAX_WINDOWS, *shape[1:]))}
     if graph == "denoiser":
         k = denoiser_batch(cfg)
-        return {name: ((1, *shape[1:]), (k, *shape[1:]), (k, *shape[1:]))
+        return {name: ((1, *shape[1:]), (k, *shape[1:]), (k * MAX_WINDOWS, *shape[1:]))
                 for name, shape in onnx_record.inputs.items()}
     shape = onnx_record.inputs["motion"]
     return {"motion": ((1, *shape[1:]), (1, *shape[1:]), (STYLE_MAX_BATCH, *shape[1:]))}

@@ -1,0 +1,523 @@
+"""One network call serves every live session: the batching scheduler.
+
+A :class:`BatchScheduler` owns a model's runtime (an engines.networks.Networks) and serves all
+sessions of a process. Each session keeps its own thread and its own StreamSession; its two
+engines are proxies (:class:`ScheduledAudioFeatures`, :class:`ScheduledMotionEngine`) whose calls
+hand the scheduler a request and block until a worker thread has run it:
+
+- an *audio* request is one session's audio window; a call runs the audio encoder once over the
+  windows of every queued session (``Networks.audio_features_batch``);
+- a *motion* request is one session's denoiser window (its guided denoiser, x_T, noise); a call
+  samples every queued window that shares the sampler's timesteps, one network pass per sampler
+  step for all their rows (``diffposetalk.batching.sample_windows``).
+
+Each request carries a deadline: the arrival of the audio of the step's first emitted frame plus
+the latency budget (less the motion stage still to come, for an audio request). A worker waits a
+short gather window after the first queued request (or until every live session has one queued,
+or the batch is full), then :func:`plan_batch` picks the call: earliest deadline first, and under
+overload it sheds work in this order (never silent latency growth):
+
+1. a multi-step DDIM window that would miss its deadline runs fewer sampler steps (its frames say
+   ``shed="steps"``);
+2. a request that misses its deadline even run alone, now, at its cheapest is dropped: its
+   session emits the previous step's prediction of those frames instead (``shed="dropped"``), so
+   the most-late session loses its oldest step and catches up;
+3. a call only grows while it still ends before every member's deadline; the rest wait for the
+   next call.
+
+Work is never shed while there is time for it, so it comes back by itself when the load falls.
+Counters, batch sizes, queue depth and call times are in :meth:`BatchScheduler.stats` (and
+:meth:`BatchScheduler.prometheus` for /metrics). A call that raises is retried window by window,
+so an exception reaches only the session whose request caused it; the networks are
+row-independent, so a NaN in one session's window stays in that session's rows."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diffposetalk.batching import WindowJob, sample_windows
+from diffposetalk.model import DiffPoseTalk, Guidance
+from diffposetalk.sampler import Sampler
+from diffposetalk.units import FRAME_SAMPLES
+from engines.networks import Networks
+from streaming.metrics import percentiles_ms
+from streaming.motion import SamplingMotionEngine, StepShed
+
+log = logging.getLogger("dpt_live.scheduler")
+
+POST_MARGIN_S = 0.005  # what a session still does after its motion result: decode, frames, emit
+RECENT = 2000  # call and request times kept for the percentiles
+
+
+# --- the policy ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pending:
+    """What the policy knows of a queued request."""
+
+    deadline: float  # when its result is due (scheduler clock, s)
+    group: Hashable  # requests with the same group may share one call
+    rows: int = 1  # network rows it adds to a call (a teacher window: its k guided passes)
+    steps: int = 1  # network passes it asks for (sampler steps; 1 for audio)
+    fewer: tuple[int, ...] = ()  # cheaper step counts it may run with, descending (DDIM)
+    sheddable: bool = True  # False: never dropped (a session's set-up call)
+
+
+@dataclass
+class BatchPlan:
+    run: list[int]  # indices of the requests of one call, earliest deadline first
+    steps: int  # network passes the call runs (less than a member asked for: shed)
+    drop: list[int]  # indices of the requests shed: their sessions emit a continuation
+
+
+# (group, rows) -> seconds of one network pass of a call with that many rows
+CostEstimate = Callable[[Hashable, int], float]
+
+
+def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_batch: int) -> BatchPlan:
+    """The next call and what to shed, as the module docstring orders it: drop what cannot make
+    its deadline even alone at its cheapest; the earliest deadline left heads the call (with
+    fewer steps when it needs them to make its deadline); requests of its group join in deadline
+    order while the call still ends before every member's deadline (one that asked for more steps
+    than the call runs joins only if it too would be late at its full count), up to ``max_batch``."""
+    order = sorted(range(len(pending)), key=lambda i: pending[i].deadline)
+
+    def ends(rows: int, steps: int, group: Hashable) -> float:
+        return now + cost(group, rows) * steps
+
+    drop = [i for i in order if pending[i].sheddable
+            and ends(pending[i].rows, min((pending[i].steps, *pending[i].fewer)), pending[i].group) > pending[i].deadline]
+    live = [i for i in order if i not in drop]
+    if not live:
+        return BatchPlan([], 0, drop)
+    head = pending[live[0]]
+    steps = head.steps
+    if ends(head.rows, steps, head.group) > head.deadline:
+        for fewer in head.fewer:
+            steps = fewer
+            if ends(head.rows, fewer, head.group) <= head.deadline:
+                break
+    run, rows, due = [live[0]], head.rows, head.deadline
+    for i in live[1:]:
+        p = pending[i]
+        if len(run) >= max_batch:
+            break
+        if p.group != head.group:
+            continue
+        if ends(rows + p.rows, steps, p.group) > min(due, p.deadline):
+            continue
+        if steps < p.steps and ends(p.rows, p.steps, p.group) <= p.deadline:
+            continue  # it makes its deadline in full: it waits for a full call
+        run.append(i)
+        rows += p.rows
+        due = min(due, p.deadline)
+    return BatchPlan(run, steps, drop)
+
+
+class CostModel:
+    """Seconds per network pass as a + b·rows for each group, fitted by exponentially weighted
+    least squares over the calls run (wall clock: contention included). 0 before any call."""
+
+    def __init__(self, decay: float = 0.95):
+        self.decay = decay
+        self._sums: dict[Hashable, np.ndarray] = {}  # weight, Σx, Σy, Σx², Σxy
+        self._lock = threading.Lock()
+
+    def observe(self, group: Hashable, rows: int, seconds: float) -> None:
+        x, y = float(rows), float(seconds)
+        with self._lock:
+            s = self._sums.get(group, np.zeros(5))
+            self._sums[group] = self.decay * s + np.array([1.0, x, y, x * x, x * y])
+
+    def __call__(self, group: Hashable, rows: int) -> float:
+        with self._lock:
+            s = self._sums.get(group)
+        if s is None:
+            return 0.0
+        w, sx, sy, sxx, sxy = s
+        mx, my = sx / w, sy / w
+        var = sxx / w - mx * mx
+        if var <= 1e-6 * max(1.0, mx * mx):  # one batch size seen so far: proportional to rows
+            return my * rows / mx
+        b = (sxy / w - mx * my) / var
+        a = my - b * mx
+        if b < 0:  # noise: more rows never cost less
+            a, b = my, 0.0
+        elif a < 0:
+            a, b = 0.0, my / mx
+        return a + b * rows
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Request:
+    kind: str  # "audio" | "motion"
+    pending: Pending
+    payload: object  # audio: (S,) window; motion: (WindowJob, Sampler)
+    link: SessionLink | None
+    submitted: float
+    future: Future = field(default_factory=Future)
+
+
+class SchedulerClosed(RuntimeError):
+    """The scheduler was closed: it runs no more requests."""
+
+
+class SessionLink:
+    """What the scheduler knows of one session: when the audio of its current step's first frame
+    arrived (``StreamSession.step_arrival``, read through a weak reference) and so when the step
+    is due."""
+
+    def __init__(self, scheduler: BatchScheduler, label: str):
+        self.scheduler, self.label = scheduler, label
+        self._session: Callable[[], object] | None = None
+        self.motion: tuple[tuple, int, int] | None = None  # its windows' (group, steps, rows): for estimates
+
+    def bind(self, session) -> None:
+        self._session = weakref.ref(session)
+
+    @property
+    def session(self):
+        return None if self._session is None else self._session()
+
+    @property
+    def live(self) -> bool:
+        s = self.session
+        return s is not None and not s.finished
+
+    def due(self, after: float = 0.0) -> tuple[float, bool]:
+        """(deadline on the scheduler's clock, sheddable): the step's frame budget from the
+        arrival of its first frame's audio, less what comes ``after`` the request. Calls outside
+        a step (the session's set-up) have no deadline."""
+        s = self.session
+        now = self.scheduler.clock()
+        if s is None or s.step_arrival is None:
+            return now + 3600.0, False
+        waited = s.clock() - s.step_arrival  # on the session's own clock
+        return now - waited + self.scheduler.latency_budget_s - POST_MARGIN_S - after, True
+
+
+# --- the scheduler ---------------------------------------------------------------------------------
+
+class BatchScheduler:
+    """Serves the audio-feature and motion requests of every session of one model on one runtime.
+
+    max_batch: windows per call; gather_ms: how long a worker waits after the first queued
+    request for others to join; latency_budget_ms: a frame's emit time minus its audio's arrival
+    that the scheduler plans for (deadlines); shed: drop or shorten work that would miss it (off:
+    plain earliest-deadline-first batching); workers: threads running calls (on a CPU, one per
+    core lets an audio call and a motion call run at once)."""
+
+    def __init__(self, model: DiffPoseTalk, networks: Networks, *, max_batch: int = 32, gather_ms: float = 3.0,
+                 latency_budget_ms: float = 250.0, shed: bool = True, workers: int = 1,
+                 clock: Callable[[], float] = time.perf_counter):
+        if networks.cfg is not model.cfg and networks.cfg != model.cfg:
+            raise ValueError("the networks are not this model's")
+        if max_batch < 1 or workers < 1:
+            raise ValueError("max_batch and workers must be at least 1")
+        self.model, self.networks = model, networks
+        self.net = networks.network_pass()
+        self.max_batch, self.gather_s = int(max_batch), gather_ms / 1000
+        self.latency_budget_s, self.shed, self.clock = latency_budget_ms / 1000, shed, clock
+        self.cost = CostModel()
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._links: weakref.WeakSet[SessionLink] = weakref.WeakSet()
+        self._closed = False
+        self._motion_warm = False
+        self._opened = 0
+        # statistics (under _stats_lock)
+        self._stats_lock = threading.Lock()
+        self._batch_sizes: dict[str, Counter] = defaultdict(Counter)
+        self._call_s: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT))
+        self._request_s: deque = deque(maxlen=RECENT)
+        self._wait_s: deque = deque(maxlen=RECENT)
+        self._counts = Counter()  # dropped, steps, late, errors
+        self._queue_max = 0
+        self._threads = [threading.Thread(target=self._work, name=f"batch-scheduler-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+        log.info("batch scheduler on %s: max batch %d, gather %.1f ms, latency budget %.0f ms, shedding %s, "
+                 "%d worker(s)", networks.describe(), self.max_batch, gather_ms, latency_budget_ms,
+                 "on" if shed else "off", workers)
+
+    # --- sessions' engines -----------------------------------------------------------------------
+    def engines(self, window_samples: int, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
+                seed: int = 0, label: str | None = None):
+        """The two proxy engines of a new session and its link (bind it to the StreamSession)."""
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the batch scheduler is closed")
+            self._opened += 1
+            label = label or f"session-{self._opened}"
+        link = SessionLink(self, label)
+        audio = ScheduledAudioFeatures(self, link, window_samples)
+        motion = ScheduledMotionEngine(self, link, sampler, guidance, shape, seed)
+        with self._cond:
+            self._links.add(link)
+        return audio, motion, link
+
+    # --- requests (called from the sessions' threads) --------------------------------------------
+    def features(self, window: np.ndarray, link: SessionLink | None = None) -> np.ndarray:
+        """One session's audio window (S,) -> its features (S // 640, F), run with the others'."""
+        window = np.ascontiguousarray(window, dtype=np.float32)
+        if window.ndim != 1 or not len(window) or len(window) % FRAME_SAMPLES:
+            raise ValueError(f"audio window has shape {window.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        after = self._motion_estimate(link) if link is not None else 0.0
+        due, sheddable = link.due(after) if link is not None else (self.clock() + 3600.0, False)
+        pending = Pending(due, ("audio", len(window)), sheddable=sheddable and self.shed)
+        return self._submit(_Request("audio", pending, window, link, self.clock()))
+
+    def sample(self, job: WindowJob, sampler: Sampler, link: SessionLink | None = None) -> tuple[np.ndarray, bool]:
+        """One session's denoiser window -> (clean motion (L, D), whether it ran fewer steps)."""
+        group, steps, fewer = self.motion_group(sampler)
+        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
+        pending = Pending(due, group, rows=job.denoiser.n * job.denoiser.rows_per_window, steps=steps,
+                          fewer=fewer if self.shed else (), sheddable=sheddable and self.shed)
+        return self._submit(_Request("motion", pending, (job, sampler), link, self.clock()))
+
+    def motion_group(self, sampler: Sampler) -> tuple[tuple, int, tuple[int, ...]]:
+        """(the group of windows that may share a call with this sampler's, its step count, the
+        cheaper step counts it may shed to: halvings, where the sampler can run them)."""
+        timesteps = sampler.timesteps(self.model)
+        group = ("motion", type(sampler).__name__, tuple(timesteps), getattr(sampler, "flexibility", None))
+        halvings, n = [], len(timesteps) // 2
+        while n >= 1:
+            if sampler.fewer_steps(self.model, n) is not None:
+                halvings.append(n)
+            n //= 2
+        return group, len(timesteps), tuple(halvings)
+
+    def _motion_estimate(self, link: SessionLink) -> float:
+        """How long the motion stage after an audio request is expected to take: a call with the
+        windows of every live session (up to max_batch) at the link's sampler."""
+        if link.motion is None:
+            return 0.0
+        group, steps, rows = link.motion
+        with self._cond:
+            sessions = max(1, min(self.max_batch, sum(1 for other in self._links if other.live)))
+        return self.cost(group, rows * sessions) * steps
+
+    def _submit(self, request: _Request):
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the batch scheduler is closed")
+            self._queue.append(request)
+            self._queue_max = max(self._queue_max, len(self._queue))
+            self._cond.notify()
+        return request.future.result()
+
+    # --- workers ---------------------------------------------------------------------------------
+    def _ready(self, now: float) -> float:
+        """0 when a call should start now, else how long to wait for more requests to gather."""
+        if self._closed or len(self._queue) >= self.max_batch:
+            return 0.0
+        live = sum(1 for link in self._links if link.live)
+        if len(self._queue) >= max(live, 1):
+            return 0.0  # every session is waiting: no one else is coming
+        return max(0.0, min(r.submitted for r in self._queue) + self.gather_s - now)
+
+    def _next(self) -> tuple[list[_Request], int, list[_Request]] | None:
+        with self._cond:
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                now = self.clock()
+                wait = self._ready(now)
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                queue = self._queue
+                plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch)
+                run, drop = [queue[i] for i in plan.run], [queue[i] for i in plan.drop]
+                taken = set(plan.run) | set(plan.drop)
+                self._queue = [r for i, r in enumerate(queue) if i not in taken]
+                if run or drop:
+                    return run, plan.steps, drop
+
+    def _work(self) -> None:
+        while True:
+            nxt = self._next()
+            if nxt is None:
+                return
+            run, steps, drop = nxt
+            for r in drop:
+                self._count("dropped")
+                r.future.set_exception(StepShed(f"{r.kind} request of {r.link.label if r.link else '?'} "
+                                                "shed: it would miss its deadline"))
+            if run:
+                self._execute(run, steps)
+
+    def _execute(self, run: list[_Request], steps: int) -> None:
+        start = self.clock()
+        kind = run[0].kind
+        try:
+            results = self._call(run, steps)
+        except Exception as exc:  # noqa: BLE001 - find whose request fails: each alone, each its own outcome
+            if len(run) == 1:
+                self._count("errors")
+                log.error("batch scheduler: a %s request of %s failed: %s", kind,
+                          run[0].link.label if run[0].link else "?", exc)
+                run[0].future.set_exception(exc)
+                return
+            for r in run:
+                self._execute([r], steps)
+            return
+        end = self.clock()
+        rows = sum(r.pending.rows for r in run)
+        self.cost.observe(run[0].pending.group, rows, (end - start) / max(steps, 1))
+        with self._stats_lock:
+            self._batch_sizes[kind][len(run)] += 1
+            self._call_s[kind].append(end - start)
+            for r in run:
+                self._wait_s.append(start - r.submitted)
+                self._request_s.append(end - r.submitted)
+                if r.pending.sheddable and end > r.pending.deadline:
+                    self._counts["late"] += 1
+                if kind == "motion" and steps < r.pending.steps:
+                    self._counts["steps"] += 1
+        for r, out in zip(run, results):
+            r.future.set_result(out)
+
+    def _call(self, run: list[_Request], steps: int) -> list:
+        if run[0].kind == "audio":
+            feats = self.networks.audio_features_batch(np.stack([r.payload for r in run]))
+            return list(feats)
+        jobs = [r.payload[0] for r in run]
+        sampler = run[0].payload[1]
+        full = run[0].pending.steps
+        timesteps = None if steps >= full else sampler.fewer_steps(self.model, steps)
+        with torch.inference_mode():
+            out = sample_windows(self.model, sampler, jobs, self.net, timesteps)
+        return [(o[0].float().cpu().numpy(), steps < r.pending.steps) for o, r in zip(out, run)]
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:
+            self._counts[what] += 1
+
+    # --- life and figures ------------------------------------------------------------------------
+    def close(self, timeout: float = 10.0) -> None:
+        """Run what is queued, refuse new requests, stop the workers."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+        with self._cond:
+            left, self._queue = self._queue, []
+        for r in left:
+            r.future.set_exception(SchedulerClosed("the batch scheduler was closed"))
+
+    def __enter__(self) -> BatchScheduler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def live_sessions(self) -> int:
+        with self._cond:
+            return sum(1 for link in self._links if link.live)
+
+    def stats(self) -> dict:
+        """Batch sizes (windows per call), queue depth, call and request times (ms), shed counts."""
+        with self._cond:
+            depth = len(self._queue)
+        with self._stats_lock:
+            sizes = {k: dict(sorted(c.items())) for k, c in self._batch_sizes.items()}
+            calls = {k: percentiles_ms(list(v)) for k, v in self._call_s.items()}
+            request, wait = percentiles_ms(list(self._request_s)), percentiles_ms(list(self._wait_s))
+            counts, queue_max = dict(self._counts), self._queue_max
+        return {"backend": self.networks.describe(), "workers": len(self._threads), "max_batch": self.max_batch,
+                "gather_ms": self.gather_s * 1000, "latency_budget_ms": self.latency_budget_s * 1000,
+                "shedding": self.shed, "sessions": self.live_sessions, "queue_depth": depth,
+                "queue_depth_max": queue_max, "calls": {k: sum(c.values()) for k, c in sizes.items()},
+                "batch_sizes": sizes, "call_ms": calls, "wait_ms": wait, "request_ms": request,
+                "shed": {"dropped": counts.get("dropped", 0), "steps": counts.get("steps", 0)},
+                "late": counts.get("late", 0), "errors": counts.get("errors", 0)}
+
+    def prometheus(self, prefix: str = "dpt_scheduler") -> str:
+        """The stats in the Prometheus text format, for a server's /metrics."""
+        s = self.stats()
+        lines = [f"# HELP {prefix}_sessions Sessions served by the batch scheduler.", f"# TYPE {prefix}_sessions gauge",
+                 f"{prefix}_sessions {s['sessions']}",
+                 f"# HELP {prefix}_queue_depth Requests waiting for a call.", f"# TYPE {prefix}_queue_depth gauge",
+                 f"{prefix}_queue_depth {s['queue_depth']}",
+                 f"# HELP {prefix}_calls_total Network calls by kind and windows per call.",
+                 f"# TYPE {prefix}_calls_total counter"]
+        for kind, sizes in s["batch_sizes"].items():
+            lines += [f'{prefix}_calls_total{{kind="{kind}",windows="{n}"}} {c}' for n, c in sizes.items()]
+        lines += [f"# HELP {prefix}_shed_steps_total Steps shed under overload (dropped, or fewer sampler steps).",
+                  f"# TYPE {prefix}_shed_steps_total counter"]
+        lines += [f'{prefix}_shed_steps_total{{how="{how}"}} {n}' for how, n in s["shed"].items()]
+        lines += [f"# HELP {prefix}_late_total Results delivered after their deadline.",
+                  f"# TYPE {prefix}_late_total counter", f"{prefix}_late_total {s['late']}",
+                  f"# HELP {prefix}_errors_total Requests that raised.", f"# TYPE {prefix}_errors_total counter",
+                  f"{prefix}_errors_total {s['errors']}",
+                  f"# HELP {prefix}_call_seconds Recent network call times by kind.",
+                  f"# TYPE {prefix}_call_seconds summary"]
+        for kind, p in s["call_ms"].items():
+            if p:
+                lines += [f'{prefix}_call_seconds{{kind="{kind}",quantile="{q}"}} {p[k] / 1000:.6f}'
+                          for q, k in (("0.5", "p50"), ("0.99", "p99"))]
+        return "\n".join(lines) + "\n"
+
+
+# --- the sessions' proxy engines -------------------------------------------------------------------
+
+class ScheduledAudioFeatures:
+    """A session's AudioFeatureEngine whose windows run in the scheduler's batched calls."""
+
+    def __init__(self, scheduler: BatchScheduler, link: SessionLink, window_samples: int):
+        if window_samples % FRAME_SAMPLES:
+            raise ValueError("the audio window must be a whole number of motion frames")
+        self.scheduler, self.link = scheduler, link
+        self.window_samples = window_samples
+        self.n_frames = window_samples // FRAME_SAMPLES
+        self.feature_dim = scheduler.networks.cfg.feature_dim
+        scheduler.networks.warm_audio(window_samples)  # export/load now, in the session's thread
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        if audio.shape != (self.window_samples,):
+            raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to "
+                             f"({self.window_samples},)")
+        return self.scheduler.features(audio, self.link)
+
+
+class ScheduledMotionEngine(SamplingMotionEngine):
+    """A session's motion engine (own sampler, guidance, person shape, x_T and noise) whose
+    windows are sampled in the scheduler's batched calls. ``degraded``: the last window ran
+    fewer sampler steps than asked (overload)."""
+
+    def __init__(self, scheduler: BatchScheduler, link: SessionLink, sampler: Sampler, guidance: Guidance,
+                 shape: torch.Tensor, seed: int = 0):
+        super().__init__(scheduler.model, sampler, guidance, shape, seed, scheduler.networks, warm_up=False)
+        self.scheduler, self.link = scheduler, link
+        self.degraded = False
+        group, steps, _ = scheduler.motion_group(sampler)
+        rows = 1 if scheduler.model.cfg.kind == "student" else 1 + len(scheduler.model.cfg.guiding_conditions)
+        link.motion = (group, steps, rows)
+        if not scheduler._motion_warm:  # the runtime's first-call costs, once per scheduler
+            self._warm_up()
+            scheduler._motion_warm = True
+
+    def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+        job = self.window_job(audio_feat, indicator, prev_motion, prev_audio, style, step)
+        out, self.degraded = self.scheduler.sample(job, self.sampler, self.link)
+        return out
