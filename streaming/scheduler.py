@@ -40,6 +40,7 @@ import weakref
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -55,7 +56,7 @@ from streaming.motion import SamplingMotionEngine, StepShed
 
 log = logging.getLogger("dpt_live.scheduler")
 
-POST_MARGIN_S = 0.005  # what a session still does after its motion result: decode, frames, emit
+MARGIN_S = 0.015  # planned slack: a session's work after its result (decode, frames), and jitter
 RECENT = 2000  # call and request times kept for the percentiles
 
 
@@ -84,43 +85,62 @@ class BatchPlan:
 CostEstimate = Callable[[Hashable, int], float]
 
 
-def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_batch: int) -> BatchPlan:
-    """The next call and what to shed, as the module docstring orders it: drop what cannot make
-    its deadline even alone at its cheapest; the earliest deadline left heads the call (with
-    fewer steps when it needs them to make its deadline); requests of its group join in deadline
-    order while the call still ends before every member's deadline (one that asked for more steps
-    than the call runs joins only if it too would be late at its full count), up to ``max_batch``."""
+def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_batch: int,
+               others_free_at: float | None = None) -> BatchPlan:
+    """The next call and what to shed, in the module docstring's order:
+
+    - drop what cannot make its deadline even run alone, now, at its cheapest;
+    - the earliest deadline left heads the call, with fewer steps when it needs them to make its
+      deadline; requests of its group join in deadline order while the call still ends before
+      every member's deadline, up to ``max_batch`` (one that asked for more steps than the call
+      runs joins only if it would be late at its full count too);
+    - drop, now rather than later, what is left out and could not make its deadline starting when
+      a worker is next free — after this call, or at ``others_free_at`` when other workers
+      exist — so its session's continuation frames still go out in time."""
     order = sorted(range(len(pending)), key=lambda i: pending[i].deadline)
 
-    def ends(rows: int, steps: int, group: Hashable) -> float:
-        return now + cost(group, rows) * steps
+    def cheapest(p: Pending, start: float) -> float:
+        return start + cost(p.group, p.rows) * min((p.steps, *p.fewer))
 
-    drop = [i for i in order if pending[i].sheddable
-            and ends(pending[i].rows, min((pending[i].steps, *pending[i].fewer)), pending[i].group) > pending[i].deadline]
+    drop = [i for i in order if pending[i].sheddable and cheapest(pending[i], now) > pending[i].deadline]
     live = [i for i in order if i not in drop]
     if not live:
         return BatchPlan([], 0, drop)
     head = pending[live[0]]
+    group = head.group
     steps = head.steps
-    if ends(head.rows, steps, head.group) > head.deadline:
+    if now + cost(group, head.rows) * steps > head.deadline:
         for fewer in head.fewer:
             steps = fewer
-            if ends(head.rows, fewer, head.group) <= head.deadline:
+            if now + cost(group, head.rows) * fewer <= head.deadline:
                 break
-    run, rows, due = [live[0]], head.rows, head.deadline
+
+    def holds(deadline: float, rows: int) -> bool:
+        return now + cost(group, rows) * steps <= deadline
+
+    # the deadline the call must keep: its members' that it can still make (an unsheddable
+    # request already late constrains nothing)
+    run, rows = [live[0]], head.rows
+    due = head.deadline if holds(head.deadline, rows) else float("inf")
     for i in live[1:]:
         p = pending[i]
         if len(run) >= max_batch:
             break
-        if p.group != head.group:
+        if p.group != group or not holds(due, rows + p.rows):
             continue
-        if ends(rows + p.rows, steps, p.group) > min(due, p.deadline):
+        if p.sheddable and not holds(p.deadline, rows + p.rows):
             continue
-        if steps < p.steps and ends(p.rows, p.steps, p.group) <= p.deadline:
+        if steps < p.steps and now + cost(group, p.rows) * p.steps <= p.deadline:
             continue  # it makes its deadline in full: it waits for a full call
         run.append(i)
         rows += p.rows
-        due = min(due, p.deadline)
+        if holds(p.deadline, rows):
+            due = min(due, p.deadline)
+    call_end = now + cost(group, rows) * steps
+    next_start = call_end if others_free_at is None else min(call_end, max(now, others_free_at))
+    taken = set(run)
+    drop += [i for i in live if i not in taken and pending[i].sheddable
+             and cheapest(pending[i], next_start) > pending[i].deadline]
     return BatchPlan(run, steps, drop)
 
 
@@ -182,7 +202,7 @@ class SessionLink:
     def __init__(self, scheduler: BatchScheduler, label: str):
         self.scheduler, self.label = scheduler, label
         self._session: Callable[[], object] | None = None
-        self.motion: tuple[tuple, int, int] | None = None  # its windows' (group, steps, rows): for estimates
+        self.motion: tuple[tuple, int] | None = None  # its windows' (group, cheapest step count): for estimates
 
     def bind(self, session) -> None:
         self._session = weakref.ref(session)
@@ -205,7 +225,7 @@ class SessionLink:
         if s is None or s.step_arrival is None:
             return now + 3600.0, False
         waited = s.clock() - s.step_arrival  # on the session's own clock
-        return now - waited + self.scheduler.latency_budget_s - POST_MARGIN_S - after, True
+        return now - waited + self.scheduler.latency_budget_s - self.scheduler.margin_s - after, True
 
 
 # --- the scheduler ---------------------------------------------------------------------------------
@@ -215,13 +235,14 @@ class BatchScheduler:
 
     max_batch: windows per call; gather_ms: how long a worker waits after the first queued
     request for others to join; latency_budget_ms: a frame's emit time minus its audio's arrival
-    that the scheduler plans for (deadlines); shed: drop or shorten work that would miss it (off:
-    plain earliest-deadline-first batching); workers: threads running calls (on a CPU, one per
-    core lets an audio call and a motion call run at once)."""
+    that the scheduler plans for (deadlines); margin_ms: of which kept for the session's own work
+    after a result and for jitter; shed: drop or shorten work that would miss it (off: plain
+    earliest-deadline-first batching); workers: threads running calls (on a CPU, one per core lets
+    an audio call and a motion call run at once)."""
 
     def __init__(self, model: DiffPoseTalk, networks: Networks, *, max_batch: int = 32, gather_ms: float = 3.0,
                  latency_budget_ms: float = 250.0, shed: bool = True, workers: int = 1,
-                 clock: Callable[[], float] = time.perf_counter):
+                 margin_ms: float = MARGIN_S * 1000, clock: Callable[[], float] = time.perf_counter):
         if networks.cfg is not model.cfg and networks.cfg != model.cfg:
             raise ValueError("the networks are not this model's")
         if max_batch < 1 or workers < 1:
@@ -230,6 +251,7 @@ class BatchScheduler:
         self.net = networks.network_pass()
         self.max_batch, self.gather_s = int(max_batch), gather_ms / 1000
         self.latency_budget_s, self.shed, self.clock = latency_budget_ms / 1000, shed, clock
+        self.margin_s = margin_ms / 1000
         self.cost = CostModel()
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
@@ -244,8 +266,11 @@ class BatchScheduler:
         self._request_s: deque = deque(maxlen=RECENT)
         self._wait_s: deque = deque(maxlen=RECENT)
         self._counts = Counter()  # dropped, steps, late, errors
+        self._late_s: deque = deque(maxlen=RECENT)  # how late the late results were
+        self._motion_step_s: dict[Hashable, float] = {}  # recent motion call time per sampler step, by group
         self._queue_max = 0
-        self._threads = [threading.Thread(target=self._work, name=f"batch-scheduler-{i}", daemon=True)
+        self._busy_until: dict[int, float] = {}  # worker -> when its running call should end (under _cond)
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"batch-scheduler-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
             t.start()
@@ -301,22 +326,41 @@ class BatchScheduler:
         return group, len(timesteps), tuple(halvings)
 
     def _motion_estimate(self, link: SessionLink) -> float:
-        """How long the motion stage after an audio request is expected to take: a call with the
-        windows of every live session (up to max_batch) at the link's sampler."""
+        """How long the motion stage after a session's audio request is expected to take: recent
+        motion calls of its group, per step, times its cheapest step count. (Not the cost model at
+        every session's rows: extrapolated from small calls it can exceed any budget, drop every
+        audio request and never see a large motion call that would correct it.)"""
         if link.motion is None:
             return 0.0
-        group, steps, rows = link.motion
-        with self._cond:
-            sessions = max(1, min(self.max_batch, sum(1 for other in self._links if other.live)))
-        return self.cost(group, rows * sessions) * steps
+        group, cheapest = link.motion
+        with self._stats_lock:
+            return self._motion_step_s.get(group, 0.0) * cheapest
 
     def _submit(self, request: _Request):
+        """Queue the request and wait for its result. A sheddable request that no call has taken
+        by the time it could only just make its deadline alone is withdrawn by its own session's
+        thread (StepShed): its continuation frames go out in time even while every worker is busy
+        with a long call."""
+        p = request.pending
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the batch scheduler is closed")
             self._queue.append(request)
             self._queue_max = max(self._queue_max, len(self._queue))
             self._cond.notify()
+        if p.sheddable:
+            give_up = p.deadline - self.cost(p.group, p.rows) * min((p.steps, *p.fewer))
+            try:
+                return request.future.result(timeout=max(0.0, give_up - self.clock()))
+            except FutureTimeout:
+                with self._cond:
+                    waiting = request in self._queue
+                    if waiting:
+                        self._queue.remove(request)
+                if waiting:
+                    self._count("dropped")
+                    raise StepShed(f"{request.kind} request of {request.link.label if request.link else '?'} "
+                                   "shed: no call could take it in time") from None
         return request.future.result()
 
     # --- workers ---------------------------------------------------------------------------------
@@ -329,8 +373,9 @@ class BatchScheduler:
             return 0.0  # every session is waiting: no one else is coming
         return max(0.0, min(r.submitted for r in self._queue) + self.gather_s - now)
 
-    def _next(self) -> tuple[list[_Request], int, list[_Request]] | None:
+    def _next(self, worker: int) -> tuple[list[_Request], int, list[_Request]] | None:
         with self._cond:
+            self._busy_until.pop(worker, None)
             while True:
                 if not self._queue:
                     if self._closed:
@@ -343,16 +388,23 @@ class BatchScheduler:
                     self._cond.wait(wait)
                     continue
                 queue = self._queue
-                plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch)
+                others = None
+                if len(self._threads) > 1:  # a left-out request may start on another worker
+                    idle = len(self._threads) - 1 - len(self._busy_until)
+                    others = now if idle > 0 else min(self._busy_until.values())
+                plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch, others)
                 run, drop = [queue[i] for i in plan.run], [queue[i] for i in plan.drop]
+                if run:
+                    rows = sum(r.pending.rows for r in run)
+                    self._busy_until[worker] = now + self.cost(run[0].pending.group, rows) * plan.steps
                 taken = set(plan.run) | set(plan.drop)
                 self._queue = [r for i, r in enumerate(queue) if i not in taken]
                 if run or drop:
                     return run, plan.steps, drop
 
-    def _work(self) -> None:
+    def _work(self, worker: int) -> None:
         while True:
-            nxt = self._next()
+            nxt = self._next(worker)
             if nxt is None:
                 return
             run, steps, drop = nxt
@@ -380,8 +432,13 @@ class BatchScheduler:
             return
         end = self.clock()
         rows = sum(r.pending.rows for r in run)
-        self.cost.observe(run[0].pending.group, rows, (end - start) / max(steps, 1))
+        group = run[0].pending.group
+        self.cost.observe(group, rows, (end - start) / max(steps, 1))
         with self._stats_lock:
+            if kind == "motion":
+                old = self._motion_step_s.get(group)
+                new = (end - start) / max(steps, 1)
+                self._motion_step_s[group] = new if old is None else 0.8 * old + 0.2 * new
             self._batch_sizes[kind][len(run)] += 1
             self._call_s[kind].append(end - start)
             for r in run:
@@ -389,6 +446,7 @@ class BatchScheduler:
                 self._request_s.append(end - r.submitted)
                 if r.pending.sheddable and end > r.pending.deadline:
                     self._counts["late"] += 1
+                    self._late_s.append(end - r.pending.deadline)
                 if kind == "motion" and steps < r.pending.steps:
                     self._counts["steps"] += 1
         for r, out in zip(run, results):
@@ -444,13 +502,14 @@ class BatchScheduler:
             calls = {k: percentiles_ms(list(v)) for k, v in self._call_s.items()}
             request, wait = percentiles_ms(list(self._request_s)), percentiles_ms(list(self._wait_s))
             counts, queue_max = dict(self._counts), self._queue_max
+            late = percentiles_ms(list(self._late_s))
         return {"backend": self.networks.describe(), "workers": len(self._threads), "max_batch": self.max_batch,
                 "gather_ms": self.gather_s * 1000, "latency_budget_ms": self.latency_budget_s * 1000,
                 "shedding": self.shed, "sessions": self.live_sessions, "queue_depth": depth,
                 "queue_depth_max": queue_max, "calls": {k: sum(c.values()) for k, c in sizes.items()},
                 "batch_sizes": sizes, "call_ms": calls, "wait_ms": wait, "request_ms": request,
                 "shed": {"dropped": counts.get("dropped", 0), "steps": counts.get("steps", 0)},
-                "late": counts.get("late", 0), "errors": counts.get("errors", 0)}
+                "late": counts.get("late", 0), "late_by_ms": late, "errors": counts.get("errors", 0)}
 
     def prometheus(self, prefix: str = "dpt_scheduler") -> str:
         """The stats in the Prometheus text format, for a server's /metrics."""
@@ -510,9 +569,8 @@ class ScheduledMotionEngine(SamplingMotionEngine):
         super().__init__(scheduler.model, sampler, guidance, shape, seed, scheduler.networks, warm_up=False)
         self.scheduler, self.link = scheduler, link
         self.degraded = False
-        group, steps, _ = scheduler.motion_group(sampler)
-        rows = 1 if scheduler.model.cfg.kind == "student" else 1 + len(scheduler.model.cfg.guiding_conditions)
-        link.motion = (group, steps, rows)
+        group, steps, fewer = scheduler.motion_group(sampler)
+        link.motion = (group, min((steps, *fewer)) if scheduler.shed else steps)
         if not scheduler._motion_warm:  # the runtime's first-call costs, once per scheduler
             self._warm_up()
             scheduler._motion_warm = True
