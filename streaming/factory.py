@@ -6,6 +6,7 @@ session of a process with shared calls (``make_scheduler``, ``build_session(...,
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 
 import numpy as np
@@ -98,7 +99,21 @@ def open_backend(loaded: LoadedModel, backend: str = "torch", precision: str = "
 
 
 def make_scheduler(loaded: LoadedModel, backend: str = "torch", precision: str = "fp32", threads: int | None = None,
-                   **options) -> BatchScheduler:
+                   workers: int | None = None, **options) -> BatchScheduler:
     """A batching scheduler on the backend build_session would choose; options: BatchScheduler's
-    (max_batch, gather_ms, latency_budget_ms, shed, workers). Close it when its sessions are done."""
-    return BatchScheduler(loaded.model, open_backend(loaded, backend, precision, threads), **options)
+    (max_batch, gather_ms, latency_budget_ms, shed, margin_ms, max_call_ms). workers: threads
+    running calls, default one per core up to 2 on a CPU runtime (an audio call and a motion call
+    at once), 1 on a GPU (one stream). Close it when its sessions are done."""
+    networks = open_backend(loaded, backend, precision, threads)
+    if workers is None:
+        workers = 1 if runs_on_gpu(networks) else max(1, min(2, os.cpu_count() or 1))
+    return BatchScheduler(loaded.model, networks, workers=workers, **options)
+
+
+def runs_on_gpu(networks: Networks) -> bool:
+    if networks.name == "tensorrt":
+        return True
+    if networks.name == "onnxruntime":
+        return any(p != "CPUExecutionProvider" for p in getattr(networks, "providers", ()))
+    model = getattr(networks, "model", None)
+    return model is not None and model.device.type != "cpu"

@@ -66,12 +66,31 @@ RECENT = 2000  # call and request times kept for the percentiles
 class Pending:
     """What the policy knows of a queued request."""
 
-    deadline: float  # when its result is due (scheduler clock, s)
+    deadline: float  # when its step's frames are due (scheduler clock, s)
     group: Hashable  # requests with the same group may share one call
     rows: int = 1  # network rows it adds to a call (a teacher window: its k guided passes)
     steps: int = 1  # network passes it asks for (sampler steps; 1 for audio)
     fewer: tuple[int, ...] = ()  # cheaper step counts it may run with, descending (DDIM)
     sheddable: bool = True  # False: never dropped (a session's set-up call)
+    then: tuple[Hashable, int, int] | None = None  # its step's next request (group, rows, cheapest steps)
+
+    @property
+    def cheapest(self) -> int:
+        return min((self.steps, *self.fewer))
+
+
+def follow_up(p: Pending, cost: CostEstimate, turnaround: float, next_rows: int | None = None) -> float:
+    """Seconds from the end of a request's call to its step done: nothing, or the session's
+    turnaround and the call of its next request (``next_rows``: that call's rows; default its own)."""
+    if p.then is None:
+        return 0.0
+    group, rows, steps = p.then
+    return turnaround + cost(group, rows if next_rows is None else next_rows) * steps
+
+
+def time_alone(p: Pending, cost: CostEstimate, turnaround: float) -> float:
+    """Seconds from starting a request alone, at its cheapest, to its step done."""
+    return cost(p.group, p.rows) * p.cheapest + follow_up(p, cost, turnaround)
 
 
 @dataclass
@@ -86,96 +105,113 @@ CostEstimate = Callable[[Hashable, int], float]
 
 
 def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_batch: int,
-               others_free_at: float | None = None) -> BatchPlan:
-    """The next call and what to shed, in the module docstring's order:
+               others_free_at: float | None = None, turnaround: float = 0.0,
+               max_call_s: float = float("inf")) -> BatchPlan:
+    """The next call and what to shed, in the module docstring's order. Requests are taken
+    earliest deadline first and, at equal deadlines, a step's last request before a step's
+    first (a step whose audio is done finishes before a new one starts: its audio is not
+    wasted). A request's step is done in time when its call, ``turnaround`` (a session's time
+    from one result to its next request) and the call of its next request (the members' next
+    requests together, at their cheapest) end by its deadline.
 
-    - drop what cannot make its deadline even run alone, now, at its cheapest;
-    - the earliest deadline left heads the call, with fewer steps when it needs them to make its
-      deadline; requests of its group join in deadline order while the call still ends before
-      every member's deadline, up to ``max_batch`` (one that asked for more steps than the call
-      runs joins only if it would be late at its full count too);
-    - drop, now rather than later, what is left out and could not make its deadline starting when
+    - drop what cannot be done in time even run alone, now, at its cheapest;
+    - the first request left heads the call, with fewer steps when it needs them to be done in
+      time; requests of its group join in order while every member is still done in time and
+      every request of another group ahead of them can still start after the call in time (no
+      other worker free), up to ``max_batch`` windows and ``max_call_s`` seconds (a long call
+      keeps the steps that finish next waiting for a worker; one that asked for more steps than
+      the call runs joins only if it would be late at its full count too);
+    - drop, now rather than later, what is left out and could not be done in time starting when
       a worker is next free — after this call, or at ``others_free_at`` when other workers
       exist — so its session's continuation frames still go out in time."""
-    order = sorted(range(len(pending)), key=lambda i: pending[i].deadline)
+    order = sorted(range(len(pending)), key=lambda i: (pending[i].deadline, pending[i].then is not None))
 
-    def cheapest(p: Pending, start: float) -> float:
-        return start + cost(p.group, p.rows) * min((p.steps, *p.fewer))
+    def done(p: Pending, start: float, rows: int, steps: int, next_rows: int) -> float:
+        return start + cost(p.group, rows) * steps + follow_up(p, cost, turnaround, next_rows)
 
-    drop = [i for i in order if pending[i].sheddable and cheapest(pending[i], now) > pending[i].deadline]
+    def next_rows(p: Pending) -> int:
+        return 0 if p.then is None else p.then[1]
+
+    def alone(p: Pending, start: float) -> float:
+        return start + time_alone(p, cost, turnaround)
+
+    drop = [i for i in order if pending[i].sheddable and alone(pending[i], now) > pending[i].deadline]
     live = [i for i in order if i not in drop]
     if not live:
         return BatchPlan([], 0, drop)
     head = pending[live[0]]
-    group = head.group
     steps = head.steps
-    if now + cost(group, head.rows) * steps > head.deadline:
+    if done(head, now, head.rows, steps, next_rows(head)) > head.deadline:
         for fewer in head.fewer:
             steps = fewer
-            if now + cost(group, head.rows) * fewer <= head.deadline:
+            if done(head, now, head.rows, fewer, next_rows(head)) <= head.deadline:
                 break
 
-    def holds(deadline: float, rows: int) -> bool:
-        return now + cost(group, rows) * steps <= deadline
-
-    # the deadline the call must keep: its members' that it can still make (an unsheddable
-    # request already late constrains nothing)
-    run, rows = [live[0]], head.rows
-    due = head.deadline if holds(head.deadline, rows) else float("inf")
+    # what the call must keep: its members' deadlines that it can still make (an unsheddable
+    # request already late constrains nothing), and the latest start of the requests of other
+    # groups ahead in the order (unless another worker is free for them)
+    run, rows, after = [live[0]], head.rows, next_rows(head)
+    due = head.deadline if done(head, now, rows, steps, after) <= head.deadline else float("inf")
+    start_by = float("inf")
+    guarded = others_free_at is None or others_free_at > now
     for i in live[1:]:
         p = pending[i]
         if len(run) >= max_batch:
             break
-        if p.group != group or not holds(due, rows + p.rows):
-            continue
-        if p.sheddable and not holds(p.deadline, rows + p.rows):
-            continue
-        if steps < p.steps and now + cost(group, p.rows) * p.steps <= p.deadline:
-            continue  # it makes its deadline in full: it waits for a full call
-        run.append(i)
-        rows += p.rows
-        if holds(p.deadline, rows):
-            due = min(due, p.deadline)
-    call_end = now + cost(group, rows) * steps
+        if p.group == head.group:
+            t = done(p, now, rows + p.rows, steps, after + next_rows(p))
+            length = cost(p.group, rows + p.rows) * steps
+            if (t <= due and now + length <= start_by and length <= max_call_s
+                    and (not p.sheddable or t <= p.deadline)
+                    # one that makes its deadline in full waits for a full call
+                    and not (steps < p.steps and done(p, now, p.rows, p.steps, next_rows(p)) <= p.deadline)):
+                run.append(i)
+                rows, after = rows + p.rows, after + next_rows(p)
+                if t <= p.deadline:
+                    due = min(due, p.deadline)
+        elif guarded and p.sheddable:
+            latest = p.deadline - (alone(p, now) - now)
+            if now + cost(head.group, rows) * steps <= latest:
+                start_by = min(start_by, latest)
+    call_end = now + cost(head.group, rows) * steps
     next_start = call_end if others_free_at is None else min(call_end, max(now, others_free_at))
     taken = set(run)
-    drop += [i for i in live if i not in taken and pending[i].sheddable
-             and cheapest(pending[i], next_start) > pending[i].deadline]
+    drop += [i for i in live if i not in taken and pending[i].sheddable and alone(pending[i], next_start) > pending[i].deadline]
     return BatchPlan(run, steps, drop)
 
 
 class CostModel:
-    """Seconds per network pass as a + b·rows for each group, fitted by exponentially weighted
-    least squares over the calls run (wall clock: contention included). 0 before any call."""
+    """Seconds per network pass of a call, by group and number of rows: a recent average per
+    power-of-two bucket of rows (wall clock: contention included), interpolated between observed
+    buckets and scaled in proportion to rows beyond them (a fitted line extrapolates badly from
+    the narrow range of sizes a steady load produces). 0 before any call."""
 
-    def __init__(self, decay: float = 0.95):
-        self.decay = decay
-        self._sums: dict[Hashable, np.ndarray] = {}  # weight, Σx, Σy, Σx², Σxy
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self._buckets: dict[Hashable, dict[int, tuple[float, float]]] = {}  # bucket -> (mean rows, mean s)
         self._lock = threading.Lock()
 
     def observe(self, group: Hashable, rows: int, seconds: float) -> None:
-        x, y = float(rows), float(seconds)
+        bucket = max(int(rows), 1).bit_length()
         with self._lock:
-            s = self._sums.get(group, np.zeros(5))
-            self._sums[group] = self.decay * s + np.array([1.0, x, y, x * x, x * y])
+            buckets = self._buckets.setdefault(group, {})
+            old = buckets.get(bucket)
+            a = self.alpha
+            buckets[bucket] = ((float(rows), float(seconds)) if old is None else
+                               ((1 - a) * old[0] + a * rows, (1 - a) * old[1] + a * seconds))
 
     def __call__(self, group: Hashable, rows: int) -> float:
         with self._lock:
-            s = self._sums.get(group)
-        if s is None:
+            points = sorted((self._buckets.get(group) or {}).values())
+        if not points:
             return 0.0
-        w, sx, sy, sxx, sxy = s
-        mx, my = sx / w, sy / w
-        var = sxx / w - mx * mx
-        if var <= 1e-6 * max(1.0, mx * mx):  # one batch size seen so far: proportional to rows
-            return my * rows / mx
-        b = (sxy / w - mx * my) / var
-        a = my - b * mx
-        if b < 0:  # noise: more rows never cost less
-            a, b = my, 0.0
-        elif a < 0:
-            a, b = 0.0, my / mx
-        return a + b * rows
+        below = [p for p in points if p[0] <= rows]
+        above = [p for p in points if p[0] >= rows]
+        if below and above:
+            (x0, y0), (x1, y1) = below[-1], above[0]
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
+        x, y = below[-1] if below else above[0]
+        return y * rows / x
 
 
 # --- requests --------------------------------------------------------------------------------------
@@ -202,7 +238,7 @@ class SessionLink:
     def __init__(self, scheduler: BatchScheduler, label: str):
         self.scheduler, self.label = scheduler, label
         self._session: Callable[[], object] | None = None
-        self.motion: tuple[tuple, int] | None = None  # its windows' (group, cheapest step count): for estimates
+        self.motion: tuple[tuple, int, int] | None = None  # its windows' (group, rows, cheapest steps)
 
     def bind(self, session) -> None:
         self._session = weakref.ref(session)
@@ -216,16 +252,16 @@ class SessionLink:
         s = self.session
         return s is not None and not s.finished
 
-    def due(self, after: float = 0.0) -> tuple[float, bool]:
+    def due(self) -> tuple[float, bool]:
         """(deadline on the scheduler's clock, sheddable): the step's frame budget from the
-        arrival of its first frame's audio, less what comes ``after`` the request. Calls outside
-        a step (the session's set-up) have no deadline."""
+        arrival of its first frame's audio, less the margin. Calls outside a step (the session's
+        set-up) have no deadline."""
         s = self.session
         now = self.scheduler.clock()
         if s is None or s.step_arrival is None:
             return now + 3600.0, False
         waited = s.clock() - s.step_arrival  # on the session's own clock
-        return now - waited + self.scheduler.latency_budget_s - self.scheduler.margin_s - after, True
+        return now - waited + self.scheduler.latency_budget_s - self.scheduler.margin_s, True
 
 
 # --- the scheduler ---------------------------------------------------------------------------------
@@ -236,13 +272,15 @@ class BatchScheduler:
     max_batch: windows per call; gather_ms: how long a worker waits after the first queued
     request for others to join; latency_budget_ms: a frame's emit time minus its audio's arrival
     that the scheduler plans for (deadlines); margin_ms: of which kept for the session's own work
-    after a result and for jitter; shed: drop or shorten work that would miss it (off: plain
+    after a result and for jitter; max_call_ms: how long a call may grow (default a tenth of the
+    budget); shed: drop or shorten work that would miss it (off: plain
     earliest-deadline-first batching); workers: threads running calls (on a CPU, one per core lets
     an audio call and a motion call run at once)."""
 
     def __init__(self, model: DiffPoseTalk, networks: Networks, *, max_batch: int = 32, gather_ms: float = 3.0,
                  latency_budget_ms: float = 250.0, shed: bool = True, workers: int = 1,
-                 margin_ms: float = MARGIN_S * 1000, clock: Callable[[], float] = time.perf_counter):
+                 margin_ms: float = MARGIN_S * 1000, max_call_ms: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
         if networks.cfg is not model.cfg and networks.cfg != model.cfg:
             raise ValueError("the networks are not this model's")
         if max_batch < 1 or workers < 1:
@@ -252,6 +290,8 @@ class BatchScheduler:
         self.max_batch, self.gather_s = int(max_batch), gather_ms / 1000
         self.latency_budget_s, self.shed, self.clock = latency_budget_ms / 1000, shed, clock
         self.margin_s = margin_ms / 1000
+        # a tenth of the budget: the motion calls of finished audio never wait long for a worker
+        self.max_call_s = (latency_budget_ms / 10 if max_call_ms is None else max_call_ms) / 1000
         self.cost = CostModel()
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
@@ -270,6 +310,10 @@ class BatchScheduler:
         self._motion_step_s: dict[Hashable, float] = {}  # recent motion call time per sampler step, by group
         self._queue_max = 0
         self._busy_until: dict[int, float] = {}  # worker -> when its running call should end (under _cond)
+        self._awaited: set[SessionLink] = set()  # sessions whose audio just came back: their motion follows
+        self._awaited_until = 0.0
+        self._audio_done_at = 0.0
+        self.turnaround = 0.0  # recent time from an audio call's results to its last session's motion request
         self._threads = [threading.Thread(target=self._work, args=(i,), name=f"batch-scheduler-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
@@ -300,9 +344,9 @@ class BatchScheduler:
         window = np.ascontiguousarray(window, dtype=np.float32)
         if window.ndim != 1 or not len(window) or len(window) % FRAME_SAMPLES:
             raise ValueError(f"audio window has shape {window.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
-        after = self._motion_estimate(link) if link is not None else 0.0
-        due, sheddable = link.due(after) if link is not None else (self.clock() + 3600.0, False)
-        pending = Pending(due, ("audio", len(window)), sheddable=sheddable and self.shed)
+        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
+        then = link.motion if link is not None else None
+        pending = Pending(due, ("audio", len(window)), sheddable=sheddable and self.shed, then=then)
         return self._submit(_Request("audio", pending, window, link, self.clock()))
 
     def sample(self, job: WindowJob, sampler: Sampler, link: SessionLink | None = None) -> tuple[np.ndarray, bool]:
@@ -325,17 +369,6 @@ class BatchScheduler:
             n //= 2
         return group, len(timesteps), tuple(halvings)
 
-    def _motion_estimate(self, link: SessionLink) -> float:
-        """How long the motion stage after a session's audio request is expected to take: recent
-        motion calls of its group, per step, times its cheapest step count. (Not the cost model at
-        every session's rows: extrapolated from small calls it can exceed any budget, drop every
-        audio request and never see a large motion call that would correct it.)"""
-        if link.motion is None:
-            return 0.0
-        group, cheapest = link.motion
-        with self._stats_lock:
-            return self._motion_step_s.get(group, 0.0) * cheapest
-
     def _submit(self, request: _Request):
         """Queue the request and wait for its result. A sheddable request that no call has taken
         by the time it could only just make its deadline alone is withdrawn by its own session's
@@ -347,9 +380,13 @@ class BatchScheduler:
                 raise SchedulerClosed("the batch scheduler is closed")
             self._queue.append(request)
             self._queue_max = max(self._queue_max, len(self._queue))
+            if request.link in self._awaited:
+                self._awaited.discard(request.link)
+                if not self._awaited:  # the audio call's last session has asked for its motion
+                    self._note_turnaround(self.clock() - self._audio_done_at)
             self._cond.notify()
         if p.sheddable:
-            give_up = p.deadline - self.cost(p.group, p.rows) * min((p.steps, *p.fewer))
+            give_up = p.deadline - time_alone(p, self.cost, self.turnaround)
             try:
                 return request.future.result(timeout=max(0.0, give_up - self.clock()))
             except FutureTimeout:
@@ -359,15 +396,27 @@ class BatchScheduler:
                         self._queue.remove(request)
                 if waiting:
                     self._count("dropped")
+                    self._count(f"dropped_{request.kind}")
                     raise StepShed(f"{request.kind} request of {request.link.label if request.link else '?'} "
                                    "shed: no call could take it in time") from None
         return request.future.result()
 
     # --- workers ---------------------------------------------------------------------------------
+    def _note_turnaround(self, seconds: float) -> None:
+        self.turnaround = seconds if not self.turnaround else 0.8 * self.turnaround + 0.2 * seconds
+
     def _ready(self, now: float) -> float:
-        """0 when a call should start now, else how long to wait for more requests to gather."""
+        """0 when a call should start now, else how long to wait for more requests to gather:
+        up to the gather window after the first queued request, and up to the gather window after
+        an audio call for its sessions' motion requests (they come a moment later; started
+        steps finish first, and a long call started meanwhile would make them miss)."""
         if self._closed or len(self._queue) >= self.max_batch:
             return 0.0
+        if self._awaited and now < self._awaited_until:
+            return self._awaited_until - now
+        if self._awaited:  # waited the whole window: the turnaround is at least that
+            self._note_turnaround(now - self._audio_done_at)
+            self._awaited.clear()
         live = sum(1 for link in self._links if link.live)
         if len(self._queue) >= max(live, 1):
             return 0.0  # every session is waiting: no one else is coming
@@ -392,7 +441,8 @@ class BatchScheduler:
                 if len(self._threads) > 1:  # a left-out request may start on another worker
                     idle = len(self._threads) - 1 - len(self._busy_until)
                     others = now if idle > 0 else min(self._busy_until.values())
-                plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch, others)
+                plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch, others, self.turnaround,
+                                  self.max_call_s)
                 run, drop = [queue[i] for i in plan.run], [queue[i] for i in plan.drop]
                 if run:
                     rows = sum(r.pending.rows for r in run)
@@ -410,6 +460,7 @@ class BatchScheduler:
             run, steps, drop = nxt
             for r in drop:
                 self._count("dropped")
+                self._count(f"dropped_{r.kind}")
                 r.future.set_exception(StepShed(f"{r.kind} request of {r.link.label if r.link else '?'} "
                                                 "shed: it would miss its deadline"))
             if run:
@@ -444,11 +495,17 @@ class BatchScheduler:
             for r in run:
                 self._wait_s.append(start - r.submitted)
                 self._request_s.append(end - r.submitted)
-                if r.pending.sheddable and end > r.pending.deadline:
+                late = end + follow_up(r.pending, self.cost, self.turnaround) - r.pending.deadline
+                if r.pending.sheddable and late > 0:
                     self._counts["late"] += 1
-                    self._late_s.append(end - r.pending.deadline)
+                    self._late_s.append(late)
                 if kind == "motion" and steps < r.pending.steps:
                     self._counts["steps"] += 1
+        if kind == "audio":
+            with self._cond:
+                self._awaited.update(r.link for r in run if r.link is not None and r.pending.sheddable)
+                self._audio_done_at = self.clock()
+                self._awaited_until = self._audio_done_at + self.gather_s
         for r, out in zip(run, results):
             r.future.set_result(out)
 
@@ -509,6 +566,7 @@ class BatchScheduler:
                 "queue_depth_max": queue_max, "calls": {k: sum(c.values()) for k, c in sizes.items()},
                 "batch_sizes": sizes, "call_ms": calls, "wait_ms": wait, "request_ms": request,
                 "shed": {"dropped": counts.get("dropped", 0), "steps": counts.get("steps", 0)},
+                "dropped_at": {k: counts.get(f"dropped_{k}", 0) for k in ("audio", "motion")},
                 "late": counts.get("late", 0), "late_by_ms": late, "errors": counts.get("errors", 0)}
 
     def prometheus(self, prefix: str = "dpt_scheduler") -> str:
@@ -570,7 +628,9 @@ class ScheduledMotionEngine(SamplingMotionEngine):
         self.scheduler, self.link = scheduler, link
         self.degraded = False
         group, steps, fewer = scheduler.motion_group(sampler)
-        link.motion = (group, min((steps, *fewer)) if scheduler.shed else steps)
+        cfg = scheduler.model.cfg
+        rows = 1 if cfg.kind == "student" else 1 + len(cfg.guiding_conditions)  # at most (fewer without a style)
+        link.motion = (group, rows, min((steps, *fewer)) if scheduler.shed else steps)
         if not scheduler._motion_warm:  # the runtime's first-call costs, once per scheduler
             self._warm_up()
             scheduler._motion_warm = True

@@ -110,15 +110,35 @@ def test_plan_batch_drops_what_could_not_start_after_this_call_in_time():
     assert plan.run == [0] and plan.drop == []
 
 
+def test_plan_batch_finishes_started_steps_first_and_leaves_time_for_the_next_call():
+    motion = ("m", 1, 1)  # an audio request's step continues with a one-window motion call
+    audio = [Pending(1.0, "a", then=motion) for _ in range(6)]
+    started = Pending(1.0, "m")  # a step whose audio is done: at an equal deadline it goes first
+    plan = plan_batch(0.0, [*audio, started], linear_cost(0.1), max_batch=8)
+    assert plan.run == [6]
+    # audio windows join only while their motion call (0.1 s per window) and the sessions'
+    # turnaround (0.05 s) still fit: 0.1·n + 0.05 + 0.1·n <= 1.0 -> n = 4
+    plan = plan_batch(0.0, audio, linear_cost(0.1), max_batch=8, turnaround=0.05)
+    assert len(plan.run) == 4 and plan.drop == []
+    # a call grows no longer than max_call_s
+    plan = plan_batch(0.0, audio, linear_cost(0.1), max_batch=8, max_call_s=0.25)
+    assert len(plan.run) == 2
+
+
 def test_cost_model_fits_calls():
     cost = CostModel()
     assert cost("g", 4) == 0.0
     cost.observe("g", 2, 0.2)
     assert cost("g", 4) == pytest.approx(0.4)  # one size seen: proportional
-    for rows in (1, 2, 4, 8, 16, 8, 4):
+    assert cost("g", 1) == pytest.approx(0.1)
+    for rows in (2, 4, 8, 16):
         cost.observe("h", rows, 0.01 + 0.002 * rows)
-    assert cost("h", 32) == pytest.approx(0.01 + 0.002 * 32)  # a + b·rows
-    assert cost("h", 1) == pytest.approx(0.012)
+    assert cost("h", 4) == pytest.approx(0.018)
+    assert cost("h", 6) == pytest.approx(0.022)  # between observed sizes: interpolated
+    assert cost("h", 32) == pytest.approx(0.084)  # beyond: in proportion to rows
+    assert cost("h", 1) == pytest.approx(0.007)
+    cost.observe("h", 4, 0.028)  # recent calls weigh more
+    assert 0.018 < cost("h", 4) < 0.028
 
 
 # --- the batched guided denoiser -------------------------------------------------------------------
