@@ -11,19 +11,24 @@ hand the scheduler a request and block until a worker thread has run it:
   samples every queued window that shares the sampler's timesteps, one network pass per sampler
   step for all their rows (``diffposetalk.batching.sample_windows``).
 
-Each request carries a deadline: the arrival of the audio of the step's first emitted frame plus
-the latency budget (less the motion stage still to come, for an audio request). A worker waits a
-short gather window after the first queued request (or until every live session has one queued,
-or the batch is full), then :func:`plan_batch` picks the call: earliest deadline first, and under
-overload it sheds work in this order (never silent latency growth):
+Each request carries its step's deadline: the arrival of the audio of the step's first emitted
+frame plus the latency budget, less a margin for the session's own work. An audio request also
+carries what its step still needs after it (its motion call, and the sessions' turnaround between
+the two calls, which the scheduler measures). A worker waits a short gather window after the first
+queued request (or until every live session has one queued, or the batch is full; after an audio
+call, for its sessions' motion requests), then :func:`plan_batch` picks the call: earliest
+deadline first, a started step (its motion) before a new one (its audio) at equal deadlines, and
+under overload it sheds work in this order (never silent latency growth):
 
-1. a multi-step DDIM window that would miss its deadline runs fewer sampler steps (its frames say
-   ``shed="steps"``);
-2. a request that misses its deadline even run alone, now, at its cheapest is dropped: its
-   session emits the previous step's prediction of those frames instead (``shed="dropped"``), so
-   the most-late session loses its oldest step and catches up;
-3. a call only grows while it still ends before every member's deadline; the rest wait for the
-   next call.
+1. a multi-step DDIM window that would miss its deadline runs fewer sampler steps (halved until
+   it fits; its frames say ``shed="steps"``);
+2. a request whose step cannot be done in time even run alone, now, at its cheapest is dropped —
+   also when no call has taken it by the last moment it could start (its session's own thread
+   withdraws it): the session emits the previous step's prediction of those frames instead
+   (``shed="dropped"``), so the most-late session loses its oldest step and catches up;
+3. a call grows only while every member's step is still done in time, the requests ahead of
+   them in other groups can still start after it, and it lasts at most ``max_call_ms``; the
+   rest wait for the next call.
 
 Work is never shed while there is time for it, so it comes back by itself when the load falls.
 Counters, batch sizes, queue depth and call times are in :meth:`BatchScheduler.stats` (and
@@ -307,7 +312,6 @@ class BatchScheduler:
         self._wait_s: deque = deque(maxlen=RECENT)
         self._counts = Counter()  # dropped, steps, late, errors
         self._late_s: deque = deque(maxlen=RECENT)  # how late the late results were
-        self._motion_step_s: dict[Hashable, float] = {}  # recent motion call time per sampler step, by group
         self._queue_max = 0
         self._busy_until: dict[int, float] = {}  # worker -> when its running call should end (under _cond)
         self._awaited: set[SessionLink] = set()  # sessions whose audio just came back: their motion follows
@@ -486,10 +490,6 @@ class BatchScheduler:
         group = run[0].pending.group
         self.cost.observe(group, rows, (end - start) / max(steps, 1))
         with self._stats_lock:
-            if kind == "motion":
-                old = self._motion_step_s.get(group)
-                new = (end - start) / max(steps, 1)
-                self._motion_step_s[group] = new if old is None else 0.8 * old + 0.2 * new
             self._batch_sizes[kind][len(run)] += 1
             self._call_s[kind].append(end - start)
             for r in run:
@@ -567,7 +567,8 @@ class BatchScheduler:
                 "batch_sizes": sizes, "call_ms": calls, "wait_ms": wait, "request_ms": request,
                 "shed": {"dropped": counts.get("dropped", 0), "steps": counts.get("steps", 0)},
                 "dropped_at": {k: counts.get(f"dropped_{k}", 0) for k in ("audio", "motion")},
-                "late": counts.get("late", 0), "late_by_ms": late, "errors": counts.get("errors", 0)}
+                "late": counts.get("late", 0), "late_by_ms": late, "errors": counts.get("errors", 0),
+                "turnaround_ms": round(self.turnaround * 1000, 2)}
 
     def prometheus(self, prefix: str = "dpt_scheduler") -> str:
         """The stats in the Prometheus text format, for a server's /metrics."""
