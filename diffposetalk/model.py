@@ -145,13 +145,17 @@ class GuidedDenoiser:
     """``denoise(x_t, t)`` -> network output for the window's frames (N, L, D) after CFG and
     optional dynamic thresholding: a teacher's guided passes run as one batch through ``net``; a
     distilled student runs one pass with the scales as its input. The inputs that do not change
-    with the step are put together once, when the window's denoiser is made."""
+    with the step are put together once, when the window's denoiser is made.
+
+    A call is :meth:`rows` (the network's motion input, ``rows_per_window`` rows per window),
+    one network pass over ``inputs``, then :meth:`combine`: diffposetalk/batching.py runs the pass
+    of several windows' denoisers as one call with the same two halves."""
 
     def __init__(self, model: DiffPoseTalk, cond: WindowCondition, guidance: Guidance, net: NetworkPass):
         self.cond, self.guidance, self.net = cond, guidance, net
         self.L = model.cfg.n_motions
         self.student = model.cfg.kind == "student"
-        n = cond.audio_feat.shape[0]
+        self.n = n = cond.audio_feat.shape[0]
         prev_motion, prev_audio = model._prev(cond, n)
         if self.student:
             self.k, self.scales, self.mode = 1, [], None
@@ -164,20 +168,36 @@ class GuidedDenoiser:
         self.inputs = (torch.cat(audio_in), torch.cat(person_in), torch.cat([prev_motion] * k),
                        torch.cat([prev_audio] * k))
         self.indicator = torch.cat([cond.indicator] * k) if cond.indicator is not None else None
+        self.student_guidance = None
 
-    def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
-        L, k, n = self.L, self.k, x_t.shape[0]
-        step = torch.full((n * k,), t, dtype=torch.long, device=x_t.device)
+    @property
+    def rows_per_window(self) -> int:
+        """Network rows per x_t row: the k guided passes of a teacher, 1 for a student."""
+        return self.k
+
+    def rows(self, x_t: torch.Tensor) -> torch.Tensor:
+        """The network's motion input for x_t (n, L, D): k copies, one per guided pass."""
+        return x_t if self.k == 1 else torch.cat([x_t] * self.k)
+
+    def combine(self, out: torch.Tensor) -> torch.Tensor:
+        """Network output of the rows (k·n, n_prev + L, D) -> guided output (n, L, D)."""
+        L, k = self.L, self.k
         if self.student:
-            return self.net(x_t, *self.inputs, step, self.indicator, self.student_guidance)[:, -L:]
-        out = self.net(torch.cat([x_t] * k), *self.inputs, step, self.indicator)
+            return out[:, -L:]
         if self.guidance.dynamic_threshold:
             ratio, lo, hi = self.guidance.dynamic_threshold
-            s = torch.quantile(out[:, -L:].reshape(n * k, -1).abs(), ratio, dim=1)
+            s = torch.quantile(out[:, -L:].reshape(out.shape[0], -1).abs(), ratio, dim=1)
             s = torch.clamp(s, min=lo, max=hi)[..., None, None]
             out = torch.clamp(out, min=-s, max=s)
         results = [r[:, -L:] for r in out.chunk(k)]
         return combine_guidance(results, self.scales, self.mode)
+
+    def __call__(self, x_t: torch.Tensor, t: int) -> torch.Tensor:
+        rows = self.rows(x_t)
+        step = torch.full((rows.shape[0],), t, dtype=torch.long, device=x_t.device)
+        if self.student:
+            return self.combine(self.net(rows, *self.inputs, step, self.indicator, self.student_guidance))
+        return self.combine(self.net(rows, *self.inputs, step, self.indicator))
 
 
 def combine_guidance(results: list[torch.Tensor], scales: list[float], mode: str) -> torch.Tensor:

@@ -155,12 +155,28 @@ class Sampler(ABC):
     def timesteps(self, model: DiffPoseTalk) -> list[int]:
         """The network steps evaluated, in order."""
 
-    @abstractmethod
     def sample(self, model: DiffPoseTalk, denoise: Denoiser, x_T: torch.Tensor, noise: NoiseSource | None = None,
                window: int = 0) -> torch.Tensor:
         """One window: x_T (N, L, D) -> clean normalised motion (N, L, D), calling ``denoise``
         (e.g. ``model.guided_denoiser(cond, guidance)``) at each step; ``model`` gives the
-        schedule, the prediction target and the number of steps."""
+        schedule, the prediction target and the number of steps; a stochastic sampler draws its
+        step noise from ``noise`` (default: a fresh RandomNoise) for window ``window``."""
+        source = noise if noise is not None or not self.stochastic else RandomNoise()
+        shape = tuple(x_T.shape)
+        return self.run(model, denoise, x_T, None if source is None else lambda t: source.step(window, t, shape))
+
+    @abstractmethod
+    def run(self, model: DiffPoseTalk, denoise: Denoiser, x_T: torch.Tensor,
+            noise: Callable[[int], torch.Tensor] | None, timesteps: list[int] | None = None) -> torch.Tensor:
+        """The sampling loop over ``timesteps`` (default: :meth:`timesteps`) with the step noise
+        ``noise(t)`` (x_T's shape) of a stochastic sampler. Row-independent: several windows'
+        x_T stacked, with their noise draws concatenated, sample each window as alone
+        (diffposetalk/batching.py)."""
+
+    def fewer_steps(self, model: DiffPoseTalk, steps: int) -> list[int] | None:
+        """The timesteps of a cheaper run of this sampler in ``steps`` network steps, or None
+        when it cannot run fewer (overload shedding, streaming/scheduler.py)."""
+        return None
 
     def passes_per_window(self, model: DiffPoseTalk, guidance: Guidance, has_style: bool) -> int:
         if model.cfg.kind == "student":  # guidance distilled: one pass per step, the scales are an input
@@ -171,7 +187,8 @@ class Sampler(ABC):
 
 
 class DDPMSampler(Sampler):
-    """The reference ancestral sampler over all T steps with the x0 posterior mean."""
+    """The reference ancestral sampler over all T steps with the x0 posterior mean. It cannot
+    skip steps (its posterior is defined step by step): no cheaper run."""
 
     name = "ddpm"
     stochastic = True
@@ -182,11 +199,9 @@ class DDPMSampler(Sampler):
     def timesteps(self, model):
         return list(range(model.cfg.n_diff_steps, 0, -1))
 
-    def sample(self, model, denoise, x_T, noise=None, window=0):
-        source = noise if noise is not None else RandomNoise()
-        shape = tuple(x_T.shape)
-        return sample_ddpm(denoise, x_T, model.diffusion_sched, self.timesteps(model), model.cfg.target,
-                           lambda t: source.step(window, t, shape), self.flexibility)
+    def run(self, model, denoise, x_T, noise, timesteps=None):
+        return sample_ddpm(denoise, x_T, model.diffusion_sched, timesteps or self.timesteps(model), model.cfg.target,
+                           noise, self.flexibility)
 
 
 class DDIMSampler(Sampler):
@@ -200,13 +215,23 @@ class DDIMSampler(Sampler):
         self.steps = steps
 
     def timesteps(self, model):
-        T = model.cfg.n_diff_steps
-        n = min(self.steps, T)
-        ts = np.unique(np.round(np.linspace(T, 0, n + 1)).astype(int))[::-1]
-        return [int(t) for t in ts if t > 0]
+        return ddim_timesteps(model.cfg.n_diff_steps, self.steps)
 
-    def sample(self, model, denoise, x_T, noise=None, window=0):
-        return sample_ddim(denoise, x_T, model.diffusion_sched, self.timesteps(model), model.cfg.target)
+    def run(self, model, denoise, x_T, noise=None, timesteps=None):
+        return sample_ddim(denoise, x_T, model.diffusion_sched, timesteps or self.timesteps(model), model.cfg.target)
+
+    def fewer_steps(self, model, steps):
+        """DDIM runs any subset of the schedule; a distilled student only its own step count."""
+        if model.cfg.kind == "student" or not 1 <= steps < len(self.timesteps(model)):
+            return None
+        return ddim_timesteps(model.cfg.n_diff_steps, steps)
+
+
+def ddim_timesteps(n_diff_steps: int, steps: int) -> list[int]:
+    """``steps`` evenly spaced steps of a T-step schedule, descending."""
+    n = min(steps, n_diff_steps)
+    ts = np.unique(np.round(np.linspace(n_diff_steps, 0, n + 1)).astype(int))[::-1]
+    return [int(t) for t in ts if t > 0]
 
 
 def make_sampler(name: str, steps: int | None, model: DiffPoseTalk) -> Sampler:

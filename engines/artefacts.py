@@ -5,7 +5,9 @@
   ~/.cache/dpt-live.
 - Graph files: ``audio_<S>.onnx`` (one per audio window length S), ``denoiser.onnx``,
   ``style.onnx``, and their ``.fp16`` / ``.int8`` variants, each with a ``.json`` sidecar
-  (:class:`ExportRecord`) naming the model hash it was exported from.
+  (:class:`ExportRecord`) naming the model hash it was exported from and its input shapes. Every
+  graph has a dynamic batch axis ("N"); a graph recorded with a fixed batch (audio graphs exported
+  before the batching scheduler) is out of date and exported again (:func:`record_current`).
 - :class:`ArtefactLookup`: what a runtime asks for "the ONNX graph / TensorRT plan of graph G at
   window W and precision P". It only finds existing files of this model; a missing one is a
   UserError naming the ``dpt-live export`` command that makes it. export/prepare.py's subclass
@@ -31,6 +33,11 @@ STYLE_FILE = "style.onnx"
 GRAPHS = ("audio", "denoiser", "style")
 
 # --- the cache -------------------------------------------------------------------------------------
+
+
+# how plans lay out their optimisation profiles (export/tensorrt_build.py): part of a plan's key, so
+# a plan built with another layout is rebuilt rather than run with the wrong profiles
+PLAN_LAYOUT = "batch-buckets-1"
 
 
 def cache_root() -> Path:
@@ -121,6 +128,12 @@ class ExportRecord:
                 f"{self.ref_max_abs:.2f}, tolerance {self.tolerance:g}), {self.seconds:.1f} s")
 
 
+def record_current(record: ExportRecord) -> bool:
+    """Whether an exported graph has the interface this version runs: a dynamic batch on every
+    input (an audio graph exported at a fixed batch of 1 cannot serve a batch of sessions)."""
+    return bool(record.inputs) and all(shape and shape[0] == "N" for shape in record.inputs.values())
+
+
 def read_record(path: Path) -> ExportRecord | None:
     side = Path(str(path) + ".json")
     if not (path.is_file() and side.is_file()):
@@ -159,9 +172,11 @@ class ArtefactLookup:
 
     def find_onnx(self, graph: str, precision: str = "fp32", window_samples: int | None = None) -> Path | None:
         """The graph file when this model's is there and current, else None (an int8 graph older
-        than its fp32 source was quantised from an earlier export: not current)."""
+        than its fp32 source was quantised from an earlier export, a graph with a fixed batch was
+        exported by an earlier version: not current)."""
         path = self.onnx_path(graph, precision, window_samples)
-        if self.record(path) is None:
+        rec = self.record(path)
+        if rec is None or not record_current(rec):
             return None
         src = self.onnx_path(graph, "fp32", window_samples)
         if precision == "int8" and src.is_file() and path.stat().st_mtime < src.stat().st_mtime:
@@ -180,7 +195,7 @@ class ArtefactLookup:
         """Where the TensorRT plan built from ``onnx`` for ``gpu`` (name, compute capability,
         TensorRT version) is (or would be)."""
         name, cc, version = gpu
-        key = trt_cache_key(name, cc, version, self.key, f"{onnx.name}:{record.inputs}", precision)
+        key = trt_cache_key(name, cc, version, self.key, f"{onnx.name}:{record.inputs}:{PLAN_LAYOUT}", precision)
         return self.plan_root / "tensorrt" / key / (onnx.stem + ".plan")
 
     def plan(self, graph: str, precision: str, window_samples: int | None, gpu: tuple[str, tuple, str]) -> Path:

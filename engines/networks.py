@@ -5,8 +5,11 @@ Every backend implements :class:`Networks` with numpy arrays at the boundary:
 
 - ``audio_features(audio (S,))`` -> (S / 640, feature_dim): the audio encoder and its 768->512
   projection (``DiffPoseTalk.audio_features``) at one fixed window length per compiled graph;
+  ``audio_features_batch(audio (B, S))`` -> (B, S / 640, feature_dim): B windows in one call
+  (streaming/scheduler.py serves every session of a process with it);
 - ``denoise(inputs)`` -> (N, n_prev + L, D): one ``DenoisingNetwork.forward`` at fixed (L, n_prev)
-  and batch 1..k (the teacher batches its k CFG passes; a student has one pass + guidance input);
+  and any batch N (a teacher's k CFG passes per window, a student's one pass + guidance input,
+  times the windows batched together);
 - ``style(motion (N, T, D))`` -> (N, d_style).
 
 Samplers and classifier-free guidance stay backend-independent: ``network_pass()`` gives the
@@ -73,6 +76,12 @@ class Networks(ABC):
     def audio_features(self, audio: np.ndarray) -> np.ndarray:
         """(S,) normalised 16 kHz audio, S a multiple of 640 -> (S // 640, feature_dim)."""
 
+    def audio_features_batch(self, audio: np.ndarray) -> np.ndarray:
+        """(B, S) windows of the same length -> (B, S // 640, feature_dim). This default runs them
+        one by one; a runtime with a batch axis runs them in one call."""
+        check_windows(audio)
+        return np.stack([self.audio_features(a) for a in audio])
+
     @abstractmethod
     def denoise(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """inputs by :func:`denoiser_input_names` (batch N first) -> (N, n_prev + L, D)."""
@@ -130,11 +139,15 @@ class TorchNetworks(Networks):
         """Nothing to export or load, and a TorchNetworks is made per session: no warm-up pass
         (it would be paid again at every session build)."""
 
-    @torch.inference_mode()
     def audio_features(self, audio):
         check_window(audio)
+        return self.audio_features_batch(audio[None])[0]
+
+    @torch.inference_mode()
+    def audio_features_batch(self, audio):
+        check_windows(audio)
         x = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.model.device)
-        return self.model.audio_features(x[None], len(audio) // FRAME_SAMPLES)[0].float().cpu().numpy()
+        return self.model.audio_features(x, audio.shape[1] // FRAME_SAMPLES).float().cpu().numpy()
 
     @torch.inference_mode()
     def denoise(self, inputs):
@@ -154,6 +167,12 @@ def check_window(audio: np.ndarray) -> None:
     if audio.ndim != 1 or len(audio) == 0 or len(audio) % FRAME_SAMPLES:
         raise ValueError(f"audio window has shape {audio.shape}: need (S,) with S a positive multiple of "
                          f"{FRAME_SAMPLES} samples (one 40 ms motion frame)")
+
+
+def check_windows(audio: np.ndarray) -> None:
+    if audio.ndim != 2 or len(audio) == 0 or audio.shape[1] == 0 or audio.shape[1] % FRAME_SAMPLES:
+        raise ValueError(f"audio windows have shape {audio.shape}: need (B, S) with B >= 1 and S a positive "
+                         f"multiple of {FRAME_SAMPLES} samples (one 40 ms motion frame)")
 
 
 # --- availability and the automatic choice -------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 
 from diffposetalk.errors import UserError
 from engines.artefacts import ArtefactLookup
-from engines.networks import Networks, check_window, denoiser_input_names
+from engines.networks import Networks, check_window, check_windows, denoiser_input_names
 
 log = logging.getLogger("dpt_live.backends")
 
@@ -105,8 +105,13 @@ class OrtNetworks(Networks):
 
     def audio_features(self, audio):
         check_window(audio)
-        x = np.ascontiguousarray(audio, dtype=np.float32)[None]
-        return self.audio_session(len(audio)).run(None, {"audio": x})[0][0]
+        return self.audio_features_batch(audio[None])[0]
+
+    def audio_features_batch(self, audio):
+        """One run of the audio graph over B windows (its batch axis is dynamic)."""
+        check_windows(audio)
+        x = np.ascontiguousarray(audio, dtype=np.float32)
+        return self.audio_session(x.shape[1]).run(None, {"audio": x})[0]
 
     def denoise(self, inputs):
         return self._denoiser.run(None, {n: inputs[n] for n in self.input_names})[0]

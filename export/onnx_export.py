@@ -2,10 +2,12 @@
 
 Graphs (file names are the cache's keys within a model's directory, see engines/artefacts.py):
 
-- ``audio_<S>.onnx``: normalised audio (1, S) -> features (1, S/640, feature_dim); one file per
-  streaming window length S (context + hop + lookahead), since the encoder is not causal;
-- ``denoiser.onnx``: DenoisingNetwork.forward at the model's (n_prev, L), batch dynamic 1..k (k CFG
-  passes of a teacher; a student: batch 1 plus the (w_audio, w_style) guidance input);
+- ``audio_<S>.onnx``: normalised audio (N, S) -> features (N, S/640, feature_dim), batch dynamic
+  (one window per session a batching scheduler serves); one file per streaming window length S
+  (context + hop + lookahead), since the encoder is not causal;
+- ``denoiser.onnx``: DenoisingNetwork.forward at the model's (n_prev, L), batch dynamic (k CFG
+  passes of a teacher per window, a student's one pass plus the (w_audio, w_style) guidance input,
+  times the windows batched together);
 - ``style.onnx``: (N, 100, D) motion -> (N, d_style).
 
 Each file has a ``.json`` sidecar (model hash, shapes, parity). The TorchScript exporter
@@ -205,13 +207,18 @@ def export_audio(model: DiffPoseTalk, out_dir: Path, window_samples: int, tolera
     n = window_samples // FRAME_SAMPLES
     dst = Path(out_dir) / audio_file(window_samples, precision)
     tmp = dst.with_suffix(f".tmp{os.getpid()}")
-    audio = parity_audio(window_samples)[None]
-    _write_graph(AudioGraph(model, n), (torch.from_numpy(audio),), ["audio"], ["features"], [], tmp, precision)
-    ref = TorchNetworks(ref_model).audio_features(audio[0])[None]
-    rec = ExportRecord("audio", dst.name, key or model_hash(ref_model), {"audio": [1, window_samples]}, 0.0, 0.0,
-                       tolerance, 0.0, precision, extra={"window_samples": window_samples, "n_frames": n})
+    audio = parity_audio(window_samples)
+    # traced at batch 2 so no size-1 axis is mistaken for a broadcast; checked at 1 and 3
+    # (distinct windows: a row that leaked into another would show)
+    batch = np.stack([audio, audio[::-1], -audio]).astype(np.float32)
+    _write_graph(AudioGraph(model, n), (torch.from_numpy(batch[:2].copy()),), ["audio"], ["features"],
+                 ["audio", "features"], tmp, precision)
+    ref = TorchNetworks(ref_model).audio_features_batch(batch)
+    rec = ExportRecord("audio", dst.name, key or model_hash(ref_model), {"audio": ["N", window_samples]}, 0.0, 0.0,
+                       tolerance, 0.0, precision,
+                       extra={"window_samples": window_samples, "n_frames": n, "batch": "dynamic"})
     rec.seconds = time.perf_counter() - t0
-    return _check_and_keep(tmp, dst, rec, [({"audio": audio}, ref)])
+    return _check_and_keep(tmp, dst, rec, [({"audio": batch[:1]}, ref[:1]), ({"audio": batch}, ref)])
 
 
 def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float | None = None,
@@ -224,18 +231,20 @@ def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float | None 
     k = denoiser_batch(cfg)
     dst = Path(out_dir) / graph_file(DENOISER_FILE, precision)
     tmp = dst.with_suffix(f".tmp{os.getpid()}")
-    # traced at batch 2 so no size-1 axis is mistaken for a broadcast; checked at 1 and k
+    # traced at batch 2 so no size-1 axis is mistaken for a broadcast; checked at 1, k and several
+    # windows' rows together (a batching scheduler's call)
     trace = denoiser_inputs(cfg, 2, seed=1)
     _write_graph(DenoiserGraph(net), tuple(torch.from_numpy(trace[n]) for n in names), names, ["out"],
                  names + ["out"], tmp, precision)
     ref = TorchNetworks(model)
     cases = []
-    for b in sorted({1, k}):
+    for b in sorted({1, k, 3 * k + 1}):
         feeds = denoiser_inputs(cfg, b, seed=10 + b)
         cases.append((feeds, ref.denoise(feeds)))
     shapes = {n: ["N", *v.shape[1:]] for n, v in trace.items()}
+    # max_batch: the CFG rows of one window (a TensorRT profile's optimum); the graph takes any batch
     rec = ExportRecord("denoiser", dst.name, key or model_hash(model), shapes, 0.0, 0.0, tolerance, 0.0,
-                       precision, extra={"max_batch": k, "kind": cfg.kind})
+                       precision, extra={"max_batch": k, "kind": cfg.kind, "batch": "dynamic"})
     rec.seconds = time.perf_counter() - t0
     return _check_and_keep(tmp, dst, rec, cases)
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from diffposetalk.errors import UserError
-from engines.artefacts import ArtefactLookup, cache_root, model_hash, plan_complete
+from engines.artefacts import ArtefactLookup, cache_root, model_hash, plan_complete, record_current
 from engines.networks import Networks, TorchNetworks, check_backend
 from engines.onnx_runtime import OrtNetworks
 from engines.tensorrt_runtime import TrtNetworks, gpu_identity
@@ -43,22 +43,22 @@ class OnDemandArtefacts(ArtefactLookup):
         self._lock = threading.RLock()
 
     def onnx(self, graph: str, precision: str = "fp32", window_samples: int | None = None) -> Path:
-        """The graph file, exported first when missing; an int8 graph is quantised from the fp32
-        one when missing or older than it."""
+        """The graph file, exported first when missing or out of date (a fixed-batch graph of an
+        earlier version); an int8 graph is quantised from the fp32 one when missing or older."""
         with self._lock:
             if precision != "int8":
                 return self._exported(graph, precision, window_samples)
             src = self._exported(graph, "fp32", window_samples)
-            dst = self.onnx_path(graph, "int8", window_samples)
-            if not dst.is_file() or dst.stat().st_mtime < src.stat().st_mtime:
-                quantize_graph(src, dst)
-            return dst
+            dst = self.find_onnx(graph, "int8", window_samples)
+            return dst if dst is not None else quantize_graph(src, self.onnx_path(graph, "int8", window_samples))
 
     def _exported(self, graph: str, precision: str, window_samples: int | None) -> Path:
         path = self.onnx_path(graph, precision, window_samples)
-        if self.record(path) is not None:  # another model's file raises here: never overwritten
+        rec = self.record(path)  # another model's file raises here: never overwritten
+        if rec is not None and record_current(rec):
             return path
-        log.info("exporting %s to %s (first use of this model/shape)", path.name, self.onnx_dir)
+        log.info("exporting %s to %s (%s)", path.name, self.onnx_dir,
+                 "first use of this model/shape" if rec is None else "its cached graph has a fixed batch")
         model = self.loaded.model
         if graph == "audio":
             ox.export_audio(model, self.onnx_dir, window_samples, key=self.key, precision=precision)

@@ -4,11 +4,12 @@
   precision flags at all; in 10 the strongly-typed flag gives the same behaviour). fp16 plans are
   built from the fp16 ONNX graphs (export/onnx_export.py: half weights, normalisation in fp32).
 - fp32 plans clear TF32 where the flag exists, so they match PyTorch fp32 within 1e-3.
-- Fixed shapes: the audio encoder at its window length; the denoiser and the style encoder
-  with one fixed-shape optimisation profile per batch bucket (:func:`batch_buckets`: batch 1..k
-  for the denoiser, k = the teacher's CFG passes; 1..4 for the style encoder). A profile serves
-  one execution context at a time, and a fixed shape lets the runtime capture each context's
-  enqueue as a CUDA graph (engines/tensorrt_runtime.py).
+- Fixed shapes per batch bucket: the audio encoder at its window length, the denoiser and the
+  style encoder each get one fixed-shape optimisation profile per batch bucket (:func:`batch_buckets`:
+  1..4, then powers of two, up to MAX_WINDOWS windows for the audio encoder, k·MAX_WINDOWS rows for
+  the denoiser — k = the teacher's CFG passes; a batching scheduler's windows — and 4 for the style
+  encoder). A profile serves one execution context at a time, and a fixed shape lets the runtime
+  capture each context's enqueue as a CUDA graph (engines/tensorrt_runtime.py).
 - Plans are cached under <cache>/tensorrt/<key>/ where the key (engines.artefacts.trt_cache_key)
   names the GPU, compute capability, TensorRT version, model hash, graph and precision; a plan is
   checked against PyTorch after it is built and refused over the tolerance. export/prepare.py
@@ -39,6 +40,7 @@ log = logging.getLogger("dpt_live.export")
 
 WORKSPACE_BYTES = 2 << 30
 STYLE_MAX_BATCH = 4
+MAX_WINDOWS = 64  # windows (sessions) one batched call carries at most (streaming/scheduler.py)
 
 
 def require_tensorrt() -> None:
@@ -130,9 +132,11 @@ def serialize_plan(onnx_path: Path, profiles: list[Profile]) -> bytes:
 def plan_profiles(graph: str, cfg, onnx_record: ExportRecord) -> list[Profile]:
     """One fixed-shape profile per batch bucket of the graph's batch-dynamic inputs."""
     if graph == "audio":
-        return []
-    names = list(onnx_record.inputs) if graph == "denoiser" else ["motion"]
-    max_batch = denoiser_batch(cfg) if graph == "denoiser" else STYLE_MAX_BATCH
+        max_batch, names = MAX_WINDOWS, ["audio"]  # a batching scheduler's windows
+    elif graph == "denoiser":
+        max_batch, names = denoiser_batch(cfg) * MAX_WINDOWS, list(onnx_record.inputs)
+    else:
+        max_batch, names = STYLE_MAX_BATCH, ["motion"]
     profiles = []
     for b in batch_buckets(max_batch):
         shapes = {name: (b, *onnx_record.inputs[name][1:]) for name in names}

@@ -19,6 +19,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from diffposetalk.batching import WindowJob
 from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition, motion_to_coef
 from diffposetalk.sampler import RandomNoise, Sampler
 from diffposetalk.units import FRAME_SAMPLES
@@ -46,6 +47,15 @@ class MotionEngine(Protocol):
                prev_audio: np.ndarray, style: np.ndarray | None, step: int) -> np.ndarray:
         """audio_feat (n_motions, F), indicator (n_motions,) 1 = real frame, prev_* (n_prev, ·),
         style (d_style,) or None -> clean normalised motion (n_motions, motion_dim)."""
+
+# An engine shared with other sessions (streaming/scheduler.py) may refuse a step under overload:
+# ``features`` or ``sample`` then raise StepShed and the session emits a cheap continuation of
+# that step's frames (StreamSession._shed_step). A motion engine that ran a step with fewer
+# sampler steps than asked says so in its ``degraded`` attribute (False when absent).
+
+
+class StepShed(RuntimeError):
+    """This step's network work was shed under overload: emit a continuation instead."""
 
 
 class NetworkAudioFeatures:
@@ -75,7 +85,7 @@ class SamplingMotionEngine:
     audio."""
 
     def __init__(self, model: DiffPoseTalk, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
-                 seed: int = 0, networks: Networks | None = None):
+                 seed: int = 0, networks: Networks | None = None, warm_up: bool = True):
         cfg = model.cfg
         self.model, self.sampler, self.guidance = model, sampler, guidance
         self.net = (TorchNetworks(model) if networks is None else networks).network_pass()
@@ -89,7 +99,8 @@ class SamplingMotionEngine:
         self.start_audio = model.start_audio_feat[0].detach().cpu().numpy()
         null = getattr(model, "null_style_feat", None)
         self.null_style = None if null is None else null[0, 0].detach().cpu().numpy()
-        self._warm_up()
+        if warm_up:
+            self._warm_up()
 
     @torch.inference_mode()
     def _warm_up(self) -> None:
@@ -106,12 +117,17 @@ class SamplingMotionEngine:
         return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)).to(self.model.device)[None]
 
     @torch.inference_mode()
-    def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+    def window_job(self, audio_feat, indicator, prev_motion, prev_audio, style, step) -> WindowJob:
+        """The window :meth:`sample` samples, as a job diffposetalk.batching can batch."""
         cond = WindowCondition(self._t(audio_feat), self.shape, None if style is None else self._t(style),
                                self._t(prev_motion), self._t(prev_audio),
                                self._t(indicator) if self.use_indicator else None)
-        denoise = self.model.guided_denoiser(cond, self.guidance, self.net)
-        out = self.sampler.sample(self.model, denoise, self.x_T, self.noise, window=step)
+        return WindowJob(self.model.guided_denoiser(cond, self.guidance, self.net), self.x_T, self.noise, step)
+
+    @torch.inference_mode()
+    def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+        job = self.window_job(audio_feat, indicator, prev_motion, prev_audio, style, step)
+        out = self.sampler.sample(self.model, job.denoiser, job.x_T, job.noise, window=job.window)
         return out[0].float().cpu().numpy()
 
 

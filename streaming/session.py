@@ -14,7 +14,12 @@ Each step (see streaming/windowing.py for the arithmetic):
    frames are crossfaded from their earlier (lookahead) prediction so step boundaries stay smooth.
 
 The session does no I/O and no threading: a caller feeds it blocks (:meth:`feed`) and ends the
-stream (:meth:`finish`); streaming/runner.py connects it to an audio source."""
+stream (:meth:`finish`); streaming/runner.py connects it to an audio source.
+
+Engines shared with other sessions (streaming/scheduler.py) read :attr:`StreamSession.step_arrival`
+for the step's deadline and may shed a step under overload (``StepShed``): the session then emits
+the previous step's lookahead prediction of those frames (held last frame beyond it), continues
+its conditions from them, and flags the frames (``Frame.shed``)."""
 
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ import numpy as np
 from diffposetalk.units import FPS, FRAME_SAMPLES, SAMPLE_RATE
 from streaming.conditioning import AudioConditioner, RunningNormalizer
 from streaming.eyes import ProceduralEyes
-from streaming.motion import AudioFeatureEngine, CoefDecoder, MotionEngine
+from streaming.motion import AudioFeatureEngine, CoefDecoder, MotionEngine, StepShed
 from streaming.ring import RingBuffer
 from streaming.style import StyleFader
 from streaming.windowing import WindowSpec, frames_in
@@ -62,6 +67,10 @@ class Frame:
     exp: np.ndarray  # (50,) FLAME expression
     pose: np.ndarray  # (6,) global rotation (3) + jaw (3), axis-angle
     eyes: np.ndarray | None  # (4,) see streaming/eyes.py, or None when eyes are off
+    # overload shedding (streaming/scheduler.py): None = computed in full; "steps" = sampled with
+    # fewer denoiser steps; "dropped" = the step's network work was dropped, the frame is the
+    # previous step's prediction of it (or the last frame held)
+    shed: str | None = None
 
     @property
     def latency(self) -> float:
@@ -75,6 +84,7 @@ class StepInfo:
     n_frames: int
     compute_s: float  # features + denoising + decoding of this step
     features_s: float  # of which the audio encoder
+    shed: str | None = None  # as Frame.shed
 
 
 class StreamSession:
@@ -105,6 +115,9 @@ class StreamSession:
         silent = audio.features(np.zeros(spec.window_samples, np.float32))
         self.silence = silent[len(silent) // 2].copy()
         self._pending = np.zeros((0, motion.motion_dim), np.float32)  # last step's lookahead frames
+        self._pending_audio = np.zeros((0, self.prev_audio.shape[1]), np.float32)  # ... and their features
+        self.step_arrival: float | None = None  # session clock: when the current step's first frame's audio came
+        self.shed_steps = {"steps": 0, "dropped": 0}  # steps shed under overload, by kind
         self.step = 0
         self.emitted = 0
         self._consumed = 0  # samples already folded into the running statistics
@@ -155,33 +168,59 @@ class StreamSession:
         first = spec.first_frame(self.step)
         end = spec.audio_end(self.step)
         t_start = self.clock()
+        arrival = self.ring.arrival_of((first + 1) * FRAME_SAMPLES)
+        self.step_arrival = arrival if arrival is not None else t_start
 
         # statistics from exactly the samples this step sees for the first time
         new_end = min(end, self.ring.written)
         if new_end > self._consumed:
             self.normalizer.update(self.ring.read(self._consumed, new_end)[0])
             self._consumed = new_end
-        window, lo, hi = self.ring.read(end - spec.window_samples, end)
-        feats = self.audio.features(self.normalizer.normalise(window, lo, hi))
-        t_feat = self.clock() - t_start
-
         # frames with real audio: all hop + lookahead, except at the end of the stream
         n_real = spec.new_frames if not final else min(spec.new_frames, total - first)
-        audio_feat = np.tile(self.silence, (L, 1))
-        audio_feat[:n_real] = feats[spec.context:spec.context + n_real]
-        indicator = np.zeros(L, np.float32)
-        indicator[:n_real] = 1
-        style = self.style.at(first)
-        motion = self.motion.sample(audio_feat, indicator, self.prev_motion, self.prev_audio, style, self.step)
-
         n_emit = spec.hop if not final else min(spec.hop, n_real)
+        try:
+            window, lo, hi = self.ring.read(end - spec.window_samples, end)
+            feats = self.audio.features(self.normalizer.normalise(window, lo, hi))
+            t_feat = self.clock() - t_start
+
+            audio_feat = np.tile(self.silence, (L, 1))
+            audio_feat[:n_real] = feats[spec.context:spec.context + n_real]
+            indicator = np.zeros(L, np.float32)
+            indicator[:n_real] = 1
+            style = self.style.at(first)
+            motion = self.motion.sample(audio_feat, indicator, self.prev_motion, self.prev_audio, style, self.step)
+            shed = "steps" if getattr(self.motion, "degraded", False) else None
+        except StepShed:
+            return self._emit(first, n_emit, *self._shed_step(n_emit), t_start, self.clock() - t_start, "dropped")
+
         out = self._blend_seam(motion[:n_emit].copy())
         self._pending = motion[n_emit:n_real].copy()
+        self._pending_audio = audio_feat[n_emit:n_real].copy()
+        return self._emit(first, n_emit, out, audio_feat[:n_emit], t_start, t_feat, shed)
+
+    def _shed_step(self, n_emit: int) -> tuple[np.ndarray, np.ndarray]:
+        """The frames of a step whose network work was shed: the previous step's lookahead
+        prediction of them, then the last frame held; their audio features likewise (the previous
+        step's features of those frames, then the last ones repeated), so the next step's
+        conditions continue from what was shown."""
+        n = min(len(self._pending), n_emit)
+        out = np.concatenate([self._pending[:n], np.repeat(self.prev_motion[-1:], n_emit - n, axis=0)])
+        feats = np.concatenate([self._pending_audio[:n], np.repeat(self.prev_audio[-1:], n_emit - n, axis=0)])
+        self._pending = self._pending[n:]
+        self._pending_audio = self._pending_audio[n:]
+        return out.astype(np.float32), feats.astype(np.float32)
+
+    def _emit(self, first: int, n_emit: int, out: np.ndarray, out_audio: np.ndarray, t_start: float,
+              t_feat: float, shed: str | None) -> list[Frame]:
+        """Continue the conditions with the emitted frames, decode them and make the Frames."""
         n_prev = self.motion.n_prev
         self.prev_motion = np.concatenate([self.prev_motion, out])[-n_prev:]
-        self.prev_audio = np.concatenate([self.prev_audio, audio_feat[:n_emit]])[-n_prev:]
+        self.prev_audio = np.concatenate([self.prev_audio, out_audio])[-n_prev:]
         exp, pose = self.decoder(out)
         compute = self.clock() - t_start
+        if shed is not None:
+            self.shed_steps[shed] += 1
 
         emit = self.clock() - self.t0
         frames = []
@@ -192,10 +231,10 @@ class StreamSession:
                 index=j, step=self.step, audio_time=(j + 0.5) / FPS,
                 arrival_time=(arrival if arrival is not None else t_start) - self.t0, emit_time=emit,
                 motion=out[i], exp=exp[i], pose=pose[i],
-                eyes=self.eyes.next() if self.eyes is not None else None))
+                eyes=self.eyes.next() if self.eyes is not None else None, shed=shed))
         self.ring.forget_arrivals((first + n_emit) * FRAME_SAMPLES)
         if self.on_step is not None:
-            self.on_step(StepInfo(self.step, first, n_emit, compute, t_feat))
+            self.on_step(StepInfo(self.step, first, n_emit, compute, t_feat, shed))
         self.step += 1
         self.emitted += n_emit
         return frames

@@ -1,0 +1,642 @@
+"""One network call serves every live session: the batching scheduler.
+
+A :class:`BatchScheduler` owns a model's runtime (an engines.networks.Networks) and serves all
+sessions of a process. Each session keeps its own thread and its own StreamSession; its two
+engines are proxies (:class:`ScheduledAudioFeatures`, :class:`ScheduledMotionEngine`) whose calls
+hand the scheduler a request and block until a worker thread has run it:
+
+- an *audio* request is one session's audio window; a call runs the audio encoder once over the
+  windows of every queued session (``Networks.audio_features_batch``);
+- a *motion* request is one session's denoiser window (its guided denoiser, x_T, noise); a call
+  samples every queued window that shares the sampler's timesteps, one network pass per sampler
+  step for all their rows (``diffposetalk.batching.sample_windows``).
+
+Each request carries its step's deadline: the arrival of the audio of the step's first emitted
+frame plus the latency budget, less a margin for the session's own work. An audio request also
+carries what its step still needs after it (its motion call, and the sessions' turnaround between
+the two calls, which the scheduler measures). A worker waits a short gather window after the first
+queued request (or until every live session has one queued, or the batch is full; after an audio
+call, for its sessions' motion requests), then :func:`plan_batch` picks the call: earliest
+deadline first, a started step (its motion) before a new one (its audio) at equal deadlines, and
+under overload it sheds work in this order (never silent latency growth):
+
+1. a multi-step DDIM window that would miss its deadline runs fewer sampler steps (halved until
+   it fits; its frames say ``shed="steps"``);
+2. a request whose step cannot be done in time even run alone, now, at its cheapest is dropped —
+   also when no call has taken it by the last moment it could start (its session's own thread
+   withdraws it): the session emits the previous step's prediction of those frames instead
+   (``shed="dropped"``), so the most-late session loses its oldest step and catches up;
+3. a call grows only while every member's step is still done in time, the requests ahead of
+   them in other groups can still start after it, and it lasts at most ``max_call_ms``; the
+   rest wait for the next call.
+
+Work is never shed while there is time for it, so it comes back by itself when the load falls.
+Counters, batch sizes, queue depth and call times are in :meth:`BatchScheduler.stats` (and
+:meth:`BatchScheduler.prometheus` for /metrics). A call that raises is retried window by window,
+so an exception reaches only the session whose request caused it; the networks are
+row-independent, so a NaN in one session's window stays in that session's rows."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import weakref
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Hashable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from diffposetalk.batching import WindowJob, sample_windows
+from diffposetalk.model import DiffPoseTalk, Guidance
+from diffposetalk.sampler import Sampler
+from diffposetalk.units import FRAME_SAMPLES
+from engines.networks import Networks
+from streaming.metrics import percentiles_ms
+from streaming.motion import SamplingMotionEngine, StepShed
+
+log = logging.getLogger("dpt_live.scheduler")
+
+MARGIN_S = 0.015  # planned slack: a session's work after its result (decode, frames), and jitter
+RECENT = 2000  # call and request times kept for the percentiles
+
+
+# --- the policy ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pending:
+    """What the policy knows of a queued request."""
+
+    deadline: float  # when its step's frames are due (scheduler clock, s)
+    group: Hashable  # requests with the same group may share one call
+    rows: int = 1  # network rows it adds to a call (a teacher window: its k guided passes)
+    steps: int = 1  # network passes it asks for (sampler steps; 1 for audio)
+    fewer: tuple[int, ...] = ()  # cheaper step counts it may run with, descending (DDIM)
+    sheddable: bool = True  # False: never dropped (a session's set-up call)
+    then: tuple[Hashable, int, int] | None = None  # its step's next request (group, rows, cheapest steps)
+
+    @property
+    def cheapest(self) -> int:
+        return min((self.steps, *self.fewer))
+
+
+def follow_up(p: Pending, cost: CostEstimate, turnaround: float, next_rows: int | None = None) -> float:
+    """Seconds from the end of a request's call to its step done: nothing, or the session's
+    turnaround and the call of its next request (``next_rows``: that call's rows; default its own)."""
+    if p.then is None:
+        return 0.0
+    group, rows, steps = p.then
+    return turnaround + cost(group, rows if next_rows is None else next_rows) * steps
+
+
+def time_alone(p: Pending, cost: CostEstimate, turnaround: float) -> float:
+    """Seconds from starting a request alone, at its cheapest, to its step done."""
+    return cost(p.group, p.rows) * p.cheapest + follow_up(p, cost, turnaround)
+
+
+@dataclass
+class BatchPlan:
+    run: list[int]  # indices of the requests of one call, earliest deadline first
+    steps: int  # network passes the call runs (less than a member asked for: shed)
+    drop: list[int]  # indices of the requests shed: their sessions emit a continuation
+
+
+# (group, rows) -> seconds of one network pass of a call with that many rows
+CostEstimate = Callable[[Hashable, int], float]
+
+
+def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_batch: int,
+               others_free_at: float | None = None, turnaround: float = 0.0,
+               max_call_s: float = float("inf")) -> BatchPlan:
+    """The next call and what to shed, in the module docstring's order. Requests are taken
+    earliest deadline first and, at equal deadlines, a step's last request before a step's
+    first (a step whose audio is done finishes before a new one starts: its audio is not
+    wasted). A request's step is done in time when its call, ``turnaround`` (a session's time
+    from one result to its next request) and the call of its next request (the members' next
+    requests together, at their cheapest) end by its deadline.
+
+    - drop what cannot be done in time even run alone, now, at its cheapest;
+    - the first request left heads the call, with fewer steps when it needs them to be done in
+      time; requests of its group join in order while every member is still done in time and
+      every request of another group ahead of them can still start after the call in time (no
+      other worker free), up to ``max_batch`` windows and ``max_call_s`` seconds (a long call
+      keeps the steps that finish next waiting for a worker; one that asked for more steps than
+      the call runs joins only if it would be late at its full count too);
+    - drop, now rather than later, what is left out and could not be done in time starting when
+      a worker is next free — after this call, or at ``others_free_at`` when other workers
+      exist — so its session's continuation frames still go out in time."""
+    order = sorted(range(len(pending)), key=lambda i: (pending[i].deadline, pending[i].then is not None))
+
+    def done(p: Pending, start: float, rows: int, steps: int, next_rows: int) -> float:
+        return start + cost(p.group, rows) * steps + follow_up(p, cost, turnaround, next_rows)
+
+    def next_rows(p: Pending) -> int:
+        return 0 if p.then is None else p.then[1]
+
+    def alone(p: Pending, start: float) -> float:
+        return start + time_alone(p, cost, turnaround)
+
+    drop = [i for i in order if pending[i].sheddable and alone(pending[i], now) > pending[i].deadline]
+    live = [i for i in order if i not in drop]
+    if not live:
+        return BatchPlan([], 0, drop)
+    head = pending[live[0]]
+    steps = head.steps
+    if done(head, now, head.rows, steps, next_rows(head)) > head.deadline:
+        for fewer in head.fewer:
+            steps = fewer
+            if done(head, now, head.rows, fewer, next_rows(head)) <= head.deadline:
+                break
+
+    # what the call must keep: its members' deadlines that it can still make (an unsheddable
+    # request already late constrains nothing), and the latest start of the requests of other
+    # groups ahead in the order (unless another worker is free for them)
+    run, rows, after = [live[0]], head.rows, next_rows(head)
+    due = head.deadline if done(head, now, rows, steps, after) <= head.deadline else float("inf")
+    start_by = float("inf")
+    guarded = others_free_at is None or others_free_at > now
+    for i in live[1:]:
+        p = pending[i]
+        if len(run) >= max_batch:
+            break
+        if p.group == head.group:
+            t = done(p, now, rows + p.rows, steps, after + next_rows(p))
+            length = cost(p.group, rows + p.rows) * steps
+            if (t <= due and now + length <= start_by and length <= max_call_s
+                    and (not p.sheddable or t <= p.deadline)
+                    # one that makes its deadline in full waits for a full call
+                    and not (steps < p.steps and done(p, now, p.rows, p.steps, next_rows(p)) <= p.deadline)):
+                run.append(i)
+                rows, after = rows + p.rows, after + next_rows(p)
+                if t <= p.deadline:
+                    due = min(due, p.deadline)
+        elif guarded and p.sheddable:
+            latest = p.deadline - (alone(p, now) - now)
+            if now + cost(head.group, rows) * steps <= latest:
+                start_by = min(start_by, latest)
+    call_end = now + cost(head.group, rows) * steps
+    next_start = call_end if others_free_at is None else min(call_end, max(now, others_free_at))
+    taken = set(run)
+    drop += [i for i in live if i not in taken and pending[i].sheddable and alone(pending[i], next_start) > pending[i].deadline]
+    return BatchPlan(run, steps, drop)
+
+
+class CostModel:
+    """Seconds per network pass of a call, by group and number of rows: a recent average per
+    power-of-two bucket of rows (wall clock: contention included), interpolated between observed
+    buckets and scaled in proportion to rows beyond them (a fitted line extrapolates badly from
+    the narrow range of sizes a steady load produces). 0 before any call."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self._buckets: dict[Hashable, dict[int, tuple[float, float]]] = {}  # bucket -> (mean rows, mean s)
+        self._lock = threading.Lock()
+
+    def observe(self, group: Hashable, rows: int, seconds: float) -> None:
+        bucket = max(int(rows), 1).bit_length()
+        with self._lock:
+            buckets = self._buckets.setdefault(group, {})
+            old = buckets.get(bucket)
+            a = self.alpha
+            buckets[bucket] = ((float(rows), float(seconds)) if old is None else
+                               ((1 - a) * old[0] + a * rows, (1 - a) * old[1] + a * seconds))
+
+    def __call__(self, group: Hashable, rows: int) -> float:
+        with self._lock:
+            points = sorted((self._buckets.get(group) or {}).values())
+        if not points:
+            return 0.0
+        below = [p for p in points if p[0] <= rows]
+        above = [p for p in points if p[0] >= rows]
+        if below and above:
+            (x0, y0), (x1, y1) = below[-1], above[0]
+            return y0 if x1 == x0 else y0 + (y1 - y0) * (rows - x0) / (x1 - x0)
+        x, y = below[-1] if below else above[0]
+        return y * rows / x
+
+
+# --- requests --------------------------------------------------------------------------------------
+
+@dataclass(eq=False)
+class _Request:
+    kind: str  # "audio" | "motion"
+    pending: Pending
+    payload: object  # audio: (S,) window; motion: (WindowJob, Sampler)
+    link: SessionLink | None
+    submitted: float
+    future: Future = field(default_factory=Future)
+
+
+class SchedulerClosed(RuntimeError):
+    """The scheduler was closed: it runs no more requests."""
+
+
+class SessionLink:
+    """What the scheduler knows of one session: when the audio of its current step's first frame
+    arrived (``StreamSession.step_arrival``, read through a weak reference) and so when the step
+    is due."""
+
+    def __init__(self, scheduler: BatchScheduler, label: str):
+        self.scheduler, self.label = scheduler, label
+        self._session: Callable[[], object] | None = None
+        self.motion: tuple[tuple, int, int] | None = None  # its windows' (group, rows, cheapest steps)
+
+    def bind(self, session) -> None:
+        self._session = weakref.ref(session)
+
+    @property
+    def session(self):
+        return None if self._session is None else self._session()
+
+    @property
+    def live(self) -> bool:
+        s = self.session
+        return s is not None and not s.finished
+
+    def due(self) -> tuple[float, bool]:
+        """(deadline on the scheduler's clock, sheddable): the step's frame budget from the
+        arrival of its first frame's audio, less the margin. Calls outside a step (the session's
+        set-up) have no deadline."""
+        s = self.session
+        now = self.scheduler.clock()
+        if s is None or s.step_arrival is None:
+            return now + 3600.0, False
+        waited = s.clock() - s.step_arrival  # on the session's own clock
+        return now - waited + self.scheduler.latency_budget_s - self.scheduler.margin_s, True
+
+
+# --- the scheduler ---------------------------------------------------------------------------------
+
+class BatchScheduler:
+    """Serves the audio-feature and motion requests of every session of one model on one runtime.
+
+    max_batch: windows per call; gather_ms: how long a worker waits after the first queued
+    request for others to join; latency_budget_ms: a frame's emit time minus its audio's arrival
+    that the scheduler plans for (deadlines); margin_ms: of which kept for the session's own work
+    after a result and for jitter; max_call_ms: how long a call may grow (default a tenth of the
+    budget); shed: drop or shorten work that would miss it (off: plain
+    earliest-deadline-first batching); workers: threads running calls (on a CPU, one per core lets
+    an audio call and a motion call run at once)."""
+
+    def __init__(self, model: DiffPoseTalk, networks: Networks, *, max_batch: int = 32, gather_ms: float = 3.0,
+                 latency_budget_ms: float = 250.0, shed: bool = True, workers: int = 1,
+                 margin_ms: float = MARGIN_S * 1000, max_call_ms: float | None = None,
+                 clock: Callable[[], float] = time.perf_counter):
+        if networks.cfg is not model.cfg and networks.cfg != model.cfg:
+            raise ValueError("the networks are not this model's")
+        if max_batch < 1 or workers < 1:
+            raise ValueError("max_batch and workers must be at least 1")
+        self.model, self.networks = model, networks
+        self.net = networks.network_pass()
+        self.max_batch, self.gather_s = int(max_batch), gather_ms / 1000
+        self.latency_budget_s, self.shed, self.clock = latency_budget_ms / 1000, shed, clock
+        self.margin_s = margin_ms / 1000
+        # a tenth of the budget: the motion calls of finished audio never wait long for a worker
+        self.max_call_s = (latency_budget_ms / 10 if max_call_ms is None else max_call_ms) / 1000
+        self.cost = CostModel()
+        self._cond = threading.Condition()
+        self._queue: list[_Request] = []
+        self._links: weakref.WeakSet[SessionLink] = weakref.WeakSet()
+        self._closed = False
+        self._motion_warm = False
+        self._opened = 0
+        # statistics (under _stats_lock)
+        self._stats_lock = threading.Lock()
+        self._batch_sizes: dict[str, Counter] = defaultdict(Counter)
+        self._call_s: dict[str, deque] = defaultdict(lambda: deque(maxlen=RECENT))
+        self._request_s: deque = deque(maxlen=RECENT)
+        self._wait_s: deque = deque(maxlen=RECENT)
+        self._counts = Counter()  # dropped, steps, late, errors
+        self._late_s: deque = deque(maxlen=RECENT)  # how late the late results were
+        self._queue_max = 0
+        self._busy_until: dict[int, float] = {}  # worker -> when its running call should end (under _cond)
+        self._awaited: set[SessionLink] = set()  # sessions whose audio just came back: their motion follows
+        self._awaited_until = 0.0
+        self._audio_done_at = 0.0
+        self.turnaround = 0.0  # recent time from an audio call's results to its last session's motion request
+        self._threads = [threading.Thread(target=self._work, args=(i,), name=f"batch-scheduler-{i}", daemon=True)
+                         for i in range(workers)]
+        for t in self._threads:
+            t.start()
+        log.info("batch scheduler on %s: max batch %d, gather %.1f ms, latency budget %.0f ms, shedding %s, "
+                 "%d worker(s)", networks.describe(), self.max_batch, gather_ms, latency_budget_ms,
+                 "on" if shed else "off", workers)
+
+    # --- sessions' engines -----------------------------------------------------------------------
+    def engines(self, window_samples: int, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
+                seed: int = 0, label: str | None = None):
+        """The two proxy engines of a new session and its link (bind it to the StreamSession)."""
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the batch scheduler is closed")
+            self._opened += 1
+            label = label or f"session-{self._opened}"
+        link = SessionLink(self, label)
+        audio = ScheduledAudioFeatures(self, link, window_samples)
+        motion = ScheduledMotionEngine(self, link, sampler, guidance, shape, seed)
+        with self._cond:
+            self._links.add(link)
+        return audio, motion, link
+
+    # --- requests (called from the sessions' threads) --------------------------------------------
+    def features(self, window: np.ndarray, link: SessionLink | None = None) -> np.ndarray:
+        """One session's audio window (S,) -> its features (S // 640, F), run with the others'."""
+        window = np.ascontiguousarray(window, dtype=np.float32)
+        if window.ndim != 1 or not len(window) or len(window) % FRAME_SAMPLES:
+            raise ValueError(f"audio window has shape {window.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
+        then = link.motion if link is not None else None
+        pending = Pending(due, ("audio", len(window)), sheddable=sheddable and self.shed, then=then)
+        return self._submit(_Request("audio", pending, window, link, self.clock()))
+
+    def sample(self, job: WindowJob, sampler: Sampler, link: SessionLink | None = None) -> tuple[np.ndarray, bool]:
+        """One session's denoiser window -> (clean motion (L, D), whether it ran fewer steps)."""
+        group, steps, fewer = self.motion_group(sampler)
+        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
+        pending = Pending(due, group, rows=job.denoiser.n * job.denoiser.rows_per_window, steps=steps,
+                          fewer=fewer if self.shed else (), sheddable=sheddable and self.shed)
+        return self._submit(_Request("motion", pending, (job, sampler), link, self.clock()))
+
+    def motion_group(self, sampler: Sampler) -> tuple[tuple, int, tuple[int, ...]]:
+        """(the group of windows that may share a call with this sampler's, its step count, the
+        cheaper step counts it may shed to: halvings, where the sampler can run them)."""
+        timesteps = sampler.timesteps(self.model)
+        group = ("motion", type(sampler).__name__, tuple(timesteps), getattr(sampler, "flexibility", None))
+        halvings, n = [], len(timesteps) // 2
+        while n >= 1:
+            if sampler.fewer_steps(self.model, n) is not None:
+                halvings.append(n)
+            n //= 2
+        return group, len(timesteps), tuple(halvings)
+
+    def _submit(self, request: _Request):
+        """Queue the request and wait for its result. A sheddable request that no call has taken
+        by the time it could only just make its deadline alone is withdrawn by its own session's
+        thread (StepShed): its continuation frames go out in time even while every worker is busy
+        with a long call."""
+        p = request.pending
+        with self._cond:
+            if self._closed:
+                raise SchedulerClosed("the batch scheduler is closed")
+            self._queue.append(request)
+            self._queue_max = max(self._queue_max, len(self._queue))
+            if request.link in self._awaited:
+                self._awaited.discard(request.link)
+                if not self._awaited:  # the audio call's last session has asked for its motion
+                    self._note_turnaround(self.clock() - self._audio_done_at)
+            self._cond.notify()
+        if p.sheddable:
+            give_up = p.deadline - time_alone(p, self.cost, self.turnaround)
+            try:
+                return request.future.result(timeout=max(0.0, give_up - self.clock()))
+            except FutureTimeout:
+                with self._cond:
+                    waiting = request in self._queue
+                    if waiting:
+                        self._queue.remove(request)
+                if waiting:
+                    self._count("dropped")
+                    self._count(f"dropped_{request.kind}")
+                    raise StepShed(f"{request.kind} request of {request.link.label if request.link else '?'} "
+                                   "shed: no call could take it in time") from None
+        return request.future.result()
+
+    # --- workers ---------------------------------------------------------------------------------
+    def _note_turnaround(self, seconds: float) -> None:
+        self.turnaround = seconds if not self.turnaround else 0.8 * self.turnaround + 0.2 * seconds
+
+    def _ready(self, now: float) -> float:
+        """0 when a call should start now, else how long to wait for more requests to gather:
+        up to the gather window after the first queued request, and up to the gather window after
+        an audio call for its sessions' motion requests (they come a moment later; started
+        steps finish first, and a long call started meanwhile would make them miss)."""
+        if self._closed or len(self._queue) >= self.max_batch:
+            return 0.0
+        if self._awaited and now < self._awaited_until:
+            return self._awaited_until - now
+        if self._awaited:  # waited the whole window: the turnaround is at least that
+            self._note_turnaround(now - self._audio_done_at)
+            self._awaited.clear()
+        live = sum(1 for link in self._links if link.live)
+        if len(self._queue) >= max(live, 1):
+            return 0.0  # every session is waiting: no one else is coming
+        return max(0.0, min(r.submitted for r in self._queue) + self.gather_s - now)
+
+    def _next(self, worker: int) -> tuple[list[_Request], int, list[_Request]] | None:
+        with self._cond:
+            self._busy_until.pop(worker, None)
+            while True:
+                if not self._queue:
+                    if self._closed:
+                        return None
+                    self._cond.wait()
+                    continue
+                now = self.clock()
+                wait = self._ready(now)
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                queue = self._queue
+                others = None
+                if len(self._threads) > 1:  # a left-out request may start on another worker
+                    idle = len(self._threads) - 1 - len(self._busy_until)
+                    others = now if idle > 0 else min(self._busy_until.values())
+                plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch, others, self.turnaround,
+                                  self.max_call_s)
+                run, drop = [queue[i] for i in plan.run], [queue[i] for i in plan.drop]
+                if run:
+                    rows = sum(r.pending.rows for r in run)
+                    self._busy_until[worker] = now + self.cost(run[0].pending.group, rows) * plan.steps
+                taken = set(plan.run) | set(plan.drop)
+                self._queue = [r for i, r in enumerate(queue) if i not in taken]
+                if run or drop:
+                    return run, plan.steps, drop
+
+    def _work(self, worker: int) -> None:
+        while True:
+            nxt = self._next(worker)
+            if nxt is None:
+                return
+            run, steps, drop = nxt
+            for r in drop:
+                self._count("dropped")
+                self._count(f"dropped_{r.kind}")
+                r.future.set_exception(StepShed(f"{r.kind} request of {r.link.label if r.link else '?'} "
+                                                "shed: it would miss its deadline"))
+            if run:
+                self._execute(run, steps)
+
+    def _execute(self, run: list[_Request], steps: int) -> None:
+        start = self.clock()
+        kind = run[0].kind
+        try:
+            results = self._call(run, steps)
+        except Exception as exc:  # noqa: BLE001 - find whose request fails: each alone, each its own outcome
+            if len(run) == 1:
+                self._count("errors")
+                log.error("batch scheduler: a %s request of %s failed: %s", kind,
+                          run[0].link.label if run[0].link else "?", exc)
+                run[0].future.set_exception(exc)
+                return
+            for r in run:
+                self._execute([r], steps)
+            return
+        end = self.clock()
+        rows = sum(r.pending.rows for r in run)
+        group = run[0].pending.group
+        self.cost.observe(group, rows, (end - start) / max(steps, 1))
+        with self._stats_lock:
+            self._batch_sizes[kind][len(run)] += 1
+            self._call_s[kind].append(end - start)
+            for r in run:
+                self._wait_s.append(start - r.submitted)
+                self._request_s.append(end - r.submitted)
+                late = end + follow_up(r.pending, self.cost, self.turnaround) - r.pending.deadline
+                if r.pending.sheddable and late > 0:
+                    self._counts["late"] += 1
+                    self._late_s.append(late)
+                if kind == "motion" and steps < r.pending.steps:
+                    self._counts["steps"] += 1
+        if kind == "audio":
+            with self._cond:
+                self._awaited.update(r.link for r in run if r.link is not None and r.pending.sheddable)
+                self._audio_done_at = self.clock()
+                self._awaited_until = self._audio_done_at + self.gather_s
+        for r, out in zip(run, results):
+            r.future.set_result(out)
+
+    def _call(self, run: list[_Request], steps: int) -> list:
+        if run[0].kind == "audio":
+            feats = self.networks.audio_features_batch(np.stack([r.payload for r in run]))
+            return list(feats)
+        jobs = [r.payload[0] for r in run]
+        sampler = run[0].payload[1]
+        full = run[0].pending.steps
+        timesteps = None if steps >= full else sampler.fewer_steps(self.model, steps)
+        with torch.inference_mode():
+            out = sample_windows(self.model, sampler, jobs, self.net, timesteps)
+        return [(o[0].float().cpu().numpy(), steps < r.pending.steps) for o, r in zip(out, run)]
+
+    def _count(self, what: str) -> None:
+        with self._stats_lock:
+            self._counts[what] += 1
+
+    # --- life and figures ------------------------------------------------------------------------
+    def close(self, timeout: float = 10.0) -> None:
+        """Run what is queued, refuse new requests, stop the workers."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for t in self._threads:
+            if t is not threading.current_thread():
+                t.join(timeout)
+        with self._cond:
+            left, self._queue = self._queue, []
+        for r in left:
+            r.future.set_exception(SchedulerClosed("the batch scheduler was closed"))
+
+    def __enter__(self) -> BatchScheduler:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def live_sessions(self) -> int:
+        with self._cond:
+            return sum(1 for link in self._links if link.live)
+
+    def stats(self) -> dict:
+        """Batch sizes (windows per call), queue depth, call and request times (ms), shed counts."""
+        with self._cond:
+            depth = len(self._queue)
+        with self._stats_lock:
+            sizes = {k: dict(sorted(c.items())) for k, c in self._batch_sizes.items()}
+            calls = {k: percentiles_ms(list(v)) for k, v in self._call_s.items()}
+            request, wait = percentiles_ms(list(self._request_s)), percentiles_ms(list(self._wait_s))
+            counts, queue_max = dict(self._counts), self._queue_max
+            late = percentiles_ms(list(self._late_s))
+        return {"backend": self.networks.describe(), "workers": len(self._threads), "max_batch": self.max_batch,
+                "gather_ms": self.gather_s * 1000, "latency_budget_ms": self.latency_budget_s * 1000,
+                "shedding": self.shed, "sessions": self.live_sessions, "queue_depth": depth,
+                "queue_depth_max": queue_max, "calls": {k: sum(c.values()) for k, c in sizes.items()},
+                "batch_sizes": sizes, "call_ms": calls, "wait_ms": wait, "request_ms": request,
+                "shed": {"dropped": counts.get("dropped", 0), "steps": counts.get("steps", 0)},
+                "dropped_at": {k: counts.get(f"dropped_{k}", 0) for k in ("audio", "motion")},
+                "late": counts.get("late", 0), "late_by_ms": late, "errors": counts.get("errors", 0),
+                "turnaround_ms": round(self.turnaround * 1000, 2)}
+
+    def prometheus(self, prefix: str = "dpt_scheduler") -> str:
+        """The stats in the Prometheus text format, for a server's /metrics."""
+        s = self.stats()
+        lines = [f"# HELP {prefix}_sessions Sessions served by the batch scheduler.", f"# TYPE {prefix}_sessions gauge",
+                 f"{prefix}_sessions {s['sessions']}",
+                 f"# HELP {prefix}_queue_depth Requests waiting for a call.", f"# TYPE {prefix}_queue_depth gauge",
+                 f"{prefix}_queue_depth {s['queue_depth']}",
+                 f"# HELP {prefix}_calls_total Network calls by kind and windows per call.",
+                 f"# TYPE {prefix}_calls_total counter"]
+        for kind, sizes in s["batch_sizes"].items():
+            lines += [f'{prefix}_calls_total{{kind="{kind}",windows="{n}"}} {c}' for n, c in sizes.items()]
+        lines += [f"# HELP {prefix}_shed_steps_total Steps shed under overload (dropped, or fewer sampler steps).",
+                  f"# TYPE {prefix}_shed_steps_total counter"]
+        lines += [f'{prefix}_shed_steps_total{{how="{how}"}} {n}' for how, n in s["shed"].items()]
+        lines += [f"# HELP {prefix}_late_total Results delivered after their deadline.",
+                  f"# TYPE {prefix}_late_total counter", f"{prefix}_late_total {s['late']}",
+                  f"# HELP {prefix}_errors_total Requests that raised.", f"# TYPE {prefix}_errors_total counter",
+                  f"{prefix}_errors_total {s['errors']}",
+                  f"# HELP {prefix}_call_seconds Recent network call times by kind.",
+                  f"# TYPE {prefix}_call_seconds summary"]
+        for kind, p in s["call_ms"].items():
+            if p:
+                lines += [f'{prefix}_call_seconds{{kind="{kind}",quantile="{q}"}} {p[k] / 1000:.6f}'
+                          for q, k in (("0.5", "p50"), ("0.99", "p99"))]
+        return "\n".join(lines) + "\n"
+
+
+# --- the sessions' proxy engines -------------------------------------------------------------------
+
+class ScheduledAudioFeatures:
+    """A session's AudioFeatureEngine whose windows run in the scheduler's batched calls."""
+
+    def __init__(self, scheduler: BatchScheduler, link: SessionLink, window_samples: int):
+        if window_samples % FRAME_SAMPLES:
+            raise ValueError("the audio window must be a whole number of motion frames")
+        self.scheduler, self.link = scheduler, link
+        self.window_samples = window_samples
+        self.n_frames = window_samples // FRAME_SAMPLES
+        self.feature_dim = scheduler.networks.cfg.feature_dim
+        scheduler.networks.warm_audio(window_samples)  # export/load now, in the session's thread
+
+    def features(self, audio: np.ndarray) -> np.ndarray:
+        if audio.shape != (self.window_samples,):
+            raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to "
+                             f"({self.window_samples},)")
+        return self.scheduler.features(audio, self.link)
+
+
+class ScheduledMotionEngine(SamplingMotionEngine):
+    """A session's motion engine (own sampler, guidance, person shape, x_T and noise) whose
+    windows are sampled in the scheduler's batched calls. ``degraded``: the last window ran
+    fewer sampler steps than asked (overload)."""
+
+    def __init__(self, scheduler: BatchScheduler, link: SessionLink, sampler: Sampler, guidance: Guidance,
+                 shape: torch.Tensor, seed: int = 0):
+        super().__init__(scheduler.model, sampler, guidance, shape, seed, scheduler.networks, warm_up=False)
+        self.scheduler, self.link = scheduler, link
+        self.degraded = False
+        group, steps, fewer = scheduler.motion_group(sampler)
+        cfg = scheduler.model.cfg
+        rows = 1 if cfg.kind == "student" else 1 + len(cfg.guiding_conditions)  # at most (fewer without a style)
+        link.motion = (group, rows, min((steps, *fewer)) if scheduler.shed else steps)
+        if not scheduler._motion_warm:  # the runtime's first-call costs, once per scheduler
+            self._warm_up()
+            scheduler._motion_warm = True
+
+    def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+        job = self.window_job(audio_feat, indicator, prev_motion, prev_audio, style, step)
+        out, self.degraded = self.scheduler.sample(job, self.sampler, self.link)
+        return out
