@@ -173,7 +173,7 @@ def test_plan_files_are_written_under_unique_temporary_names(tmp_path):
 def test_plan_profiles_are_fixed_batch_buckets(tiny_model_dir, tmp_path, capsys):
     """One fixed-shape profile per batch bucket: an execution context (and CUDA graph) each."""
     from engines.artefacts import read_record
-    from export.tensorrt_build import batch_buckets, plan_profiles
+    from export.tensorrt_build import MAX_WINDOWS, batch_buckets, plan_profiles
 
     assert batch_buckets(1) == [1] and batch_buckets(3) == [1, 2, 3] and batch_buckets(4) == [1, 2, 3, 4]
     assert batch_buckets(64) == [1, 2, 3, 4, 8, 16, 32, 64] and batch_buckets(48) == [1, 2, 3, 4, 8, 16, 32, 48]
@@ -181,14 +181,17 @@ def test_plan_profiles_are_fixed_batch_buckets(tiny_model_dir, tmp_path, capsys)
     assert run(["export", "onnx", "--model", str(tiny_model_dir), "-o", str(out), "--window-ms", "560"], capsys)[0] == 0
     cfg = load_model_dir(tiny_model_dir).config
     den = plan_profiles("denoiser", cfg, read_record(out / "denoiser.onnx"))
-    assert len(den) == 3  # a teacher's CFG passes: batch 1, 2 and 3
-    for b, profile in enumerate(den, start=1):
+    # a teacher's CFG passes (1..3 rows) for one window, up to a batching scheduler's MAX_WINDOWS windows
+    assert [p["motion"][0][0] for p in den] == batch_buckets(3 * MAX_WINDOWS)
+    for profile in den:
+        b = profile["motion"][0][0]
         assert set(profile) == set(read_record(out / "denoiser.onnx").inputs)
         assert all(lo == opt == hi and lo[0] == b for lo, opt, hi in profile.values())
         assert profile["motion"][0] == (b, cfg.n_motions, cfg.motion_dim)
     style = plan_profiles("style", cfg, read_record(out / "style.onnx"))
     assert [p["motion"][0][0] for p in style] == [1, 2, 3, 4]
-    assert plan_profiles("audio", cfg, read_record(out / "audio_8960.onnx")) == []
+    audio = plan_profiles("audio", cfg, read_record(out / "audio_8960.onnx"))
+    assert [p["audio"][0] for p in audio] == [(b, 8960) for b in batch_buckets(MAX_WINDOWS)]
 
 
 def test_doctor_reports_this_machine(tmp_path, capsys):
