@@ -77,7 +77,9 @@ class Plan:
     count_flops: bool = True  # GFLOP per second of audio (one extra pass of each network per window)
     reference_seconds: float = 4.0  # audio the reference DDPM sampler is timed on (0: not timed)
     reference_steps: int | None = None
-    sessions: int = 1
+    sessions: list[int] = field(default_factory=lambda: [1])
+    per_thread: bool = False  # concurrent streams without the batching scheduler
+    max_batch: int = 32
     latency_budget_ms: float = 400.0
     realtime: bool = False
     clock: str = "wall"
@@ -90,8 +92,10 @@ class Plan:
         choose_clock(self.clock, self.threads)
         if self.clock == "cpu" and self.realtime:
             raise UserError("--realtime measures latency on the wall clock: leave out --clock cpu")
-        if self.sessions < 1:
+        if not self.sessions or min(self.sessions) < 1:
             raise UserError("--sessions must be at least 1")
+        if self.max_batch < 1:
+            raise UserError("--max-batch must be at least 1")
         if not self.backends:
             raise UserError("--backends: give at least one backend")
         if self.steps is not None and not self.steps:
@@ -142,7 +146,8 @@ def bench_plan(args) -> Plan:
                 steps=parse_steps(args.steps), windows=parse_windows(args.windows, args.context_ms),
                 style=args.style, seam_blend=not args.no_seam_blend, offline=args.fidelity,
                 reference_seconds=args.reference_seconds, reference_steps=args.reference_steps,
-                sessions=args.sessions, latency_budget_ms=args.latency_budget_ms, realtime=args.realtime,
+                sessions=parse_sessions(args.sessions), per_thread=args.per_thread, max_batch=args.max_batch,
+                latency_budget_ms=args.latency_budget_ms, realtime=args.realtime,
                 clock=args.clock, threads=args.threads, seed=args.seed, cache_dir=args.cache_dir)
 
 
@@ -196,13 +201,51 @@ def summarise(run: StreamRun, audio_s: float, per_window_passes: int, flops: dic
     return row
 
 
+def parse_sessions(text) -> list[int]:
+    """--sessions: one stream count or a comma-separated list (the curve up to overload)."""
+    try:
+        counts = [int(x) for x in str(text).split(",") if x.strip()]
+    except ValueError as exc:
+        raise UserError(f"--sessions wants stream counts, e.g. 8 or 8,16,32, got {text!r}") from exc
+    return counts or [1]
+
+
 def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, threads: int, n: int,
-                   realtime: bool, budget_ms: float) -> dict:
+                   realtime: bool, budget_ms: float, batched: bool = True, max_batch: int = 32) -> dict:
     """``n`` streams at once, one thread and one session each, sharing the loaded model. Timed on
-    the wall clock (contention is the point). A stream keeps up when its step compute stays below
-    its audio time (RTF < 1); 'within budget' when its worst frame latency is within ``budget_ms``."""
-    built = [make_session(loaded, sampler, guidance, style, config, backend, threads, time.perf_counter)
-             for _ in range(n)]
+    the wall clock (contention is the point). ``batched``: the sessions' network calls go through
+    one batching scheduler (streaming/scheduler.py), fed in real time (a scheduler plans with
+    deadlines: replayed latency would mean nothing); else each calls its networks itself at batch
+    1. A stream keeps up when its step compute stays below its audio time (RTF < 1) and it shed
+    no step; 'within budget' when its worst frame latency is within
+    ``budget_ms``."""
+    from streaming.factory import make_scheduler
+
+    scheduler = None
+    if batched:
+        realtime = True
+        scheduler = make_scheduler(loaded, backend[0], backend[1], threads, max_batch=max_batch,
+                                   latency_budget_ms=budget_ms)
+    try:
+        built = [make_session(loaded, sampler, guidance, style, config.__class__(**{**vars(config), "seed": i}),
+                              backend, threads, time.perf_counter, scheduler=scheduler) for i in range(n)]
+        results = _run_streams(built, audio, realtime, budget_ms, batched)
+        stats = scheduler.stats() if scheduler is not None else None
+    finally:
+        if scheduler is not None:
+            scheduler.close()
+    out = {"n": n, "clock": "wall", "latency": "measured" if realtime else "replayed",
+           "mode": "scheduler" if batched else "per-thread",
+           "keep_up": sum(r["keeps_up"] for r in results), "within_budget": sum(r["within_budget"] for r in results),
+           "latency_budget_ms": budget_ms, "per_session": results}
+    if stats is not None:
+        out["scheduler"] = {k: stats[k] for k in ("batch_sizes", "shed", "queue_depth_max", "late", "call_ms")}
+        out["shed_steps"] = sum(r["shed_steps"] for r in results)
+    return out
+
+
+def _run_streams(built, audio, realtime: bool, budget_ms: float, batched: bool) -> list[dict]:
+    n = len(built)
     start = threading.Barrier(n)
     results: list[dict | None] = [None] * n
     errors: list[str] = []
@@ -218,9 +261,11 @@ def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, thr
                    else replay_latency(compute, timed.session.spec, len(rec.frames), BLOCK))
             rtf = sum(compute) / (len(audio) / SAMPLE_RATE)
             worst = float(np.max(lat)) * 1000
+            shed = sum(1 for s in rec.steps if getattr(s, "shed", None))
+            keeps_up = rtf < 1 and shed == 0  # a shed step is audio the stream could not keep up with
             results[i] = {"rtf": round(rtf, 4), "worst_latency_ms": round(worst, 1), "wall_s": round(wall, 3),
-                          "step_p50_ms": percentiles_ms(compute)["p50"], "keeps_up": rtf < 1,
-                          "within_budget": rtf < 1 and worst <= budget_ms}
+                          "step_p50_ms": percentiles_ms(compute)["p50"], "keeps_up": keeps_up,
+                          "within_budget": keeps_up and worst <= budget_ms, "shed_steps": shed}
         except Exception as exc:  # reported in the row; the other threads finish
             errors.append(f"session {i}: {type(exc).__name__}: {exc}")
             start.abort()
@@ -232,9 +277,7 @@ def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, thr
         t.join()
     if errors:
         raise RuntimeError("; ".join(errors))
-    return {"n": n, "clock": "wall", "latency": "measured" if realtime else "replayed",
-            "keep_up": sum(r["keeps_up"] for r in results), "within_budget": sum(r["within_budget"] for r in results),
-            "latency_budget_ms": budget_ms, "per_session": results}
+    return results
 
 
 # --- the matrix ----------------------------------------------------------------------------------
@@ -279,6 +322,7 @@ def run_matrix(plan: Plan, progress: Callable[[str], None] = print,
                            "steps": plan.steps if plan.steps is not None else "default",
                            "windows": [f"{h}/{la}/{c}" for h, la, c in plan.windows], "clock": plan.clock,
                            "threads": plan.threads, "realtime": plan.realtime, "sessions": plan.sessions,
+                           "sessions_mode": "per-thread" if plan.per_thread else "scheduler",
                            "reference_seconds": plan.reference_seconds, "reference_steps": plan.reference_steps,
                            "block_ms": BLOCK * 1000 // SAMPLE_RATE, "seed": plan.seed,
                            "sampler": plan.sampler, "seam_blend": plan.seam_blend, "offline": plan.offline,
@@ -336,10 +380,14 @@ def run_matrix(plan: Plan, progress: Callable[[str], None] = print,
                             if "gflop_per_audio_s" in ref and "gflop_per_audio_s" in row:
                                 row["speedup_compute"] = ref["gflop_per_audio_s"] / row["gflop_per_audio_s"]
                         row["targets_met"] = _targets(row)
-                        if plan.sessions > 1:
-                            row["concurrent"] = run_concurrent(loaded, sampler, guidance, style, config, audio,
-                                                               backend, plan.threads, plan.sessions,
-                                                               plan.realtime, plan.latency_budget_ms)
+                        curve = [run_concurrent(loaded, sampler, guidance, style, config, audio, backend,
+                                                plan.threads, n, plan.realtime, plan.latency_budget_ms,
+                                                batched=not plan.per_thread, max_batch=plan.max_batch)
+                                 for n in plan.sessions if n > 1]
+                        if curve:
+                            row["concurrent"] = curve[-1]
+                            if len(curve) > 1:
+                                row["concurrent_curve"] = curve
                     except UserError as exc:  # this build or machine lacks the backend (or bad settings)
                         if plan.strict:
                             raise

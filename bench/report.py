@@ -75,17 +75,20 @@ def matrix_table(result: dict) -> str:
 
 
 def concurrent_table(result: dict) -> str | None:
-    rows = [r for r in result["rows"] if r.get("concurrent")]
+    rows = [(r, c) for r in result["rows"] for c in (r.get("concurrent_curve") or [r["concurrent"]] if r.get("concurrent")
+                                                     else [])]
     if not rows:
         return None
-    lines = ["| model | backend | steps | hop/la/ctx ms | streams | keep up (RTF < 1) | within latency budget "
-             "| RTF per stream, worst | worst latency ms, worst stream |", "|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        c = r["concurrent"]
+    lines = ["| model | backend | steps | hop/la/ctx ms | streams | mode | keep up | within latency budget "
+             "| steps shed | RTF per stream, worst | worst latency ms, worst stream |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, c in rows:
         per = c["per_session"]
         lines.append(f"| {r['model']} | {_backend(r)} | {r['denoiser_steps']} | {_window(r)} | {c['n']} "
-                     f"| {c['keep_up']} of {c['n']} | {c['within_budget']} of {c['n']} (≤ {c['latency_budget_ms']:.0f} ms) "
-                     f"| {max(p['rtf'] for p in per):.2f} | {max(p['worst_latency_ms'] for p in per):.0f} |")
+                     f"| {c.get('mode', 'per-thread')} | {c['keep_up']} of {c['n']} "
+                     f"| {c['within_budget']} of {c['n']} (≤ {c['latency_budget_ms']:.0f} ms) "
+                     f"| {c.get('shed_steps', 0)} | {max(p['rtf'] for p in per):.2f} "
+                     f"| {max(p['worst_latency_ms'] for p in per):.0f} |")
     return "\n".join(lines)
 
 

@@ -42,11 +42,12 @@ class TimedSession:
 
 def make_session(loaded, sampler, guidance, style, config, backend: tuple[str, str] = ("torch", "fp32"),
                  threads: int = 1, clock: Callable[[], float] = time.perf_counter,
-                 tap_features: bool = False) -> TimedSession:
+                 tap_features: bool = False, scheduler=None) -> TimedSession:
+    """scheduler: a batching scheduler the session's network calls go through (its backend)."""
     rec = StreamRecorder()
     t0 = time.perf_counter()
     session = build_session(loaded, sampler, guidance, config, style, on_step=rec.on_step, backend=backend[0],
-                            precision=backend[1], threads=threads, clock=clock)
+                            precision=backend[1], threads=threads, clock=clock, scheduler=scheduler)
     setup = time.perf_counter() - t0
     session.motion = timer = SampleTimer(session.motion, clock)
     tap = None

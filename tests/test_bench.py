@@ -266,3 +266,21 @@ def test_batch_sizes_refuse_a_missing_device(tiny_model_dir, capsys):
     assert main(["bench", "--batch-sizes", "1", "--archs", "none", "--model", str(tiny_model_dir),
                  "--device", "cuda"]) == 2
     assert "PyTorch sees no CUDA device" in capsys.readouterr().err
+
+
+def test_sessions_curve_through_the_scheduler_and_per_thread(tiny_model_dir, tmp_path):
+    """--sessions 2,3: a curve, fed in real time through one batching scheduler; --per-thread: the
+    streams call the networks themselves (the mode before the scheduler), for comparison."""
+    base = ["bench", "--archs", "none", "--model", str(tiny_model_dir), "--backends", "torch", "--steps", "1",
+            "--windows", "80/80/800", "--seconds", "1.2", "--reference-seconds", "0", "--sessions", "2,3"]
+    for extra, mode in (([], "scheduler"), (["--per-thread"], "per-thread")):
+        out = tmp_path / f"{mode}.json"
+        assert main(base + extra + ["--json", str(out), "--markdown", str(tmp_path / f"{mode}.md")]) == 0
+        (row,) = json.loads(out.read_text())["rows"]
+        assert [c["n"] for c in row["concurrent_curve"]] == [2, 3] and row["concurrent"]["n"] == 3
+        for c in row["concurrent_curve"]:
+            assert c["mode"] == mode and len(c["per_session"]) == c["n"]
+            assert c["latency"] == ("measured" if mode == "scheduler" else "replayed")
+        if mode == "scheduler":
+            assert sum(row["concurrent"]["scheduler"]["batch_sizes"]["audio"].values()) > 0
+        assert f"| 3 | {mode} | " in (tmp_path / f"{mode}.md").read_text()

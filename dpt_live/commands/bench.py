@@ -37,7 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="audio for timing the reference DDPM sampler (0: skip it); 4 s = one full window")
     p.add_argument("--reference-steps", type=int,
                    help="time only the first K reference steps and scale (each is the same network call)")
-    p.add_argument("--sessions", type=int, default=1, help="also run N concurrent streams per configuration")
+    p.add_argument("--sessions", default="1", metavar="N[,N...]",
+                   help="also run N concurrent streams per configuration, fed in real time through one batching "
+                        "scheduler (a list, e.g. 8,16,32,64, gives the curve up to overload)")
+    p.add_argument("--per-thread", action="store_true",
+                   help="with --sessions: each stream calls the networks itself at batch 1 (the mode before the "
+                        "scheduler; latency replayed unless --realtime), to compare")
+    p.add_argument("--max-batch", type=int, default=32, help="with --sessions: windows per batched call")
     p.add_argument("--latency-budget-ms", type=float, default=400.0,
                    help="a concurrent stream is 'within budget' when it keeps up and its worst latency is below this")
     p.add_argument("--realtime", action="store_true",
