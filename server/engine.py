@@ -1,6 +1,7 @@
 """What every session of the server shares: the model (loaded once), the sampler, the window
-configuration, the FLAME identity and the backend — and how a session's StreamSession is built
-from them (always through streaming.factory.build_session)."""
+configuration, the FLAME identity, the backend and the batching scheduler that serves every
+session's network calls — and how a session's StreamSession is built from them (always through
+streaming.factory.build_session)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import numpy as np
 from diffposetalk.model import Guidance
 from diffposetalk.model_dir import LoadedModel
 from diffposetalk.sampler import Sampler
-from streaming.factory import build_session
+from streaming.factory import build_session, make_scheduler
+from streaming.scheduler import BatchScheduler
 from streaming.session import StreamConfig, StreamSession
 
 
@@ -30,6 +32,10 @@ class Engine:
     default_style: np.ndarray | None = None
     build_kwargs: dict = field(default_factory=dict)  # extra build_session options (precision)
     backend_desc: str = ""  # what the backend resolved to (a built session's .backend), for reports
+    # one batching scheduler serves all sessions (streaming/scheduler.py); None in probe(): per-session calls
+    batching: bool = True
+    scheduler_options: dict = field(default_factory=dict)  # make_scheduler's (max_batch, latency_budget_ms)
+    scheduler: BatchScheduler | None = None
 
     @property
     def styles(self) -> list[str]:
@@ -49,7 +55,8 @@ class Engine:
 
     def build(self, style: np.ndarray | None, scales: dict[str, float], on_step=None) -> StreamSession:
         return build_session(self.loaded, self.sampler, self.guidance(scales), self.config, style,
-                             self.shape_raw, on_step=on_step, backend=self.backend, **self.build_kwargs)
+                             self.shape_raw, on_step=on_step, backend=self.backend, scheduler=self.scheduler,
+                             **self.build_kwargs)
 
     def probe(self) -> StreamSession:
         """Build a session now, so that a bad backend fails at start-up and not in a pipeline
@@ -62,7 +69,16 @@ class Engine:
             name, _, precision = self.backend_desc.partition(" (")
             self.backend = name
             self.build_kwargs = {**self.build_kwargs, "precision": precision.rstrip(")")}
+        if self.batching and self.scheduler is None:
+            # on the networks the probe resolved (open_networks shares them: built once)
+            self.scheduler = make_scheduler(self.loaded, self.backend, self.build_kwargs.get("precision", "fp32"),
+                                            self.build_kwargs.get("threads"), **self.scheduler_options)
         return session
+
+    def close(self) -> None:
+        """Stop the scheduler's workers (sessions still waiting on it get SchedulerClosed)."""
+        if self.scheduler is not None:
+            self.scheduler.close()
 
     @cached_property
     def n_params(self) -> int:  # model_info answers every hello: count once
@@ -77,5 +93,8 @@ class Engine:
                 "student_steps": cfg.student_steps, "sampler": self.sampler.name,
                 "denoiser_steps": len(self.sampler.timesteps(self.loaded.model)),
                 "backend": self.backend_desc or self.backend,
+                "batching": None if self.scheduler is None else {
+                    "max_batch": self.scheduler.max_batch,
+                    "latency_budget_ms": round(self.scheduler.latency_budget_s * 1000)},
                 "window_ms": {"hop": self.config.hop_ms, "lookahead": self.config.lookahead_ms,
                               "context": self.config.context_ms}}

@@ -33,7 +33,8 @@ def load_engine(args):
                     guidance_mode=guidance.mode, dynamic_threshold=guidance.dynamic_threshold,
                     default_scales=dict(guidance.scales), default_style_name=style.name,
                     default_style=style.vector,
-                    build_kwargs=extra)
+                    build_kwargs=extra, batching=not args.no_batch,
+                    scheduler_options={"max_batch": args.max_batch, "latency_budget_ms": args.latency_budget_ms})
     engine.probe()  # fail now (backend, shapes), not in a thread; "auto" is resolved once
     return engine
 

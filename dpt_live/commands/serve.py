@@ -38,6 +38,12 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message", type=_positive(int), default=d.max_message,
                    help="largest message a client may send, bytes (larger: closed with 1009)")
     p.add_argument("--max-sessions", type=_positive(int), default=d.max_sessions)
+    p.add_argument("--no-batch", action="store_true",
+                   help="each session calls the networks itself at batch 1 (default: one batching scheduler "
+                        "serves every session's calls, docs/STREAMING.md)")
+    p.add_argument("--max-batch", type=_positive(int), default=32, help="sessions' windows per batched call")
+    p.add_argument("--latency-budget-ms", type=_positive(float), default=250.0,
+                   help="the frame latency the scheduler plans for; work that would miss it is shed and flagged")
     p.add_argument("--max-viewers", type=_positive(int), default=d.max_viewers, help="open connections, all sessions")
     p.add_argument("--viewer-queue", type=_positive(int), default=d.viewer_queue,
                    help="frames a viewer may fall behind before its oldest frames are dropped")
@@ -115,6 +121,9 @@ def cmd_serve(args) -> int:
     from server.setup import flame_asset, load_engine, own_source, server_config
 
     factory, kind = own_source(args)  # before the model: a bad --audio fails fast
+    # the scheduler's workers and the sessions' threads hand work to each other every few ms:
+    # a shorter GIL switch interval than the default 5 ms keeps that hand-over from adding latency
+    sys.setswitchinterval(0.0005)
     from server.app import LiveServer, run_server
 
     engine = load_engine(args)
@@ -143,6 +152,8 @@ def cmd_serve(args) -> int:
         asyncio.run(main())
     except OSError as exc:  # e.g. the port is taken
         raise UserError(f"cannot listen on {args.host}:{args.port}: {exc}") from exc
+    finally:
+        engine.close()
     print("dpt-live serve: stopped", flush=True)
     return 0
 
