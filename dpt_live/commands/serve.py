@@ -23,6 +23,15 @@ def _positive(kind):
     return parse
 
 
+def _non_negative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+    return parse
+
+
 def add_server_args(p: argparse.ArgumentParser) -> None:
     from server.config import ServerConfig
 
@@ -47,6 +56,11 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="seconds without upstream audio before audio_end is assumed")
     p.add_argument("--ping-interval", type=_positive(float), default=d.ping_interval)
     p.add_argument("--ping-timeout", type=_positive(float), default=d.ping_timeout)
+    p.add_argument("--lag-bound", type=_non_negative(float), default=d.lag_bound, metavar="S",
+                   help="how far behind live a slow viewer may fall: frames in flight are paced by its "
+                        "pongs and older queued frames dropped (0: no bound but --viewer-queue)")
+    p.add_argument("--stall-timeout", type=_positive(float), default=d.stall_timeout, metavar="S",
+                   help="close a viewer that takes no frame for this long while frames wait for it")
 
 
 # streaming.factory.BACKENDS, spelled out: importing the factory pulls in torch, and registration
