@@ -29,7 +29,7 @@ RATE_WINDOW_S = 1.0  # confirmed frames over (at least) this span give the viewe
 MIN_RATE_SPAN_S = 0.5  # before this much history: the initial window, and the viewer is assumed to keep up
 INITIAL_FRAMES = 2  # one hop's frames at the default 80 ms, plus a round trip's worth once one is measured
 KEEPS_UP = 0.8  # a viewer confirming at least this share of the frames offered to it keeps up
-PROBE_GAP_S = 0.1  # at most ~10 probes a second while the window is open (each is a ping + pong)
+PROBE_GAP_S = 0.2  # at most ~5 probes a second while the window is open (each is a ping + pong, ~50 us)
 MAX_PROBES = 8  # outstanding at once: a far viewer has a few round trips' worth of frames unconfirmed
 
 

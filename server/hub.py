@@ -185,8 +185,9 @@ class Viewer:
         lag = self.window.on_pong(probe, time.perf_counter())
         if lag is not None:
             self.metrics.delivery.observe(lag)
-        self.blocked_since = None
-        self.wake.set()
+        if self.blocked_since is not None:  # it waits for this pong (else: nothing to do, stay asleep)
+            self.blocked_since = None
+            self.wake.set()
 
     async def run_sender(self) -> None:
         try:

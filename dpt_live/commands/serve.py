@@ -107,6 +107,10 @@ def register_serve_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="measurement window per viewer count")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of viewing before each measurement window")
     p.add_argument("--mode", choices=["binary", "json"], default="binary", help="the viewers' frame format")
+    p.add_argument("--slow-viewers", type=int, default=0, metavar="N",
+                   help="also connect N viewers that read only --slow-fps messages a second; their lag "
+                        "behind live and their drops are reported")
+    p.add_argument("--slow-fps", type=_positive(float), default=5.0, help="what a slow viewer reads per second")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="the server's engine backend")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `dpt-live serve` (repeatable, e.g. --serve-arg=--steps=1)")
