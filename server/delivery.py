@@ -28,7 +28,9 @@ from diffposetalk.units import FPS
 RATE_WINDOW_S = 1.0  # confirmed frames over (at least) this span give the viewer's delivery rate
 MIN_RATE_SPAN_S = 0.5  # before this much history: the initial window, and the viewer is assumed to keep up
 INITIAL_FRAMES = 2  # one hop's frames at the default 80 ms, plus a round trip's worth once one is measured
-KEEPS_UP = 0.8  # a viewer confirming at least this share of the frames offered to it keeps up
+# a viewer confirming at least this share of the frames offered to it keeps up (a short hiccup of
+# the event loop does not make it skip frames; one reading 5 of 25 fps is far below)
+KEEPS_UP = 0.5
 PROBE_GAP_S = 0.2  # at most ~5 probes a second while the window is open (each is a ping + pong, ~50 us)
 MAX_PROBES = 8  # outstanding at once: a far viewer has a few round trips' worth of frames unconfirmed
 
