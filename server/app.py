@@ -11,6 +11,7 @@ import json
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -67,6 +68,7 @@ class LiveServer:
         self._server = None
         self._janitor: asyncio.Task | None = None
         self._closing = False
+        self._refused: weakref.WeakSet[ServerConnection] = weakref.WeakSet()  # refused by _reject (logged)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -80,6 +82,7 @@ class LiveServer:
         quiet.setLevel(logging.WARNING)
         self._server = await serve(
             self._handler, cfg.host, cfg.port, process_request=self._process_request,
+            process_response=self._process_response,
             max_size=cfg.max_message, ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
             write_limit=cfg.write_limit, close_timeout=2, logger=quiet, server_header="dpt-live")
         self.port = self._server.sockets[0].getsockname()[1]
@@ -154,7 +157,19 @@ class LiveServer:
         self.metrics.add_rejected(str(status))
         level = logging.WARNING if status in (401, 403, 503) else logging.INFO
         log.log(level, "refused %s from %s: %d %s", path, peer_name(connection), status, text)
+        self._refused.add(connection)
         return respond(status, text + "\n")
+
+    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """websockets' own refusals of a /ws request that passed our checks (not a WebSocket
+        upgrade, an unsupported version...): logged and counted like ours."""
+        path = split_request(request)[0]
+        if path != "/ws" or response.status_code == 101 or connection in self._refused:
+            return
+        self.metrics.add_rejected(str(response.status_code))
+        body = (response.body or b"").decode("utf-8", "replace")
+        why = " ".join(line.strip() for line in body.splitlines() if line.strip()) or response.reason_phrase
+        log.info("refused %s from %s: %d %s", path, peer_name(connection), response.status_code, why)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path, query = split_request(request)

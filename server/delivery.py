@@ -10,12 +10,12 @@ Frames written but not yet confirmed by a pong are *in flight*.
 :class:`DeliveryWindow` lets a viewer have at most ``rate × (rtt_min + lag_bound / 4)`` frames
 in flight, ``rate`` being the frames per second it confirmed over the last second and
 ``rtt_min`` its quickest probe round trip (a new viewer starts at 2 frames plus what one round
-trip holds at 25 fps, and follows its rate after half a second): on a LAN a viewer that keeps up (25 fps) gets a window of 6 frames, which
-binds only when a round trip takes more than a quarter second longer than usual; a viewer that
-takes 5 frames a second gets 1 or 2, so what it holds is always a fraction of a second old. Frames
-that cannot be written meanwhile wait in the viewer's queue, where the hub drops the stale ones
-(server/hub.py); ``keeps_up`` tells it whether the viewer confirms the frames offered to it.
-Pure bookkeeping, no I/O: the times are passed in."""
+trip holds at 25 fps, and follows its rate after half a second). On a LAN a viewer that keeps up
+(25 fps) gets a window of 7 frames, which binds only when a round trip takes a quarter second
+longer than usual; a viewer that takes 5 frames a second gets 1 or 2, so what it holds is always
+a fraction of a second old. Frames that cannot be written meanwhile wait in the viewer's queue,
+where the hub drops the stale ones (server/hub.py); ``keeps_up`` tells it whether the viewer
+confirms the frames offered to it. Pure bookkeeping, no I/O: the times are passed in."""
 
 from __future__ import annotations
 
@@ -44,7 +44,7 @@ class Probe:
 
 class DeliveryWindow:
     """Frames offered to one viewer (``offered``), written (``sent``) and confirmed
-    (``confirmed``), the outstanding probe and the delivery rate. ``now`` is
+    (``confirmed``), the outstanding probes and the delivery rate. ``now`` is
     ``time.perf_counter()`` (the clock of FrameItem.t_emit)."""
 
     def __init__(self, lag_bound: float, now: float, fps: float = FPS, min_frames: int = 1,
@@ -83,7 +83,7 @@ class DeliveryWindow:
         return None if rates is None else rates[0]
 
     def keeps_up(self, now: float) -> bool:
-        """It confirms (nearly) every frame offered to it; a new viewer is assumed to."""
+        """It confirms at least KEEPS_UP of the frames offered to it; a new viewer is assumed to."""
         rates = self.rates(now)
         return rates is None or rates[0] >= KEEPS_UP * rates[1]
 
@@ -141,7 +141,3 @@ class DeliveryWindow:
         self.confirmed = max(self.confirmed, probe.sent)
         self._samples.append((now, self.confirmed, self.offered))
         return now - probe.newest_emit
-
-    def probe_age(self, now: float) -> float:
-        """Seconds the oldest outstanding probe has waited for its pong."""
-        return now - self.probes[0].time if self.probes else 0.0

@@ -10,7 +10,7 @@ import json
 import logging
 
 import pytest
-from test_server import _connected, file_source, hello_of, pcm_speech, run, small_socket, start, until
+from test_server import TOKEN, _connected, file_source, hello_of, pcm_speech, run, small_socket, start, until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -94,9 +94,9 @@ def test_delivery_window_follows_the_rate_the_viewer_confirms():
     stuck.on_sent(0.1)
     assert stuck.in_flight() == 2 and not stuck.can_send(3.0) and stuck.probe_due(3.0), "full: probe now"
     second = stuck.on_probe(3.0)
-    assert stuck.probe_age(3.5) == 3.5, "the oldest outstanding probe"
+    assert list(stuck.probes) == [first, second]
     assert stuck.on_pong(second, 4.0) == pytest.approx(3.9), "a pong answers every earlier ping too"
-    assert stuck.on_pong(first, 4.0) is None and stuck.can_send(4.0) and stuck.probe_age(4.0) == 0.0
+    assert stuck.on_pong(first, 4.0) is None and stuck.can_send(4.0) and not stuck.probes
 
 
 # --- a slow viewer -------------------------------------------------------------------------------------
@@ -236,8 +236,9 @@ def test_a_viewer_that_stops_reading_is_closed_and_the_others_keep_streaming(eng
 # --- refusals and timeouts -------------------------------------------------------------------------------
 
 def test_refusals_and_timeouts_are_logged_and_counted(engine, caplog):
-    """Handshake refusals (token, origin), an oversized message (1009), an unanswered keep-alive
-    ping and an upstream that stops sending: one log line each with the peer, and /metrics counts."""
+    """Handshake refusals (token, origin, not an upgrade), an oversized message (1009), an unanswered
+    keep-alive ping and an upstream that stops sending: one log line each with the peer, and
+    /metrics counts."""
     caplog.set_level(logging.INFO, logger="dpt_live.serve")
 
     async def scenario():
@@ -249,6 +250,7 @@ def test_refusals_and_timeouts_are_logged_and_counted(engine, caplog):
                 with pytest.raises(InvalidStatus):
                     async with connect(url, **kw):
                         pass
+            plain_get = await h.get(f"/ws?token={TOKEN}")  # not a WebSocket upgrade: websockets refuses it
             async with connect(h.ws_url(session="big")) as big:
                 await hello_of(big)
                 ports["big"] = local_port(big)
@@ -275,9 +277,9 @@ def test_refusals_and_timeouts_are_logged_and_counted(engine, caplog):
             metrics = await h.text("/metrics")
         finally:
             await h.server.stop()
-        return ports, error, metrics
+        return ports, error, metrics, plain_get
 
-    ports, error, metrics = run(scenario())
+    ports, error, metrics, plain_get = run(scenario())
     lines = log_lines(caplog)
     warnings = log_lines(caplog, logging.WARNING)
 
@@ -285,11 +287,13 @@ def test_refusals_and_timeouts_are_logged_and_counted(engine, caplog):
         return any(all(part in m for part in parts) for m in within)
     assert logged("refused /ws from 127.0.0.1:", "401", "access token", within=warnings)
     assert logged("refused /ws from 127.0.0.1:", "403", "http://evil.example", within=warnings)
+    assert plain_get[0] in (400, 426) and logged("refused /ws from 127.0.0.1:", f"{plain_get[0]} ")
     assert logged(f"closed 127.0.0.1:{ports['big']} with 1009", "exceeds limit of 1024 bytes", within=warnings)
     assert logged(f"closed 127.0.0.1:{ports['mute']}", "keepalive ping timeout", within=warnings)
     assert logged(f"no upstream audio from 127.0.0.1:{ports['mic']} for 0.3 s", within=warnings)
     assert "no upstream audio for 0.3 s" in error["message"]
     for sample in ('dpt_rejected_total{reason="401"} 1', 'dpt_rejected_total{reason="403"} 1',
-                   'dpt_rejected_total{reason="1009"} 1', 'dpt_timeouts_total{kind="keepalive"} 1',
+                   'dpt_rejected_total{reason="1009"} 1', f'dpt_rejected_total{{reason="{plain_get[0]}"}} 1',
+                   'dpt_timeouts_total{kind="keepalive"} 1',
                    'dpt_timeouts_total{kind="upstream_idle"} 1'):
         assert sample in metrics, sample
