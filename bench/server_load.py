@@ -87,13 +87,41 @@ def start_server(args) -> tuple[subprocess.Popen, str, str]:
     raise UserError("the server did not start:\n" + "".join(lines[-20:]))
 
 
-async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, warmup: float, fetch, pid: int):
+async def _slow_viewer(url: str, fps: float, stop: asyncio.Event, measuring: asyncio.Event, out: dict) -> None:
+    """Reads one message every 1/fps s; while ``measuring``, records each frame's lag behind live
+    (this machine's clock minus the frame's emit time: the server runs here too) and its drops."""
+    from websockets.asyncio.client import connect
+
+    from server.protocol import WireFrame, decode_server_message
+
+    # max_queue=1: websockets' default read-ahead (16 messages) would add 16/fps s the server cannot see
+    async with connect(url, max_size=None, max_queue=1) as ws:
+        await ws.recv()  # hello
+        loop = asyncio.get_running_loop()
+        t_next = loop.time()
+        while not stop.is_set():
+            t_next += 1 / fps
+            await asyncio.sleep(max(0.0, t_next - loop.time()))
+            try:
+                msg = decode_server_message(await asyncio.wait_for(ws.recv(), 5))
+            except TimeoutError:
+                continue
+            if isinstance(msg, WireFrame) and measuring.is_set():
+                out["lags"].append(time.time() - msg.emit_time)
+                out["frames"] += 1
+                out["dropped"] += msg.dropped
+
+
+async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, warmup: float, fetch, pid: int,
+                   slow: int = 0, slow_fps: float = 5.0):
     from websockets.asyncio.client import connect
 
     url = base.replace("http://", "ws://") + f"/ws?token={token}&mode={mode}"
     counts = [0] * n
     dropped = [0] * n
     stop = asyncio.Event()
+    measuring = asyncio.Event()
+    slow_out = {"lags": [], "frames": 0, "dropped": 0}
 
     async def one(i: int) -> None:
         async with connect(url, max_size=None) as ws:
@@ -109,7 +137,9 @@ async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, war
                     dropped[i] += json.loads(msg)["count"]
 
     tasks = [asyncio.create_task(one(i)) for i in range(n)]
+    tasks += [asyncio.create_task(_slow_viewer(url, slow_fps, stop, measuring, slow_out)) for _ in range(slow)]
     await asyncio.sleep(warmup)
+    measuring.set()
     before = await asyncio.to_thread(fetch)
     cpu0 = loop_cpu_seconds(pid)
     c0 = list(counts)
@@ -122,7 +152,7 @@ async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, war
     stop.set()
     await asyncio.gather(*tasks, return_exceptions=True)
     cpu = None if cpu0 is None or cpu1 is None else cpu1 - cpu0
-    return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped), cpu
+    return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped), cpu, slow_out
 
 
 def run_serve_bench(args) -> int:
@@ -141,8 +171,9 @@ def run_serve_bench(args) -> int:
                 return r.read().decode()
 
         for n in ns:
-            before, after, elapsed, received, dropped, cpu = asyncio.run(
-                _viewers(base, token, n, args.mode, args.seconds, args.warmup, fetch, proc.pid))
+            before, after, elapsed, received, dropped, cpu, slow_out = asyncio.run(
+                _viewers(base, token, n, args.mode, args.seconds, args.warmup, fetch, proc.pid,
+                         args.slow_viewers, args.slow_fps))
             row = {"viewers": n, "seconds": round(elapsed, 2), "mode": args.mode,
                    "frames_per_viewer_per_s": round(sum(received) / max(1, n) / elapsed, 2),
                    "dropped": dropped}
@@ -156,6 +187,13 @@ def run_serve_bench(args) -> int:
             writes = row["overhead_ms"]["count"]
             row["loop_cpu_us_per_write"] = round(cpu / writes * 1e6, 1) if cpu is not None and writes else None
             row["loop_cpu_share"] = round(cpu / elapsed, 4) if cpu is not None else None
+            if args.slow_viewers:
+                lags = sorted(slow_out["lags"])
+                row["slow_viewers"] = {
+                    "count": args.slow_viewers, "reads_per_s": args.slow_fps,
+                    "frames_per_viewer_per_s": round(slow_out["frames"] / args.slow_viewers / elapsed, 2),
+                    "dropped": slow_out["dropped"],
+                    "lag_s": {"p50": round(lags[len(lags) // 2], 3), "max": round(lags[-1], 3)} if lags else None}
             rows.append(row)
             print(f"{n:>3} viewers: overhead p50 {row['overhead_ms']['p50']} ms, p95 {row['overhead_ms']['p95']} ms, "
                   f"mean {row['overhead_ms']['mean']} ms ({row['overhead_ms']['count']} frame writes); "
@@ -163,6 +201,11 @@ def run_serve_bench(args) -> int:
                   f"step p50 {row['step_ms']['p50']} ms; {row['frames_per_viewer_per_s']} frames/s per viewer; "
                   f"dropped {dropped}; event-loop CPU {row['loop_cpu_us_per_write']} us per frame write "
                   f"({row['loop_cpu_share']} of a core)", flush=True)
+            if args.slow_viewers:
+                sv = row["slow_viewers"]
+                print(f"     + {sv['count']} slow viewers reading {sv['reads_per_s']:g} messages/s: lag behind live "
+                      f"{sv['lag_s']} s, {sv['frames_per_viewer_per_s']} frames/s each, dropped {sv['dropped']}",
+                      flush=True)
     finally:
         proc.terminate()
         try:

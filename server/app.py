@@ -1,7 +1,8 @@
 """The live server: one port for the WebSocket (`/ws`, protocol v1 in docs/PROTOCOL.md) and plain
 HTTP (the web viewer's static files, /healthz, /metrics, /flame.bin), on the `websockets` asyncio
-server. Sessions and fan-out live in streaming/server_hub.py, the pipeline threads in
-streaming/server_pipeline.py, the HTTP side in streaming/server_http.py."""
+server. Sessions and fan-out live in server/hub.py, the pipeline threads in server/pipeline.py,
+the HTTP side in server/http.py. Every refusal and timeout is logged (one line, with the peer)
+and counted in /metrics."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import json
 import logging
 import socket
 import time
+import weakref
 from collections.abc import Callable
 from urllib.parse import quote
 
@@ -29,14 +31,14 @@ from server.http import (
     static_file,
     token_ok,
 )
-from server.hub import HubSession, Viewer
+from server.hub import HubSession, Viewer, peer_name
 from server.metrics import ServerMetrics
 from server.protocol import (
     CLOSE_GOING_AWAY,
     CLOSE_POLICY,
+    CLOSE_TOO_BIG,
     MODES,
     ProtocolError,
-    clip_reason,
     dumps,
     make_hello,
     parse_control,
@@ -66,6 +68,7 @@ class LiveServer:
         self._server = None
         self._janitor: asyncio.Task | None = None
         self._closing = False
+        self._refused: weakref.WeakSet[ServerConnection] = weakref.WeakSet()  # refused by _reject (logged)
         self.loop: asyncio.AbstractEventLoop | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -73,10 +76,13 @@ class LiveServer:
         cfg = self.config
         self.loop = asyncio.get_running_loop()
         self.sessions[DEFAULT_SESSION] = self._new_session(DEFAULT_SESSION, self.own_factory, self.own_kind, True)
-        quiet = logging.getLogger("dpt_live.serve.websockets")  # handshake refusals are counted, not logged
+        # websockets' own lines (one per HTTP request, per refused handshake) stay quiet: this module
+        # logs each refusal and timeout once, with its reason
+        quiet = logging.getLogger("dpt_live.serve.websockets")
         quiet.setLevel(logging.WARNING)
         self._server = await serve(
             self._handler, cfg.host, cfg.port, process_request=self._process_request,
+            process_response=self._process_response,
             max_size=cfg.max_message, ping_interval=cfg.ping_interval, ping_timeout=cfg.ping_timeout,
             write_limit=cfg.write_limit, close_timeout=2, logger=quiet, server_header="dpt-live")
         self.port = self._server.sockets[0].getsockname()[1]
@@ -107,7 +113,7 @@ class LiveServer:
         deadline = time.monotonic() + 1.0
         while any(v.queue for v in self.viewers) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        await asyncio.gather(*(v.ws.close(CLOSE_GOING_AWAY, "server shutting down") for v in list(self.viewers)),
+        await asyncio.gather(*(v.close(CLOSE_GOING_AWAY, "server shutting down") for v in list(self.viewers)),
                              return_exceptions=True)
         self._server.close()
         await self._server.wait_closed()
@@ -123,6 +129,7 @@ class LiveServer:
     async def _janitor_loop(self) -> None:
         while True:
             await asyncio.sleep(self.config.janitor_interval)
+            self._close_stalled_viewers()
             for name, session in list(self.sessions.items()):
                 session.check_upstream_idle(self.config.upstream_idle)
                 if not session.persistent and session.idle_for() > self.config.session_idle:
@@ -130,40 +137,72 @@ class LiveServer:
                     await session.close()
                     log.info("session %s closed (idle)", name)
 
+    def _close_stalled_viewers(self) -> None:
+        """Close viewers whose frames have waited ``stall_timeout`` s without the viewer taking any
+        (no pong to a delivery probe, or a write stuck on a full socket)."""
+        limit = self.config.stall_timeout
+        now = time.perf_counter()
+        for viewer in list(self.viewers):
+            if viewer.closing or viewer.stalled_for(now) <= limit:
+                continue
+            self.metrics.add_timeout("stalled")
+            log.warning("session %s: closing %s: it took no frame for %g s (sent %d, dropped %d)", viewer.session,
+                        viewer.peer, limit, viewer.sent, viewer.dropped_total)
+            viewer.close_soon(CLOSE_POLICY, f"not reading: no frame delivered for {limit:g} s")
+
     # --- HTTP and the upgrade checks -----------------------------------------------------------------
-    def _reject(self, status: int, text: str) -> Response:
+    def _reject(self, connection: ServerConnection, path: str, status: int, text: str) -> Response:
+        """Refuse a request before the upgrade: counted by status and logged with the peer (a bad or
+        missing token, a foreign origin or a full server as a warning)."""
         self.metrics.add_rejected(str(status))
+        level = logging.WARNING if status in (401, 403, 503) else logging.INFO
+        log.log(level, "refused %s from %s: %d %s", path, peer_name(connection), status, text)
+        self._refused.add(connection)
         return respond(status, text + "\n")
+
+    def _process_response(self, connection: ServerConnection, request: Request, response: Response) -> None:
+        """websockets' own refusals of a /ws request that passed our checks (not a WebSocket
+        upgrade, an unsupported version...): logged and counted like ours."""
+        path = split_request(request)[0]
+        if path != "/ws" or response.status_code == 101 or connection in self._refused:
+            return
+        self.metrics.add_rejected(str(response.status_code))
+        body = (response.body or b"").decode("utf-8", "replace")
+        why = " ".join(line.strip() for line in body.splitlines() if line.strip()) or response.reason_phrase
+        log.info("refused %s from %s: %d %s", path, peer_name(connection), response.status_code, why)
 
     def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         path, query = split_request(request)
         cfg = self.config
         if path == "/ws":
+            def reject(status: int, text: str) -> Response:
+                return self._reject(connection, path, status, text)
             if not token_ok(cfg.token, request_token(request, query)):
-                return self._reject(401, "missing or wrong access token (token= or Authorization: Bearer)")
+                return reject(401, "missing or wrong access token (token= or Authorization: Bearer)")
             origin = request.headers.get("Origin")
             if not origin_ok(origin, self.origins):
-                return self._reject(403, f"origin {origin} is not allowed (server option --allow-origin)")
+                return reject(403, f"origin {origin} is not allowed (server option --allow-origin)")
             name = query.get("session", DEFAULT_SESSION)
             if not SESSION_NAME.match(name):
-                return self._reject(400, "bad session name (1-64 characters of A-Z a-z 0-9 _ . -)")
+                return reject(400, "bad session name (1-64 characters of A-Z a-z 0-9 _ . -)")
             if query.get("mode", "binary") not in MODES:
-                return self._reject(400, f"mode must be one of {', '.join(MODES)}")
+                return reject(400, f"mode must be one of {', '.join(MODES)}")
             if self._closing:
-                return self._reject(503, "server shutting down")
+                return reject(503, "server shutting down")
             if len(self.viewers) >= cfg.max_viewers:
-                return self._reject(503, f"too many viewers (--max-viewers {cfg.max_viewers})")
+                return reject(503, f"too many viewers (--max-viewers {cfg.max_viewers})")
             if name not in self.sessions and len(self.sessions) >= cfg.max_sessions:
-                return self._reject(503, f"too many sessions (--max-sessions {cfg.max_sessions})")
+                return reject(503, f"too many sessions (--max-sessions {cfg.max_sessions})")
             return None  # on to the WebSocket handshake
         if path == "/healthz":
             return respond(200, json.dumps(self.health()), "application/json")
         if path == "/metrics":
-            return respond(200, self.metrics.render(len(self.viewers), len(self.sessions)),
+            return respond(200, self.metrics.render(len(self.viewers), len(self.sessions), cfg.lag_bound,
+                                                    self.viewers_behind()),
                            "text/plain; version=0.0.4; charset=utf-8")
         if path == "/flame.bin":
             if not token_ok(cfg.token, request_token(request, query)):
-                return self._reject(401, "missing or wrong access token")
+                return self._reject(connection, path, 401, "missing or wrong access token")
             if cfg.flame_asset is None:
                 return respond(404, "this server has no FLAME model (start it with --flame MODEL.pkl)\n")
             return respond(200, cfg.flame_asset, "application/octet-stream")
@@ -174,14 +213,27 @@ class LiveServer:
             return respond(404, "not found\n")
         return respond(200, found[0], found[1])
 
+    def viewers_behind(self) -> int:
+        return sum(1 for v in self.viewers if v.blocked_since is not None)
+
     def health(self) -> dict:
-        oh = self.metrics.overhead
+        oh, dl = self.metrics.overhead, self.metrics.delivery
+        counts = self.metrics.counts()
+        by_session = counts["dropped_by_session"]
         return {"status": "stopping" if self._closing else "ok", "uptime": round(time.time() - self.started, 3),
                 "sessions": len(self.sessions), "viewers": len(self.viewers),
                 "frames": self.metrics.frames_total, "model": str(self.engine.loaded.path),
                 "server_overhead_ms": {"p50": _ms(oh.quantile(0.5)), "p95": _ms(oh.quantile(0.95)),
                                        "count": oh.count},
-                "session_detail": {name: s.summary() for name, s in self.sessions.items()}}
+                "lag_bound_s": self.config.lag_bound, "stall_timeout_s": self.config.stall_timeout,
+                "viewer_delivery_ms": {"p50": _ms(dl.quantile(0.5)), "p95": _ms(dl.quantile(0.95)),
+                                       "count": dl.count},
+                "viewers_behind": self.viewers_behind(),
+                "dropped": {"queue": counts["dropped_by_cause"].get("queue", 0),
+                            "lag": counts["dropped_by_cause"].get("lag", 0)},
+                "rejected": counts["rejected"], "timeouts": counts["timeouts"],
+                "session_detail": {name: s.summary() | {"dropped": by_session.get(name, 0)}
+                                   for name, s in self.sessions.items()}}
 
     # --- WebSocket ------------------------------------------------------------------------------------
     def hello(self, session: HubSession, mode: str) -> dict:
@@ -194,18 +246,24 @@ class LiveServer:
             limits={"max_message": cfg.max_message, "viewer_queue": cfg.viewer_queue,
                     "max_viewers": cfg.max_viewers, "max_sessions": cfg.max_sessions,
                     "session_idle_s": cfg.session_idle, "upstream_idle_s": cfg.upstream_idle,
-                    "ping_interval_s": cfg.ping_interval, "ping_timeout_s": cfg.ping_timeout}) | {
+                    "ping_interval_s": cfg.ping_interval, "ping_timeout_s": cfg.ping_timeout,
+                    "lag_bound_s": cfg.lag_bound, "stall_timeout_s": cfg.stall_timeout}) | {
             "paused": session.paused}
 
     async def _handler(self, ws: ServerConnection) -> None:
         _, query = split_request(ws.request)
         name, mode = query.get("session", DEFAULT_SESSION), query.get("mode", "binary")
+        peer = peer_name(ws)
         if len(self.viewers) >= self.config.max_viewers:  # raced past the check before the upgrade
+            self.metrics.add_rejected(str(CLOSE_TRY_AGAIN))
+            log.warning("refused %s after the upgrade: too many viewers (%d)", peer, self.config.max_viewers)
             await ws.close(CLOSE_TRY_AGAIN, "too many viewers")
             return
         session = self.sessions.get(name)
         if session is None:
             if len(self.sessions) >= self.config.max_sessions or self._closing:
+                self.metrics.add_rejected(str(CLOSE_TRY_AGAIN))
+                log.warning("refused %s after the upgrade: too many sessions or shutting down", peer)
                 await ws.close(CLOSE_TRY_AGAIN, "too many sessions")
                 return
             session = self.sessions[name] = self._new_session(name)
@@ -213,7 +271,7 @@ class LiveServer:
             sock = ws.transport.get_extra_info("socket")
             if sock is not None:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer)
-        viewer = Viewer(ws, mode, self.config.viewer_queue, self.metrics, name)
+        viewer = Viewer(ws, mode, self.config.viewer_queue, self.metrics, name, self.config.lag_bound)
         # joined before the hello is sent (no await in between): the janitor cannot close the
         # session under a new viewer, and frames wait in the queue until the sender starts
         session.add(viewer)
@@ -229,19 +287,37 @@ class LiveServer:
                     session.audio(viewer, message)
         except ProtocolError as exc:
             self.metrics.add_rejected(str(CLOSE_POLICY))
-            log.info("session %s: closing a connection: %s", name, exc)
-            await ws.close(CLOSE_POLICY, clip_reason(str(exc)))
+            log.info("session %s: closing %s with 1008: %s", name, peer, exc)
+            await viewer.close(CLOSE_POLICY, str(exc))
         except ConnectionClosed as exc:
-            if exc.sent is not None and exc.sent.code == 1009:  # websockets refused an oversized message
-                self.metrics.add_rejected("1009")
+            self._closed_by_websockets(exc, name, peer)
         except Exception as exc:  # noqa: BLE001 - one connection's bug must not reach the others
             log.exception("session %s: connection handler failed", name)
-            await ws.close(CLOSE_INTERNAL, clip_reason(f"internal error: {exc}"))
+            await viewer.close(CLOSE_INTERNAL, f"internal error: {exc}")
         finally:
             session.remove(viewer)
             self.viewers.discard(viewer)
             if viewer.task is not None:
                 viewer.task.cancel()
+            if viewer.dropped_total:
+                log.info("session %s: %s left after %d frames; dropped %d (%d older than the lag bound, "
+                         "%d queue full)", name, peer, viewer.sent, viewer.dropped_total,
+                         viewer.dropped_by_cause["lag"], viewer.dropped_by_cause["queue"])
+
+    def _closed_by_websockets(self, exc: ConnectionClosed, session: str, peer: str) -> None:
+        """websockets closes a connection itself for an oversized message (1009) and an unanswered
+        keep-alive ping (1011): count and log those (our own closes are counted where they are made)."""
+        sent = exc.sent
+        if sent is None:
+            return
+        if sent.code == CLOSE_TOO_BIG:
+            self.metrics.add_rejected(str(CLOSE_TOO_BIG))
+            log.warning("session %s: closed %s with 1009: %s (--max-message %d)", session, peer, sent.reason,
+                        self.config.max_message)
+        elif sent.code == CLOSE_INTERNAL and "keepalive" in sent.reason:
+            self.metrics.add_timeout("keepalive")
+            log.warning("session %s: closed %s: no pong within %g s (keepalive ping timeout)", session, peer,
+                        self.config.ping_timeout)
 
 
 def _ms(v: float | None) -> float | None:

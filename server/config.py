@@ -27,6 +27,10 @@ class ServerConfig:
     ping_timeout: float | None = 20.0
     web_root: Path = WEB_ROOT
     flame_asset: bytes | None = None
-    write_limit: int = 32 * 1024  # websockets' write buffer high-water mark per connection
-    send_buffer: int | None = None  # SO_SNDBUF per connection (None: the OS default)
+    # What a slow viewer may be behind (docs/SERVER.md, "Slow viewers"): a few frames in flight
+    # (server/delivery.py), queued frames older than half of it dropped. None: no bound but the queue.
+    lag_bound: float | None = 1.0
+    stall_timeout: float = 5.0  # s frames may wait for a viewer that takes none before it is closed
+    write_limit: int = 8 * 1024  # websockets' write buffer high-water mark per connection (30 binary frames)
+    send_buffer: int | None = 16 * 1024  # SO_SNDBUF per WebSocket (Linux doubles it; None: the OS default, up to 4 MB)
     janitor_interval: float = 1.0

@@ -92,6 +92,8 @@ class ServerMetrics:
         self._lock = threading.Lock()
         self.frames_total = 0
         self.dropped_total: dict[str, int] = defaultdict(int)  # by session
+        self.dropped_by_cause: dict[str, int] = defaultdict(int)  # queue (full) / lag (older than the bound)
+        self.timeouts_total: dict[str, int] = defaultdict(int)  # keepalive / upstream_idle / stalled
         self.connections_total = 0
         self.rejected_total: dict[str, int] = defaultdict(int)  # by HTTP status / close reason
         self.frame_latency = Histogram("dpt_frame_latency_seconds",
@@ -101,14 +103,29 @@ class ServerMetrics:
         self.overhead = Histogram("dpt_server_overhead_seconds",
                                   "From the pipeline emitting a frame to the frame written to a viewer's socket.",
                                   OVERHEAD_BUCKETS)
+        self.delivery = Histogram("dpt_viewer_delivery_seconds",
+                                  "From the pipeline emitting a frame to the viewer's WebSocket library confirming "
+                                  "it read it (the pong to the delivery probe sent after the frame).",
+                                  LATENCY_BUCKETS)
 
     def add_frames(self, n: int) -> None:
         with self._lock:
             self.frames_total += n
 
-    def add_dropped(self, session: str, n: int) -> None:
+    def add_dropped(self, session: str, n: int, cause: str = "queue") -> None:
         with self._lock:
             self.dropped_total[session] += n
+            self.dropped_by_cause[cause] += n
+
+    def add_timeout(self, kind: str) -> None:
+        with self._lock:
+            self.timeouts_total[kind] += 1
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        """The labelled counters as plain dicts (for /healthz)."""
+        with self._lock:
+            return {"dropped_by_session": dict(self.dropped_total), "dropped_by_cause": dict(self.dropped_by_cause),
+                    "rejected": dict(self.rejected_total), "timeouts": dict(self.timeouts_total)}
 
     def add_rejected(self, reason: str) -> None:
         with self._lock:
@@ -118,23 +135,38 @@ class ServerMetrics:
         with self._lock:
             self.connections_total += 1
 
-    def render(self, viewers: int, sessions: int) -> str:
+    def render(self, viewers: int, sessions: int, lag_bound: float | None = None, viewers_behind: int = 0) -> str:
+        """``lag_bound``: the server's per-viewer lag bound in seconds (None: off, the gauge is
+        left out); ``viewers_behind``: viewers whose frames now wait for their delivery window."""
         with self._lock:
-            frames, dropped = self.frames_total, dict(self.dropped_total)
-            conns, rejected = self.connections_total, dict(self.rejected_total)
+            frames, dropped, causes = self.frames_total, dict(self.dropped_total), dict(self.dropped_by_cause)
+            conns, rejected, timeouts = self.connections_total, dict(self.rejected_total), dict(self.timeouts_total)
         lines = ["# HELP dpt_frames_total Motion frames produced by all pipelines.",
                  "# TYPE dpt_frames_total counter", f"dpt_frames_total {frames}",
-                 "# HELP dpt_dropped_frames_total Frames dropped from slow viewers' queues.",
+                 "# HELP dpt_dropped_frames_total Frames dropped for slow viewers, by session.",
                  "# TYPE dpt_dropped_frames_total counter"]
         lines += [f'dpt_dropped_frames_total{{session="{_label(s)}"}} {n}' for s, n in sorted(dropped.items())]
+        lines += ["# HELP dpt_viewer_dropped_frames_total Frames dropped for slow viewers, by cause "
+                  "(queue: its queue was full; lag: older than the lag bound allows).",
+                  "# TYPE dpt_viewer_dropped_frames_total counter"]
+        lines += [f'dpt_viewer_dropped_frames_total{{cause="{_label(c)}"}} {n}' for c, n in sorted(causes.items())]
         lines += ["# HELP dpt_connections_total WebSocket connections accepted.",
                   "# TYPE dpt_connections_total counter", f"dpt_connections_total {conns}",
                   "# HELP dpt_rejected_total Requests refused before or after the upgrade, by reason.",
                   "# TYPE dpt_rejected_total counter"]
         lines += [f'dpt_rejected_total{{reason="{_label(r)}"}} {n}' for r, n in sorted(rejected.items())]
+        lines += ["# HELP dpt_timeouts_total Keep-alive pings unanswered, upstreams ended for lack of audio, "
+                  "viewers closed for taking no frame (stalled), by kind.",
+                  "# TYPE dpt_timeouts_total counter"]
+        lines += [f'dpt_timeouts_total{{kind="{_label(k)}"}} {n}' for k, n in sorted(timeouts.items())]
         lines += ["# HELP dpt_viewers Open WebSocket connections.", "# TYPE dpt_viewers gauge",
                   f"dpt_viewers {viewers}",
+                  "# HELP dpt_viewers_behind Viewers whose frames wait for their delivery window.",
+                  "# TYPE dpt_viewers_behind gauge", f"dpt_viewers_behind {viewers_behind}",
                   "# HELP dpt_sessions Open sessions.", "# TYPE dpt_sessions gauge", f"dpt_sessions {sessions}"]
-        for h in (self.frame_latency, self.step_seconds, self.overhead):
+        if lag_bound is not None:
+            lines += ["# HELP dpt_lag_bound_seconds How far behind live a viewer may fall before frames are dropped.",
+                      "# TYPE dpt_lag_bound_seconds gauge", f"dpt_lag_bound_seconds {_fmt(lag_bound)}"]
+        for h in (self.frame_latency, self.step_seconds, self.overhead, self.delivery):
             lines += h.render()
         return "\n".join(lines) + "\n"

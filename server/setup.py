@@ -88,4 +88,5 @@ def server_config(args, flame: bytes | None):
                         max_message=args.max_message, max_sessions=args.max_sessions,
                         max_viewers=args.max_viewers, viewer_queue=args.viewer_queue,
                         session_idle=args.session_idle, upstream_idle=args.upstream_idle,
-                        ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, flame_asset=flame)
+                        ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, flame_asset=flame,
+                        lag_bound=args.lag_bound or None, stall_timeout=args.stall_timeout)

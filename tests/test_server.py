@@ -178,7 +178,8 @@ def test_slow_viewer_loses_oldest_frames_others_and_pipeline_unaffected(engine):
     expected = int(seconds * 16000) // 640
 
     async def scenario():
-        h = await start(engine, viewer_queue=16, send_buffer=4096, write_limit=4096)
+        # the slow viewer reads nothing until the push is over: not closed as stalled meanwhile
+        h = await start(engine, viewer_queue=16, send_buffer=4096, write_limit=4096, stall_timeout=120)
         try:
             async with connect(h.ws_url(session="slow"), max_queue=1, sock=_connected(small_socket(), h)) as slow, \
                     connect(h.ws_url(session="slow")) as fast, \

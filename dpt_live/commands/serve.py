@@ -23,6 +23,15 @@ def _positive(kind):
     return parse
 
 
+def _non_negative(kind):
+    def parse(text: str):
+        value = kind(text)
+        if value < 0:
+            raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+        return value
+    return parse
+
+
 def add_server_args(p: argparse.ArgumentParser) -> None:
     from server.config import ServerConfig
 
@@ -53,6 +62,11 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="seconds without upstream audio before audio_end is assumed")
     p.add_argument("--ping-interval", type=_positive(float), default=d.ping_interval)
     p.add_argument("--ping-timeout", type=_positive(float), default=d.ping_timeout)
+    p.add_argument("--lag-bound", type=_non_negative(float), default=d.lag_bound, metavar="S",
+                   help="how far behind live a slow viewer may fall: frames in flight are paced by its "
+                        "pongs and older queued frames dropped (0: no bound but --viewer-queue)")
+    p.add_argument("--stall-timeout", type=_positive(float), default=d.stall_timeout, metavar="S",
+                   help="close a viewer that takes no frame for this long while frames wait for it")
 
 
 # streaming.factory.BACKENDS, spelled out: importing the factory pulls in torch, and registration
@@ -99,6 +113,10 @@ def register_serve_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=float, default=20.0, help="measurement window per viewer count")
     p.add_argument("--warmup", type=float, default=3.0, help="seconds of viewing before each measurement window")
     p.add_argument("--mode", choices=["binary", "json"], default="binary", help="the viewers' frame format")
+    p.add_argument("--slow-viewers", type=int, default=0, metavar="N",
+                   help="also connect N viewers that read only --slow-fps messages a second; their lag "
+                        "behind live and their drops are reported")
+    p.add_argument("--slow-fps", type=_positive(float), default=5.0, help="what a slow viewer reads per second")
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="the server's engine backend")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `dpt-live serve` (repeatable, e.g. --serve-arg=--steps=1)")
