@@ -53,7 +53,8 @@ def open_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     session = StreamSession(audio, motion, decoder, config, style_np, on_step=on_step, **kwargs)
     if link is not None:
         link.bind(session)  # from here on its steps carry deadlines
-    session.backend = networks.describe() + (", batched" if scheduler is not None else "")  # for reports
+    session.backend = networks.describe()  # for reports
+    session.batched = scheduler is not None  # its network calls are shared with other sessions
     return session
 
 
