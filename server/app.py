@@ -197,9 +197,10 @@ class LiveServer:
         if path == "/healthz":
             return respond(200, json.dumps(self.health()), "application/json")
         if path == "/metrics":
-            return respond(200, self.metrics.render(len(self.viewers), len(self.sessions), cfg.lag_bound,
-                                                    self.viewers_behind()),
-                           "text/plain; version=0.0.4; charset=utf-8")
+            text = self.metrics.render(len(self.viewers), len(self.sessions), cfg.lag_bound, self.viewers_behind())
+            if self.engine.scheduler is not None:  # batch sizes, queue depth, call times, shed work
+                text = text.rstrip("\n") + "\n" + self.engine.scheduler.prometheus().rstrip("\n") + "\n"
+            return respond(200, text, "text/plain; version=0.0.4; charset=utf-8")
         if path == "/flame.bin":
             if not token_ok(cfg.token, request_token(request, query)):
                 return self._reject(connection, path, 401, "missing or wrong access token")
@@ -232,6 +233,7 @@ class LiveServer:
                 "dropped": {"queue": counts["dropped_by_cause"].get("queue", 0),
                             "lag": counts["dropped_by_cause"].get("lag", 0)},
                 "rejected": counts["rejected"], "timeouts": counts["timeouts"],
+                "scheduler": None if self.engine.scheduler is None else _scheduler_health(self.engine.scheduler.stats()),
                 "session_detail": {name: s.summary() | {"dropped": by_session.get(name, 0)}
                                    for name, s in self.sessions.items()}}
 
@@ -322,6 +324,13 @@ class LiveServer:
 
 def _ms(v: float | None) -> float | None:
     return None if v is None else round(v * 1000, 4)
+
+
+def _scheduler_health(stats: dict) -> dict:
+    """The batching scheduler in /healthz: the figures an operator watches (the rest: /metrics)."""
+    return {"sessions": stats["sessions"], "max_batch": stats["max_batch"],
+            "latency_budget_ms": stats["latency_budget_ms"], "queue_depth": stats["queue_depth"],
+            "calls": stats["calls"], "shed": stats["shed"], "late": stats["late"], "errors": stats["errors"]}
 
 
 async def run_server(server: LiveServer, stop: asyncio.Event, on_started: Callable[[LiveServer], None] | None = None):

@@ -200,7 +200,7 @@ class Pipeline:
             items = []
             for f in frames:
                 wire = WireFrame(seq=self.seq, audio_time=f.audio_time, emit_time=stream.start_wall + f.emit_time,
-                                 exp=f.exp, pose=f.pose, eyes=f.eyes, reset=first[0])
+                                 exp=f.exp, pose=f.pose, eyes=f.eyes, reset=first[0], degraded=bool(f.shed))
                 first[0] = False
                 self.seq += 1
                 items.append(FrameItem(wire, encode_binary_frame(wire), stream.t0 + f.emit_time))

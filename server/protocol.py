@@ -34,6 +34,7 @@ POSE_LAYOUT = ["global_x", "global_y", "global_z", "jaw_x", "jaw_y", "jaw_z"]
 EYES_LAYOUT = ["blink_l", "blink_r", "gaze_yaw", "gaze_pitch"]
 FLAG_EYES = 1  # bit0: the eyes floats are valid
 FLAG_RESET = 2  # bit1: first frame of a new pipeline (audio_time restarts, motion does not continue)
+FLAG_DEGRADED = 4  # bit2: the scheduler shed work for this frame under overload (fewer steps, or held)
 
 MODES = ("binary", "json")
 AUDIO_FORMATS = {"f32le": "float32", "s16le": "int16"}  # wire name -> streaming.sources dtype
@@ -65,10 +66,12 @@ class WireFrame:
     eyes: np.ndarray | None  # (4,) float32, None when the session has no eyes
     dropped: int = 0  # frames this viewer lost since its previous frame
     reset: bool = False  # FLAG_RESET
+    degraded: bool = False  # FLAG_DEGRADED
 
     @property
     def flags(self) -> int:
-        return (FLAG_EYES if self.eyes is not None else 0) | (FLAG_RESET if self.reset else 0)
+        return ((FLAG_EYES if self.eyes is not None else 0) | (FLAG_RESET if self.reset else 0)
+                | (FLAG_DEGRADED if self.degraded else 0))
 
 
 def clip_reason(reason: str) -> str:
@@ -122,13 +125,13 @@ def decode_binary_frame(data: bytes | bytearray | memoryview) -> WireFrame:
     return WireFrame(seq=seq, audio_time=audio_time, emit_time=emit_time, exp=payload[0:50].copy(),
                      pose=payload[50:56].copy(),
                      eyes=payload[56:60].copy() if flags & FLAG_EYES else None,
-                     dropped=dropped, reset=bool(flags & FLAG_RESET))
+                     dropped=dropped, reset=bool(flags & FLAG_RESET), degraded=bool(flags & FLAG_DEGRADED))
 
 
 def frame_json_dict(frame: WireFrame) -> dict[str, Any]:
     return {"type": "frame", "seq": int(frame.seq), "dropped": int(frame.dropped),
             "audio_time": float(frame.audio_time), "emit_time": float(frame.emit_time),
-            "reset": bool(frame.reset),
+            "reset": bool(frame.reset), "degraded": bool(frame.degraded),
             "exp": _vec(frame.exp, 50, "exp").tolist(),
             "pose": _vec(frame.pose, 6, "pose").tolist(),
             "eyes": None if frame.eyes is None else _vec(frame.eyes, 4, "eyes").tolist()}
@@ -167,7 +170,7 @@ def json_frame_from_dict(obj: dict) -> WireFrame:
                      emit_time=_number(obj, "emit_time", "frame"),
                      exp=_float_list(obj, "exp", 50, "frame"), pose=_float_list(obj, "pose", 6, "frame"),
                      eyes=None if eyes is None else _float_list(obj, "eyes", 4, "frame"),
-                     reset=bool(obj.get("reset", False)))
+                     reset=bool(obj.get("reset", False)), degraded=bool(obj.get("degraded", False)))
 
 
 # --- server messages ------------------------------------------------------------------------------

@@ -529,3 +529,38 @@ def test_probe_pins_the_backend_auto_resolved_to(loaded):
     probe = e.probe()
     assert e.backend in ("torch", "onnxruntime", "tensorrt") and e.backend_desc == probe.backend
     assert e.build(None, e.default_scales).backend == probe.backend
+
+
+def test_sessions_share_the_batching_scheduler(loaded, speech_like_wav):
+    """An engine that probed gets one batching scheduler: every session's network calls go through
+    it, and /healthz and /metrics show its batches and shed work."""
+    from diffposetalk.sampler import DDIMSampler
+    from server.engine import Engine
+    from streaming.session import StreamConfig
+
+    e = Engine(loaded=loaded, sampler=DDIMSampler(1), config=StreamConfig(80, 80, 400), backend="torch",
+               scheduler_options={"max_batch": 8, "latency_budget_ms": 400})
+    e.probe()
+    assert e.scheduler is not None and e.model_info()["batching"] == {"max_batch": 8, "latency_budget_ms": 400}
+
+    async def scenario():
+        h = await start(e, file_source(speech_like_wav))
+        try:
+            async with connect(h.ws_url()) as a, connect(h.ws_url(session="second")) as b:
+                await hello_of(a)
+                await hello_of(b)
+                got, _ = await frames_of(a, 10)
+                health = json.loads(await h.text("/healthz"))
+                metrics = await h.text("/metrics")
+        finally:
+            await h.server.stop()
+        return got, health, metrics
+
+    try:
+        got, health, metrics = run(scenario())
+    finally:
+        e.close()
+    assert [f.seq for f in got] == list(range(10)) and not any(f.degraded for f in got)
+    sched = health["scheduler"]
+    assert sched["calls"]["audio"] > 0 and sched["calls"]["motion"] > 0 and sched["errors"] == 0
+    assert "dpt_scheduler_calls_total{kind=\"motion\"" in metrics and "dpt_scheduler_shed_steps_total" in metrics

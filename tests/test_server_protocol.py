@@ -115,3 +115,14 @@ def test_close_reason_fits_a_control_frame():
     long = "é" * 200
     assert len(p.clip_reason(long).encode()) <= 123
     assert p.clip_reason("short") == "short"
+
+
+def test_degraded_flag_round_trips():
+    """bit2 marks a frame the batching scheduler shed work for (docs/PROTOCOL.md)."""
+    f = frame(degraded=True)
+    data = p.encode_binary_frame(f)
+    assert struct.unpack_from("<4sHH", data)[2] == 0b101
+    assert p.decode_binary_frame(data).degraded is True
+    assert p.decode_binary_frame(p.encode_binary_frame(frame())).degraded is False
+    obj = json.loads(p.encode_json_frame(f))
+    assert obj["degraded"] is True and p.decode_server_message(json.dumps(obj)).degraded is True

@@ -17,7 +17,7 @@ export function decodeFrame(buf, hello) {
   return {
     seq: dv.getUint32(8, true), dropped: dv.getUint32(12, true),
     audioTime: dv.getFloat64(16, true), emitTime: dv.getFloat64(24, true),
-    eyesValid: (flags & 1) !== 0, reset: (flags & 2) !== 0,
+    eyesValid: (flags & 1) !== 0, reset: (flags & 2) !== 0, degraded: (flags & 4) !== 0,
     exp: field.exp, pose: field.pose, eyes: (flags & 1) ? field.eyes : null,
   };
 }

@@ -46,8 +46,9 @@ export class Hud {
     this.el.latency.textContent = `latency ${f(netMs)} · jitter ${f(jitterMs)} · buffer ${f(bufferMs)}`;
   }
 
-  frames(received, lastSeq, dropped) {
-    this.el.frames.textContent = `frames ${received} · seq ${lastSeq < 0 ? '–' : lastSeq} · dropped ${dropped}`;
+  frames(received, lastSeq, dropped, degraded = 0) {
+    this.el.frames.textContent = `frames ${received} · seq ${lastSeq < 0 ? '–' : lastSeq} · dropped ${dropped}`
+      + (degraded ? ` · degraded ${degraded}` : '');  // frames the server shed work for (overload)
   }
 
   fps(renderFps) { this.el.fps.textContent = `${renderFps.toFixed(0)} fps`; }

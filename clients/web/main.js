@@ -17,7 +17,7 @@ const blendParam = params.get('blend') || 'auto';  // where FLAME blendshapes ar
 
 const stats = {
   connected: false, state: 'starting', mode: 'proxy', framesReceived: 0, lastSeq: -1, dropped: 0,
-  renderCount: 0, framesRendered: 0, underruns: 0, resets: 0, latencyMs: NaN, jitterMs: NaN, bufferMs: NaN,
+  renderCount: 0, framesRendered: 0, underruns: 0, resets: 0, degraded: 0, latencyMs: NaN, jitterMs: NaN, bufferMs: NaN,
   fps: 0, style: null, styles: [], session: null, source: null, micActive: false, micSamples: 0,
   errors: [], lastMessage: null, hello: null, connects: 0,
 };
@@ -90,6 +90,7 @@ const conn = new Connection({
       stats.dropped += f.dropped;
       stats.lastSeq = f.seq;
       if (f.reset) stats.resets++;
+      if (f.degraded) stats.degraded++;  // the server shed work for it under overload
       const v = new Float32Array(61);
       v.set(f.exp, 0); v.set(f.pose, 50);
       if (f.eyes) { v.set(f.eyes, 56); v[60] = 1; }
@@ -179,7 +180,7 @@ function frame() {
     stats.resets = playout.resets;
     stats.micSamples = mic ? mic.sent : 0;
     hud.latency(stats.latencyMs, stats.jitterMs, stats.bufferMs);
-    hud.frames(stats.framesReceived, stats.lastSeq, stats.dropped);
+    hud.frames(stats.framesReceived, stats.lastSeq, stats.dropped, stats.degraded);
   }
 }
 
