@@ -79,6 +79,7 @@ class Plan:
     reference_steps: int | None = None
     sessions: list[int] = field(default_factory=lambda: [1])
     per_thread: bool = False  # concurrent streams without the batching scheduler
+    device: str = "cpu"  # where the torch backend's models run (cuda: --backends torch only)
     max_batch: int = 32
     latency_budget_ms: float = 400.0
     realtime: bool = False
@@ -96,6 +97,9 @@ class Plan:
             raise UserError("--sessions must be at least 1")
         if self.max_batch < 1:
             raise UserError("--max-batch must be at least 1")
+        if self.device != "cpu" and any(b != "torch" for b, _ in self.backends):
+            raise UserError(f"--device {self.device} runs the torch backend's models: give --backends torch "
+                            "(ONNX Runtime and TensorRT choose their own devices)")
         if not self.backends:
             raise UserError("--backends: give at least one backend")
         if self.steps is not None and not self.steps:
@@ -147,6 +151,7 @@ def bench_plan(args) -> Plan:
                 style=args.style, seam_blend=not args.no_seam_blend, offline=args.fidelity,
                 reference_seconds=args.reference_seconds, reference_steps=args.reference_steps,
                 sessions=parse_sessions(args.sessions), per_thread=args.per_thread, max_batch=args.max_batch,
+                device=args.device,
                 latency_budget_ms=args.latency_budget_ms, realtime=args.realtime,
                 clock=args.clock, threads=args.threads, seed=args.seed, cache_dir=args.cache_dir)
 
@@ -331,7 +336,7 @@ def run_matrix(plan: Plan, progress: Callable[[str], None] = print,
               "machine": machine_info(), "references": [], "rows": []}
     loaded_models = []
     for name, path, base in models:
-        loaded = load_model_dir(path)
+        loaded = load_model_dir(path, plan.device)
         style, style_name = pick_style(loaded, plan.style, plan.seed, plan.random_style)
         loaded_models.append((name, loaded, style, style_name, base))
 

@@ -93,3 +93,23 @@ def test_stream_session_on_cuda_matches_cpu(tiny_model_dir):
         frames[device] = np.stack([f.exp for f in out])
     assert frames["cuda"].shape == frames["cpu"].shape
     np.testing.assert_allclose(frames["cuda"], frames["cpu"], atol=5 * TOL)
+
+
+def test_sessions_on_a_cuda_scheduler_equal_each_alone(tiny_model_dir):
+    """The batching scheduler on the GPU: three different sessions sharing calls give what each
+    gives alone on the GPU (the same kernels at another batch size: float32 accumulation noise)."""
+    from test_scheduler import alone, concurrently, stream_specs
+
+    from diffposetalk.sampler import DDIMSampler
+    from streaming.factory import make_scheduler
+
+    loaded = load_model_dir(tiny_model_dir, "cuda")
+    specs = stream_specs(loaded)
+    ref = alone(loaded, DDIMSampler(2), specs, "torch")
+    with make_scheduler(loaded, "torch", gather_ms=500, latency_budget_ms=1e7) as scheduler:
+        out = concurrently(scheduler, loaded, DDIMSampler(2), specs)
+        stats = scheduler.stats()
+    for r, o in zip(ref, out):
+        assert not isinstance(o, Exception), o
+        np.testing.assert_allclose(o, r, atol=TOL)
+    assert max(stats["batch_sizes"]["motion"]) == 3 and stats["errors"] == 0

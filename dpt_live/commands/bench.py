@@ -63,7 +63,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-sizes", metavar="LIST",
                    help="instead of the matrix: time the networks at these batch sizes (comma-separated "
                         "stream counts, e.g. 1,8,64,256) and report how many streams one device serves")
-    p.add_argument("--device", default="cpu", help="with --batch-sizes: cpu, cuda or cuda:N")
+    p.add_argument("--device", default="cpu",
+                   help="cpu, cuda or cuda:N: where --batch-sizes and the torch backend's models run")
     p.add_argument("--json", type=Path, help="write the full result as JSON")
     p.add_argument("--markdown", type=Path, help="write the tables as markdown")
     p.add_argument("--plot", type=Path, help="write a PNG plot")
@@ -106,8 +107,12 @@ def cmd_bench(args) -> int:
 
     if args.batch_sizes:
         return cmd_batch_bench(args)
-    if args.device != "cpu":
-        raise UserError("--device applies to --batch-sizes; the matrix runs its backends on their own devices")
+    if not args.per_thread:
+        import sys
+
+        # as `serve`: the scheduler's workers and the streams' threads hand work to each other every
+        # few ms; the default 5 ms GIL switch interval would add that to every hand-over
+        sys.setswitchinterval(0.0005)
     return run_bench(bench_plan(args), args.json, args.markdown, args.plot)
 
 
