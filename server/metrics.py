@@ -142,23 +142,17 @@ class ServerMetrics:
             frames, dropped, causes = self.frames_total, dict(self.dropped_total), dict(self.dropped_by_cause)
             conns, rejected, timeouts = self.connections_total, dict(self.rejected_total), dict(self.timeouts_total)
         lines = ["# HELP dpt_frames_total Motion frames produced by all pipelines.",
-                 "# TYPE dpt_frames_total counter", f"dpt_frames_total {frames}",
-                 "# HELP dpt_dropped_frames_total Frames dropped for slow viewers, by session.",
-                 "# TYPE dpt_dropped_frames_total counter"]
-        lines += [f'dpt_dropped_frames_total{{session="{_label(s)}"}} {n}' for s, n in sorted(dropped.items())]
-        lines += ["# HELP dpt_viewer_dropped_frames_total Frames dropped for slow viewers, by cause "
-                  "(queue: its queue was full; lag: older than the lag bound allows).",
-                  "# TYPE dpt_viewer_dropped_frames_total counter"]
-        lines += [f'dpt_viewer_dropped_frames_total{{cause="{_label(c)}"}} {n}' for c, n in sorted(causes.items())]
+                 "# TYPE dpt_frames_total counter", f"dpt_frames_total {frames}"]
+        lines += _labelled_counter("dpt_dropped_frames_total", "Frames dropped for slow viewers, by session.",
+                                   "session", dropped)
+        lines += _labelled_counter("dpt_viewer_dropped_frames_total", "Frames dropped for slow viewers, by cause "
+                                   "(queue: its queue was full; lag: older than the lag bound allows).", "cause", causes)
         lines += ["# HELP dpt_connections_total WebSocket connections accepted.",
-                  "# TYPE dpt_connections_total counter", f"dpt_connections_total {conns}",
-                  "# HELP dpt_rejected_total Requests refused before or after the upgrade, by reason.",
-                  "# TYPE dpt_rejected_total counter"]
-        lines += [f'dpt_rejected_total{{reason="{_label(r)}"}} {n}' for r, n in sorted(rejected.items())]
-        lines += ["# HELP dpt_timeouts_total Keep-alive pings unanswered, upstreams ended for lack of audio, "
-                  "viewers closed for taking no frame (stalled), by kind.",
-                  "# TYPE dpt_timeouts_total counter"]
-        lines += [f'dpt_timeouts_total{{kind="{_label(k)}"}} {n}' for k, n in sorted(timeouts.items())]
+                  "# TYPE dpt_connections_total counter", f"dpt_connections_total {conns}"]
+        lines += _labelled_counter("dpt_rejected_total", "Requests refused before or after the upgrade, by reason.",
+                                   "reason", rejected)
+        lines += _labelled_counter("dpt_timeouts_total", "Keep-alive pings unanswered, upstreams ended for lack of "
+                                   "audio, viewers closed for taking no frame (stalled), by kind.", "kind", timeouts)
         lines += ["# HELP dpt_viewers Open WebSocket connections.", "# TYPE dpt_viewers gauge",
                   f"dpt_viewers {viewers}",
                   "# HELP dpt_viewers_behind Viewers whose frames wait for their delivery window.",
@@ -170,3 +164,9 @@ class ServerMetrics:
         for h in (self.frame_latency, self.step_seconds, self.overhead, self.delivery):
             lines += h.render()
         return "\n".join(lines) + "\n"
+
+
+def _labelled_counter(name: str, help_text: str, label: str, values: dict) -> list[str]:
+    """A Prometheus counter with one sample per label value (sorted)."""
+    return [f"# HELP {name} {help_text}", f"# TYPE {name} counter"] + \
+        [f'{name}{{{label}="{_label(k)}"}} {n}' for k, n in sorted(values.items())]

@@ -64,3 +64,30 @@ def speech_like_wav(tmp_path_factory):
     path = tmp_path_factory.mktemp("audio") / "speech.wav"
     sf.write(path, audio.astype(np.float32), sr)
     return path
+
+
+def make_guided_student(path):
+    """A tiny distilled student (1 step, 8-frame window) whose guidance branch has weights: one
+    straight from init has a zero branch, so the guidance input would not change its output (and
+    a wrong wiring of that input would not show)."""
+    from diffposetalk.model_dir import load_model_dir
+
+    loaded = load_model_dir(make_tiny_model_dir(path, seed=3, kind="student", student_steps=1, n_motions=8))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for p in loaded.model.denoising_net.guidance_map.parameters():
+            p.normal_(0, 0.3)
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def teacher(tiny_model_dir):
+    """The tiny teacher, loaded (a module's own; the networks tests compare backends on it)."""
+    from diffposetalk.model_dir import load_model_dir
+
+    return load_model_dir(tiny_model_dir)
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    return make_guided_student(tmp_path_factory.mktemp("student") / "s")

@@ -39,23 +39,6 @@ def cache(tmp_path_factory):
         yield path
 
 
-@pytest.fixture(scope="module")
-def teacher(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    path = make_tiny_model_dir(tmp_path_factory.mktemp("student") / "s", seed=3, kind="student", student_steps=1,
-                               n_motions=8)
-    loaded = load_model_dir(path)
-    # a student straight from init has a zero guidance branch: give it weights so the guidance
-    # input really changes the output (and a wrong wiring of that input shows)
-    torch.manual_seed(5)
-    with torch.no_grad():
-        for p in loaded.model.denoising_net.guidance_map.parameters():
-            p.normal_(0, 0.3)
-    return loaded
 
 
 def networks_for(loaded, name, cache):

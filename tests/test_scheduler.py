@@ -11,12 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_model_dir
 
 from diffposetalk.batching import BatchedGuidedDenoiser, WindowJob, sample_windows
 from diffposetalk.errors import UserError
 from diffposetalk.model import Guidance, WindowCondition
-from diffposetalk.model_dir import load_model_dir
 from diffposetalk.sampler import DDIMSampler, DDPMSampler, RandomNoise
 from diffposetalk.synth_audio import speechlike
 from engines.artefacts import ArtefactLookup
@@ -39,21 +37,6 @@ def cache(tmp_path_factory):
         yield
 
 
-@pytest.fixture(scope="module")
-def teacher(tiny_model_dir):
-    return load_model_dir(tiny_model_dir)
-
-
-@pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    path = make_tiny_model_dir(tmp_path_factory.mktemp("student") / "s", seed=3, kind="student", student_steps=1,
-                               n_motions=8)
-    loaded = load_model_dir(path)
-    torch.manual_seed(5)  # a live guidance branch, so the scale input matters
-    with torch.no_grad():
-        for p in loaded.model.denoising_net.guidance_map.parameters():
-            p.normal_(0, 0.3)
-    return loaded
 
 
 # --- the policy ------------------------------------------------------------------------------------
