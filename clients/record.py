@@ -59,17 +59,16 @@ class Recording:
 
 def run_record(args) -> int:
     from clients.ws_client import ClientError, StreamClient
-    from diffposetalk.errors import UserError
 
     if args.seconds is not None and args.seconds <= 0:
-        raise UserError(f"--seconds {args.seconds}: must be positive")
+        raise ClientError(f"--seconds {args.seconds}: must be positive")
     if args.frames is not None and args.frames < 1:
-        raise UserError(f"--frames {args.frames}: must be at least 1")
+        raise ClientError(f"--frames {args.frames}: must be at least 1")
     out = pathlib.Path(args.output)
     if out.suffix != ".npz":
-        raise UserError(f"-o {out}: the recording is an .npz file")
+        raise ClientError(f"-o {out}: the recording is an .npz file")
     if out.parent.exists() and not out.parent.is_dir():
-        raise UserError(f"-o {out}: {out.parent} is not a directory")
+        raise ClientError(f"-o {out}: {out.parent} is not a directory")
 
     client = StreamClient(args.url, token=args.token, session=args.session, reconnect=args.reconnect)
     rec: Recording | None = None

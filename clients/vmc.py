@@ -183,23 +183,22 @@ class VmcBridge:
 
 
 def parse_target(text: str) -> tuple[str, int]:
-    from diffposetalk.errors import UserError
+    from clients.ws_client import ClientError
 
     host, sep, port = text.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise UserError(f"--target {text!r}: expected HOST:PORT, e.g. 127.0.0.1:39539")
+        raise ClientError(f"--target {text!r}: expected HOST:PORT, e.g. 127.0.0.1:39539")
     return host.strip("[]"), int(port)
 
 
 def run_bridge(args) -> int:
     from clients.vmc_map import MappingError, load_mapping
     from clients.ws_client import ClientError, StreamClient
-    from diffposetalk.errors import UserError
 
     if not 1 <= args.rate <= 240:
-        raise UserError(f"--rate {args.rate}: expected 1..240 Hz")
+        raise ClientError(f"--rate {args.rate}: expected 1..240 Hz")
     if not 0 <= args.delay_ms <= 2000:
-        raise UserError(f"--delay-ms {args.delay_ms}: expected 0..2000")
+        raise ClientError(f"--delay-ms {args.delay_ms}: expected 0..2000")
     target = parse_target(args.target)
     smoothing = None if args.smooth_ms is None else {"mouth": args.smooth_ms}
     gains = None if args.mouth_gain is None else {v: args.mouth_gain for v in ("A", "I", "U", "E", "O")}
@@ -207,14 +206,14 @@ def run_bridge(args) -> int:
         mapping = load_mapping(args.mapping, smoothing_ms=smoothing, gains=gains,
                                neck_share=args.neck_share, mirror=args.mirror or None)
     except MappingError as exc:
-        raise UserError(str(exc)) from exc
+        raise ClientError(str(exc)) from exc
     if args.print_mapping:
         import json
 
         print(json.dumps(mapping, indent=2))
         return 0
     if not args.url:
-        raise UserError("--url is required (the server's ws://HOST:PORT)")
+        raise ClientError("--url is required (the server's ws://HOST:PORT)")
     bridge = VmcBridge(target, VmcMapper(mapping, arkit=args.arkit), rate=args.rate, delay=args.delay_ms / 1000)
     client = StreamClient(args.url, token=args.token, session=args.session, retry_first=True)
     failure: list[BaseException] = []
@@ -256,7 +255,7 @@ def run_bridge(args) -> int:
     print(f"sent {bridge.packets} bundles from {bridge.frames_in} frames")
     if failure and not isinstance(failure[0], (KeyboardInterrupt,)):
         exc = failure[0]
-        if isinstance(exc, (ClientError, UserError)):
+        if isinstance(exc, ClientError):
             raise exc
-        raise UserError(f"stream reader failed: {type(exc).__name__}: {exc}") from exc
+        raise ClientError(f"stream reader failed: {type(exc).__name__}: {exc}") from exc
     return 0

@@ -16,14 +16,15 @@ import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
-from diffposetalk.errors import UserError
 from server.protocol import WireFrame, dumps
 
 log = logging.getLogger(__name__)
 
 
-class ClientError(UserError):
-    """Connection problems a user must fix (bad URL, refused token, unreachable server)."""
+class ClientError(Exception):
+    """A problem the user must fix: a bad option, URL or token, an unreachable server. The clients
+    depend on the wire protocol alone, so this is their own error type; the CLI reports it as it
+    reports diffposetalk's UserError (a message and exit status 2)."""
 
 
 @dataclasses.dataclass

@@ -44,11 +44,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
+    from clients.ws_client import ClientError
     from diffposetalk.safe_pickle import CheckpointError, UnsafePickleError
 
     try:
         return int(args.func(args) or 0)
-    except (UserError, CheckpointError, UnsafePickleError) as exc:
+    except (UserError, ClientError, CheckpointError, UnsafePickleError) as exc:
         print(f"dpt-live {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,8 +14,8 @@ ROOT = Path(__file__).resolve().parent.parent
 LEVELS = [["diffposetalk"], ["engines"], ["export"], ["streaming"], ["server"], ["clients", "bench", "training"],
           ["dpt_live"]]
 LEVEL = {room: i for i, rooms in enumerate(LEVELS) for room in rooms}
-# the render clients stay light and independent of the model: the wire protocol and the error type
-CLIENT_ALLOWED = {"server.protocol", "diffposetalk.errors"}
+# the render clients stay light and independent of the model: the wire protocol only
+CLIENT_ALLOWED = {"server.protocol"}
 
 
 def project_modules() -> dict[str, Path]:

@@ -166,10 +166,10 @@ def test_mapping_file_overrides_and_errors(tmp_path):
 def test_parse_target():
     assert parse_target("127.0.0.1:39539") == ("127.0.0.1", 39539)
     assert parse_target("[::1]:9000") == ("::1", 9000)
-    from diffposetalk.errors import UserError
+    from clients.ws_client import ClientError  # the clients' own user-facing error (exit status 2)
 
     for bad in ("localhost", "h:0", "h:x", ":5"):
-        with pytest.raises(UserError):
+        with pytest.raises(ClientError):
             parse_target(bad)
 
 
