@@ -19,7 +19,7 @@ def load_engine(args):
     from streaming.setup import load_for_generation, pick_sampler
 
     config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, eyes=args.eyes, seed=args.seed,
-                          seam_blend=not args.no_seam_blend)
+                          seam_blend=not args.no_seam_blend, speech_gate=not args.no_speech_gate)
     config.spec()  # window arguments are checked before the model loads
     if args.threads is None:
         args.threads = 1  # as `stream`: one thread per pipeline (docs/STREAMING.md, wall-clock table)

@@ -41,6 +41,9 @@ def add_window_args(p: argparse.ArgumentParser, steps_help: str | None = None) -
                    help="future audio used for the newest frame (multiple of 40)")
     p.add_argument("--context-ms", type=int, default=DEFAULT_CONTEXT_MS,
                    help="past audio the audio encoder sees (multiple of 40)")
+    p.add_argument("--no-speech-gate", action="store_true",
+                   help="streaming: feed room tone and noise to the encoder as they are (default: audio the voice "
+                        "activity detector calls non-speech reaches it as silence; docs/STREAMING.md)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
     p.add_argument("--steps", type=int, help=steps_help or f"ddim steps (default: a student model's own, else "
                                                             f"{DEFAULT_DDIM_STEPS})")

@@ -34,6 +34,7 @@ from streaming.conditioning import AudioConditioner, RunningNormalizer
 from streaming.eyes import ProceduralEyes
 from streaming.motion import AudioFeatureEngine, CoefDecoder, MotionEngine, StepShed
 from streaming.ring import RingBuffer
+from streaming.speech_gate import SpeechGate
 from streaming.style import StyleFader
 from streaming.windowing import WindowSpec, frames_in
 
@@ -49,6 +50,7 @@ class StreamConfig:
     norm_floor: float = 3e-3  # smallest std the audio is divided by (about -50 dBFS)
     style_fade_s: float = 0.5
     seam_blend: bool = True  # crossfade step boundaries with the previous lookahead (see _blend_seam)
+    speech_gate: bool = True  # non-speech audio reaches the encoder as silence (streaming/speech_gate.py)
     eyes: bool = False
     seed: int = 0
 
@@ -105,6 +107,7 @@ class StreamSession:
         self.ring = RingBuffer(spec.window_samples + MAX_CHUNK)
         self.conditioner = AudioConditioner()
         self.normalizer = RunningNormalizer(self.config.norm_tau_s, self.config.norm_floor)
+        self.gate = SpeechGate() if self.config.speech_gate else None
         self.style = StyleFader(style, motion.null_style, self.config.style_fade_s * FPS)
         self.eyes = ProceduralEyes(self.config.seed + 1) if self.config.eyes else None
         # "previous" condition: starts as the model's learned first-window condition, then holds the
@@ -130,6 +133,8 @@ class StreamSession:
         if self.finished:
             raise RuntimeError("session already finished")
         samples = self.conditioner(samples)
+        if self.gate is not None:
+            self.gate.push(samples)
         arrival = self.clock() if arrival is None else arrival
         frames: list[Frame] = []
         for i in range(0, len(samples), MAX_CHUNK):
@@ -181,7 +186,9 @@ class StreamSession:
         n_emit = spec.hop if not final else min(spec.hop, n_real)
         try:
             window, lo, hi = self.ring.read(end - spec.window_samples, end)
-            feats = self.audio.features(self.normalizer.normalise(window, lo, hi))
+            # gated after normalising: a gated sample becomes 0, the normalised value of silence at the
+            # running mean (as padding is), so a DC offset cannot turn the gate into a step
+            feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi), end - spec.window_samples))
             t_feat = self.clock() - t_start
 
             audio_feat = np.tile(self.silence, (L, 1))
@@ -198,6 +205,11 @@ class StreamSession:
         self._pending = motion[n_emit:n_real].copy()
         self._pending_audio = audio_feat[n_emit:n_real].copy()
         return self._emit(first, n_emit, out, audio_feat[:n_emit], t_start, t_feat, shed)
+
+    def _gated(self, audio: np.ndarray, start: int) -> np.ndarray:
+        """Stream samples [start, start + len(audio)) through the speech gate, re-decided every step
+        (a frame's gate may open once its look-ahead has arrived)."""
+        return audio if self.gate is None else self.gate.apply(audio, start)
 
     def _shed_step(self, n_emit: int) -> tuple[np.ndarray, np.ndarray]:
         """The frames of a step whose network work was shed: the previous step's lookahead

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -11,7 +13,9 @@ import torch
 
 # Exported ONNX graphs / TensorRT plans go to a per-run cache (inherited by servers the tests start),
 # never into the user's ~/.cache/dpt-live.
-os.environ.setdefault("DPT_LIVE_CACHE", tempfile.mkdtemp(prefix="dpt-live-test-cache-"))
+if "DPT_LIVE_CACHE" not in os.environ:
+    os.environ["DPT_LIVE_CACHE"] = tempfile.mkdtemp(prefix="dpt-live-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DPT_LIVE_CACHE"], True)  # the run's own cache goes with it
 
 # One thread: the test models are too small to gain from two, and on a shared 2-core machine two
 # threads of a small model mostly wait for each other.

@@ -110,6 +110,34 @@ def test_noise_and_gain_variants_have_the_asked_levels():
     np.testing.assert_allclose(out["gain-20"], audio * 0.1, rtol=1e-5)
 
 
+def test_pink_noise_and_room_tone_variants_have_the_asked_levels():
+    audio, _ = burst_clip()
+    out = dict(variants(audio, [], [], seed=0, pink_snrs=[20.0], room_tones=[-60.0, -92.0]))
+    assert list(out) == ["clean", "pink20", "tone-60", "tone-92"]
+    speech = np.repeat(speech_frames(audio), FRAME)
+    pink = out["pink20"] - audio
+    assert 10 * np.log10(np.mean(audio[speech] ** 2) / np.mean(pink ** 2)) == pytest.approx(20.0, abs=0.3)
+    # pink: more power in 20-500 Hz than in 2-8 kHz (1/f: ln 25 vs ln 4; white noise: 0.08 times as much)
+    spectrum = np.abs(np.fft.rfft(pink)) ** 2
+    freqs = np.fft.rfftfreq(len(pink), 1 / SAMPLE_RATE)
+    assert spectrum[(freqs > 20) & (freqs < 500)].sum() > 1.5 * spectrum[freqs > 2000].sum()
+    for dbfs in (-60.0, -92.0):  # absolute level, whatever the speech's
+        tone = out[f"tone{dbfs:g}"] - audio
+        assert 10 * np.log10(np.mean(tone.astype(np.float64) ** 2)) == pytest.approx(dbfs, abs=0.3)
+
+
+def test_rests_shut_compares_the_silence_mean_with_the_speech_p20():
+    audio, _ = burst_clip()
+    speech = speech_frames(audio)
+    jaw = np.where(speech, 0.08, 0.0)
+    jaw[np.flatnonzero(speech)[:len(speech) // 10]] = 0.01  # a few nearly shut speech frames
+    m = jaw_metrics(jaw, audio)
+    assert m["speech_p20"] == pytest.approx(np.percentile(jaw[speech], 20))
+    assert m["rests_shut"]
+    ajar = np.where(speech, jaw, 0.07)
+    assert not jaw_metrics(ajar, audio)["rests_shut"]
+
+
 # --- the command end to end ---------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -129,7 +157,7 @@ def test_voice_check_end_to_end_on_espeak_speech(espeak_wav, tmp_path, mode, cap
     out = tmp_path / "vc.json"
     model = REPO / "models" / ("demo" if mode == "offline" else "demo-student")
     argv = ["voice-check", "--model", str(model), "--style", "big_mouth", "--audio", str(espeak_wav),
-            "--pad-s", "1.0", "--gain-db", "-20", "--threads", "1", "--json", str(out)]
+            "--pad-s", "1.0", "--gain-db", "-20", "--threads", "1", "--json", str(out), "--clean-only"]
     argv += ["--steps", "2"] if mode == "offline" else ["--stream"]
     assert main(argv) == 0
     result = json.loads(out.read_text())

@@ -46,9 +46,13 @@ DEFINITIONS = {
              f"closed, not only relative to the silence level)",
     "over_closed": f"informative, not part of passed: silence_min < -{OVER_CLOSED_RAD} rad (the jaw is "
                    f"pressed past closed in silence)",
+    "speech_p20": "20th percentile of the jaw opening over speech frames (rad)",
+    "rests_shut": "silence_mean < speech_p20: in silence (and in the noise of a noise variant) the jaw rests "
+                  "below how far it is open in 80 % of speech",
     "variant": "clean: the recording as is; snrN: white Gaussian noise over the whole padded clip at N dB "
-               "below the mean power of the recording's speech frames (seeded by --seed); gainN: the "
-               "padded clip scaled by N dB",
+               "below the mean power of the recording's speech frames (seeded by --seed); pinkN: the same "
+               "with pink (1/f) noise; toneN: room tone, white noise at N dBFS RMS (full scale = 1.0) over the "
+               "whole padded clip, so before, under and after the speech; gainN: the padded clip scaled by N dB",
 }
 
 
@@ -93,6 +97,7 @@ def jaw_metrics(jaw: np.ndarray, clean_audio: np.ndarray, pad_frames: int = 0) -
     out = {"frames": n, "speech_frames": int(speech.sum()), "silence_frames": int((~speech).sum()),
            "padding_in_silence": float((~speech[pad]).mean()) if pad.any() else None,
            "speech_mean": float(sp.mean()), "speech_p90": float(np.percentile(sp, 90)),
+           "speech_p20": float(np.percentile(sp, 20)),
            "silence_mean": float(si.mean()), "silence_p90": float(np.percentile(si, 90)),
            "silence_max": float(si.max()), "silence_min": float(si.min()),
            "movement": float(np.percentile(sp, 90) - np.median(si)),
@@ -102,6 +107,7 @@ def jaw_metrics(jaw: np.ndarray, clean_audio: np.ndarray, pad_frames: int = 0) -
     out["passed"] = out["moves"] and out["closes"]
     out["opens"] = out["speech_p90"] >= MOVES_MIN_RAD
     out["over_closed"] = out["silence_min"] < -OVER_CLOSED_RAD
+    out["rests_shut"] = out["silence_mean"] < out["speech_p20"]
     return out
 
 
@@ -112,14 +118,23 @@ def pad_silence(audio: np.ndarray, pad_s: float) -> tuple[np.ndarray, int]:
     return np.concatenate([z, np.asarray(audio, np.float32), z]), frames
 
 
-def variants(clean: np.ndarray, snrs: list[float], gains: list[float], seed: int) -> list[tuple[str, np.ndarray]]:
+def variants(clean: np.ndarray, snrs: list[float], gains: list[float], seed: int, pink_snrs: list[float] = (),
+             room_tones: list[float] = ()) -> list[tuple[str, np.ndarray]]:
     """(name, model input) per variant; see DEFINITIONS['variant']."""
+    from training.synth.augment import coloured_noise
+
     out = [("clean", clean)]
     speech_power = float(np.mean(frame_rms(clean)[speech_frames(clean)] ** 2))
-    for snr in snrs:
-        rng = np.random.default_rng(seed)
-        noise = rng.normal(scale=np.sqrt(speech_power / 10 ** (snr / 10)), size=len(clean))
-        out.append((f"snr{snr:g}", (clean + noise).astype(np.float32)))
+
+    def at_power(kind: str, power: float) -> np.ndarray:
+        noise = coloured_noise(kind, len(clean), np.random.default_rng(seed))
+        return noise * np.sqrt(power / max(float(np.mean(noise ** 2)), 1e-30))
+
+    for kind, name, levels in (("white", "snr", snrs), ("pink", "pink", pink_snrs)):
+        for snr in levels:
+            out.append((f"{name}{snr:g}", (clean + at_power(kind, speech_power / 10 ** (snr / 10))).astype(np.float32)))
+    for dbfs in room_tones:
+        out.append((f"tone{dbfs:g}", (clean + at_power("white", 10 ** (dbfs / 10))).astype(np.float32)))
     for gain in gains:
         out.append((f"gain{gain:g}", (clean * 10 ** (gain / 20)).astype(np.float32)))
     return out
@@ -209,8 +224,8 @@ def summarize(results: list[dict]) -> dict:
     for name in dict.fromkeys(r["variant"] for r in results):
         rows = [r for r in results if r["variant"] == name]
         out[name] = {"files": len(rows), "passed": sum(r["passed"] for r in rows),
-                     **{k: sum(r[k] for r in rows) for k in ("moves", "closes", "opens", "over_closed")}}
-        for k in ("speech_mean", "speech_p90", "silence_mean", "silence_p90", "silence_max", "silence_min",
+                     **{k: sum(r[k] for r in rows) for k in ("moves", "closes", "opens", "over_closed", "rests_shut")}}
+        for k in ("speech_mean", "speech_p90", "speech_p20", "silence_mean", "silence_p90", "silence_max", "silence_min",
                   "movement", "envelope_r"):
             out[name][k] = float(np.mean([r[k] for r in rows]))
     return out
@@ -234,8 +249,8 @@ def format_table(results: list[dict], summary: dict) -> str:
     lines.append("summary (means over files; jaw in rad):")
     for name, s in summary.items():
         lines.append(f"  {name:<8} passed {s['passed']}/{s['files']} (moves {s['moves']}, closes {s['closes']}; "
-                     f"opens {s['opens']}, over-closed {s['over_closed']})  "
-                     f"speech p90 {s['speech_p90']:.3f}  silence mean {s['silence_mean']:.3f} p90 "
+                     f"opens {s['opens']}, over-closed {s['over_closed']}, rests shut {s['rests_shut']})  "
+                     f"speech p90 {s['speech_p90']:.3f} p20 {s['speech_p20']:.3f}  silence mean {s['silence_mean']:.3f} p90 "
                      f"{s['silence_p90']:.3f} min {s['silence_min']:.3f}  movement {s['movement']:.3f}  "
                      f"r {s['envelope_r']:.2f}")
     return "\n".join(lines)
@@ -260,7 +275,7 @@ def voice_check(args) -> dict:
     for it in items:
         recording = load_audio(it["path"])
         clean, pad_frames = pad_silence(recording, args.pad_s)
-        for name, audio in variants(clean, args.noise_snr, args.gain_db, args.seed):
+        for name, audio in variants(clean, args.noise_snr, args.gain_db, args.seed, args.pink_snr, args.room_tone):
             m = jaw_metrics(model.jaw(audio), clean, pad_frames)
             meta = {k: v for k, v in it.items() if k in ("source", "language", "speaker")}
             results.append({"file": it["file"], "variant": name,

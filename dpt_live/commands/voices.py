@@ -39,8 +39,16 @@ def register_voice_check(sub: argparse._SubParsersAction) -> None:
                                   "runs its own count)")
     add_backend_args(p, default="torch")
     p.add_argument("--pad-s", type=float, default=1.5, help="digital silence added before and after (s)")
-    p.add_argument("--noise-snr", type=float, nargs="+", default=[], metavar="DB",
-                   help="also run with white noise at these SNRs (dB)")
+    # the noisy conditions a microphone meets run by default (issue: room tone must not open the mouth)
+    p.add_argument("--noise-snr", type=float, nargs="+", default=[20.0], metavar="DB",
+                   help="also run with white noise at these SNRs (dB; default 20)")
+    p.add_argument("--pink-snr", type=float, nargs="+", default=[20.0], metavar="DB",
+                   help="also run with pink noise at these SNRs (dB; default 20)")
+    p.add_argument("--room-tone", type=float, nargs="+", default=[-92.0, -60.0, -45.0], metavar="DBFS",
+                   help="also run with white room tone at these absolute levels over the whole clip "
+                        "(dBFS RMS; default -92 -60 -45)")
+    p.add_argument("--clean-only", action="store_true",
+                   help="only the recordings as they are (and --gain-db): no noise or room-tone variants")
     p.add_argument("--gain-db", type=float, nargs="+", default=[], metavar="DB",
                    help="also run with the level changed by these gains (dB)")
     p.add_argument("--json", type=Path, help="write results, summary and definitions here")
@@ -63,6 +71,8 @@ def cmd_fetch(args) -> int:
 def cmd_voice_check(args) -> int:
     from training.voice_check import format_table, voice_check
 
+    if args.clean_only:
+        args.noise_snr, args.pink_snr, args.room_tone = [], [], []
     result = voice_check(args)
     print(format_table(result["results"], result["summary"]))
     if args.json:

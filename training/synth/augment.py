@@ -49,7 +49,8 @@ def _filter(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, di
     return _apply_gain_curve(audio, curve), {"kind": kind, **params}
 
 
-def _noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+def coloured_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
+    """n samples of unit-scale 'white', 'pink' (1/f power) or 'babble' noise."""
     white = rng.standard_normal(n)
     if kind == "white":
         return white
@@ -85,7 +86,7 @@ def augment(audio: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, di
     params["noise"] = {"kind": kind}
     if kind != "none":
         snr_db = float(rng.uniform(5, 40))
-        noise = _noise(kind, len(out), rng)
+        noise = coloured_noise(kind, len(out), rng)
         noise *= active_rms(out) / max(float(np.sqrt(np.mean(noise ** 2))), 1e-12) / 10 ** (snr_db / 20)
         out = out + noise
         params["noise"]["snr_db"] = snr_db
