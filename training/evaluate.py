@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.metrics import JAW, LIP_DIMS_EXP, lip_error, pearson  # noqa: F401  (re-exported)
+from training.viewer_metrics import DEFINITIONS as VIEWER_DEFINITIONS
 
 DEFINITIONS = {
     "lip_error": "parameter space: RMS over frames and the 6 mouth coefficients (jaw opening pose[3] "
@@ -64,9 +65,12 @@ DEFINITIONS = {
     "wall_seconds_per_audio_second": "wall-clock seconds of generation (audio encoder included) per "
                                      "second of audio per sample; offline mode batches the seeds, "
                                      "stream mode runs one session per seed",
+    **{f"viewer.{k}": v for k, v in VIEWER_DEFINITIONS.items()},
 }
 
 
+
+VISEME_TRAIN_CLIPS = 80
 
 # --- metrics on arrays (pure numpy; tested on known inputs) ---------------------------------------
 
@@ -233,6 +237,7 @@ class ClipScores:
     pooled_gt: list = dataclasses.field(default_factory=list)
     gen_wall: float = 0.0
     gen_audio_s: float = 0.0
+    viewer: list = dataclasses.field(default_factory=list)  # (entry, GT arrays, generated arrays per seed)
 
     def mean(self, key: str) -> float:
         return float(np.mean([np.mean(r[key]) for r in self.per_clip]))
@@ -276,6 +281,7 @@ def evaluate(opts: EvalOptions) -> dict:
     metrics = summary_metrics(scores, refs, counter.rows, opts.seeds)
     if lip_vertex is not None:
         metrics["lip_vertex_error"] = scores.mean("lip_vertex_error")
+    metrics["viewer"] = _viewer_metrics(opts, scores)
     if opts.swap_styles:
         metrics["style_swap"] = style_swap(model, clips, refs.clip_styles, refs.galleries, max_frames, generate)
     if opts.presets and loaded.styles:
@@ -289,6 +295,16 @@ def evaluate(opts: EvalOptions) -> dict:
                        if opts.stream else None),
             "guidance": guidance.scales, "max_seconds": opts.max_seconds, "seconds": round(time.time() - t0, 1),
             "metrics": metrics, "definitions": DEFINITIONS, "per_clip": scores.per_clip}
+
+
+def _viewer_metrics(opts: EvalOptions, scores: ClipScores) -> dict:
+    """Head spread, viseme score and rest closure (training/viewer_metrics.py); the viseme classifier
+    is fit on up to VISEME_TRAIN_CLIPS ground-truth clips of the training split."""
+    from training.train_data import load_split
+    from training.viewer_metrics import has_phonemes, viewer_metrics
+
+    train = load_split(opts.data, "train", VISEME_TRAIN_CLIPS) if has_phonemes(opts.data) else []
+    return viewer_metrics(opts.data, train, scores.viewer)
 
 
 def _motion_generator(loaded, sampler, guidance, opts: EvalOptions, counter):
@@ -351,6 +367,7 @@ def score_clip(c, n: int, loaded, refs: ReferenceStyles, generate, seeds: int, l
             scores.gen_queries.append((c.person, s))
             scores.gen_moments.append((c.person, motion_moments(motion_np[r, :m])))
     scores.pooled_gt.append(gt["pose"][:m, JAW])
+    scores.viewer.append((c.entry, g, [{"exp": arrays["exp"][r, :m], "pose": arrays["pose"][r, :m]} for r in range(seeds)]))
     rec["diversity"] = diversity(motion_np[:, :m]) if seeds > 1 else None
     scores.per_clip.append(rec)
     print(f"  {c.entry}: lip {np.mean(rec['lip_error']):.3f}  corr {np.mean(rec['mouth_corr']):.3f}", flush=True)
@@ -525,6 +542,17 @@ def format_table(result: dict) -> str:
             ("wall seconds / audio second", m["wall_seconds_per_audio_second"])]
     if "lip_vertex_error" in m:
         rows.insert(1, ("lip vertex error (mm)", m["lip_vertex_error"]))
+    v = m.get("viewer", {})
+    if "head_spread" in v:
+        hs = v["head_spread"]
+        rows.append(("head spread per axis pred / gt (deg)",
+                     " ".join(f"{a:.2f}/{b:.2f}" for a, b in zip(hs["generated_deg"], hs["gt_deg"]))
+                     + f"  (most active axis {hs['most_active_axis']}: ratio {hs['ratio']:.2f})"))
+    if "viseme_score" in v:
+        rows.append(("viseme score pred / gt (chance)",
+                     f"{v['viseme_score']['generated']:.3f} / {v['viseme_score']['gt']:.3f} ({v['viseme_score']['chance']:.2f})"))
+        rc = v["rest_closure"]
+        rows.append(("rests shut in pauses pred / gt", f"{rc['generated']['rests_shut']:.2f} / {rc['gt']['rests_shut']:.2f}"))
     if "presets" in m:
         pr = m["presets"]
         rows += [(f"preset {k} jaw std / head std", f"{v['jaw_std']:.4f} rad / {v['head_std_deg']:.2f} deg")
