@@ -73,3 +73,22 @@ def test_a_session_in_room_tone_sees_what_it_sees_in_digital_silence(loaded):
     zeros = features(np.zeros(2 * SAMPLE_RATE, np.float32), True)
     np.testing.assert_array_equal(features(tone(2.0, -60.0), True), zeros)
     assert np.abs(features(tone(2.0, -60.0), False)).max() > 1e-3  # without the gate the noise gets through
+
+
+def test_animate_speech_gate_turns_room_tone_into_silence(tiny_model_dir, tmp_path):
+    import soundfile as sf
+
+    from dpt_live.cli import main
+
+    outs = {}
+    for name, audio, gate in (("tone", tone(3.0, -60.0), True), ("zeros", np.zeros(3 * SAMPLE_RATE, np.float32), False),
+                              ("tone-ungated", tone(3.0, -60.0), False)):
+        wav = tmp_path / f"{name}.wav"
+        sf.write(wav, audio, SAMPLE_RATE, subtype="FLOAT")
+        out = tmp_path / f"{name}.npz"
+        argv = ["animate", "--model", str(tiny_model_dir), "--audio", str(wav), "--sampler", "ddim", "--steps", "2",
+                "-o", str(out)] + (["--speech-gate"] if gate else [])
+        assert main(argv) == 0
+        outs[name] = np.load(out)["exp"]
+    np.testing.assert_array_equal(outs["tone"], outs["zeros"])
+    assert np.abs(outs["tone-ungated"] - outs["zeros"]).max() > 0  # the gate is what made them equal

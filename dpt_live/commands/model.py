@@ -50,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, help="ddim steps (ddpm always runs all of the model's steps)")
     p.add_argument("--noise", type=Path, help="npz with x_T and z for exact reproduction")
     p.add_argument("--repeats", type=int, default=1, help="independent samples (batched)")
+    p.add_argument("--speech-gate", action="store_true",
+                   help="non-speech audio (room tone, noise) becomes silence first, as streaming does by default "
+                        "(off by default here: offline generation stays the reference's)")
     p.add_argument("-o", "--out", required=True, type=Path)
     p.set_defaults(func=cmd_animate)
 
@@ -131,6 +134,10 @@ def cmd_animate(args) -> int:
     if args.repeats < 1:
         raise UserError("--repeats must be >= 1")
     audio = load_audio(args.audio)
+    if args.speech_gate:
+        from streaming.speech_gate import gate_clip
+
+        audio = gate_clip(audio)
     # a distilled student runs only under DDIM (its own step count): pick it rather than refuse
     sampler = make_sampler(args.sampler or ("ddim" if cfg.kind == "student" else "ddpm"), args.steps, model)
     shape_raw = torch.from_numpy(load_vector(args.shape, 100, "shape")) if args.shape else torch.zeros(100)
