@@ -69,6 +69,25 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="close a viewer that takes no frame for this long while frames wait for it")
 
 
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster (docs/SCALING.md)")
+    g.add_argument("--cluster", choices=["ray"],
+                   help="run the batched step on Ray Serve replicas; this process keeps the sessions and the port")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="join this Ray cluster (default: start a local Ray and stop it with the server)")
+    n = g.add_mutually_exclusive_group()
+    n.add_argument("--replicas", type=_positive(int), default=1, help="replicas of the step (default 1)")
+    n.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve scale the replicas between MIN and MAX "
+                   "on the requests in flight")
+    g.add_argument("--replica-cpus", type=_positive(float), default=1.0, help="Ray CPUs one replica holds")
+    g.add_argument("--replica-gpus", type=_non_negative(float), default=0.0, help="Ray GPUs one replica holds")
+    g.add_argument("--step-timeout-ms", type=_positive(float), default=1000.0,
+                   help="longest wait for a replica's answer before the step is retried on another")
+    g.add_argument("--retries", type=_non_negative(int), default=2,
+                   help="further attempts of a step after a timeout or a dead replica; then its frames are "
+                        "continued and flagged degraded")
+
+
 # streaming.factory.BACKENDS, spelled out: importing the factory pulls in torch, and registration
 # must stay light (tests check the two agree)
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -96,6 +115,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flame", type=Path, help="FLAME model (generic_model.pkl / flame2023_Open.pkl / .npz): "
                                               "the viewer renders the real mesh (/flame.bin)")
     add_server_args(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_serve)
 
     register_serve_bench(sub)
