@@ -66,6 +66,9 @@ class RemoteScheduler:
         self._links: list = []  # weak references would do; sessions are few, and dead ones are skipped
         self._in_flight = 0
         self._faults: Counter = Counter()  # timeout, died, closed, shed (retries spent)
+        self._transit_s = 0.0  # recent time a request spends outside the replica (Ray, serialisation)
+        self._motion_s = 0.0  # recent round trip of a motion request
+        self._shed: Counter = Counter()  # this front end's steps shed: dropped (by a replica or faults), fewer steps
         self._replicas: dict[str, dict] = {}  # id -> in_flight, stats, steps
         self._step_s: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=RECENT))
         info = self._call("describe")  # the replicas' runtime and batch size, for reports
@@ -118,13 +121,24 @@ class RemoteScheduler:
         for attempt in range(self.retries + 1):
             extra = {}
             if method in ("audio", "motion"):
+                # the replica's scheduler plans with the time left once the answer is back here: less
+                # the transit through Ray and, for an audio window, the motion call its step still needs
                 due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
-                extra = {"budget_s": due - self.clock(), "sheddable": sheddable and self.shed, "label": label}
+                budget = due - self.clock() - self._transit_s - (self._motion_s if method == "audio" else 0.0)
+                if sheddable and self.shed and budget < 0:  # late already: shed here, without a round trip
+                    with self._lock:
+                        self._shed["dropped"] += 1
+                    raise StepShed(f"{method} request of {label}: {-budget * 1000:.0f} ms late before it was sent")
+                extra = {"budget_s": budget, "sheddable": sheddable and self.shed, "label": label}
             start = self.clock()
             response = getattr(self.handle, method).remote(*args, **kwargs, **extra)
             try:
                 answer = response.result(timeout_s=self.step_timeout_s)
             except RayTaskError as exc:
+                if isinstance(exc, StepShed):  # the replica's scheduler shed it (overload): as in one process
+                    with self._lock:
+                        self._shed["dropped"] += 1
+                    raise
                 if not isinstance(exc, SchedulerClosed):  # the request's own error: its session's
                     raise
                 cause = "closed"  # a replica shutting down (scaled in, redeployed): try another
@@ -146,6 +160,7 @@ class RemoteScheduler:
                         str(last).splitlines()[0][:160] if str(last) else type(last).__name__)
         with self._lock:
             self._faults["shed"] += 1
+            self._shed["dropped"] += 1
         if method == "describe":
             raise RuntimeError(f"no replica answered: {last}")
         raise StepShed(f"{method} request of {label}: no replica answered in {self.retries + 1} attempts ({last})")
@@ -161,6 +176,12 @@ class RemoteScheduler:
             if report.get("stats") is not None:
                 r["stats"] = report["stats"]
             self._step_s[(rid, kind)].append(seconds)
+            transit = max(0.0, seconds - report.get("elapsed_s", seconds))
+            self._transit_s = transit if not self._transit_s else 0.8 * self._transit_s + 0.2 * transit
+            if kind == "motion":
+                self._motion_s = seconds if not self._motion_s else 0.8 * self._motion_s + 0.2 * seconds
+            if kind == "motion" and report.get("fewer_steps"):
+                self._shed["steps"] += 1
 
     # --- life and figures ------------------------------------------------------------------------
     def close(self, timeout: float = 10.0) -> None:
@@ -185,16 +206,15 @@ class RemoteScheduler:
         with self._lock:
             replicas = {rid: {**r, "requests": dict(r["requests"])} for rid, r in self._replicas.items()}
             steps = {key: list(v) for key, v in self._step_s.items()}
-            faults, in_flight = dict(self._faults), self._in_flight
+            faults, in_flight, shed_here = dict(self._faults), self._in_flight, dict(self._shed)
         per = {}
         calls: Counter = Counter()
-        shed, late, errors, depth = Counter(), 0, 0, 0
+        late, errors, depth = 0, 0, 0
         for rid, r in sorted(replicas.items()):
             s = r["stats"] or {}
             sizes = s.get("batch_sizes", {})
             for kind, c in sizes.items():
                 calls[kind] += sum(c.values())
-            shed.update(s.get("shed", {}))
             late += s.get("late", 0)
             errors += s.get("errors", 0)
             depth += s.get("queue_depth", 0)
@@ -203,8 +223,8 @@ class RemoteScheduler:
                         "step_ms": {kind: percentiles_ms(v) for (i, kind), v in steps.items() if i == rid}}
         return {"backend": f"ray: {self.networks.describe()}", "sessions": self.live_sessions, "max_batch": self.max_batch,
                 "latency_budget_ms": self.latency_budget_s * 1000, "shedding": self.shed, "queue_depth": depth,
-                "in_flight": in_flight, "calls": dict(calls), "shed": {"dropped": shed.get("dropped", 0),
-                                                                       "steps": shed.get("steps", 0)},
+                "in_flight": in_flight, "calls": dict(calls),
+                "shed": {"dropped": shed_here.get("dropped", 0), "steps": shed_here.get("steps", 0)},
                 "late": late, "errors": errors, "faults": faults, "replicas": per,
                 "step_timeout_s": self.step_timeout_s, "retries": self.retries}
 

@@ -61,7 +61,6 @@ class StepReplica:
         self.model = self.loaded.model
         self.scheduler = make_scheduler(self.loaded, backend, precision, threads, **(scheduler_options or {}))
         self.id = _replica_id()
-        self._then = None  # the motion call that follows an audio call (the last one seen)
         self._lock = threading.Lock()
         self._in_flight: dict[int, float] = {}  # request -> start (perf_counter)
         self._next = 0
@@ -77,25 +76,22 @@ class StepReplica:
     def audio(self, window: np.ndarray, budget_s: float, sheddable: bool, label: str = "?", **extra):
         """One audio window -> (the scheduler's answer for it, report). ``extra``: further
         arrays of the request, forwarded to the scheduler as they came."""
-        with self._running():
-            link = self._link(budget_s, sheddable, self._then, label)
-            return self.scheduler.features(window, link, **extra), self._report()
+        with self._running() as running:
+            # no follow-up call here: the front end's budget for it already leaves time for the motion call
+            link = self._link(budget_s, sheddable, None, label)
+            return self.scheduler.features(window, link, **extra), self._report(running)
 
     def motion(self, arrays: dict[str, np.ndarray], meta: dict, budget_s: float, sheddable: bool, label: str = "?"):
         """One denoiser window -> ((clean motion (L, D), ran fewer steps, noise state or None), report).
         arrays: audio_feat, indicator, prev_motion, prev_audio, style (optional), shape, x_T,
         noise_state (stochastic samplers); meta: sampler, guidance, step."""
-        with self._running():
+        with self._running() as running:
             sampler, guidance = meta["sampler"], meta["guidance"]
-            group, steps, fewer = self.scheduler.motion_group(sampler)
-            cfg = self.model.cfg
-            rows = 1 if cfg.kind == "student" else 1 + len(cfg.guiding_conditions)
-            self._then = (group, rows, min((steps, *fewer)) if self.scheduler.shed else steps)
-            link = self._link(budget_s, sheddable, self._then, label)
+            link = self._link(budget_s, sheddable, None, label)
             job, noise = self._job(arrays, guidance, int(meta["step"]))
             out, degraded = self.scheduler.sample(job, sampler, link)
             state = None if noise is None else noise.gen.get_state().numpy()
-            return (out, degraded, state), self._report()
+            return (out, degraded, state), self._report(running) | {"fewer_steps": bool(degraded)}
 
     def _job(self, arrays: dict[str, np.ndarray], guidance, step: int) -> tuple[WindowJob, RandomNoise | None]:
         dev = self.model.device
@@ -139,7 +135,8 @@ class StepReplica:
                 with replica._lock:
                     replica._next += 1
                     self.key = replica._next
-                    replica._in_flight[self.key] = time.perf_counter()
+                    self.start = replica._in_flight[self.key] = time.perf_counter()
+                return self
 
             def __exit__(self, *exc):
                 with replica._lock:
@@ -147,9 +144,12 @@ class StepReplica:
 
         return Running()
 
-    def _report(self) -> dict:
+    def _report(self, running) -> dict:
+        """The replica's id, its requests in flight, the time this request spent here (the front
+        end tells its transit time from it) and, at most once a second, its scheduler's figures."""
         with self._lock:
-            report = {"replica": self.id, "in_flight": len(self._in_flight)}
+            report = {"replica": self.id, "in_flight": len(self._in_flight),
+                      "elapsed_s": time.perf_counter() - running.start}
         now = time.perf_counter()
         if now - self._stats_at >= STATS_EVERY_S:
             self._stats_at = now

@@ -160,8 +160,11 @@ def cmd_serve(args) -> int:
 
     factory, kind = own_source(args)  # before the model: a bad --audio fails fast
     # the scheduler's workers and the sessions' threads hand work to each other every few ms:
-    # a shorter GIL switch interval than the default 5 ms keeps that hand-over from adding latency
-    sys.setswitchinterval(0.0005)
+    # a shorter GIL switch interval than the default 5 ms keeps that hand-over from adding latency.
+    # Not with --cluster: the work is in the replicas, and the switches would starve Ray's own
+    # threads in this process (steps measured to stall for seconds)
+    if args.cluster is None:
+        sys.setswitchinterval(0.0005)
     from server.app import LiveServer, run_server
 
     engine = load_engine(args)
