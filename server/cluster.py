@@ -100,7 +100,7 @@ class RayCluster:
         t = time.perf_counter()
         self.handle = serve.run(app, name=o.app_name, route_prefix=None)
         log.info("ray serve: %s ready in %.1f s", self.describe(), time.perf_counter() - t)
-        self._poll()
+        self.poll()
         self._monitor = threading.Thread(target=self._watch, name="ray-cluster-health", daemon=True)
         self._monitor.start()
         return self.handle
@@ -116,7 +116,7 @@ class RayCluster:
         starting (its target), H those running (passing their health checks)."""
         return dict(self._health)
 
-    def _poll(self) -> None:
+    def poll(self) -> dict:
         from ray import serve
 
         try:
@@ -129,10 +129,11 @@ class RayCluster:
         wanted = sum(n for s, n in states.items() if s != "STOPPING")
         target = self.options.replicas if not self.options.autoscale else max(wanted, self.options.autoscale[0])
         self._health = {"kind": "ray", "replicas": max(target, healthy), "healthy": healthy, "states": states}
+        return self.health()
 
     def _watch(self) -> None:
         while not self._stop.wait(1.0):
-            self._poll()
+            self.poll()
 
     def replica_actors(self) -> list[str]:
         """The Ray actor names of this application's replicas (namespace "serve")."""

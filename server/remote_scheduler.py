@@ -66,8 +66,10 @@ class RemoteScheduler:
         self._links: list = []  # weak references would do; sessions are few, and dead ones are skipped
         self._in_flight = 0
         self._faults: Counter = Counter()  # timeout, died, closed, shed (retries spent)
-        self._transit_s = 0.0  # recent time a request spends outside the replica (Ray, serialisation)
-        self._motion_s = 0.0  # recent round trip of a motion request
+        # recent times a request spends outside the replica (Ray, serialisation) and recent motion
+        # round trips; medians, so that one stall does not make every later budget look spent
+        self._transit_s: deque = deque(maxlen=32)
+        self._motion_s: deque = deque(maxlen=32)
         self._shed: Counter = Counter()  # this front end's steps shed: dropped (by a replica or faults), fewer steps
         self._replicas: dict[str, dict] = {}  # id -> in_flight, stats, steps
         self._step_s: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=RECENT))
@@ -124,11 +126,12 @@ class RemoteScheduler:
                 # the replica's scheduler plans with the time left once the answer is back here: less
                 # the transit through Ray and, for an audio window, the motion call its step still needs
                 due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
-                budget = due - self.clock() - self._transit_s - (self._motion_s if method == "audio" else 0.0)
-                if sheddable and self.shed and budget < 0:  # late already: shed here, without a round trip
+                left = due - self.clock()
+                if sheddable and self.shed and left < 0:  # late already: shed here, without a round trip
                     with self._lock:
                         self._shed["dropped"] += 1
-                    raise StepShed(f"{method} request of {label}: {-budget * 1000:.0f} ms late before it was sent")
+                    raise StepShed(f"{method} request of {label}: {-left * 1000:.0f} ms late before it was sent")
+                budget = left - self._recent(self._transit_s) - (self._recent(self._motion_s) if method == "audio" else 0.0)
                 extra = {"budget_s": budget, "sheddable": sheddable and self.shed, "label": label}
             start = self.clock()
             response = getattr(self.handle, method).remote(*args, **kwargs, **extra)
@@ -138,6 +141,7 @@ class RemoteScheduler:
                 if isinstance(exc, StepShed):  # the replica's scheduler shed it (overload): as in one process
                     with self._lock:
                         self._shed["dropped"] += 1
+                        self._transit_s.append(self.clock() - start)  # answered at once: the round trip is transit
                     raise
                 if not isinstance(exc, SchedulerClosed):  # the request's own error: its session's
                     raise
@@ -165,6 +169,10 @@ class RemoteScheduler:
             raise RuntimeError(f"no replica answered: {last}")
         raise StepShed(f"{method} request of {label}: no replica answered in {self.retries + 1} attempts ({last})")
 
+    def _recent(self, times: deque) -> float:
+        with self._lock:
+            return float(np.median(times)) if times else 0.0
+
     def _note(self, kind: str, report: dict, seconds: float) -> None:
         rid = report.get("replica", "?")
         now = self.clock()
@@ -176,10 +184,9 @@ class RemoteScheduler:
             if report.get("stats") is not None:
                 r["stats"] = report["stats"]
             self._step_s[(rid, kind)].append(seconds)
-            transit = max(0.0, seconds - report.get("elapsed_s", seconds))
-            self._transit_s = transit if not self._transit_s else 0.8 * self._transit_s + 0.2 * transit
+            self._transit_s.append(max(0.0, seconds - report.get("elapsed_s", seconds)))
             if kind == "motion":
-                self._motion_s = seconds if not self._motion_s else 0.8 * self._motion_s + 0.2 * seconds
+                self._motion_s.append(seconds)
             if kind == "motion" and report.get("fewer_steps"):
                 self._shed["steps"] += 1
 
@@ -209,12 +216,15 @@ class RemoteScheduler:
             faults, in_flight, shed_here = dict(self._faults), self._in_flight, dict(self._shed)
         per = {}
         calls: Counter = Counter()
-        late, errors, depth = 0, 0, 0
+        late, errors, depth, depth_max = 0, 0, 0, 0
+        sizes_all: dict[str, Counter] = defaultdict(Counter)
         for rid, r in sorted(replicas.items()):
             s = r["stats"] or {}
             sizes = s.get("batch_sizes", {})
             for kind, c in sizes.items():
                 calls[kind] += sum(c.values())
+                sizes_all[kind].update(c)
+            depth_max = max(depth_max, s.get("queue_depth_max", 0))
             late += s.get("late", 0)
             errors += s.get("errors", 0)
             depth += s.get("queue_depth", 0)
@@ -223,7 +233,11 @@ class RemoteScheduler:
                         "step_ms": {kind: percentiles_ms(v) for (i, kind), v in steps.items() if i == rid}}
         return {"backend": f"ray: {self.networks.describe()}", "sessions": self.live_sessions, "max_batch": self.max_batch,
                 "latency_budget_ms": self.latency_budget_s * 1000, "shedding": self.shed, "queue_depth": depth,
-                "in_flight": in_flight, "calls": dict(calls),
+                "in_flight": in_flight, "calls": dict(calls), "queue_depth_max": depth_max,
+                "batch_sizes": {k: dict(sorted(c.items())) for k, c in sizes_all.items()},
+                # a call as this front end sees it: request to answer through Ray, every replica
+                "call_ms": {kind: percentiles_ms([x for (_, k), v in steps.items() if k == kind for x in v])
+                            for kind in {k for _, k in steps}},
                 "shed": {"dropped": shed_here.get("dropped", 0), "steps": shed_here.get("steps", 0)},
                 "late": late, "errors": errors, "faults": faults, "replicas": per,
                 "step_timeout_s": self.step_timeout_s, "retries": self.retries}

@@ -119,6 +119,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_serve)
 
     register_serve_bench(sub)
+    register_cluster_bench(sub)
 
 
 def register_serve_bench(sub: argparse._SubParsersAction) -> None:
@@ -150,6 +151,36 @@ def register_serve_bench(sub: argparse._SubParsersAction) -> None:
 
 
 
+
+
+def register_cluster_bench(sub: argparse._SubParsersAction) -> None:
+    from diffposetalk.paths import DEFAULT_STREAM_MODEL, DEMO_AUDIO
+
+    p = sub.add_parser("cluster-bench", help="real-time streams on Ray Serve replicas vs in process, and a replica "
+                                             "kill drill (docs/SCALING.md)")
+    p.add_argument("--model", type=Path, default=DEFAULT_STREAM_MODEL, help="model directory (default: the bundled one)")
+    p.add_argument("--audio", type=Path, default=DEMO_AUDIO, help="each stream's audio, looped (default: the demo speech)")
+    p.add_argument("--replicas", type=_positive(int), default=2)
+    p.add_argument("--replica-cpus", type=_positive(float), default=1.0, help="Ray CPUs one replica holds")
+    p.add_argument("--streams", default="1,4", help="comma-separated stream counts")
+    p.add_argument("--seconds", type=_positive(float), default=10.0, help="audio per stream")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    p.add_argument("--latency-budget-ms", type=_positive(float), default=250.0)
+    p.add_argument("--no-kill", action="store_true", help="skip the replica kill drill")
+    p.add_argument("--json", type=Path, help="also write the result as JSON")
+    p.set_defaults(func=cmd_cluster_bench)
+
+
+def cmd_cluster_bench(args) -> int:
+    from bench.cluster import run_cluster_bench, write_json
+    from bench.matrix import parse_sessions
+
+    result = run_cluster_bench(args.model, args.audio, args.replicas, parse_sessions(args.streams), args.seconds,
+                               args.backend, args.latency_budget_ms, not args.no_kill, args.replica_cpus)
+    print(f"load average before {result['load_before']}, after {result['load_after']} ({result['cpus']} CPUs)")
+    if args.json:
+        write_json(result, args.json)
+    return 0
 
 
 def cmd_serve(args) -> int:
