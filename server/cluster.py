@@ -32,6 +32,36 @@ class ClusterOptions:
     app_name: str = APP
     health_period_s: float = 2.0  # Serve's health check of each replica (StepReplica.check_health)
     health_timeout_s: float = 10.0
+    attach: bool = False  # use the application already running under app_name (a KubeRay RayService's)
+
+
+def build_app(args: dict):
+    """The Serve application of the model's step, from plain settings: what `serve --cluster ray`
+    deploys, and the ``import_path`` (``server.cluster:build_app``) of a KubeRay RayService, whose
+    ``args`` are these keys: model (a directory every node has), backend, precision, threads,
+    scheduler_options, warm, replicas | autoscale [MIN, MAX], target_in_flight, replica_cpus,
+    replica_gpus, health_period_s, health_timeout_s."""
+    from ray import serve
+
+    from server.replica import StepReplica
+
+    d = ClusterOptions()
+    autoscale = args.get("autoscale")
+    scaling = ({"autoscaling_config": {"min_replicas": int(autoscale[0]), "max_replicas": int(autoscale[1]),
+                                       "initial_replicas": max(1, int(autoscale[0])),
+                                       "target_ongoing_requests": float(args.get("target_in_flight", d.target_in_flight))}}
+               if autoscale else {"num_replicas": int(args.get("replicas", d.replicas))})
+    scheduler_options = dict(args.get("scheduler_options") or {})
+    max_batch = int(scheduler_options.get("max_batch", 32))
+    deployment = serve.deployment(
+        name=DEPLOYMENT, ray_actor_options={"num_cpus": float(args.get("replica_cpus", d.replica_cpus)),
+                                            "num_gpus": float(args.get("replica_gpus", d.replica_gpus))},
+        # every session has at most one request in flight: a replica takes a full batch and more
+        max_ongoing_requests=max(2 * max_batch, 8), health_check_period_s=float(args.get("health_period_s", d.health_period_s)),
+        health_check_timeout_s=float(args.get("health_timeout_s", d.health_timeout_s)), graceful_shutdown_timeout_s=2.0,
+        **scaling)(StepReplica)
+    return deployment.bind(str(args["model"]), args.get("backend", "auto"), args.get("precision", "fp32"),
+                           args.get("threads", 1), scheduler_options, args.get("warm"))
 
 
 def parse_autoscale(text: str) -> tuple[int, int]:
@@ -65,8 +95,6 @@ class RayCluster:
         import ray
         from ray import serve
 
-        from server.replica import StepReplica
-
         o = self.options
         if not ray.is_initialized():
             if o.address is None:
@@ -83,22 +111,21 @@ class RayCluster:
                 except ConnectionError as exc:
                     raise UserError(f"cannot join the Ray cluster at {o.address}: {exc}") from exc
             self.started_ray = True
-        self.started_serve = not _serve_running()
-        serve.start(proxy_location="Disabled")  # no HTTP proxy: the front end calls through the handle
-        scaling = ({"autoscaling_config": {"min_replicas": o.autoscale[0], "max_replicas": o.autoscale[1],
-                                           "initial_replicas": max(1, o.autoscale[0]),
-                                           "target_ongoing_requests": o.target_in_flight}}
-                   if o.autoscale else {"num_replicas": o.replicas})
-        max_batch = int((scheduler_options or {}).get("max_batch", 32))
-        deployment = serve.deployment(
-            name=DEPLOYMENT, ray_actor_options={"num_cpus": o.replica_cpus, "num_gpus": o.replica_gpus},
-            # every session has at most one request in flight: a replica takes a full batch and more
-            max_ongoing_requests=max(2 * max_batch, 8), health_check_period_s=o.health_period_s,
-            health_check_timeout_s=o.health_timeout_s, graceful_shutdown_timeout_s=2.0,
-            **scaling)(StepReplica)
-        app = deployment.bind(str(model_path), backend, precision, threads, scheduler_options or {}, warm)
         t = time.perf_counter()
-        self.handle = serve.run(app, name=o.app_name, route_prefix=None)
+        if o.attach:
+            try:
+                self.handle = serve.get_app_handle(o.app_name)
+            except Exception as exc:  # noqa: BLE001 - Serve's own error names what is missing
+                raise UserError(f"--ray-attach: no Serve application {o.app_name!r} on the cluster ({exc})") from exc
+        else:
+            self.started_serve = not _serve_running()
+            serve.start(proxy_location="Disabled")  # no HTTP proxy: the front end calls through the handle
+            app = build_app({"model": str(model_path), "backend": backend, "precision": precision, "threads": threads,
+                             "scheduler_options": scheduler_options or {}, "warm": warm, "replicas": o.replicas,
+                             "autoscale": o.autoscale, "target_in_flight": o.target_in_flight,
+                             "replica_cpus": o.replica_cpus, "replica_gpus": o.replica_gpus,
+                             "health_period_s": o.health_period_s, "health_timeout_s": o.health_timeout_s})
+            self.handle = serve.run(app, name=o.app_name, route_prefix=None)
         log.info("ray serve: %s ready in %.1f s", self.describe(), time.perf_counter() - t)
         self.poll()
         self._monitor = threading.Thread(target=self._watch, name="ray-cluster-health", daemon=True)
@@ -127,7 +154,8 @@ class RayCluster:
             states = {}
         healthy = states.get("RUNNING", 0)
         wanted = sum(n for s, n in states.items() if s != "STOPPING")
-        target = self.options.replicas if not self.options.autoscale else max(wanted, self.options.autoscale[0])
+        o = self.options
+        target = wanted if o.attach else o.replicas if not o.autoscale else max(wanted, o.autoscale[0])
         self._health = {"kind": "ray", "replicas": max(target, healthy), "healthy": healthy, "states": states}
         return self.health()
 
@@ -158,7 +186,7 @@ class RayCluster:
         try:
             if self.started_serve:
                 serve.shutdown()
-            elif self.handle is not None:
+            elif self.handle is not None and not self.options.attach:
                 serve.delete(self.options.app_name)
         except Exception as exc:  # noqa: BLE001 - shutting down: Ray goes next anyway
             log.warning("ray serve shutdown: %s", exc)

@@ -28,6 +28,7 @@ from diffposetalk.model_dir import load_model_dir
 from diffposetalk.sampler import RandomNoise
 from streaming.factory import make_scheduler
 from streaming.motion import SamplingMotionEngine
+from streaming.setup import pick_sampler
 
 log = logging.getLogger("dpt_live.replica")
 
@@ -66,9 +67,12 @@ class StepReplica:
         self._next = 0
         self._stats_at = 0.0
         self._hold_until = 0.0  # fault injection (hold): requests wait until then
-        if warm:  # the runtime's first-call costs now, not in a live step: warm = {window_samples, sampler}
+        if warm:  # the runtime's first-call costs now, not in a live step: warm = {window_samples, sampler[, steps]}
+            sampler = warm["sampler"]
+            if isinstance(sampler, str):  # a RayService's YAML names it
+                sampler = pick_sampler(sampler, warm.get("steps"), self.loaded)
             self.scheduler.networks.warm_audio(int(warm["window_samples"]))
-            SamplingMotionEngine(self.model, warm["sampler"], Guidance(), torch.zeros(self.model.cfg.shape_dim), 0,
+            SamplingMotionEngine(self.model, sampler, Guidance(), torch.zeros(self.model.cfg.shape_dim), 0,
                                  self.scheduler.networks)
         log.info("replica %s: %s on %s", self.id, model_path, self.scheduler.networks.describe())
 

@@ -75,6 +75,9 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
                    help="run the batched step on Ray Serve replicas; this process keeps the sessions and the port")
     g.add_argument("--ray-address", metavar="auto|HOST:PORT",
                    help="join this Ray cluster (default: start a local Ray and stop it with the server)")
+    g.add_argument("--ray-attach", action="store_true",
+                   help="use the step application already on the cluster (a KubeRay RayService's, docs/SCALING.md) "
+                        "instead of deploying one; --replicas/--autoscale are then the service's")
     n = g.add_mutually_exclusive_group()
     n.add_argument("--replicas", type=_positive(int), default=1, help="replicas of the step (default 1)")
     n.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve scale the replicas between MIN and MAX "
