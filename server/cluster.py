@@ -25,7 +25,7 @@ class ClusterOptions:
     address: str | None = None  # None: a local Ray started and stopped with the server; "auto" or HOST:PORT
     replicas: int = 1
     autoscale: tuple[int, int] | None = None  # (min, max) replicas, driven by requests in flight
-    target_in_flight: float = 8.0  # autoscaling: requests in flight per replica it aims for (~ streams)
+    target_in_flight: float = 4.0  # autoscaling: requests in flight per replica it aims for (~ streams x rtt / hop)
     replica_cpus: float = 1.0  # Ray resources one replica holds
     replica_gpus: float = 0.0
     local_cpus: int = 2  # CPUs a local Ray offers
@@ -92,8 +92,11 @@ class RayCluster:
     def start(self, model_path: str | Path, backend: str, precision: str = "fp32", threads: int | None = 1,
               scheduler_options: dict | None = None, warm: dict | None = None):
         """Start or join Ray, deploy the replicas, wait until they run; -> the deployment handle."""
-        import ray
-        from ray import serve
+        try:
+            import ray
+            from ray import serve
+        except ImportError as exc:
+            raise UserError(f"--cluster ray needs Ray Serve: pip install 'dpt-live[cluster]' ({exc})") from exc
 
         o = self.options
         if not ray.is_initialized():

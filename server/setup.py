@@ -50,7 +50,8 @@ def start_cluster(engine, args) -> None:
         raise UserError("--cluster ray runs the batched step on replicas: it cannot be combined with --no-batch")
     options = ClusterOptions(address=args.ray_address, replicas=args.replicas,
                              autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
-                             replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus, attach=args.ray_attach)
+                             replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus, attach=args.ray_attach,
+                             target_in_flight=args.target_in_flight)
     spec = engine.config.spec()
     engine.cluster, engine.scheduler = start_remote_scheduler(
         options, engine.loaded, engine.backend, engine.build_kwargs.get("precision", "fp32"), args.threads,

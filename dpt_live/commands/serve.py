@@ -82,6 +82,9 @@ def add_cluster_args(p: argparse.ArgumentParser) -> None:
     n.add_argument("--replicas", type=_positive(int), default=1, help="replicas of the step (default 1)")
     n.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve scale the replicas between MIN and MAX "
                    "on the requests in flight")
+    g.add_argument("--target-in-flight", type=_positive(float), default=4.0,
+                   help="with --autoscale: requests in flight per replica Ray Serve aims for (about streams x "
+                        "round trip / hop; docs/SCALING.md)")
     g.add_argument("--replica-cpus", type=_positive(float), default=1.0, help="Ray CPUs one replica holds")
     g.add_argument("--replica-gpus", type=_non_negative(float), default=0.0, help="Ray GPUs one replica holds")
     g.add_argument("--step-timeout-ms", type=_positive(float), default=1000.0,
