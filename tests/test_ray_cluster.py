@@ -23,7 +23,7 @@ from streaming.runner import stream_array  # noqa: E402
 from streaming.session import StreamConfig  # noqa: E402
 
 TOL = 1e-5
-STEP_TIMEOUT_S = 1.0
+STEP_TIMEOUT_S = 2.0  # generous: this suite runs on busy 2-core machines
 RETRIES = 2
 
 
@@ -35,7 +35,8 @@ def cluster(teacher):
     if ray.is_initialized():  # another module's Ray: this one starts its own
         ray.shutdown()
     options = ClusterOptions(replicas=2, local_cpus=2, replica_cpus=0.5, health_period_s=1.0)
-    cl, scheduler = start_remote_scheduler(options, teacher, "torch", threads=1,
+    warm = {"window_samples": StreamConfig(80, 80, 400).spec().window_samples, "sampler": DDIMSampler(2)}
+    cl, scheduler = start_remote_scheduler(options, teacher, "torch", threads=1, warm=warm,
                                            scheduler_options={"latency_budget_ms": 1e7},
                                            step_timeout_s=STEP_TIMEOUT_S, retries=RETRIES)
     yield cl, scheduler
@@ -65,18 +66,19 @@ def test_frames_through_ray_equal_the_in_process_engine(cluster, teacher, sample
         ref = motion_of(teacher, sampler, spec)
         out = motion_of(teacher, sampler, spec, scheduler)
         assert out.shape == ref.shape and np.abs(out - ref).max() < TOL
-    stats = scheduler.stats()
-    assert stats["faults"] == {} and stats["shed"] == {"dropped": 0, "steps": 0}
+    # nothing shed (no deadline here); a retry after a timeout on a loaded machine changes nothing
+    assert scheduler.stats()["shed"] == {"dropped": 0, "steps": 0}
 
 
 def test_bad_input_fails_only_its_request(cluster):
     _, scheduler = cluster
+    before = scheduler.stats()["faults"]
     with pytest.raises(ValueError):
         scheduler.features(np.zeros(100, np.float32))  # not whole frames: refused here
     with pytest.raises(ValueError, match="motion request: audio_feat has shape"):  # refused by the replica: its error, no retry
         scheduler.sample_arrays({"audio_feat": np.zeros((8, 32), np.float32)}, {"sampler": DDIMSampler(1),
                                 "guidance": Guidance(), "step": 0})
-    assert "timeout" not in scheduler.stats()["faults"]
+    assert scheduler.stats()["faults"] == before  # answered at once, not retried
 
 
 def stream_two(teacher, scheduler, fault, n_seconds=6.0):
@@ -137,7 +139,7 @@ def test_a_killed_replica_costs_a_bounded_gap(cluster, teacher):
 
 
 def test_hung_replicas_are_timed_out_and_the_sessions_go_on(cluster, teacher):
-    """Every replica stalls for 2.5 s (as a hung runtime would): attempts time out, the steps
+    """Every replica stalls for 3 s (as a hung runtime would): attempts time out, the steps
     are retried, and what cannot be done in time goes out as continuation frames (degraded)."""
     cl, scheduler = cluster
     before = scheduler.stats()["faults"].get("timeout", 0)
@@ -145,7 +147,7 @@ def test_hung_replicas_are_timed_out_and_the_sessions_go_on(cluster, teacher):
     def hold_all():
         held = set()
         for _ in range(40):  # the handle routes each call to some replica: until both have one
-            held.add(cl.handle.hold.remote(2.5).result(timeout_s=10))
+            held.add(cl.handle.hold.remote(1.5 * STEP_TIMEOUT_S).result(timeout_s=10))
             if len(held) == 2:
                 return
         raise AssertionError(f"could not reach both replicas: {held}")
