@@ -116,7 +116,8 @@ class RemoteScheduler:
 
     def _call(self, method: str, *args, link: SessionLink | None = None, **kwargs):
         """One request on some replica, with the timeout and the retries of the module docstring."""
-        from ray.exceptions import GetTimeoutError, RayTaskError
+        from ray.exceptions import GetTimeoutError, RayError, RayTaskError
+        from ray.serve.exceptions import RayServeException
 
         label = link.label if link is not None else "?"
         last: Exception | None = None
@@ -150,7 +151,7 @@ class RemoteScheduler:
             except GetTimeoutError as exc:
                 response.cancel()
                 cause, last = "timeout", exc
-            except Exception as exc:  # noqa: BLE001 - a replica died or is unreachable: try another
+            except (RayError, RayServeException) as exc:  # a replica died, is unreachable or full: try another
                 cause, last = "died", exc
             else:
                 if method == "describe":
