@@ -216,28 +216,31 @@ def parse_sessions(text) -> list[int]:
 
 
 def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, threads: int, n: int,
-                   realtime: bool, budget_ms: float, batched: bool = True, max_batch: int = 32) -> dict:
+                   realtime: bool, budget_ms: float, batched: bool = True, max_batch: int = 32,
+                   scheduler=None) -> dict:
     """``n`` streams at once, one thread and one session each, sharing the loaded model. Timed on
     the wall clock (contention is the point). ``batched``: the sessions' network calls go through
     one batching scheduler (streaming/scheduler.py), fed in real time (a scheduler plans with
     deadlines: replayed latency would mean nothing); else each calls its networks itself at batch
     1. A stream keeps up when its step compute stays below its audio time (RTF < 1) and it shed
     no step; 'within budget' when its worst frame latency is within
-    ``budget_ms``."""
+    ``budget_ms``. scheduler: one to use instead (e.g. server/remote_scheduler.py's, on Ray
+    replicas); the caller closes it."""
     from streaming.factory import make_scheduler
 
-    scheduler = None
+    given = scheduler is not None
     if batched:
         realtime = True
-        scheduler = make_scheduler(loaded, backend[0], backend[1], threads, max_batch=max_batch,
-                                   latency_budget_ms=budget_ms)
+        if not given:
+            scheduler = make_scheduler(loaded, backend[0], backend[1], threads, max_batch=max_batch,
+                                       latency_budget_ms=budget_ms)
     try:
         built = [make_session(loaded, sampler, guidance, style, config.__class__(**{**vars(config), "seed": i}),
                               backend, threads, time.perf_counter, scheduler=scheduler) for i in range(n)]
         results = _run_streams(built, audio, realtime, budget_ms, batched)
         stats = scheduler.stats() if scheduler is not None else None
     finally:
-        if scheduler is not None:
+        if scheduler is not None and not given:
             scheduler.close()
     out = {"n": n, "clock": "wall", "latency": "measured" if realtime else "replayed",
            "mode": "scheduler" if batched else "per-thread",

@@ -234,6 +234,7 @@ class LiveServer:
                             "lag": counts["dropped_by_cause"].get("lag", 0)},
                 "rejected": counts["rejected"], "timeouts": counts["timeouts"],
                 "scheduler": None if self.engine.scheduler is None else _scheduler_health(self.engine.scheduler.stats()),
+                "cluster": self.engine.cluster_health(),
                 "session_detail": {name: s.summary() | {"dropped": by_session.get(name, 0)}
                                    for name, s in self.sessions.items()}}
 

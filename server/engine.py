@@ -35,7 +35,8 @@ class Engine:
     # one batching scheduler serves all sessions (streaming/scheduler.py); None in probe(): per-session calls
     batching: bool = True
     scheduler_options: dict = field(default_factory=dict)  # make_scheduler's (max_batch, latency_budget_ms)
-    scheduler: BatchScheduler | None = None
+    scheduler: BatchScheduler | None = None  # or a RemoteScheduler: the steps run on Ray Serve replicas
+    cluster: object | None = None  # the RayCluster those replicas belong to (server/cluster.py), else None
 
     @property
     def styles(self) -> list[str]:
@@ -76,9 +77,18 @@ class Engine:
         return session
 
     def close(self) -> None:
-        """Stop the scheduler's workers (sessions still waiting on it get SchedulerClosed)."""
+        """Stop the scheduler's workers (sessions still waiting on it get SchedulerClosed) and the cluster."""
         if self.scheduler is not None:
             self.scheduler.close()
+        if self.cluster is not None:  # the replicas, and Ray itself when this server started it
+            self.cluster.close()
+
+    def cluster_health(self) -> dict | None:
+        """{"kind": "ray", "replicas": N, "healthy": H} with a cluster, else None (/healthz)."""
+        if self.cluster is None:
+            return None
+        h = self.cluster.health()
+        return {"kind": h["kind"], "replicas": h["replicas"], "healthy": h["healthy"]}
 
     @cached_property
     def n_params(self) -> int:  # model_info answers every hello: count once

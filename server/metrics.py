@@ -170,3 +170,40 @@ def _labelled_counter(name: str, help_text: str, label: str, values: dict) -> li
     """A Prometheus counter with one sample per label value (sorted)."""
     return [f"# HELP {name} {help_text}", f"# TYPE {name} counter"] + \
         [f'{name}{{{label}="{_label(k)}"}} {n}' for k, n in sorted(values.items())]
+
+
+def render_cluster(stats: dict, health: dict | None, prefix: str = "dpt_cluster") -> str:
+    """A cluster scheduler's figures (server/remote_scheduler.py RemoteScheduler.stats) in the
+    Prometheus text format: replicas and healthy replicas, and per replica the requests in flight,
+    its scheduler's queue depth, calls by kind and batch size, call times, and the step latency
+    through Ray seen by this front end; faults (timeouts, dead replicas, retries spent)."""
+    lines = []
+    if health is not None:
+        lines += [f"# HELP {prefix}_replicas Replicas the deployment has or is starting.", f"# TYPE {prefix}_replicas gauge",
+                  f"{prefix}_replicas {health.get('replicas', 0)}",
+                  f"# HELP {prefix}_replicas_healthy Replicas running and passing their health checks.",
+                  f"# TYPE {prefix}_replicas_healthy gauge", f"{prefix}_replicas_healthy {health.get('healthy', 0)}"]
+    lines += _labelled_counter(f"{prefix}_faults_total", "Failed attempts by cause (timeout, died, closed) and steps "
+                               "shed after the last retry (shed).", "cause", stats.get("faults", {}))
+    replicas = stats.get("replicas", {})
+    gauges = (("in_flight", "Requests this front end has in flight on the replica."),
+              ("queue_depth", "Requests waiting in the replica's batching scheduler."))
+    for key, help_text in gauges:
+        lines += [f"# HELP {prefix}_replica_{key} {help_text}", f"# TYPE {prefix}_replica_{key} gauge"]
+        lines += [f'{prefix}_replica_{key}{{replica="{_label(rid)}"}} {r.get(key, 0)}' for rid, r in replicas.items()]
+    lines += [f"# HELP {prefix}_replica_calls_total Network calls of the replica by kind and windows per call.",
+              f"# TYPE {prefix}_replica_calls_total counter"]
+    for rid, r in replicas.items():
+        for kind, sizes in r.get("batch_sizes", {}).items():
+            lines += [f'{prefix}_replica_calls_total{{replica="{_label(rid)}",kind="{kind}",windows="{n}"}} {c}'
+                      for n, c in sizes.items()]
+    for key, help_text in (("call_seconds", "Recent network call times in the replica, by kind."),
+                           ("step_seconds", "Recent request-to-answer times through Ray seen by this front end, by kind.")):
+        lines += [f"# HELP {prefix}_replica_{key} {help_text}", f"# TYPE {prefix}_replica_{key} summary"]
+        field = "call_ms" if key == "call_seconds" else "step_ms"
+        for rid, r in replicas.items():
+            for kind, p in r.get(field, {}).items():
+                if p:
+                    lines += [f'{prefix}_replica_{key}{{replica="{_label(rid)}",kind="{kind}",quantile="{q}"}} '
+                              f'{p[k] / 1000:.6f}' for q, k in (("0.5", "p50"), ("0.99", "p99"))]
+    return "\n".join(lines) + "\n"

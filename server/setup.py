@@ -35,8 +35,28 @@ def load_engine(args):
                     default_style=style.vector,
                     build_kwargs=extra, batching=not args.no_batch,
                     scheduler_options={"max_batch": args.max_batch, "latency_budget_ms": args.latency_budget_ms})
+    if getattr(args, "cluster", None) == "ray":
+        start_cluster(engine, args)
     engine.probe()  # fail now (backend, shapes), not in a thread; "auto" is resolved once
     return engine
+
+
+def start_cluster(engine, args) -> None:
+    """--cluster ray: the sessions' steps run on Ray Serve replicas (server/cluster.py); the engine
+    gets their RemoteScheduler and the cluster (stopped with it)."""
+    from server.cluster import ClusterOptions, parse_autoscale, start_remote_scheduler
+
+    if args.no_batch:
+        raise UserError("--cluster ray runs the batched step on replicas: it cannot be combined with --no-batch")
+    options = ClusterOptions(address=args.ray_address, replicas=args.replicas,
+                             autoscale=parse_autoscale(args.autoscale) if args.autoscale else None,
+                             replica_cpus=args.replica_cpus, replica_gpus=args.replica_gpus, attach=args.ray_attach,
+                             target_in_flight=args.target_in_flight)
+    spec = engine.config.spec()
+    engine.cluster, engine.scheduler = start_remote_scheduler(
+        options, engine.loaded, engine.backend, engine.build_kwargs.get("precision", "fp32"), args.threads,
+        engine.scheduler_options, warm={"window_samples": spec.window_samples, "sampler": engine.sampler},
+        step_timeout_s=args.step_timeout_ms / 1000, retries=args.retries)
 
 
 def own_source(args):

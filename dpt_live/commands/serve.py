@@ -69,6 +69,31 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="close a viewer that takes no frame for this long while frames wait for it")
 
 
+def add_cluster_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cluster (docs/SCALING.md)")
+    g.add_argument("--cluster", choices=["ray"],
+                   help="run the batched step on Ray Serve replicas; this process keeps the sessions and the port")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT",
+                   help="join this Ray cluster (default: start a local Ray and stop it with the server)")
+    g.add_argument("--ray-attach", action="store_true",
+                   help="use the step application already on the cluster (a KubeRay RayService's, docs/SCALING.md) "
+                        "instead of deploying one; --replicas/--autoscale are then the service's")
+    n = g.add_mutually_exclusive_group()
+    n.add_argument("--replicas", type=_positive(int), default=1, help="replicas of the step (default 1)")
+    n.add_argument("--autoscale", metavar="MIN:MAX", help="let Ray Serve scale the replicas between MIN and MAX "
+                   "on the requests in flight")
+    g.add_argument("--target-in-flight", type=_positive(float), default=4.0,
+                   help="with --autoscale: requests in flight per replica Ray Serve aims for (about streams x "
+                        "round trip / hop; docs/SCALING.md)")
+    g.add_argument("--replica-cpus", type=_positive(float), default=1.0, help="Ray CPUs one replica holds")
+    g.add_argument("--replica-gpus", type=_non_negative(float), default=0.0, help="Ray GPUs one replica holds")
+    g.add_argument("--step-timeout-ms", type=_positive(float), default=1000.0,
+                   help="longest wait for a replica's answer before the step is retried on another")
+    g.add_argument("--retries", type=_non_negative(int), default=2,
+                   help="further attempts of a step after a timeout or a dead replica; then its frames are "
+                        "continued and flagged degraded")
+
+
 # streaming.factory.BACKENDS, spelled out: importing the factory pulls in torch, and registration
 # must stay light (tests check the two agree)
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
@@ -96,9 +121,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--flame", type=Path, help="FLAME model (generic_model.pkl / flame2023_Open.pkl / .npz): "
                                               "the viewer renders the real mesh (/flame.bin)")
     add_server_args(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_serve)
 
     register_serve_bench(sub)
+    register_cluster_bench(sub)
 
 
 def register_serve_bench(sub: argparse._SubParsersAction) -> None:
@@ -132,6 +159,36 @@ def register_serve_bench(sub: argparse._SubParsersAction) -> None:
 
 
 
+def register_cluster_bench(sub: argparse._SubParsersAction) -> None:
+    from diffposetalk.paths import DEFAULT_STREAM_MODEL, DEMO_AUDIO
+
+    p = sub.add_parser("cluster-bench", help="real-time streams on Ray Serve replicas vs in process, and a replica "
+                                             "kill drill (docs/SCALING.md)")
+    p.add_argument("--model", type=Path, default=DEFAULT_STREAM_MODEL, help="model directory (default: the bundled one)")
+    p.add_argument("--audio", type=Path, default=DEMO_AUDIO, help="each stream's audio, looped (default: the demo speech)")
+    p.add_argument("--replicas", type=_positive(int), default=2)
+    p.add_argument("--replica-cpus", type=_positive(float), default=1.0, help="Ray CPUs one replica holds")
+    p.add_argument("--streams", default="1,4", help="comma-separated stream counts")
+    p.add_argument("--seconds", type=_positive(float), default=10.0, help="audio per stream")
+    p.add_argument("--backend", choices=["torch", "onnxruntime"], default="onnxruntime")
+    p.add_argument("--latency-budget-ms", type=_positive(float), default=250.0)
+    p.add_argument("--no-kill", action="store_true", help="skip the replica kill drill")
+    p.add_argument("--json", type=Path, help="also write the result as JSON")
+    p.set_defaults(func=cmd_cluster_bench)
+
+
+def cmd_cluster_bench(args) -> int:
+    from bench.cluster import run_cluster_bench, write_json
+    from bench.matrix import parse_sessions
+
+    result = run_cluster_bench(args.model, args.audio, args.replicas, parse_sessions(args.streams), args.seconds,
+                               args.backend, args.latency_budget_ms, not args.no_kill, args.replica_cpus)
+    print(f"load average before {result['load_before']}, after {result['load_after']} ({result['cpus']} CPUs)")
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def cmd_serve(args) -> int:
     import asyncio
     import signal
@@ -140,8 +197,11 @@ def cmd_serve(args) -> int:
 
     factory, kind = own_source(args)  # before the model: a bad --audio fails fast
     # the scheduler's workers and the sessions' threads hand work to each other every few ms:
-    # a shorter GIL switch interval than the default 5 ms keeps that hand-over from adding latency
-    sys.setswitchinterval(0.0005)
+    # a shorter GIL switch interval than the default 5 ms keeps that hand-over from adding latency.
+    # Not with --cluster: the work is in the replicas, and the switches would starve Ray's own
+    # threads in this process (steps measured to stall for seconds)
+    if args.cluster is None:
+        sys.setswitchinterval(0.0005)
     from server.app import LiveServer, run_server
 
     engine = load_engine(args)
