@@ -25,7 +25,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.e2e_signal import make_onset_recording
-from bench.e2e_stages import Frames, Onset, Upstream, find_onsets, first_output, measure_path
+from bench.e2e_stages import Frames, Onset, Upstream, find_onsets, first_output, measure_path, mouth_threshold
 from diffposetalk.errors import UserError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +42,10 @@ CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--use-angle=swiftshader",
                  "--enable-unsafe-swiftshader", "--autoplay-policy=no-user-gesture-required",
-                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream"]
+                 "--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream",
+                 # two viewer pages render side by side: neither is a throttled background tab
+                 "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
+                 "--disable-backgrounding-occluded-windows"]
 MAX_CLOCK_OFFSET_S = 0.005
 VMC_MOUTH = ("A", "I", "U", "E", "O", "aa", "ih", "ou", "ee", "oh", "jawOpen")  # VRM 0 / VRM 1 / ARKit names
 MAKE_RUN_ARGS = ["--style", "big_mouth", "--audio", str(REPO / "clients" / "demo" / "speech.flac"), "--loop"]
@@ -58,6 +60,9 @@ class E2EOptions:
     vmc_args: list[str] = field(default_factory=list)  # extra `dpt-live vmc` options
     vmc: bool = True
     ws: bool = True
+    extra_viewers: dict[str, str] = field(default_factory=dict)  # name -> URL query of more viewer pages
+    extra_vmc: dict[str, list[str]] = field(default_factory=dict)  # name -> options of more VMC bridges
+    viewport: dict = field(default_factory=lambda: {"width": 320, "height": 240})
     out_dir: Path = Path("runs/e2e")
     start_timeout_s: float = 300.0
     label: str = ""
@@ -165,13 +170,14 @@ def _upstream_from_page(rec: dict) -> Upstream:
 
 def _upstream_segment(arrival, audio_time, reset, start: float) -> np.ndarray:
     """Indices of the frames made from the upstream: from the first reset frame that arrived after
-    audio_start up to the next reset."""
+    audio_start up to the next reset or the next jump back in audio_time (the next generation)."""
     after = np.flatnonzero(reset & (arrival >= start))
     if not len(after):
         return np.zeros(0, int)
     first = after[0]
-    nxt = np.flatnonzero(reset[first + 1:])
-    end = first + 1 + nxt[0] if len(nxt) else len(arrival)
+    back = np.diff(audio_time[first:]) < -0.5
+    ends = np.flatnonzero(reset[first + 1:] | back)
+    end = first + 1 + ends[0] if len(ends) else len(arrival)
     return np.arange(first, end)
 
 
@@ -194,30 +200,48 @@ def page_on_system_clock(rec: dict) -> tuple[dict, dict]:
     return out, {"offset_ms": round(off, 3), "drift_ms": round(float(d.max() - d.min()), 3)}
 
 
-def analyse(page_rec: dict, lookahead_s: float, ws_npz: dict | None, osc: tuple | None) -> dict:
-    """Per-path results from the raw records (page hook, recorder arrays, OSC times/values)."""
-    page_rec, page_clock = page_on_system_clock(page_rec)
-    up = _upstream_from_page(page_rec)
-    onsets = find_onsets(up)
-    fr = np.asarray(page_rec["frames"], np.float64).reshape(-1, 6)
+def _browser_path(name: str, rec: dict, up: Upstream, onsets: list[Onset], lookahead_s: float):
+    """A viewer page's path: its frames as they arrived, its renders, its animation frames."""
+    fr = np.asarray(rec["frames"], np.float64).reshape(-1, 6)
     seg = _upstream_segment(fr[:, 0] / 1000, fr[:, 2], (fr[:, 4].astype(int) & 2) > 0, up.start)
     if not len(seg):
-        raise UserError("no frame made from the microphone reached the page")
-    page_frames = Frames(fr[seg, 0] / 1000, fr[seg, 2], fr[seg, 3], fr[seg, 5])
-    renders = np.asarray(page_rec["renders"], np.float64).reshape(-1, 3)
-    rafs = np.asarray(page_rec["rafs"], np.float64) / 1000
+        raise UserError(f"{name}: no frame made from the microphone reached the page")
+    frames = Frames(fr[seg, 0] / 1000, fr[seg, 2], fr[seg, 3], fr[seg, 5])
+    renders = np.asarray(rec["renders"], np.float64).reshape(-1, 3)
+    rafs = np.asarray(rec["rafs"], np.float64) / 1000
     r_t, r_jaw = renders[:, 0] / 1000, renders[:, 1]
 
-    def shown_in_browser(onset: Onset, i: int, frames: Frames, thr: float):
+    def shown(onset: Onset, i: int, frames: Frames, thr: float):
+        # the first drawn frame after F arrived whose mouth is open; it is on screen at the next
+        # animation frame (the compositor presents what the previous one drew)
         k = first_output(r_t, r_jaw, max(onset.capture, frames.arrival[i]), thr)
         if k is None:
             return None
         nxt = rafs[rafs > r_t[k] + 1e-4]
         return r_t[k], (float(nxt[0]) if len(nxt) else r_t[k] + 1 / 60)
 
-    paths = {"browser": measure_path("browser", up, onsets, page_frames, lookahead_s, shown_in_browser)}
-    result = {"onsets": [{"stream_s": o.stream_s, "capture": o.capture} for o in onsets], "paths": {},
-              "page_clock": page_clock}
+    res = measure_path(name, up, onsets, frames, lookahead_s, shown)
+    series = {"frames": np.stack([frames.arrival, frames.audio_time, frames.jaw], 1).tolist(),
+              "renders": np.stack([r_t, r_jaw], 1)[r_t >= up.start].tolist()}
+    return res, series
+
+
+def analyse(pages: dict[str, dict], lookahead_s: float, ws_npz: dict | None,
+            oscs: dict[str, tuple[list, list]]) -> dict:
+    """Per-path results from the raw records: ``pages`` (name -> the page hook's record; the first
+    is the page that streams its microphone), the recorder's arrays, and per VMC bridge the OSC
+    receiver's (times, mouth values)."""
+    clocks, shifted = {}, {}
+    for name, rec in pages.items():
+        shifted[name], clocks[name] = page_on_system_clock(rec)
+    mic_page = next(iter(pages))
+    up = _upstream_from_page(shifted[mic_page])
+    onsets = find_onsets(up)
+    paths, series = {}, {}
+    for name, rec in shifted.items():
+        paths[name], s = _browser_path(name, rec, up, onsets, lookahead_s)
+        if name == mic_page:
+            series = s
     ws_frames = None
     if ws_npz is not None:
         seg = _upstream_segment(ws_npz["recv_time"], ws_npz["audio_time"], ws_npz["reset"], up.start)
@@ -225,35 +249,38 @@ def analyse(page_rec: dict, lookahead_s: float, ws_npz: dict | None, osc: tuple 
                            ws_npz["pose"][seg, 3].astype(np.float64))
         if len(seg):
             paths["ws"] = measure_path("ws", up, onsets, ws_frames, lookahead_s)
-    if osc is not None and ws_frames is not None and len(ws_frames.arrival):
-        o_t, o_v = np.asarray(osc[0]), np.asarray(osc[1])
+    thresholds = {}
+    for name, (times, values) in oscs.items():
+        o_t, o_v = np.asarray(times, np.float64), np.asarray(values, np.float64)
         keep = o_t >= up.start
         o_t, o_v = o_t[keep], o_v[keep]
-        if len(o_v):
-            from bench.e2e_stages import mouth_threshold
+        if ws_frames is None or not len(ws_frames.arrival) or not len(o_v):
+            continue
+        thresholds[name] = o_thr = mouth_threshold(o_v)
 
-            o_thr = mouth_threshold(o_v)
+        def shown(onset: Onset, i: int, frames: Frames, thr: float, o_t=o_t, o_v=o_v, o_thr=o_thr):
+            k = first_output(o_t, o_v, max(onset.capture, frames.arrival[i]), o_thr)
+            return None if k is None else (o_t[k], o_t[k])
 
-            def shown_by_vmc(onset: Onset, i: int, frames: Frames, thr: float):
-                k = first_output(o_t, o_v, max(onset.capture, frames.arrival[i]), o_thr)
-                return None if k is None else (o_t[k], o_t[k])
+        # a bridge is one more WebSocket viewer of the same frames: the recorder's arrival times
+        # stand in for the bridge's (same loopback socket, same server send)
+        paths[name] = measure_path(name, up, onsets, ws_frames, lookahead_s, shown)
+    series.update({"envelope_ms": up.envelope.tolist(), "capture_start": up.capture_time(0.0)})
+    return {"onsets": [{"stream_s": o.stream_s, "capture": o.capture} for o in onsets],
+            "paths": {name: {"summary": res.summary(), "rows": res.rows} for name, res in paths.items()},
+            "page_clock": clocks, "vmc_thresholds": thresholds, "series": series}
 
-            # the bridge is a second WebSocket viewer of the same frames: the recorder's arrival
-            # times stand in for the bridge's (same loopback socket, same server send)
-            paths["vmc"] = measure_path("vmc", up, onsets, ws_frames, lookahead_s, shown_by_vmc)
-            result["vmc_threshold"] = o_thr
-    for name, res in paths.items():
-        result["paths"][name] = {"summary": res.summary(), "rows": res.rows}
-    result["series"] = {
-        "envelope_ms": up.envelope.tolist(), "capture_start": up.capture_time(0.0),
-        "frames": np.stack([page_frames.arrival, page_frames.audio_time, page_frames.jaw], 1).tolist(),
-        "renders": np.stack([r_t, r_jaw], 1)[r_t >= up.start].tolist(),
-    }
-    return result
+
+def _open_page(browser, url: str, viewport: dict):
+    page = browser.new_context(viewport=viewport).new_page()
+    page.add_init_script(path=str(HOOK))
+    page.goto(url)
+    page.wait_for_function("() => window.dptViewer && window.dptViewer.framesReceived > 5", timeout=60000)
+    return page
 
 
 def run_e2e(opts: E2EOptions) -> dict:
-    """One measurement; writes e2e.json (+ .md, .png by bench.e2e_report) under opts.out_dir."""
+    """One measurement; writes e2e.json and raw.json under opts.out_dir (the report: bench.e2e_report)."""
     from playwright.sync_api import sync_playwright
 
     if not CHROMIUM.exists():
@@ -264,61 +291,64 @@ def run_e2e(opts: E2EOptions) -> dict:
     token = secrets.token_hex(8)
     serve = _Proc(["serve", *MAKE_RUN_ARGS, "--host", "127.0.0.1", "--port", "0", "--token", token,
                    *opts.serve_args], wait_for=r"viewer: http://127\.0\.0\.1:(\d+)/")
-    procs, osc, page_rec = [serve], None, None
-    clock = {}
+    procs, receivers, pages, clock, hello = [serve], {}, {}, {}, None
+    bridges = {"vmc": opts.vmc_args} if opts.vmc else {}
+    bridges.update(opts.extra_vmc)
     try:
         port = int(serve.wait(opts.start_timeout_s, "dpt-live serve").group(1))
         url = f"ws://127.0.0.1:{port}"
         rec_path = out / "ws-frames.npz"
-        if opts.ws or opts.vmc:
+        if opts.ws or bridges:
             procs.append(_Proc(["record", "--url", url, "--token", token, "-o", str(rec_path),
                                 "--idle-timeout", "60"]))
-        if opts.vmc:
-            osc = OscReceiver()
-            procs.append(_Proc(["vmc", "--url", url, "--token", token, "--target", f"127.0.0.1:{osc.port}",
-                                *opts.vmc_args]))
-        with tempfile.TemporaryDirectory() as profile, sync_playwright() as p:
-            args = [*CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={out / 'onsets.wav'}"]
-            ctx = p.chromium.launch_persistent_context(profile, executable_path=str(CHROMIUM), args=args,
-                                                       headless=True)
+        for name, args in bridges.items():
+            receivers[name] = OscReceiver()
+            procs.append(_Proc(["vmc", "--url", url, "--token", token,
+                                "--target", f"127.0.0.1:{receivers[name].port}", *args]))
+        with sync_playwright() as p:
+            # playwright gives the browser a fresh temporary profile (--user-data-dir); each viewer
+            # page gets a context (window) of its own, so none is a throttled background tab
+            browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=[
+                *CHROMIUM_ARGS, f"--use-file-for-fake-audio-capture={out / 'onsets.wav'}"])
             try:
-                page = ctx.pages[0] if ctx.pages else ctx.new_page()
-                page.add_init_script(path=str(HOOK))
-                page.goto(f"http://127.0.0.1:{port}/?token={token}{opts.viewer_query}")
-                page.wait_for_function("() => window.dptViewer && window.dptViewer.framesReceived > 5",
-                                       timeout=60000)
-                clock["start"] = _page_clock_offset(page)
-                page.click("#hud-mic")
-                page.wait_for_function("() => window.dptViewer.micActive", timeout=30000)
+                viewer = f"http://127.0.0.1:{port}/?token={token}"
+                mic = _open_page(browser, viewer + opts.viewer_query, opts.viewport)
+                others = {name: _open_page(browser, viewer + query, opts.viewport)
+                          for name, query in opts.extra_viewers.items()}
+                clock["start"] = _page_clock_offset(mic)
+                mic.click("#hud-mic")
+                mic.wait_for_function("() => window.dptViewer.micActive", timeout=30000)
                 time.sleep(signal_info["seconds"] + 1.5)
-                page.evaluate("() => window.dptViewer.toggleMic()")
+                mic.evaluate("() => window.dptViewer.toggleMic()")
                 time.sleep(0.5)
-                clock["end"] = _page_clock_offset(page)
-                page_rec = page.evaluate("() => window.__dptE2E")
-                hello = page.evaluate("() => window.dptViewer.hello")
+                clock["end"] = _page_clock_offset(mic)
+                pages["browser"] = mic.evaluate("() => window.__dptE2E")
+                pages.update({name: pg.evaluate("() => window.__dptE2E") for name, pg in others.items()})
+                hello = mic.evaluate("() => window.dptViewer.hello")
             finally:
-                ctx.close()
+                browser.close()
     finally:
         for proc in reversed(procs[1:]):
             proc.stop(signal.SIGINT)
         serve.stop()
-        if osc is not None:
-            osc.close()
+        for r in receivers.values():
+            r.close()
     for when, c in clock.items():
         if abs(c["offset_ms"]) > MAX_CLOCK_OFFSET_S * 1000 + c["uncertainty_ms"]:
-            raise UserError(f"the page clock is {c['offset_ms']} ms off time.time() at the {when}: "
+            raise UserError(f"the page's Date.now() is {c['offset_ms']} ms off time.time() at the {when}: "
                             "the stages would not add up")
     window = (hello or {}).get("model", {}).get("window_ms") or {}
     lookahead_s = window.get("lookahead", 80) / 1000
-    ws_npz = dict(np.load(rec_path)) if (opts.ws or opts.vmc) and rec_path.exists() else None
-    osc_data = (osc.times, osc.values) if osc is not None else None
-    result = analyse(page_rec, lookahead_s, ws_npz, osc_data if opts.vmc else None)
+    ws_npz = dict(np.load(rec_path)) if rec_path.exists() else None
+    oscs = {name: (r.times, r.values) for name, r in receivers.items()}
+    (out / "raw.json").write_text(json.dumps({"pages": pages, "oscs": oscs, "lookahead_s": lookahead_s}))
+    result = analyse(pages, lookahead_s, ws_npz, oscs)
     if not opts.ws:
         result["paths"].pop("ws", None)
     result.update({"label": opts.label, "clock": clock, "window_ms": window,
-                   "serve_args": [*MAKE_RUN_ARGS, *opts.serve_args], "viewer_query": opts.viewer_query,
-                   "vmc_args": opts.vmc_args, "signal": signal_info,
-                   "load": os.getloadavg(), "cpus": os.cpu_count(), "host": socket.gethostname(),
-                   })
+                   "serve_args": [*MAKE_RUN_ARGS, *opts.serve_args],
+                   "viewers": {"browser": opts.viewer_query, **opts.extra_viewers},
+                   "bridges": bridges, "signal": signal_info, "viewport": opts.viewport,
+                   "load": os.getloadavg(), "cpus": os.cpu_count(), "host": socket.gethostname()})
     (out / "e2e.json").write_text(json.dumps(result, indent=1))
     return result

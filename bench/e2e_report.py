@@ -20,11 +20,15 @@ def markdown(result: dict) -> str:
     w = s.get("window_ms", {})
     lines = [f"### bench-e2e {s.get('label') or ''}".rstrip(), "",
              f"serve {' '.join(s.get('serve_args', []))} · window hop/lookahead/context "
-             f"{w.get('hop')}/{w.get('lookahead')}/{w.get('context')} ms · viewer query "
-             f"'{s.get('viewer_query', '')}' · vmc {' '.join(s.get('vmc_args', [])) or '(defaults)'}",
-             f"{len(s['onsets'])} onsets found · load average {load} on {s.get('cpus')} CPUs · page clock − "
+             f"{w.get('hop')}/{w.get('lookahead')}/{w.get('context')} ms",
+             "viewers (URL query): " + ", ".join(f"{k} '{v}'" for k, v in s.get("viewers", {}).items())
+             + " · VMC bridges: " + (", ".join(f"{k} '{' '.join(v)}'" for k, v in s.get("bridges", {}).items())
+                                     or "none"),
+             f"{len(s['onsets'])} onsets found · load average {load} on {s.get('cpus')} CPUs · page Date.now() − "
              f"time.time(): start {s['clock'].get('start', {}).get('offset_ms')} ms, "
-             f"end {s['clock'].get('end', {}).get('offset_ms')} ms", "",
+             f"end {s['clock'].get('end', {}).get('offset_ms')} ms; page clock − Date.now(): "
+             + ", ".join(f"{k} {c['offset_ms']} ms (drift {c['drift_ms']} ms)" for k, c in s.get("page_clock", {}).items()),
+             "",
              "| path | onsets | total p50 / p95 ms | " + " | ".join(STAGE_NAMES[k] for k in STAGES) + " |",
              "|---|---|---|" + "---|" * len(STAGES)]
     for name, p in s["paths"].items():
@@ -68,7 +72,8 @@ def timeline_png(result: dict, path: Path, seconds: float = 8.0) -> None:
         tr = rd[:, 0] - t0
         k = tr <= seconds + 1
         ax.plot(tr[k], norm(rd[k, 1]), color="tab:blue", lw=1.2, label="mouth opening drawn (browser)")
-    colors = {"browser": "tab:blue", "vmc": "tab:green", "ws": "tab:orange"}
+    palette = ["tab:blue", "tab:green", "tab:orange", "tab:red", "tab:purple", "tab:brown"]
+    colors = {name: palette[i % len(palette)] for i, name in enumerate(result["paths"])}
     for name, p in result["paths"].items():
         for r in p["rows"]:
             a, b = r["capture"] - t0, r["shown"] - t0
