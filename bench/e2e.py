@@ -221,7 +221,8 @@ def _browser_path(name: str, rec: dict, up: Upstream, onsets: list[Onset], looka
         return r_t[k], (float(nxt[0]) if len(nxt) else r_t[k] + 1 / 60)
 
     res = measure_path(name, up, onsets, frames, lookahead_s, shown)
-    series = {"frames": np.stack([frames.arrival, frames.audio_time, frames.jaw], 1).tolist(),
+    series = {"degraded": int(((fr[seg, 4].astype(int) & 4) > 0).sum()), "frame_count": int(len(seg)),
+              "frames": np.stack([frames.arrival, frames.audio_time, frames.jaw], 1).tolist(),
               "renders": np.stack([r_t, r_jaw], 1)[r_t >= up.start].tolist()}
     return res, series
 
@@ -271,6 +272,17 @@ def analyse(pages: dict[str, dict], lookahead_s: float, ws_npz: dict | None,
             "page_clock": clocks, "vmc_thresholds": thresholds, "series": series}
 
 
+def _healthz(port: int) -> dict:
+    """The server's /healthz (its scheduler's shedding counts and estimates) at the end of a run."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as r:
+            return json.loads(r.read())
+    except (OSError, ValueError) as exc:
+        return {"error": str(exc)}
+
+
 def _open_page(browser, url: str, viewport: dict):
     page = browser.new_context(viewport=viewport).new_page()
     page.add_init_script(path=str(HOOK))
@@ -291,7 +303,7 @@ def run_e2e(opts: E2EOptions) -> dict:
     token = secrets.token_hex(8)
     serve = _Proc(["serve", *MAKE_RUN_ARGS, "--host", "127.0.0.1", "--port", "0", "--token", token,
                    *opts.serve_args], wait_for=r"viewer: http://127\.0\.0\.1:(\d+)/")
-    procs, receivers, pages, clock, hello = [serve], {}, {}, {}, None
+    procs, receivers, pages, clock, hello, health = [serve], {}, {}, {}, None, {}
     bridges = {"vmc": opts.vmc_args} if opts.vmc else {}
     bridges.update(opts.extra_vmc)
     try:
@@ -325,6 +337,7 @@ def run_e2e(opts: E2EOptions) -> dict:
                 pages["browser"] = mic.evaluate("() => window.__dptE2E")
                 pages.update({name: pg.evaluate("() => window.__dptE2E") for name, pg in others.items()})
                 hello = mic.evaluate("() => window.dptViewer.hello")
+                health = _healthz(port)
             finally:
                 browser.close()
     finally:
@@ -342,6 +355,7 @@ def run_e2e(opts: E2EOptions) -> dict:
     ws_npz = dict(np.load(rec_path)) if rec_path.exists() else None
     oscs = {name: (r.times, r.values) for name, r in receivers.items()}
     (out / "raw.json").write_text(json.dumps({"pages": pages, "oscs": oscs, "lookahead_s": lookahead_s}))
+    (out / "serve.log").write_text("\n".join(serve.lines) + "\n")
     result = analyse(pages, lookahead_s, ws_npz, oscs)
     if not opts.ws:
         result["paths"].pop("ws", None)
@@ -349,6 +363,7 @@ def run_e2e(opts: E2EOptions) -> dict:
                    "serve_args": [*MAKE_RUN_ARGS, *opts.serve_args],
                    "viewers": {"browser": opts.viewer_query, **opts.extra_viewers},
                    "bridges": bridges, "signal": signal_info, "viewport": opts.viewport,
+                   "scheduler": health.get("scheduler"),
                    "load": os.getloadavg(), "cpus": os.cpu_count(), "host": socket.gethostname()})
     (out / "e2e.json").write_text(json.dumps(result, indent=1))
     return result

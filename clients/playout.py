@@ -6,13 +6,13 @@ Play time t = now - base - delay.
 - ``base`` is the lower envelope of each frame's lateness (arrival - audio_time): it drops at once
   for a frame that comes early and leaks up by ``leak`` s per frame while frames keep coming late
   (a slower server), so playback re-times smoothly.
-- ``delay`` is sized from the measured arrival jitter, not fixed: the ``quantile`` of the frames'
-  lateness above ``base`` over the last ``window`` frames, plus ``margin``. A server emits each
+- ``delay`` is sized from the measured arrival jitter, not fixed: the ``quantile`` (90 %) of the
+  frames' lateness above ``base`` over the last ``window`` frames, plus ``margin``, at most
+  ``max_delay`` (150 ms: a server that stalls longer is better shown late than buffered for). A server emits each
   step's frames together (two per 80 ms hop), so the first frame of a step is one frame period
   "later" than the last; the buffer needs that spread and the compute jitter, nothing more. The
   delay follows its target at a bounded slew (``grow`` and ``shrink`` s per s), which speeds
-  playback up or down a little instead of jumping. A frame that arrives after its play time (an
-  underrun) raises the delay at once to cover it.
+  playback up or down a little instead of jumping.
 - ``delay=<seconds>``: a fixed delay instead (the old behaviour; also how a test injects one).
 A reset flag or audio_time going backwards clears the buffer and re-anchors."""
 
@@ -27,8 +27,8 @@ import numpy as np
 
 class Playout:
     def __init__(self, delay: float | None = None, leak: float = 0.001, keep_s: float = 2.0,
-                 quantile: float = 0.95, margin: float = 0.01, window: int = 100, min_delay: float = 0.0,
-                 max_delay: float = 0.5, initial: float = 0.1, grow: float = 1.0, shrink: float = 0.1):
+                 quantile: float = 0.9, margin: float = 0.01, window: int = 100, min_delay: float = 0.0,
+                 max_delay: float = 0.15, initial: float = 0.1, grow: float = 1.0, shrink: float = 0.1):
         self.fixed = delay is not None
         self.delay = float(delay) if self.fixed else initial
         self.target = self.delay
@@ -56,11 +56,10 @@ class Playout:
         self.base = lateness if self.base is None else min(self.base + self.leak, lateness)
         late = lateness - self.base
         self.jitter.append(late)
+        if late > self.delay:  # it missed its play time (shown late; the target learns from it)
+            self.underruns += 1
         if not self.fixed:
             self.target = self._target()
-            if late > self.delay:  # it missed its play time: cover it now
-                self.underruns += 1
-                self.delay = min(self.max_delay, late + self.margin)
         i = bisect.bisect(self.times, audio_time)
         if i and self.times[i - 1] == audio_time:  # a duplicate: keep the newer values
             self.values[i - 1] = values

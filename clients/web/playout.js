@@ -4,11 +4,11 @@
 //   play time t = now - base - delay; base = lower envelope of (arrival - audio_time), dropping at
 //   once for an early frame and leaking up by `leak` s per frame while frames keep coming late;
 //   delay = the `quantile` of recent lateness above base (the measured arrival jitter) + `margin`,
-//   followed at a bounded slew (`grow`, `shrink` s per s) and raised at once by a frame that came
-//   after its play time. A number for `delay` fixes it instead (the viewer's ?delay=MS).
+//   at most `maxDelay`, followed at a bounded slew (`grow`, `shrink` s per s). A number for
+//   `delay` fixes it instead (the viewer's ?delay=MS).
 export class Playout {
-  constructor({ delay = null, leak = 0.001, keep = 2.0, quantile = 0.95, margin = 0.01, window = 100,
-    minDelay = 0.0, maxDelay = 0.5, initial = 0.1, grow = 1.0, shrink = 0.1 } = {}) {
+  constructor({ delay = null, leak = 0.001, keep = 2.0, quantile = 0.9, margin = 0.01, window = 100,
+    minDelay = 0.0, maxDelay = 0.15, initial = 0.1, grow = 1.0, shrink = 0.1 } = {}) {
     this.fixed = delay !== null && delay !== undefined;
     this.delay = this.fixed ? delay : initial;
     this.target = this.delay;
@@ -31,10 +31,8 @@ export class Playout {
     const late = lateness - this.base;
     this.jitter.push(late);
     if (this.jitter.length > this.window) this.jitter.shift();
-    if (!this.fixed) {
-      this.target = this._target();
-      if (late > this.delay) { this.underruns++; this.delay = Math.min(this.maxDelay, late + this.margin); }
-    }
+    if (late > this.delay) this.underruns++;  // it missed its play time (shown late; the target learns from it)
+    if (!this.fixed) this.target = this._target();
     let i = this.times.length;
     while (i > 0 && this.times[i - 1] > audioTime) i--;
     if (i > 0 && this.times[i - 1] === audioTime) { this.values[i - 1] = values; return; }
