@@ -5,15 +5,22 @@ demo speech looping until a microphone streams), a plain WebSocket client (`dpt-
 clients/ws_client.py), the VMC bridge (`dpt-live vmc`) sending to an OSC receiver here
 (python-osc), and headless Chromium (Debian's, through playwright) whose fake microphone plays
 the onset recording (bench/e2e_signal.py). The page streams its microphone upstream exactly as a
-user's does (clients/web/mic.js); a test hook (clients/web/e2e-hook.js) records the capture,
-frame arrival and render times on the page clock. bench/e2e_stages.py turns all of it into
+user's does (clients/web/mic.js); a test hook (clients/web/e2e-hook.js, injected by playwright,
+never loaded by the viewer itself) records the capture, frame arrival and render times. The page
+is 320x240: there is no GPU here, so Chromium rasterises WebGL in software (SwiftShader) and a
+larger canvas would make the measurement mostly about that. bench/e2e_stages.py turns all of it into
 per-onset latencies and their stages.
 
-Clocks: everything runs on this machine. The server stamps emit_time with time.time(); the Python
-clients and the OSC receiver use time.time(); the page uses performance.timeOrigin +
-performance.now(). The page clock is compared with time.time() at the start and at the end of a
-run (a read bracketed by two time.time() calls): the offset and its uncertainty are reported and
-the run is refused when they exceed ``MAX_CLOCK_OFFSET_S``."""
+Clocks: everything runs on this machine, and every time ends up on its system clock
+(CLOCK_REALTIME, seconds since the Unix epoch). The server stamps emit_time with time.time(); the
+Python clients (recorder) and the OSC receiver use time.time(). The page stamps its events with
+performance.timeOrigin + performance.now() (monotonic, sub-millisecond) and samples Date.now()
+(the system clock) once a second; the median difference moves the page's times onto the system
+clock, and its spread (drift) is reported. At the start and the end of a run, the page's Date.now()
+is read between two time.time() calls: the offset must stay within MAX_CLOCK_OFFSET_S plus half
+that bracket, or the run is refused (the stages would not add up). A second check is built in:
+no frame may be emitted before the audio it needed was sent, nor arrive before it was emitted
+(the server and network stages stay >= 0)."""
 
 from __future__ import annotations
 
@@ -47,6 +54,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-background-timer-throttling", "--disable-renderer-backgrounding",
                  "--disable-backgrounding-occluded-windows"]
 MAX_CLOCK_OFFSET_S = 0.005
+CLOCK_SLACK_MS = 5.0
 VMC_MOUTH = ("A", "I", "U", "E", "O", "aa", "ih", "ou", "ee", "oh", "jawOpen")  # VRM 0 / VRM 1 / ARKit names
 MAKE_RUN_ARGS = ["--style", "big_mouth", "--audio", str(REPO / "clients" / "demo" / "speech.flac"), "--loop"]
 
@@ -267,9 +275,13 @@ def analyse(pages: dict[str, dict], lookahead_s: float, ws_npz: dict | None,
         # stand in for the bridge's (same loopback socket, same server send)
         paths[name] = measure_path(name, up, onsets, ws_frames, lookahead_s, shown)
     series.update({"envelope_ms": up.envelope.tolist(), "capture_start": up.capture_time(0.0)})
+    # the clock check built into the data: no frame emitted before the audio it needed was sent,
+    # none received before it was emitted (beyond a few ms of timer resolution)
+    violations = sum(1 for res in paths.values() for r in res.rows
+                     if r["server_ms"] < -CLOCK_SLACK_MS or r["network_ms"] < -CLOCK_SLACK_MS)
     return {"onsets": [{"stream_s": o.stream_s, "capture": o.capture} for o in onsets],
             "paths": {name: {"summary": res.summary(), "rows": res.rows} for name, res in paths.items()},
-            "page_clock": clocks, "vmc_thresholds": thresholds, "series": series}
+            "page_clock": clocks, "vmc_thresholds": thresholds, "series": series, "clock_violations": violations}
 
 
 def _healthz(port: int) -> dict:

@@ -29,7 +29,8 @@ def markdown(result: dict) -> str:
              f"end {s['clock'].get('end', {}).get('offset_ms')} ms; page clock − Date.now(): "
              + ", ".join(f"{k} {c['offset_ms']} ms (drift {c['drift_ms']} ms)" for k, c in s.get("page_clock", {}).items()),
              f"frames the server shed work for (degraded flag): {s['series'].get('degraded', '?')} of "
-             f"{s['series'].get('frame_count', '?')} · viewport {s.get('viewport')}",
+             f"{s['series'].get('frame_count', '?')} · viewport {s.get('viewport')} · onsets whose server or network "
+             f"stage came out < −5 ms (a clock disagreement): {s.get('clock_violations', '?')}",
              "",
              "| path | onsets | total p50 / p95 ms | " + " | ".join(STAGE_NAMES[k] for k in STAGES) + " |",
              "|---|---|---|" + "---|" * len(STAGES)]
