@@ -379,3 +379,24 @@ def run_e2e(opts: E2EOptions) -> dict:
                    "load": os.getloadavg(), "cpus": os.cpu_count(), "host": socket.gethostname()})
     (out / "e2e.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def reanalyse(out_dir: Path) -> dict:
+    """Analyse a finished run again from what it kept (raw.json, ws-frames.npz, e2e.json's
+    settings): the figures of old runs follow the current bookkeeping."""
+    out = Path(out_dir)
+    try:
+        raw = json.loads((out / "raw.json").read_text())
+        old = json.loads((out / "e2e.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"--reanalyse {out}: not a bench-e2e run folder ({exc})") from exc
+    rec_path = out / "ws-frames.npz"
+    ws_npz = dict(np.load(rec_path)) if rec_path.exists() else None
+    result = analyse(raw["pages"], raw["lookahead_s"], ws_npz, {k: tuple(v) for k, v in raw["oscs"].items()})
+    if "ws" not in old.get("paths", {}):
+        result["paths"].pop("ws", None)
+    keep = ("label", "clock", "window_ms", "serve_args", "viewers", "bridges", "signal", "viewport", "scheduler",
+            "load", "cpus", "host")
+    result.update({k: old[k] for k in keep if k in old})
+    (out / "e2e.json").write_text(json.dumps(result, indent=1))
+    return result

@@ -13,9 +13,9 @@ needed audio up to ``need`` = end of its last frame + lookahead):
     client buffer     shown(F) - arrival(F)          the jitter buffer (and a bridge's smoothing)
     render            presented - drawn              the drawn frame waits for the next display frame
 
-capture(i) of a stream sample i in upstream block k (samples [c_k, c_k + n_k), sent at s_k) is
-s_k - (c_k + n_k - i) / rate: a block's last sample was captured when the block was posted. The
-stages telescope, so they sum to the total exactly."""
+capture(i) of stream sample i is offset + i / rate, the offset being the lower envelope of
+(send time - block end / rate) over recent blocks (see Upstream.capture_time). The stages
+telescope, so they sum to the total exactly."""
 
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+ENVELOPE_BLOCKS = 100  # 2 s of 20 ms microphone blocks
 STAGES = ("audio_window", "capture_upstream", "server", "network", "client_buffer", "render")
 
 
@@ -35,18 +36,22 @@ class Upstream:
     sizes: np.ndarray  # (K,) samples per block
     envelope: np.ndarray  # (S/ms,) peak |x| per millisecond of stream
 
-    @property
-    def ends(self) -> np.ndarray:
-        return np.cumsum(self.sizes)
+    def __post_init__(self):
+        self.ends = np.cumsum(self.sizes)
+        lag = self.sent - self.ends / self.rate
+        self.offsets = np.array([lag[max(0, k - ENVELOPE_BLOCKS + 1):k + 1].min() for k in range(len(lag))])
 
     def capture_time(self, stream_s: float) -> float:
-        """When stream position ``stream_s`` was captured (s, epoch); NaN past the last block."""
+        """When stream position ``stream_s`` was captured (s, epoch); NaN past the last block.
+        The microphone delivers samples at its steady rate, so capture time = offset + i / rate,
+        the offset being the lower envelope of (send - block end / rate) over the last
+        ``ENVELOPE_BLOCKS`` blocks: the blocks the page sent at once define it, and a block the
+        page posted late (a busy main thread) shows that delay as capture+upstream."""
         i = stream_s * self.rate
-        ends = self.ends
-        k = int(np.searchsorted(ends, i, side="left"))
-        if k >= len(ends):
+        k = int(np.searchsorted(self.ends, i, side="left"))
+        if k >= len(self.ends):
             return float("nan")
-        return float(self.sent[k] - (ends[k] - i) / self.rate)
+        return float(self.offsets[k] + i / self.rate)
 
     def sent_time(self, stream_s: float) -> float:
         """When the block holding stream position ``stream_s`` left the page."""

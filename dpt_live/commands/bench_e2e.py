@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-ws", action="store_true", help="skip the plain WebSocket client")
     p.add_argument("--out", type=Path, default=Path("runs/e2e"), help="folder for e2e.json/.md/.png (default runs/e2e)")
     p.add_argument("--label", default="", help="a name for this configuration in the report")
+    p.add_argument("--reanalyse", action="store_true",
+                   help="do not measure: analyse the run kept in --out again (raw.json) and rewrite its report")
     p.set_defaults(func=_cmd)
 
 
@@ -36,6 +38,11 @@ def _cmd(args) -> int:
     from bench.e2e_report import write_report
     from diffposetalk.errors import UserError
 
+    if args.reanalyse:
+        from bench.e2e import reanalyse
+
+        print(write_report(reanalyse(args.out), args.out))
+        return 0
     if not 1 <= args.onsets <= 200:
         raise UserError(f"--onsets {args.onsets}: expected 1..200")
     def pairs(items, what):
