@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--gap-s", type=float, default=0.9, help="silence between bursts (s)")
     p.add_argument("--serve-args", default="",
                    help="extra `dpt-live serve` options after make run's (--style big_mouth, the demo speech), "
-                        "e.g. '--hop-ms 40 --lookahead-ms 40'")
+                        "e.g. '--hop-ms 40 --lookahead-ms 40' (one option alone: --serve-args=--no-batch)")
     p.add_argument("--viewer-query", default="", help="extra viewer URL query, e.g. '&delay=100' (a fixed buffer)")
     p.add_argument("--vmc-args", default="", help="extra `dpt-live vmc` options, e.g. '--delay-ms 100'")
     p.add_argument("--compare-viewer", action="append", default=[], metavar="NAME=QUERY",
