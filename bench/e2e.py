@@ -322,6 +322,7 @@ def run_e2e(opts: E2EOptions) -> dict:
         port = int(serve.wait(opts.start_timeout_s, "dpt-live serve").group(1))
         url = f"ws://127.0.0.1:{port}"
         rec_path = out / "ws-frames.npz"
+        rec_path.unlink(missing_ok=True)  # never analyse an earlier run's recording
         if opts.ws or bridges:
             procs.append(_Proc(["record", "--url", url, "--token", token, "-o", str(rec_path),
                                 "--idle-timeout", "60"]))
