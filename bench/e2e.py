@@ -305,7 +305,10 @@ def _open_page(browser, url: str, viewport: dict):
 
 def run_e2e(opts: E2EOptions) -> dict:
     """One measurement; writes e2e.json and raw.json under opts.out_dir (the report: bench.e2e_report)."""
-    from playwright.sync_api import sync_playwright
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        raise UserError("bench-e2e needs the playwright package (pip install -e .)") from exc
 
     if not CHROMIUM.exists():
         raise UserError(f"{CHROMIUM} is not installed (make system installs Debian's chromium)")
