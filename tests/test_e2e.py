@@ -105,7 +105,9 @@ def test_bench_e2e_in_chromium_puts_an_injected_delay_in_the_buffer_stage(tmp_pa
     from bench.e2e import E2EOptions, run_e2e
     from bench.e2e_report import write_report
 
-    opts = E2EOptions(onsets=6, gap_s=0.8, serve_args=["--threads", "1"],
+    # --no-batch: the bookkeeping, not the scheduler, is under test (on a loaded machine the
+    # scheduler sheds steps and leaves onsets without a moving mouth)
+    opts = E2EOptions(onsets=8, gap_s=0.7, serve_args=["--threads", "1", "--no-batch"],
                       viewer_query="&delay=0", extra_viewers={"delayed": "&delay=300"}, vmc=False, ws=False,
                       out_dir=tmp_path)
     result = run_e2e(opts)
@@ -116,7 +118,7 @@ def test_bench_e2e_in_chromium_puts_an_injected_delay_in_the_buffer_stage(tmp_pa
         assert abs(c["offset_ms"]) <= 5 + c["uncertainty_ms"]
     rows = {name: {r["onset_s"]: r for r in p["rows"]} for name, p in result["paths"].items()}
     both = sorted(set(rows["browser"]) & set(rows["delayed"]))
-    assert len(both) >= 2, result["paths"]
+    assert len(both) >= 3, result["paths"]
     diffs = []
     for onset in both:
         a, b = rows["browser"][onset], rows["delayed"][onset]
@@ -126,7 +128,7 @@ def test_bench_e2e_in_chromium_puts_an_injected_delay_in_the_buffer_stage(tmp_pa
         assert b["audio_window_ms"] == pytest.approx(a["audio_window_ms"])  # the same frame F
         assert b["server_ms"] == pytest.approx(a["server_ms"])
         diffs.append(b["client_buffer_ms"] - a["client_buffer_ms"])
-    # 300 ms less the frame's own arrival jitter, plus render stalls: on a loaded machine single
-    # onsets stray, the median does not
-    assert 200 < float(np.median(diffs)) < 380, diffs
+    # 300 ms less the frame's own arrival jitter (a frame that comes later than that is shown at
+    # once), plus render stalls: on a loaded machine single onsets stray, the median does not
+    assert 150 < float(np.median(diffs)) < 380, diffs
     assert float(np.median([rows["browser"][o]["client_buffer_ms"] for o in both])) < 100
