@@ -1,13 +1,12 @@
 """VMC bridge: frames from `dpt-live serve` -> VMC protocol (OSC over UDP) for VTuber apps
 (VSeeFace, VNyan, Warudo, ...). `dpt-live vmc --url ws://HOST:PORT --token T`.
 
-25 fps frames arrive with network jitter; a small jitter buffer (Playout) places them on this
-machine's clock and the bridge sends one OSC bundle per tick at the app's rate (default 60 Hz),
+25 fps frames arrive with network jitter; an adaptive jitter buffer (clients/playout.py) places
+them on this machine's clock and the bridge sends one OSC bundle per tick at the app's rate (default 60 Hz),
 interpolating between frames. The mapping itself is clients/vmc_map.py."""
 
 from __future__ import annotations
 
-import bisect
 import logging
 import math
 import threading
@@ -15,6 +14,7 @@ import time
 
 import numpy as np
 
+from clients.playout import Playout
 from clients.vmc_map import VmcMapper
 
 log = logging.getLogger(__name__)
@@ -25,59 +25,6 @@ _BLINK_NAMES = frozenset(("Blink_L", "Blink_R", "eyeBlinkLeft", "eyeBlinkRight")
 def _smoothing_group(name: str) -> str:
     """The mapping's smoothing_ms group of a blendshape name."""
     return "blink" if name in _BLINK_NAMES else "eyes" if name.startswith("eyeLook") else "mouth"
-
-
-class Playout:
-    """Jitter buffer: frames (audio_time, values) onto the local clock, sampled with linear
-    interpolation.
-
-    Local play time t = now - base - delay, where ``base`` tracks the lower envelope of
-    (arrival - audio_time): it drops at once when a frame comes early and leaks up by ``leak`` s
-    per frame when frames keep coming late (a slower server), so playback re-times smoothly.
-    A reset flag or audio_time going backwards clears the buffer and re-anchors."""
-
-    def __init__(self, delay: float = 0.1, leak: float = 0.001, keep_s: float = 2.0):
-        self.delay, self.leak, self.keep_s = delay, leak, keep_s
-        self.times: list[float] = []
-        self.values: list[np.ndarray] = []
-        self.base: float | None = None
-        self.underruns = 0
-        self.resets = 0
-
-    def push(self, audio_time: float, values: np.ndarray, now: float, reset: bool = False) -> None:
-        if self.times and (reset or audio_time < self.times[-1] - 0.5):
-            self.times.clear()
-            self.values.clear()
-            self.base = None
-            self.resets += 1
-        lateness = now - audio_time
-        self.base = lateness if self.base is None else min(self.base + self.leak, lateness)
-        i = bisect.bisect(self.times, audio_time)
-        if i and self.times[i - 1] == audio_time:  # a duplicate: keep the newer values
-            self.values[i - 1] = values
-            return
-        self.times.insert(i, audio_time)
-        self.values.insert(i, values)
-        while self.times and self.times[0] < audio_time - self.keep_s:
-            del self.times[0], self.values[0]
-
-    def play_time(self, now: float) -> float | None:
-        return None if self.base is None else now - self.base - self.delay
-
-    def sample(self, now: float) -> tuple[np.ndarray | None, float]:
-        """(interpolated values or None when empty, seconds the play time is past the newest
-        frame — > 0 means the buffer ran dry and the newest frame is held)."""
-        if not self.times:
-            return None, math.inf
-        t = self.play_time(now)
-        if t <= self.times[0]:
-            return self.values[0], t - self.times[0]
-        if t >= self.times[-1]:
-            return self.values[-1], t - self.times[-1]
-        i = bisect.bisect(self.times, t)
-        t0, t1 = self.times[i - 1], self.times[i]
-        w = (t - t0) / (t1 - t0)
-        return (1 - w) * self.values[i - 1] + w * self.values[i], t - self.times[-1]
 
 
 def _pack(exp, pose, eyes) -> np.ndarray:
@@ -95,7 +42,7 @@ class VmcBridge:
     """Frames in (``push``), one OSC bundle out per ``tick``. Thread-safe between one pushing
     thread and the ticking thread."""
 
-    def __init__(self, target: tuple[str, int], mapper: VmcMapper, rate: float = 60.0, delay: float = 0.1,
+    def __init__(self, target: tuple[str, int], mapper: VmcMapper, rate: float = 60.0, delay: float | None = None,
                  stale_s: float = 0.5):
         from pythonosc.udp_client import UDPClient
 
@@ -197,7 +144,7 @@ def run_bridge(args) -> int:
 
     if not 1 <= args.rate <= 240:
         raise ClientError(f"--rate {args.rate}: expected 1..240 Hz")
-    if not 0 <= args.delay_ms <= 2000:
+    if args.delay_ms is not None and not 0 <= args.delay_ms <= 2000:
         raise ClientError(f"--delay-ms {args.delay_ms}: expected 0..2000")
     target = parse_target(args.target)
     smoothing = None if args.smooth_ms is None else {"mouth": args.smooth_ms}
@@ -214,7 +161,8 @@ def run_bridge(args) -> int:
         return 0
     if not args.url:
         raise ClientError("--url is required (the server's ws://HOST:PORT)")
-    bridge = VmcBridge(target, VmcMapper(mapping, arkit=args.arkit), rate=args.rate, delay=args.delay_ms / 1000)
+    bridge = VmcBridge(target, VmcMapper(mapping, arkit=args.arkit), rate=args.rate,
+                       delay=None if args.delay_ms is None else args.delay_ms / 1000)
     client = StreamClient(args.url, token=args.token, session=args.session, retry_first=True)
     failure: list[BaseException] = []
     stop = threading.Event()

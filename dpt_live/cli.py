@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "dpt_live.commands.serve",
     "dpt_live.commands.clients",
     "dpt_live.commands.bench",
+    "dpt_live.commands.bench_e2e",
     "dpt_live.commands.doctor",
 ]
 

@@ -4,7 +4,8 @@ const LATENCY_HELP = [
   'was produced); needs synchronised clocks (same machine or NTP).',
   'jitter: how much later than the earliest frame a frame arrived, relative to its audio_time',
   '(95th percentile over 5 s): 0 means frames arrive exactly at the audio pace.',
-  'buffer: jitter-buffer delay from arrival to display (frames are interpolated to the display rate).',
+  'buffer: frames waiting in the jitter buffer now; delay: how long the buffer holds frames after the',
+  'earliest arrival, sized from the measured jitter (auto) or fixed with ?delay=MS in the page URL.',
   'The server-side part (audio arrival to frame emit) is in /metrics, dpt_frame_latency_seconds.',
 ].join('\n');
 
@@ -41,9 +42,10 @@ export class Hud {
 
   style(current) { this.el.style.value = current || ''; }
 
-  latency(netMs, jitterMs, bufferMs) {
+  latency(netMs, jitterMs, bufferMs, delayMs = NaN, fixed = false) {
     const f = (x) => (Number.isFinite(x) ? `${Math.round(x)} ms` : '–');
-    this.el.latency.textContent = `latency ${f(netMs)} · jitter ${f(jitterMs)} · buffer ${f(bufferMs)}`;
+    this.el.latency.textContent = `latency ${f(netMs)} · jitter ${f(jitterMs)} · buffer ${f(bufferMs)}`
+      + ` · delay ${f(delayMs)} (${fixed ? 'fixed' : 'auto'})`;
   }
 
   frames(received, lastSeq, dropped, degraded = 0) {

@@ -12,7 +12,7 @@ import { perspective, lookAt } from './math.js';
 const params = new URLSearchParams(location.search);
 const token = params.get('token') || '';
 const session = params.get('session') || '';
-const delayMs = Number(params.get('delay') || 100);
+const delayMs = params.get('delay');  // a fixed jitter-buffer delay (ms); default: adaptive
 const blendParam = params.get('blend') || 'auto';  // where FLAME blendshapes are summed: auto|gpu|cpu
 
 const stats = {
@@ -25,7 +25,7 @@ const stats = {
 const canvas = document.getElementById('view');
 const gl = canvas.getContext('webgl2', { antialias: true, preserveDrawingBuffer: false });
 const hud = new Hud(document, { onStyle: (name) => conn.send({ type: 'style', name }), onMic: toggleMic });
-const playout = new Playout({ delay: delayMs / 1000 });
+const playout = new Playout({ delay: delayMs === null ? null : Number(delayMs) / 1000 });
 let renderer = null;
 let proxy = null;
 let flameAssetPath = null;
@@ -179,7 +179,7 @@ function frame() {
     stats.bufferMs = playout.base === null ? NaN : playout.buffered(nowMs / 1000) * 1000;
     stats.resets = playout.resets;
     stats.micSamples = mic ? mic.sent : 0;
-    hud.latency(stats.latencyMs, stats.jitterMs, stats.bufferMs);
+    hud.latency(stats.latencyMs, stats.jitterMs, stats.bufferMs, playout.delay * 1000, playout.fixed);
     hud.frames(stats.framesReceived, stats.lastSeq, stats.dropped, stats.degraded);
   }
 }

@@ -1,12 +1,23 @@
-// Jitter buffer: places 25 fps frames on the local clock and interpolates them to the display
-// rate. Same algorithm as clients/vmc.py Playout (docs/CLIENTS.md, "Playout"):
-//   play time t = now - base - delay, base = lower envelope of (arrival - audio_time), dropping at
-//   once for an early frame and leaking up by `leak` s per frame while frames keep coming late.
+// Adaptive jitter buffer: places 25 fps frames on the local clock and interpolates them to the
+// display rate. The same algorithm as clients/playout.py (docs/CLIENTS.md, "Playout"; the tests
+// run both on the same arrivals):
+//   play time t = now - base - delay; base = lower envelope of (arrival - audio_time), dropping at
+//   once for an early frame and leaking up by `leak` s per frame while frames keep coming late;
+//   delay = the `quantile` of recent lateness above base (the measured arrival jitter) + `margin`,
+//   at most `maxDelay`, followed at a bounded slew (`grow`, `shrink` s per s). A number for
+//   `delay` fixes it instead (the viewer's ?delay=MS).
 export class Playout {
-  constructor({ delay = 0.1, leak = 0.001, keep = 2.0 } = {}) {
-    this.delay = delay; this.leak = leak; this.keep = keep;
+  constructor({ delay = null, leak = 0.001, keep = 2.0, quantile = 0.9, margin = 0.01, window = 100,
+    minDelay = 0.0, maxDelay = 0.15, initial = 0.1, grow = 1.0, shrink = 0.1 } = {}) {
+    this.fixed = delay !== null && delay !== undefined;
+    this.delay = this.fixed ? delay : initial;
+    this.target = this.delay;
+    Object.assign(this, { leak, keep, quantile, margin, window, minDelay, maxDelay, grow, shrink });
+    this.jitter = [];  // lateness above base of the last `window` frames (s)
     this.times = []; this.values = [];
     this.base = null;
+    this.lastNow = null;
+    this.underruns = 0;
     this.resets = 0;
   }
 
@@ -17,6 +28,11 @@ export class Playout {
     if (n && (reset || audioTime < this.times[n - 1] - 0.5)) { this.clear(); this.resets++; }
     const lateness = now - audioTime;
     this.base = this.base === null ? lateness : Math.min(this.base + this.leak, lateness);
+    const late = lateness - this.base;
+    this.jitter.push(late);
+    if (this.jitter.length > this.window) this.jitter.shift();
+    if (late > this.delay) this.underruns++;  // it missed its play time (shown late; the target learns from it)
+    if (!this.fixed) this.target = this._target();
     let i = this.times.length;
     while (i > 0 && this.times[i - 1] > audioTime) i--;
     if (i > 0 && this.times[i - 1] === audioTime) { this.values[i - 1] = values; return; }
@@ -25,12 +41,31 @@ export class Playout {
     while (this.times.length && this.times[0] < audioTime - this.keep) { this.times.shift(); this.values.shift(); }
   }
 
+  // numpy.quantile's default (linear) rule, so both implementations size the buffer alike
+  _target() {
+    const s = this.jitter.slice().sort((a, b) => a - b);
+    const pos = this.quantile * (s.length - 1), lo = Math.floor(pos), hi = Math.min(s.length - 1, lo + 1);
+    const q = s[lo] + (pos - lo) * (s[hi] - s[lo]);
+    return Math.min(this.maxDelay, Math.max(this.minDelay, q + this.margin));
+  }
+
+  _follow(now) {
+    const dt = this.lastNow === null ? 0 : Math.max(0, now - this.lastNow);
+    this.lastNow = now;
+    if (this.fixed) return;
+    if (this.target > this.delay) this.delay = Math.min(this.target, this.delay + this.grow * dt);
+    else this.delay = Math.max(this.target, this.delay - this.shrink * dt);
+  }
+
+  playTime(now) { return this.base === null ? null : now - this.base - this.delay; }
+
   // {values, past}: interpolated values (null when empty) and how far play time is past the
   // newest frame (> 0: the buffer ran dry, the newest frame is held).
   sample(now, out) {
+    this._follow(now);
     const n = this.times.length;
     if (!n) return { values: null, past: Infinity };
-    const t = now - this.base - this.delay;
+    const t = this.playTime(now);
     if (t <= this.times[0]) return { values: this.values[0], past: t - this.times[n - 1] };
     if (t >= this.times[n - 1]) return { values: this.values[n - 1], past: t - this.times[n - 1] };
     let i = 1;
@@ -45,6 +80,6 @@ export class Playout {
   // Frames waiting ahead of the play position, in seconds.
   buffered(now) {
     const n = this.times.length;
-    return n ? Math.max(0, this.times[n - 1] - (now - this.base - this.delay)) : 0;
+    return n ? Math.max(0, this.times[n - 1] - this.playTime(now)) : 0;
   }
 }

@@ -23,8 +23,9 @@ def register(sub) -> None:
     p.add_argument("--target", default="127.0.0.1:39539",
                    help="HOST:PORT the VTuber app listens on for VMC (default 127.0.0.1:39539)")
     p.add_argument("--rate", type=float, default=60.0, help="bundles per second sent to the app (default 60)")
-    p.add_argument("--delay-ms", type=float, default=100.0,
-                   help="jitter buffer: play frames this long after their earliest arrival (default 100)")
+    p.add_argument("--delay-ms", type=float,
+                   help="jitter buffer: play frames this long after their earliest arrival (default: sized "
+                        "automatically from the measured arrival jitter, clients/playout.py)")
     p.add_argument("--arkit", action="store_true", help="also send ARKit (Perfect Sync) blendshape names")
     p.add_argument("--mapping", type=pathlib.Path, help="JSON or TOML file overriding mapping keys")
     p.add_argument("--smooth-ms", type=float, help="mouth smoothing time constant (ms; mapping smoothing_ms.mouth)")
