@@ -39,6 +39,7 @@ row-independent, so a NaN in one session's window stays in that session's rows."
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import weakref
@@ -189,25 +190,34 @@ class CostModel:
     """Seconds per network pass of a call, by group and number of rows: a recent average per
     power-of-two bucket of rows (wall clock: contention included), interpolated between observed
     buckets and scaled in proportion to rows beyond them (a fitted line extrapolates badly from
-    the narrow range of sizes a steady load produces). 0 before any call."""
+    the narrow range of sizes a steady load produces). 0 before any call.
 
-    def __init__(self, alpha: float = 0.2):
-        self.alpha = alpha
-        self._buckets: dict[Hashable, dict[int, tuple[float, float]]] = {}  # bucket -> (mean rows, mean s)
+    An estimate no call has refreshed for a while relaxes towards the fastest call seen in its
+    bucket (time constant ``stale_tau_s``): after a stall (another process took the CPU) the
+    scheduler would otherwise shed every request on a stale, inflated estimate, run no call, and so
+    never learn that the machine is fast again — it would stay stuck dropping every step."""
+
+    def __init__(self, alpha: float = 0.2, stale_tau_s: float = 1.0, clock: Callable[[], float] = time.perf_counter):
+        self.alpha, self.stale_tau_s, self.clock = alpha, stale_tau_s, clock
+        # bucket -> (mean rows, mean s, fastest s, when last observed)
+        self._buckets: dict[Hashable, dict[int, tuple[float, float, float, float]]] = {}
         self._lock = threading.Lock()
 
     def observe(self, group: Hashable, rows: int, seconds: float) -> None:
         bucket = max(int(rows), 1).bit_length()
+        now = self.clock()
         with self._lock:
             buckets = self._buckets.setdefault(group, {})
             old = buckets.get(bucket)
             a = self.alpha
-            buckets[bucket] = ((float(rows), float(seconds)) if old is None else
-                               ((1 - a) * old[0] + a * rows, (1 - a) * old[1] + a * seconds))
+            buckets[bucket] = ((float(rows), float(seconds), float(seconds), now) if old is None else
+                               ((1 - a) * old[0] + a * rows, (1 - a) * old[1] + a * seconds, min(old[2], seconds), now))
 
     def __call__(self, group: Hashable, rows: int) -> float:
+        now = self.clock()
         with self._lock:
-            points = sorted((self._buckets.get(group) or {}).values())
+            points = sorted((r, fast + (mean - fast) * math.exp(-max(now - seen, 0.0) / self.stale_tau_s))
+                            for r, mean, fast, seen in (self._buckets.get(group) or {}).values())
         if not points:
             return 0.0
         below = [p for p in points if p[0] <= rows]
@@ -297,7 +307,7 @@ class BatchScheduler:
         self.margin_s = margin_ms / 1000
         # a tenth of the budget: the motion calls of finished audio never wait long for a worker
         self.max_call_s = (latency_budget_ms / 10 if max_call_ms is None else max_call_ms) / 1000
-        self.cost = CostModel()
+        self.cost = CostModel(clock=clock)
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._links: weakref.WeakSet[SessionLink] = weakref.WeakSet()
@@ -317,7 +327,9 @@ class BatchScheduler:
         self._awaited: set[SessionLink] = set()  # sessions whose audio just came back: their motion follows
         self._awaited_until = 0.0
         self._audio_done_at = 0.0
-        self.turnaround = 0.0  # recent time from an audio call's results to its last session's motion request
+        # recent time from an audio call's results to its last session's motion request (relaxes to
+        # 0 when no call refreshes it, as the cost estimates do)
+        self._turnaround, self._turnaround_at = 0.0, 0.0
         self._threads = [threading.Thread(target=self._work, args=(i,), name=f"batch-scheduler-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
@@ -407,7 +419,13 @@ class BatchScheduler:
 
     # --- workers ---------------------------------------------------------------------------------
     def _note_turnaround(self, seconds: float) -> None:
-        self.turnaround = seconds if not self.turnaround else 0.8 * self.turnaround + 0.2 * seconds
+        self._turnaround = seconds if not self._turnaround else 0.8 * self._turnaround + 0.2 * seconds
+        self._turnaround_at = self.clock()
+
+    @property
+    def turnaround(self) -> float:
+        age = max(self.clock() - self._turnaround_at, 0.0)
+        return self._turnaround * math.exp(-age / self.cost.stale_tau_s)
 
     def _ready(self, now: float) -> float:
         """0 when a call should start now, else how long to wait for more requests to gather:

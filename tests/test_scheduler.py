@@ -124,6 +124,23 @@ def test_cost_model_fits_calls():
     assert 0.018 < cost("h", 4) < 0.028
 
 
+def test_a_stale_cost_estimate_relaxes_to_the_fastest_call_seen():
+    """After a stall (another process had the CPU) one slow call inflates the estimate; if no call
+    ran again the scheduler would shed every request on it forever. Unrefreshed, it relaxes."""
+    now = [0.0]
+    cost = CostModel(stale_tau_s=1.0, clock=lambda: now[0])
+    cost.observe("g", 4, 0.01)
+    cost.observe("g", 4, 2.0)  # the stall
+    inflated = cost("g", 4)
+    assert inflated > 0.3
+    now[0] = 1.0
+    assert cost("g", 4) == pytest.approx(0.01 + (inflated - 0.01) * np.exp(-1.0))
+    now[0] = 10.0
+    assert cost("g", 4) == pytest.approx(0.01, abs=1e-4)
+    cost.observe("g", 4, 0.5)  # a new observation counts in full again
+    assert cost("g", 4) > 0.05
+
+
 # --- the batched guided denoiser -------------------------------------------------------------------
 
 def conditions(cfg, seed, style=True):
