@@ -213,8 +213,11 @@ def assert_renders_motion(page, mode):
     assert px["width"] > 100 and px["std"] > 10, px  # a lit head on a dark background, not uniform
     first = canvas_image(page)
     assert first.std() > 10
-    time.sleep(0.8)
-    second = canvas_image(page)
+    for _ in range(8):  # a loaded machine may render a few frames late: look again for a while
+        time.sleep(0.8)
+        second = canvas_image(page)
+        if np.abs(second - first).mean() > 0.05:
+            break
     assert np.abs(second - first).mean() > 0.05, "the canvas did not change over time"
     assert stats(page, "renderCount")["renderCount"] > s["renderCount"]
 
