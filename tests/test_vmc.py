@@ -176,7 +176,9 @@ def test_parse_target():
 # --- OSC on a real UDP socket -----------------------------------------------------------------
 
 def test_bundles_follow_jaw_eyes_and_head(receiver):
-    bridge = VmcBridge(("127.0.0.1", receiver.port), VmcMapper(load_mapping()), rate=25, delay=0.0)
+    # raw blinks and head (no re-drawn blinks, no rest offset): the values pass through exactly
+    raw = load_mapping(head_rest="off", blink={"shape": False})
+    bridge = VmcBridge(("127.0.0.1", receiver.port), VmcMapper(raw), rate=25, delay=0.0)
     jaws = np.linspace(0.0, 0.3, 13)
     for i, jaw in enumerate(jaws):
         pose = np.array([0.02 * i, -0.01 * i, 0.005 * i, jaw, 0, 0])
