@@ -91,7 +91,7 @@ def figures(bundles: list[tuple[float, dict, dict]], reset_times: list[float], o
         out["arkit_rest_smile_median"] = round(float(np.nanmedian(smile[rest])), 3) if rest.any() else None
         out["arkit_rest_mouthClose_median"] = round(float(np.nanmedian(series("mouthClose")[rest])), 3) if rest.any() else None
         out["mouthClose_over_jawOpen_max"] = round(float(np.nanmax(series("mouthClose") - jaw)), 3)
-    for name in ("Blink", "Blink_L", "Blink_R", "blink", "eyeBlinkLeft", "eyeBlinkRight"):
+    for name in ("Blink", "Blink_L", "Blink_R", "blink", "blinkLeft", "blinkRight", "eyeBlinkLeft", "eyeBlinkRight"):
         if name in names:
             out[f"{name}_max"] = round(float(np.nanmax(series(name))), 3)
     vis = np.column_stack([series(v) for v in VOWELS])

@@ -33,6 +33,9 @@ FEATURES = ("jaw", "open", "closure", "round", "spread", "smile")
 VRM_VOWELS = ("A", "I", "U", "E", "O")
 VOWEL_OF_VISEME = {"AA": "A", "AH": "A", "IY": "I", "UW": "U", "EH": "E", "OH": "O"}
 LABEL_RATE = 200  # Hz of the label track (as the articulation track)
+# Smallest full-minus-rest per feature (jaw radians, else SynthTalk feature units), so a model
+# that barely moves a feature does not turn its noise into full-scale controls.
+MIN_SPAN = {"jaw": 0.05, "open": 0.2, "closure": 0.2, "round": 0.2, "spread": 0.2, "smile": 1.0}
 
 
 def frame_visemes(timings: dict, n_frames: int) -> list[str]:
@@ -172,12 +175,13 @@ def fit_arrays(x, g, lab, heads, xt, gt, labt, log=print) -> dict:
     vowel = np.isin(lab, list(VOWEL_OF_VISEME))
     full = rest.copy()
     # Full value of each feature: the 90th percentile where that feature is the point of the viseme.
+    # Smile is no viseme: its full value is the world's full smile (1 feature unit, docs/SYNTHTALK.md).
     where = {"jaw": vowel, "open": vowel, "closure": lab == "PBM", "round": np.isin(lab, ["UW", "OH", "W"]),
-             "spread": np.isin(lab, ["IY", "EH", "Y"]), "smile": np.ones(len(lab), bool)}
+             "spread": np.isin(lab, ["IY", "EH", "Y"])}
     for k, name in enumerate(FEATURES):
-        sel = where[name]
-        hi = np.percentile(pred[sel, k], 90) if sel.any() else rest[k] + 1.0
-        full[k] = hi if hi - rest[k] > 1e-3 else rest[k] + 1.0
+        sel = where.get(name)
+        hi = np.percentile(pred[sel, k], 90) if sel is not None and sel.any() else rest[k] + 1.0
+        full[k] = max(hi, rest[k] + MIN_SPAN[name])
 
     # Vowel classes on rest-relative features, scaled by each feature's range.
     span = full - rest
