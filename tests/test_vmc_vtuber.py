@@ -129,7 +129,7 @@ def _run(bridge, frames, receiver, rate=60.0, extra_s=0.0):
     """Push (t, exp, pose, eyes, reset) frames as they come (no delay) and tick at ``rate`` over
     the stream plus ``extra_s`` without frames; returns the received bundles as figures() wants."""
     end = frames[-1][0] + extra_s
-    ticks = np.arange(0.0, end, 1.0 / rate)
+    ticks = np.arange(frames[0][0], end, 1.0 / rate)
     fi = 0
     before = len(receiver.packets)
     for k, t in enumerate(ticks):
@@ -149,25 +149,10 @@ def test_bridge_blinks_fully_also_while_paused_and_eases_resets(fit):
     """Streamed frames: 25 fps, a head offset of 10 degrees with small nods, the procedural eyes'
     150 ms blinks (a 25 fps sample rarely meets the lid's peak), then the stream pauses for 10 s and
     resumes with a reset whose head sits 6 degrees elsewhere."""
-    from streaming.eyes import ProceduralEyes
-
     receiver = Receiver()
     try:
         bridge = VmcBridge(("127.0.0.1", receiver.port), VmcMapper(fitted_mapping(fit), arkit=True), rate=60, delay=0.0)
-        eyes = ProceduralEyes(seed=1)
-        frames = []
-        offset = np.array([math.radians(10), 0.0, 0.0])
-        for i in range(250):  # 10 s
-            t = i * 0.04
-            pose = np.zeros(6)
-            pose[:3] = offset + np.array([0.05 * math.sin(2 * math.pi * 0.5 * t), 0.04 * math.sin(2 * math.pi * 0.3 * t), 0])
-            frames.append((t, synth_frame("sil")[0], pose, eyes.next(), False))
-        resume = 10.0 + 10.0
-        for i in range(50):  # after the pause: the generator restarted, head 6 degrees further down
-            t = resume + i * 0.04
-            pose = np.zeros(6)
-            pose[:3] = offset + np.array([math.radians(6), 0, 0])
-            frames.append((t, synth_frame("sil")[0], pose, None, i == 0))
+        frames, resume = paused_stream()
         got, ticks = _run(bridge, frames, receiver)
         f = figures(got, [resume])
         assert f["vrm0_names"] and f["vrm1_names"]
@@ -181,6 +166,50 @@ def test_bridge_blinks_fully_also_while_paused_and_eases_resets(fit):
         assert np.median(early) <= 3.0 and np.std(early) >= 0.3  # rest offset removed, nods kept
     finally:
         receiver.close()
+
+
+def paused_stream():
+    """10 s of 25 fps frames (head offset 10 degrees with nods, procedural eyes), a 10 s pause,
+    then 2 s after a generator reset with the head 6 degrees further down; (frames, resume time)."""
+    from streaming.eyes import ProceduralEyes
+
+    eyes = ProceduralEyes(seed=1)
+    frames = []
+    offset = np.array([math.radians(10), 0.0, 0.0])
+    for i in range(250):
+        t = i * 0.04
+        pose = np.zeros(6)
+        pose[:3] = offset + np.array([0.05 * math.sin(2 * math.pi * 0.5 * t), 0.04 * math.sin(2 * math.pi * 0.3 * t), 0])
+        frames.append((t, synth_frame("sil")[0], pose, eyes.next(), False))
+    resume = 20.0
+    for i in range(50):
+        pose = np.zeros(6)
+        pose[:3] = offset + np.array([math.radians(6), 0, 0])
+        frames.append((resume + i * 0.04, synth_frame("sil")[0], pose, None, i == 0))
+    return frames, resume
+
+
+def test_without_the_ease_a_reset_jumps(fit):
+    """The control for the ease above: the same stream with reset_ease_ms = 0 jumps by degrees."""
+    receiver = Receiver()
+    try:
+        bridge = VmcBridge(("127.0.0.1", receiver.port), VmcMapper(fitted_mapping(fit, reset_ease_ms=0.0)),
+                           rate=60, delay=0.0)
+        frames, resume = paused_stream()
+        got, _ = _run(bridge, frames[240:], receiver)
+        assert figures(got, [resume])["head_jump_deg_max_at_reset"] > 3.0
+    finally:
+        receiver.close()
+
+
+def test_fit_refuses_data_without_timings(tmp_path, tiny_model_dir):
+    from diffposetalk.errors import UserError
+    from training.avatar_map import fit_avatar_map
+
+    (tmp_path / "lmdb").mkdir()
+    (tmp_path / "lmdb" / "data.mdb").write_bytes(b"")  # an lmdb without SynthTalk's phonemes/
+    with pytest.raises(UserError, match="phonemes"):
+        fit_avatar_map(tiny_model_dir, tmp_path)
 
 
 def _head_deg(bone_map) -> float:
