@@ -7,9 +7,9 @@ A model directory ships a *measured* mapping (``avatar_map.json``, key ``fit``; 
 SynthTalk ground truth by ``dpt-live fit-avatar-map``, training/avatar_map.py), which the server
 hands to its clients in the hello. With a fit the mouth is read as (FittedMouth):
 
-    g      = W (exp[0:K], jaw) + b             (jaw, open, closure, round, spread, smile), fitted
-    rel    = (g - rest) / (full - rest_fit)    rest: calibrated on quiet frames (RestCalibration)
-    p      = softmax(V rel + c)                 which vowel (A I U E O), fitted on GT visemes
+    x      = (exp[0:K], jaw)                    dx = x - x_rest (calibrated on quiet frames, RestCalibration)
+    rel    = W dx / (full - rest)               (jaw, open, closure, round, spread, smile), fitted
+    p      = softmax(V dx / x_scale + c)        which vowel (A I U E O), fitted on GT visemes
     o      = clip((rel.jaw + rel.open) / 2)     openness; vowel k = o * p_k^2 / sum p^2
 
 Without a fit (a model nobody fitted) the older documented linear map below is used. Its default
@@ -220,7 +220,8 @@ def validate_fit(fit) -> None:
         if not 1 <= k <= 50 or list(fit["features"]) != list(FIT_FEATURES):
             raise MappingError("fit: inputs.exp must be 1..50 and features " + ", ".join(FIT_FEATURES))
         shapes = {"weights": (nf, n_in), "bias": (nf,), "rest": (nf,), "full": (nf,), "head_rest": (3,),
-                  "vowel_weights": (len(VISEMES), nf), "vowel_bias": (len(VISEMES),)}
+                  "x_rest": (n_in,), "x_scale": (n_in,),
+                  "vowel_weights": (len(VISEMES), n_in), "vowel_bias": (len(VISEMES),)}
         for key, shape in shapes.items():
             arr = np.asarray(fit[key], dtype=np.float64)
             if arr.shape != shape or not np.all(np.isfinite(arr)):
@@ -229,6 +230,8 @@ def validate_fit(fit) -> None:
             raise MappingError("fit.vowels must be " + " ".join(VISEMES))
         if np.any(np.asarray(fit["full"]) - np.asarray(fit["rest"]) <= 0):
             raise MappingError("fit: every full value must exceed its rest value")
+        if np.any(np.asarray(fit["x_scale"]) <= 0):
+            raise MappingError("fit: x_scale must be positive")
     except (KeyError, TypeError, ValueError) as exc:
         if isinstance(exc, MappingError):
             raise
@@ -287,33 +290,34 @@ class RestCalibration:
 
 
 class FittedMouth:
-    """A model's measured mapping (``fit``): model output -> articulation features -> controls."""
+    """A model's measured mapping (``fit``): model inputs x = (exp[0:K], jaw) -> articulation
+    features g = W x + b and vowel probabilities, both relative to the calibrated rest of x."""
 
     def __init__(self, fit: dict, tau_s: float, fixed_s: float):
         self.k = int(fit["inputs"]["exp"])
         self.w = np.asarray(fit["weights"], dtype=np.float64)
-        self.b = np.asarray(fit["bias"], dtype=np.float64)
-        self.rest_fit = np.asarray(fit["rest"], dtype=np.float64)
-        self.span = np.asarray(fit["full"], dtype=np.float64) - self.rest_fit
+        self.span = np.asarray(fit["full"], dtype=np.float64) - np.asarray(fit["rest"], dtype=np.float64)
+        self.x_scale = np.asarray(fit["x_scale"], dtype=np.float64)
         self.vw = np.asarray(fit["vowel_weights"], dtype=np.float64)
         self.vb = np.asarray(fit["vowel_bias"], dtype=np.float64)
-        self.rest = RestCalibration(len(FIT_FEATURES), tau_s, fixed_s, self.rest_fit)
+        self.rest = RestCalibration(self.k + 1, tau_s, fixed_s, fit["x_rest"])
 
-    def features(self, exp, pose) -> np.ndarray:
+    def inputs(self, exp, pose) -> np.ndarray:
         x = np.zeros(self.k + 1)
         e = np.asarray(exp, dtype=np.float64)[:self.k]
         x[:len(e)] = e
         x[self.k] = float(pose[3])
-        return self.w @ x + self.b
+        return x
 
     def observe(self, exp, pose, quiet: bool, dt: float) -> None:
-        self.rest.observe(self.features(exp, pose), quiet, dt)
+        self.rest.observe(self.inputs(exp, pose), quiet, dt)
 
     def controls(self, exp, pose) -> dict[str, float]:
         """Rest-relative, 0..1: jaw, open, closure, round, spread, smile, and the vowel weights."""
-        rel = self.rest.remove(self.features(exp, pose)) / self.span
+        dx = self.rest.remove(self.inputs(exp, pose))
+        rel = (self.w @ dx) / self.span  # (g - g_rest) / (full - rest): g is linear in x
         out = {name: _clip01(v) for name, v in zip(FIT_FEATURES, rel)}
-        z = self.vw @ rel + self.vb
+        z = self.vw @ (dx / self.x_scale) + self.vb
         p = np.exp(z - z.max())
         p = p ** 2 / np.sum(p ** 2)  # sharpened: one clear shape rather than a mix of five
         o = _clip01(0.5 * (out["jaw"] + out["open"]))

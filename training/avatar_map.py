@@ -9,8 +9,9 @@ clips as `serve` streams it, and three small maps are fitted from its output to 
    spread, smile) in SynthTalk units;
 2. ``scale``: each feature's resting value (median over silent frames) and its full value
    (90th percentile over the frames where it is used), so a control reads 0 at rest, 1 when full;
-3. ``vowels``: class-balanced softmax regression, predicted features -> the VRM vowel (A I U E O)
-   of the frame's GT vowel viseme.
+3. ``vowels``: class-balanced softmax regression, rest-relative model inputs -> the VRM vowel
+   (A I U E O) of the frame's GT vowel viseme, its biases then set so each vowel is the strongest
+   as often as in the world.
 
 The result is the JSON that clients/vmc_map.py and clients/web/avatar_map.js evaluate (the key
 ``fit`` of a mapping); the model directory ships it as ``avatar_map.json``."""
@@ -129,7 +130,7 @@ def stream_clips(model_dir: Path, clips, styles: list[str | None], log=print) ->
 
 
 def fit_avatar_map(model_dir: str | Path, data: str | Path, fit_split: str = "val", test_split: str = "test",
-                   max_clips: int | None = None, log=print) -> dict:
+                   max_clips: int | None = None, log=print, cache: str | Path | None = None) -> dict:
     """The fitted mapping of ``model_dir`` (a dict, the ``fit`` part of avatar_map.json)."""
     from diffposetalk.model_dir import load_model_dir
     from training.train_data import load_split, resolve_lmdb_dir
@@ -142,6 +143,17 @@ def fit_avatar_map(model_dir: str | Path, data: str | Path, fit_split: str = "va
     styles: list[str | None] = [None] + sorted(loaded.styles) if loaded.config.use_style else [None]
 
     def collect(split: str):
+        saved = None if cache is None else Path(cache) / f"{model_dir.name}-{split}-{max_clips or 'all'}.npz"
+        if saved is not None and saved.is_file():  # the streamed motion of an earlier run: refit in seconds
+            z = np.load(saved)
+            return z["x"], z["g"], z["lab"].astype(str), z["heads"]
+        out = _collect(split)
+        if saved is not None:
+            saved.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(saved, x=out[0], g=out[1], lab=out[2], heads=out[3])
+        return out
+
+    def _collect(split: str):
         clips = load_split(data, split, max_clips)
         log(f"{split}: streaming {len(clips)} clips through {model_dir} (styles: {styles})")
         motion = stream_clips(model_dir, clips, styles, log)
@@ -170,8 +182,11 @@ def fit_arrays(x, g, lab, heads, xt, gt, labt, log=print) -> dict:
     w, b = ridge(x, g)
     pred, predt = x @ w.T + b, xt @ w.T + b
 
+    # Rest: the model's inputs over silent frames; features at rest follow linearly. At run time
+    # the rest calibration moves x_rest (a style's offset), and every control with it.
     sil = lab == "sil"
-    rest = np.median(pred[sil], axis=0)
+    x_rest = np.median(x[sil], axis=0)
+    rest = w @ x_rest + b
     vowel = np.isin(lab, list(VOWEL_OF_VISEME))
     full = rest.copy()
     # Full value of each feature: the 90th percentile where that feature is the point of the viseme.
@@ -183,21 +198,29 @@ def fit_arrays(x, g, lab, heads, xt, gt, labt, log=print) -> dict:
         hi = np.percentile(pred[sel, k], 90) if sel is not None and sel.any() else rest[k] + 1.0
         full[k] = max(hi, rest[k] + MIN_SPAN[name])
 
-    # Vowel classes on rest-relative features, scaled by each feature's range.
-    span = full - rest
+    # Vowel classes straight from the rest-relative inputs (the regression keeps only what predicts
+    # the GT features; a vowel may show in other directions), class-balanced.
+    x_scale = np.maximum(x[vowel].std(0), 1e-6)
     cls = np.array([VRM_VOWELS.index(VOWEL_OF_VISEME[v]) for v in lab[vowel]])
-    z = (pred[vowel] - rest) / span
+    z = (x[vowel] - x_rest) / x_scale
     vw, vb = softmax_fit(z, cls, len(VRM_VOWELS))
+    # Class priors: shift the biases until each vowel is the strongest as often as the world's
+    # vowels are (on the fit frames), so no shape is never shown and none is always shown.
+    target = np.bincount(cls, minlength=len(VRM_VOWELS)) / len(cls)
+    for _ in range(200):
+        share = np.bincount((z @ vw.T + vb).argmax(1), minlength=len(VRM_VOWELS)) / len(cls)
+        vb += 0.2 * (np.log(target + 1e-3) - np.log(share + 1e-3))
     zt_mask = np.isin(labt, list(VOWEL_OF_VISEME))
     clst = np.array([VRM_VOWELS.index(VOWEL_OF_VISEME[v]) for v in labt[zt_mask]])
-    pt = _softmax(((predt[zt_mask] - rest) / span) @ vw.T + vb)
+    pt = _softmax(((xt[zt_mask] - x_rest) / x_scale) @ vw.T + vb)
     hit = pt.argmax(1) == clst
     balanced = float(np.mean([hit[clst == k].mean() for k in range(len(VRM_VOWELS)) if (clst == k).any()]))
     shares = {v: round(float(np.mean(pt.argmax(1) == k)), 3) for k, v in enumerate(VRM_VOWELS)}
+    gt_shares = {v: round(float(np.mean(clst == k)), 3) for k, v in enumerate(VRM_VOWELS)}
     r2 = 1 - ((predt - gt) ** 2).sum(0) / ((gt - gt.mean(0)) ** 2).sum(0)
     log("held-out R^2 per feature: "
         + ", ".join(f"{n} {v:.2f}" for n, v in zip(FEATURES, r2))
-        + f"; vowel accuracy (class-balanced) {balanced:.2f}; argmax shares {shares}")
+        + f"; vowel accuracy (class-balanced) {balanced:.2f}; strongest-vowel shares {shares} (GT {gt_shares})")
 
     def rnd(a):
         return np.round(np.asarray(a, dtype=np.float64), 6).tolist()
@@ -206,12 +229,13 @@ def fit_arrays(x, g, lab, heads, xt, gt, labt, log=print) -> dict:
         "version": 1,
         "inputs": {"exp": int(x.shape[1]) - 1, "jaw": True},
         "features": FEATURES, "weights": rnd(w), "bias": rnd(b),
-        "rest": rnd(rest), "full": rnd(full),
+        "rest": rnd(rest), "full": rnd(full), "x_rest": rnd(x_rest), "x_scale": rnd(x_scale),
         # the model's resting head rotation (median over every style): the head calibration's start
         "head_rest": rnd(np.median(heads, axis=0)),
         "vowels": VRM_VOWELS, "vowel_weights": rnd(vw), "vowel_bias": rnd(vb),
         "held_out": {"r2": dict(zip(FEATURES, (round(float(v), 3) for v in r2))),
-                     "vowel_accuracy_balanced": round(balanced, 3), "vowel_argmax_share": shares},
+                     "vowel_accuracy_balanced": round(balanced, 3), "vowel_argmax_share": shares,
+                     "vowel_share_gt": gt_shares},
     }
 
 

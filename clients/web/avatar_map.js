@@ -41,26 +41,28 @@ export class RestCalibration {
   remove(x) { return this.value ? Array.from(x, (v, i) => v - this.value[i]) : Array.from(x); }
 }
 
-// The model's fitted map (training/avatar_map.py): output -> features -> vowels (FittedMouth).
+// The model's fitted map (training/avatar_map.py): inputs x = (exp[0:K], jaw) relative to their
+// calibrated rest -> features and vowel probabilities (FittedMouth in vmc_map.py).
 export class FittedMouth {
   constructor(fit, tau, fixedS) {
-    this.k = fit.inputs.exp; this.w = fit.weights; this.b = fit.bias;
-    this.restFit = fit.rest; this.span = fit.full.map((f, i) => f - fit.rest[i]);
-    this.vw = fit.vowel_weights; this.vb = fit.vowel_bias;
-    this.rest = new RestCalibration(FEATURES.length, tau, fixedS, fit.rest);
+    this.k = fit.inputs.exp; this.w = fit.weights;
+    this.span = fit.full.map((f, i) => f - fit.rest[i]);
+    this.xScale = fit.x_scale; this.vw = fit.vowel_weights; this.vb = fit.vowel_bias;
+    this.rest = new RestCalibration(this.k + 1, tau, fixedS, fit.x_rest);
   }
-  features(exp, pose) {
+  inputs(exp, pose) {
     const x = new Float64Array(this.k + 1);
     for (let i = 0; i < this.k && i < exp.length; i++) x[i] = exp[i];
     x[this.k] = pose[3];
-    return this.w.map((row, j) => row.reduce((s, w, i) => s + w * x[i], this.b[j]));
+    return x;
   }
-  observe(exp, pose, quiet, dt) { this.rest.observe(this.features(exp, pose), quiet, dt); }
+  observe(exp, pose, quiet, dt) { this.rest.observe(this.inputs(exp, pose), quiet, dt); }
   controls(exp, pose) {
-    const rel = this.rest.remove(this.features(exp, pose)).map((v, i) => v / this.span[i]);
+    const dx = this.rest.remove(this.inputs(exp, pose));
+    const rel = this.w.map((row, j) => row.reduce((s, w, i) => s + w * dx[i], 0) / this.span[j]);
     const out = {};
     FEATURES.forEach((name, i) => { out[name] = clip01(rel[i]); });
-    const z = this.vw.map((row, j) => row.reduce((s, w, i) => s + w * rel[i], this.vb[j]));
+    const z = this.vw.map((row, j) => row.reduce((s, w, i) => s + w * dx[i] / this.xScale[i], this.vb[j]));
     const zmax = Math.max(...z);
     const p2 = z.map((v) => Math.exp(2 * (v - zmax)));  // p^2: one clear shape, as vmc_map.py
     const sum = p2.reduce((a, b) => a + b, 0);

@@ -19,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--test-split", default="test", help="split the held-out figures come from (default test)")
     p.add_argument("--max-clips", type=int, help="at most this many clips per split")
     p.add_argument("-o", "--output", type=Path, help="write here instead of MODEL/avatar_map.json")
+    p.add_argument("--cache", type=Path, help="keep the streamed motion here (.npz per split) to refit in seconds")
     p.set_defaults(func=_cmd_fit)
 
 
@@ -27,7 +28,7 @@ def _cmd_fit(args) -> int:
 
     from training.avatar_map import fit_avatar_map, write_avatar_map
 
-    fit = fit_avatar_map(args.model, args.data, args.fit_split, args.test_split, args.max_clips)
+    fit = fit_avatar_map(args.model, args.data, args.fit_split, args.test_split, args.max_clips, cache=args.cache)
     if args.output:
         args.output.write_text(json.dumps({"fit": fit}, indent=1) + "\n")
         path = args.output
