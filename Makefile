@@ -4,7 +4,9 @@ SHELL := /bin/bash
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2 chromium npm
+APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2 chromium
+# Debian's Node.js and npm, installed only where no npm is on PATH (a NodeSource nodejs brings its own)
+NODE_APT_PKGS := nodejs npm
 # The browser viewer's VRM avatar: three.js and @pixiv/three-vrm from npm (package.json and its
 # lockfile; node_modules/ is never committed), served by `dpt-live serve` under /vendor/.
 NODE_STAMP := node_modules/.package-lock.json
@@ -38,8 +40,12 @@ $(STAMP): pyproject.toml
 venv: system $(STAMP)
 
 $(NODE_STAMP): package.json package-lock.json
+	@if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing system packages: $(NODE_APT_PKGS)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_APT_PKGS) >/dev/null) \
+	    || echo "warning: apt-get could not install $(NODE_APT_PKGS)"; fi
 	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error; \
-	else echo "note: npm is missing (apt-get install npm): the viewer's VRM avatar needs it"; fi
+	else echo "note: npm is missing (apt-get install $(NODE_APT_PKGS)): the viewer's VRM avatar needs it"; fi
 
 web: system $(NODE_STAMP)
 
