@@ -207,9 +207,9 @@ def fit_arrays(x, g, lab, heads, xt, gt, labt, log=print) -> dict:
     # Class priors: shift the biases until each vowel is the strongest as often as the world's
     # vowels are (on the fit frames), so no shape is never shown and none is always shown.
     target = np.bincount(cls, minlength=len(VRM_VOWELS)) / len(cls)
-    for _ in range(200):
+    for _ in range(2000):  # small steps: argmax shares jump when two logits cross
         share = np.bincount((z @ vw.T + vb).argmax(1), minlength=len(VRM_VOWELS)) / len(cls)
-        vb += 0.2 * (np.log(target + 1e-3) - np.log(share + 1e-3))
+        vb += 0.05 * (np.log(target + 1e-3) - np.log(share + 1e-3))
     zt_mask = np.isin(labt, list(VOWEL_OF_VISEME))
     clst = np.array([VRM_VOWELS.index(VOWEL_OF_VISEME[v]) for v in labt[zt_mask]])
     pt = _softmax(((xt[zt_mask] - x_rest) / x_scale) @ vw.T + vb)
