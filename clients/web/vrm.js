@@ -36,12 +36,12 @@ export class VrmView {
     this.vrm = vrm;
     this.available = EXPRESSIONS.filter((n) => vrm.expressionManager && vrm.expressionManager.getExpression(n));
     vrm.scene.updateMatrixWorld(true);
-    // Frame the face: the head bone plus a typical head's half height, seen from 0.8 m in front.
+    // Frame the face: the head bone plus a typical head's half height, seen from 1.2 m in front.
     const head = vrm.humanoid.getRawBoneNode('head') || vrm.scene;
     const target = new THREE.Vector3();
     head.getWorldPosition(target);
     target.y += 0.07;
-    this.camera.position.set(target.x, target.y, target.z + 0.8);
+    this.camera.position.set(target.x, target.y, target.z + 1.2);
     this.camera.lookAt(target);
     return { expressions: this.available, name: (vrm.meta && (vrm.meta.name || vrm.meta.title)) || 'VRM' };
   }
