@@ -39,6 +39,10 @@ class Receiver:
         d = CountingDispatcher()
         d.set_default_handler(lambda *a: None)
         self.server = ThreadingOSCUDPServer(("127.0.0.1", 0), d)
+        # room for a burst of bundles (a test ticks faster than real time; the kernel caps it at rmem_max)
+        import socket
+
+        self.server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
