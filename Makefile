@@ -5,11 +5,16 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 APT_PKGS := espeak-ng libespeak-ng1 libsndfile1 libportaudio2 chromium
+# Debian's Node.js and npm, installed only where no npm is on PATH (a NodeSource nodejs brings its own)
+NODE_APT_PKGS := nodejs npm
+# The browser viewer's VRM avatar: three.js and @pixiv/three-vrm from npm (package.json and its
+# lockfile; node_modules/ is never committed), served by `dpt-live serve` under /vendor/.
+NODE_STAMP := node_modules/.package-lock.json
 # Extra pip options for the torch install, e.g. TORCH_PIP_ARGS="--index-url <PyTorch's CPU-only
 # wheel index>" (README "Install"); this project's machines find a local CPU wheel without them.
 TORCH_PIP_ARGS ?=
 
-.PHONY: run test lint gpu-check system venv clean
+.PHONY: run test lint gpu-check system venv web clean
 
 # System packages (only when root and missing; otherwise say what is needed).
 system:
@@ -34,9 +39,19 @@ $(STAMP): pyproject.toml
 
 venv: system $(STAMP)
 
+$(NODE_STAMP): package.json package-lock.json
+	@if ! command -v npm >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing system packages: $(NODE_APT_PKGS)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(NODE_APT_PKGS) >/dev/null) \
+	    || echo "warning: apt-get could not install $(NODE_APT_PKGS)"; fi
+	@if command -v npm >/dev/null; then npm ci --no-audit --no-fund --loglevel=error; \
+	else echo "note: npm is missing (apt-get install $(NODE_APT_PKGS)): the viewer's VRM avatar needs it"; fi
+
+web: system $(NODE_STAMP)
+
 # Lint (ruff, configured in pyproject.toml), then the suite; tests/test_layers.py holds the rooms'
 # import contract (docs/ARCHITECTURE.md).
-test: venv lint
+test: venv lint web
 	$(BIN)/python -m pytest -q
 
 lint: venv
@@ -88,7 +103,7 @@ gpu-check:
 # The main job: the live server (`dpt-live serve`, docs/SERVER.md) with the bundled demo model, fed
 # by the microphone or, without one, the bundled speech in real time in a loop. Open the printed
 # viewer URL (it carries the access token) in a browser; Ctrl-C stops.
-run: venv
+run: venv web
 	@if $(BIN)/python -c "import sounddevice as sd; sd.query_devices(kind='input')" >/dev/null 2>&1; then \
 	  src="--mic"; echo "serving live motion from the default microphone"; \
 	else src="--audio clients/demo/speech.flac --loop"; \
@@ -96,4 +111,4 @@ run: venv
 	exec $(BIN)/dpt-live serve --style big_mouth $$src $(SERVE_ARGS)
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build *.egg-info node_modules

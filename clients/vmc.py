@@ -15,16 +15,14 @@ import time
 import numpy as np
 
 from clients.playout import Playout
-from clients.vmc_map import VmcMapper
+from clients.vmc_map import ALL_BLINKS, BlinkShaper, VmcMapper, smoothstep
 
 log = logging.getLogger(__name__)
-
-_BLINK_NAMES = frozenset(("Blink_L", "Blink_R", "eyeBlinkLeft", "eyeBlinkRight"))
 
 
 def _smoothing_group(name: str) -> str:
     """The mapping's smoothing_ms group of a blendshape name."""
-    return "blink" if name in _BLINK_NAMES else "eyes" if name.startswith("eyeLook") else "mouth"
+    return "blink" if name in ALL_BLINKS else "eyes" if name.startswith("eyeLook") else "mouth"
 
 
 def _pack(exp, pose, eyes) -> np.ndarray:
@@ -58,12 +56,19 @@ class VmcBridge:
         self.last_tick: float | None = None
         self.packets = 0
         self.frames_in = 0
+        self.blink = BlinkShaper(mapper.m["blink"]) if mapper.m["blink"]["shape"] else None
+        self.ease_s = mapper.m["reset_ease_ms"] / 1000.0
+        self.reset_pending = False
+        self.ease: tuple[float, dict[str, float], np.ndarray] | None = None  # (start, blend offsets, rot offset)
+        self.last_out: tuple[dict[str, float], np.ndarray] | None = None
 
     def push(self, exp, pose, eyes, audio_time: float, now: float, reset: bool = False) -> None:
         with self.lock:
             self.playout.push(audio_time, _pack(exp, pose, eyes), now, reset)
             self.frames_in += 1
             self.mapper.observe(exp, pose)
+            if reset and self.frames_in > 1:
+                self.reset_pending = True
 
     def _smooth(self, name: str, target: float, dt: float) -> float:
         tau = self.tau_s.get(_smoothing_group(name), 0.0)
@@ -82,11 +87,20 @@ class VmcBridge:
         self.last_tick = now
         exp, pose = vec[:50], vec[50:56]
         eyes = vec[56:60] if vec[60] > 0.5 else None
+        stale = past > self.stale_s
         blends = self.mapper.blendshapes(exp, pose, eyes)
-        if past > self.stale_s:  # stream stalled or ended: relax the face instead of freezing it
-            blends = {k: 0.0 for k in blends}
-        blends = {k: self._smooth(k, v, dt) for k, v in blends.items()}
-        bones = self.mapper.bones(pose, eyes)
+        rot = self.mapper.head_rotation(pose)
+        if stale:  # stream stalled, paused or ended: relax the face (over ~0.1 s) instead of freezing it
+            keep = math.exp(-dt / 0.1)
+            blends = {k: keep * self.smoothed.get(k, 0.0) for k in blends}
+        blends, rot = self._eased(blends, rot, now)
+        if self.blink is not None:  # full, natural blinks at the bundle rate, also while paused
+            lid = None if eyes is None or stale else max(float(eyes[0]), float(eyes[1]))
+            closure = self.blink.value(now, lid)
+            blends.update({k: closure for k in blends if k in ALL_BLINKS})
+        blends = {k: v if (k in ALL_BLINKS and self.blink is not None) else self._smooth(k, v, dt)
+                  for k, v in blends.items()}
+        bones = self.mapper.bones_from(rot, eyes)
         tau = self.tau_s.get("head", 0.0)
         if tau > 0 and self.head is not None:  # nlerp towards the new rotation
             a = 1 - math.exp(-dt / tau)
@@ -98,6 +112,25 @@ class VmcBridge:
                     bones[name] = (p, tuple(float(x) for x in qn / np.linalg.norm(qn)))
         self.head = bones
         return blends, bones
+
+    def _eased(self, blends: dict[str, float], rot: np.ndarray, now: float):
+        """After a generator reset the new motion starts where the old one was and takes over
+        within reset_ease_ms (smoothstep), so nothing jumps."""
+        with self.lock:
+            pending, self.reset_pending = self.reset_pending, False
+        if pending and self.last_out is not None and self.ease_s > 0:
+            old_blends, old_rot = self.last_out
+            self.ease = (now, {k: old_blends.get(k, v) - v for k, v in blends.items()}, old_rot - rot)
+        if self.ease is not None:
+            start, db, dr = self.ease
+            w = 1.0 - smoothstep((now - start) / self.ease_s)
+            if w <= 0:
+                self.ease = None
+            else:
+                blends = {k: min(1.0, max(0.0, v + w * db.get(k, 0.0))) for k, v in blends.items()}
+                rot = rot + w * dr
+        self.last_out = (dict(blends), rot.copy())
+        return blends, rot
 
     def bundle(self, blends: dict[str, float], bones: dict, now: float) -> bytes:
         from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
@@ -138,8 +171,25 @@ def parse_target(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def run_bridge(args) -> int:
+def bridge_mapping(args, hello: dict | None = None) -> dict:
+    """The mapping the bridge runs: defaults, the model's fitted map from the server's hello
+    (``avatar_map``), the --mapping file, then the command-line options."""
     from clients.vmc_map import MappingError, load_mapping
+    from clients.ws_client import ClientError
+
+    g = getattr
+    smoothing = None if g(args, "smooth_ms", None) is None else {"mouth": args.smooth_ms}
+    gains = None if g(args, "mouth_gain", None) is None else {v: args.mouth_gain for v in ("A", "I", "U", "E", "O")}
+    served = (hello or {}).get("avatar_map") or {}
+    try:
+        return load_mapping(g(args, "mapping", None), base=served, smoothing_ms=smoothing, gains=gains,
+                            neck_share=g(args, "neck_share", None), mirror=g(args, "mirror", False) or None,
+                            calibrate_s=g(args, "calibrate", None), bones=g(args, "bones", None))
+    except MappingError as exc:
+        raise ClientError(str(exc)) from exc
+
+
+def run_bridge(args) -> int:
     from clients.ws_client import ClientError, StreamClient
 
     if not 1 <= args.rate <= 240:
@@ -147,49 +197,60 @@ def run_bridge(args) -> int:
     if args.delay_ms is not None and not 0 <= args.delay_ms <= 2000:
         raise ClientError(f"--delay-ms {args.delay_ms}: expected 0..2000")
     target = parse_target(args.target)
-    smoothing = None if args.smooth_ms is None else {"mouth": args.smooth_ms}
-    gains = None if args.mouth_gain is None else {v: args.mouth_gain for v in ("A", "I", "U", "E", "O")}
-    try:
-        mapping = load_mapping(args.mapping, smoothing_ms=smoothing, gains=gains,
-                               neck_share=args.neck_share, mirror=args.mirror or None)
-    except MappingError as exc:
-        raise ClientError(str(exc)) from exc
-    if args.print_mapping:
+    mapping = bridge_mapping(args)  # the options are checked before connecting
+    if args.print_mapping and not args.url:
         import json
 
         print(json.dumps(mapping, indent=2))
         return 0
     if not args.url:
         raise ClientError("--url is required (the server's ws://HOST:PORT)")
-    bridge = VmcBridge(target, VmcMapper(mapping, arkit=args.arkit), rate=args.rate,
-                       delay=None if args.delay_ms is None else args.delay_ms / 1000)
     client = StreamClient(args.url, token=args.token, session=args.session, retry_first=True)
     failure: list[BaseException] = []
     stop = threading.Event()
+    ready = threading.Event()
+    holder: list[VmcBridge] = []
 
     def reader():
         try:
-            for f in client.frames():
-                bridge.push(f.exp, f.pose, f.eyes, f.audio_time, time.monotonic(), f.reset)
+            for f in client.frames(stop=stop):
+                if not holder:  # the first frame: the hello (with the model's avatar map) is known
+                    m = bridge_mapping(args, client.hello)
+                    holder.append(VmcBridge(target, VmcMapper(m, arkit=args.arkit), rate=args.rate,
+                                            delay=None if args.delay_ms is None else args.delay_ms / 1000))
+                    ready.set()
+                    if args.print_mapping:
+                        break
+                holder[0].push(f.exp, f.pose, f.eyes, f.audio_time, time.monotonic(), f.reset)
                 if stop.is_set():
                     break
         except BaseException as exc:  # noqa: BLE001 - reported by the main thread
             failure.append(exc)
         finally:
             stop.set()
+            ready.set()
 
     thread = threading.Thread(target=reader, name="vmc-reader", daemon=True)
     thread.start()
     print(f"VMC bridge: {args.url} -> udp://{target[0]}:{target[1]} at {args.rate:g} Hz"
           f"{' (+ARKit)' if args.arkit else ''}; Ctrl-C stops")
     period = 1.0 / args.rate
-    start = next_tick = time.monotonic()
+    start = time.monotonic()
     try:
-        while not stop.is_set():
+        while not ready.wait(0.1):
+            if args.seconds is not None and time.monotonic() - start >= args.seconds:
+                break
+        if args.print_mapping and holder:
+            import json
+
+            print(json.dumps(holder[0].mapper.m, indent=2))
+            return 0
+        next_tick = time.monotonic()
+        while holder and not stop.is_set():
             now = time.monotonic()
             if args.seconds is not None and now - start >= args.seconds:
                 break
-            bridge.tick(now)
+            holder[0].tick(now)
             next_tick += period
             if next_tick < now:  # fell behind (suspended, overloaded): do not burst to catch up
                 next_tick = now + period
@@ -200,7 +261,9 @@ def run_bridge(args) -> int:
         stop.set()
         client.close()
         thread.join(timeout=2)
-    print(f"sent {bridge.packets} bundles from {bridge.frames_in} frames")
+    if holder:
+        fitted = "measured map of the model" if holder[0].mapper.fitted is not None else "default map (no avatar_map.json)"
+        print(f"sent {holder[0].packets} bundles from {holder[0].frames_in} frames ({fitted})")
     if failure and not isinstance(failure[0], (KeyboardInterrupt,)):
         exc = failure[0]
         if isinstance(exc, ClientError):

@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "dpt_live.commands.train",
     "dpt_live.commands.evaluate",  # eval, probe
     "dpt_live.commands.presets",
+    "dpt_live.commands.avatar_map",  # fit-avatar-map
     "dpt_live.commands.voices",  # voices fetch, voice-check
     "dpt_live.commands.distill",
     "dpt_live.commands.stream",

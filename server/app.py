@@ -30,6 +30,7 @@ from server.http import (
     split_request,
     static_file,
     token_ok,
+    vendor_file,
 )
 from server.hub import HubSession, Viewer, peer_name
 from server.metrics import ServerMetrics
@@ -207,6 +208,17 @@ class LiveServer:
             if cfg.flame_asset is None:
                 return respond(404, "this server has no FLAME model (start it with --flame MODEL.pkl)\n")
             return respond(200, cfg.flame_asset, "application/octet-stream")
+        if path == "/avatar.vrm":
+            if not token_ok(cfg.token, request_token(request, query)):
+                return self._reject(connection, path, 401, "missing or wrong access token")
+            if cfg.avatar_vrm is None:
+                return respond(404, "this server has no avatar (start it with --avatar FILE.vrm)\n")
+            return respond(200, cfg.avatar_vrm, "model/gltf-binary")
+        if path.startswith("/vendor/"):
+            found = vendor_file(cfg.node_modules, path[len("/vendor/"):])
+            if found is None:
+                return respond(404, "not found (the VRM viewer's npm packages: run `make run`, or `npm ci`)\n")
+            return respond(200, found[0], found[1])
         found = static_file(cfg.web_root, path)
         if found is None:
             if path in ("", "/"):
@@ -250,7 +262,8 @@ class LiveServer:
                     "max_viewers": cfg.max_viewers, "max_sessions": cfg.max_sessions,
                     "session_idle_s": cfg.session_idle, "upstream_idle_s": cfg.upstream_idle,
                     "ping_interval_s": cfg.ping_interval, "ping_timeout_s": cfg.ping_timeout,
-                    "lag_bound_s": cfg.lag_bound, "stall_timeout_s": cfg.stall_timeout}) | {
+                    "lag_bound_s": cfg.lag_bound, "stall_timeout_s": cfg.stall_timeout},
+            avatar_map=cfg.avatar_map, avatar="/avatar.vrm" if cfg.avatar_vrm is not None else None) | {
             "paused": session.paused}
 
     async def _handler(self, ws: ServerConnection) -> None:

@@ -9,6 +9,10 @@ from pathlib import Path
 from diffposetalk.units import FPS
 
 WEB_ROOT = Path(__file__).resolve().parent.parent / "clients" / "web"
+# npm packages of the VRM viewer (package.json at the repository root, `make run` installs them),
+# served read-only under /vendor/<name>/ for the viewer's import map; nothing else of node_modules.
+NODE_MODULES = WEB_ROOT.parent.parent / "node_modules"
+VENDOR_PACKAGES = {"three": "three", "three-vrm": "@pixiv/three-vrm"}
 
 
 @dataclass
@@ -27,6 +31,9 @@ class ServerConfig:
     ping_timeout: float | None = 20.0
     web_root: Path = WEB_ROOT
     flame_asset: bytes | None = None
+    avatar_map: dict | None = None  # the model's avatar_map.json, sent in the hello
+    avatar_vrm: bytes | None = None  # serve --avatar FILE.vrm, served at /avatar.vrm
+    node_modules: Path = NODE_MODULES
     # What a slow viewer may be behind (docs/SERVER.md, "Slow viewers"): a few frames in flight
     # (server/delivery.py), queued frames older than half of it dropped. None: no bound but the queue.
     lag_bound: float | None = 1.0

@@ -107,3 +107,14 @@ def static_file(web_root: Path, path: str) -> tuple[bytes, str] | None:
     if ctype is None:
         return None
     return target.read_bytes(), ctype
+
+
+def vendor_file(node_modules: Path, rel: str) -> tuple[bytes, str] | None:
+    """A file of one of the viewer's npm packages (config.VENDOR_PACKAGES): /vendor/<name>/<path>."""
+    from server.config import VENDOR_PACKAGES
+
+    name, _, rest = rel.partition("/")
+    package = VENDOR_PACKAGES.get(name)
+    if package is None or not rest:
+        return None
+    return static_file(node_modules / package, rest)

@@ -176,7 +176,8 @@ def json_frame_from_dict(obj: dict) -> WireFrame:
 # --- server messages ------------------------------------------------------------------------------
 
 def make_hello(*, session: str, mode: str, shape, flame_asset: str | None, model: dict, styles: list[str],
-               style: str | None, guidance: dict[str, float], source: str, limits: dict) -> dict[str, Any]:
+               style: str | None, guidance: dict[str, float], source: str, limits: dict,
+               avatar_map: dict | None = None, avatar: str | None = None) -> dict[str, Any]:
     if mode not in MODES:
         raise ValueError(f"mode {mode!r} not in {MODES}")
     return {"type": "hello", "protocol": PROTOCOL_VERSION, "fps": FPS, "session": session, "mode": mode,
@@ -184,7 +185,9 @@ def make_hello(*, session: str, mode: str, shape, flame_asset: str | None, model
             "layout": LAYOUT, "pose_layout": POSE_LAYOUT, "eyes_layout": EYES_LAYOUT,
             "template": {"flame_asset": flame_asset, "shape": [float(x) for x in np.asarray(shape).reshape(-1)]},
             "model": model, "styles": list(styles), "style": style, "guidance": dict(guidance),
-            "source": source, "limits": dict(limits)}
+            "source": source, "limits": dict(limits),
+            # the model's measured FLAME -> avatar-controls map (clients/vmc_map.py) and the VRM to show
+            "avatar_map": avatar_map, "avatar": avatar}
 
 
 def parse_hello(text: str | dict) -> dict[str, Any]:

@@ -110,3 +110,29 @@ def server_config(args, flame: bytes | None):
                         session_idle=args.session_idle, upstream_idle=args.upstream_idle,
                         ping_interval=args.ping_interval, ping_timeout=args.ping_timeout, flame_asset=flame,
                         lag_bound=args.lag_bound or None, stall_timeout=args.stall_timeout)
+
+
+def avatar_assets(args, model_path) -> tuple[dict | None, bytes | None]:
+    """(the model's avatar_map.json, --avatar's VRM bytes); JSON only, a bad file is refused."""
+    import json
+    from pathlib import Path
+
+    avatar_map = None
+    path = Path(model_path) / "avatar_map.json"
+    if path.is_file():
+        try:
+            avatar_map = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable JSON avatar map ({exc})") from exc
+        if not isinstance(avatar_map, dict):
+            raise UserError(f"{path}: the avatar map must be a JSON object")
+    vrm = None
+    avatar = getattr(args, "avatar", None)
+    if avatar is not None:
+        avatar = Path(avatar)
+        if not avatar.is_file():
+            raise UserError(f"--avatar {avatar}: no such file")
+        vrm = avatar.read_bytes()
+        if vrm[:4] != b"glTF":
+            raise UserError(f"--avatar {avatar}: not a VRM (binary glTF) file")
+    return avatar_map, vrm

@@ -1,5 +1,7 @@
 // dpt-live viewer: connects to the server that served this page, plays its FLAME motion on a
-// FLAME mesh (when the server has --flame) or a procedural proxy head, and shows a HUD.
+// VRM avatar (serve --avatar, a dropped .vrm or ?avatar=URL; three.js + @pixiv/three-vrm through
+// avatar_map.js, the VMC bridge's mapping), a FLAME mesh (when the server has --flame) or a
+// procedural proxy head, and shows a HUD.
 // Test hook: window.dptViewer (stats and a few debug calls; docs/CLIENTS.md).
 import { Connection } from './connection.js';
 import { Playout } from './playout.js';
@@ -8,6 +10,7 @@ import { MicStreamer } from './mic.js';
 import { ProxyRenderer } from './proxy.js';
 import { FlameRenderer, parseFlameAsset, softwareRenderer } from './flame.js';
 import { perspective, lookAt } from './math.js';
+import { AvatarMapper } from './avatar_map.js';
 
 const params = new URLSearchParams(location.search);
 const token = params.get('token') || '';
@@ -29,11 +32,54 @@ const playout = new Playout({ delay: delayMs === null ? null : Number(delayMs) /
 let renderer = null;
 let proxy = null;
 let flameAssetPath = null;
+let mapper = new AvatarMapper(null);
+let vrmView = null;  // VrmView (vrm.js, loaded on demand) once an avatar was loaded
+let lastVrmT = null;
+const viewSelect = document.getElementById('view-select');
+const vrmCanvas = document.getElementById('vrm');
 const recent = [];  // [recvPerf - audioTime, recvWall - emitTime] over the last 5 s
 
 function note(text, kind = 'info') {
   hud.message(text, kind);
   if (kind === 'error') stats.errors = stats.errors.slice(-19).concat([text]);
+}
+
+function withToken(path) {
+  const url = new URL(path, location.href);
+  if (token && url.origin === location.origin) url.searchParams.set('token', token);
+  return url.href;
+}
+
+function showCanvas(mode) {
+  canvas.hidden = mode === 'vrm';
+  vrmCanvas.hidden = mode !== 'vrm';
+  if (viewSelect) {
+    for (const opt of viewSelect.options) {
+      opt.disabled = (opt.value === 'flame' && !flameAssetPath) || (opt.value === 'vrm' && !vrmView);
+    }
+    viewSelect.value = mode;
+  }
+}
+
+// source: a URL or the bytes of a dropped file.
+async function useVrm(source, label) {
+  try {
+    const { VrmView } = await import('./vrm.js');
+    vrmView = vrmView || new VrmView(vrmCanvas);
+    const info = await vrmView.load(source);
+    stats.mode = 'vrm';
+    stats.vrm = { name: info.name, expressions: info.expressions, source: label };
+    hud.mode(`VRM ${info.name} (${info.expressions.length} expressions, ${mapper.measured ? 'measured map' : 'default map'})`);
+    showCanvas('vrm');
+  } catch (e) {
+    note(`avatar ${label}: ${e.message}`, 'error');
+  }
+}
+
+function useView(mode) {
+  if (mode === 'vrm' && vrmView) { stats.mode = 'vrm'; showCanvas('vrm'); return; }
+  if (mode === 'flame' && flameAssetPath) { stats.mode = 'flame'; renderer = flameRenderer; showCanvas('flame'); return; }
+  useProxy();
 }
 
 function useProxy() {
@@ -42,7 +88,9 @@ function useProxy() {
   renderer = proxy;
   stats.mode = 'proxy';
   hud.mode('proxy head');
+  showCanvas('proxy');
 }
+let flameRenderer = null;
 
 async function useFlame(path) {
   if (path === flameAssetPath && stats.mode === 'flame') return;
@@ -54,8 +102,10 @@ async function useFlame(path) {
     if (!r.ok) throw new Error(`HTTP ${r.status}`);
     const asset = parseFlameAsset(await r.arrayBuffer());
     const blend = blendParam === 'gpu' || blendParam === 'cpu' ? blendParam : (softwareRenderer(gl) ? 'cpu' : 'gpu');
-    renderer = new FlameRenderer(gl, asset, blend);
+    renderer = flameRenderer = new FlameRenderer(gl, asset, blend);
+    if (stats.mode === 'vrm') { showCanvas('vrm'); return; }  // an avatar stays in front; the mesh is an option
     stats.mode = 'flame';
+    showCanvas('flame');
     stats.flame = { vertices: asset.V, faces: asset.F, components: asset.K + asset.P, blend };
     hud.mode(`FLAME ${asset.V} vertices (blendshapes on ${blend.toUpperCase()})`);
   } catch (e) {
@@ -76,9 +126,13 @@ const conn = new Connection({
       stats.styles = hello.styles || []; stats.style = hello.style;
       hud.styles(stats.styles, hello.style);
       playout.clear();
+      mapper = new AvatarMapper(hello.avatar_map);
+      stats.avatarMap = mapper.measured ? 'measured' : 'default';
+      const avatar = params.get('avatar') || hello.avatar;
+      if (avatar && !(stats.vrm && stats.vrm.source === avatar)) useVrm(withToken(avatar), avatar);
       if (!gl) return;
       const asset = hello.template && hello.template.flame_asset;
-      if (asset) useFlame(asset); else useProxy();
+      if (asset) useFlame(asset); else if (stats.mode !== 'vrm') useProxy();
       if (mic && mic.active) mic.announce();
     },
     onFrame(f, recvWall) {
@@ -95,6 +149,7 @@ const conn = new Connection({
       v.set(f.exp, 0); v.set(f.pose, 50);
       if (f.eyes) { v.set(f.eyes, 56); v[60] = 1; }
       playout.push(f.audioTime, v, now, f.reset);
+      mapper.observe(f.exp, f.pose, f.reset);
       recent.push([now, now - f.audioTime, recvWall - f.emitTime]);
       while (recent.length && recent[0][0] < now - 5) recent.shift();
     },
@@ -164,11 +219,29 @@ function render(nowMs) {
   stats.drawMs = stats.drawMs === undefined ? t2 - t1 : 0.95 * stats.drawMs + 0.05 * (t2 - t1);
 }
 
+// The VRM avatar for time nowMs: playout sample -> AvatarMapper -> expressions and bones -> three.js.
+function renderVrm(nowMs) {
+  const now = nowMs / 1000;
+  const { values, past } = playout.sample(now, scratch);
+  const dt = lastVrmT === null ? 1 / 60 : Math.max(1e-4, now - lastVrmT);
+  lastVrmT = now;
+  const stale = !values || past > 0.5;
+  const c = mapper.controls(values ? values.subarray(0, 50) : null, values ? values.subarray(50, 56) : null,
+    values && values[60] > 0.5 ? values.subarray(56, 60) : null, now, stale, dt);
+  vrmView.apply(c);
+  vrmView.render(dt);
+  stats.expressions = c.expressions;
+  stats.vrmAudioTime = playout.base === null ? null : now - playout.base - playout.delay;  // what is shown
+  stats.renderCount++;
+  if (values) { stats.framesRendered++; if (past > 0.04) stats.underruns++; }
+}
+
 function frame() {
   requestAnimationFrame(frame);
-  if (!gl || !renderer) return;
   const nowMs = performance.now();
-  render(nowMs);
+  if (stats.mode === 'vrm' && vrmView) renderVrm(nowMs);
+  else if (!gl || !renderer) return;
+  else render(nowMs);
   fpsCount++;
   if (nowMs - lastFpsT >= 1000) { stats.fps = fpsCount * 1000 / (nowMs - lastFpsT); fpsCount = 0; lastFpsT = nowMs; hud.fps(stats.fps); }
   if (nowMs - lastHudT > 250) {
@@ -204,6 +277,12 @@ window.dptViewer = Object.assign(stats, {
     return { width: w, height: h, mean, std: Math.sqrt(Math.max(0, sum2 / n - mean * mean)) };
   },
   sendControl(obj) { return conn.send(obj); },
+  // VRM: load an avatar (URL), the weights its expression manager holds, and the mouth the
+  // mapping gives for a frame (a fresh mapper: the served map, rest = the fitted rest).
+  loadAvatar(url) { return useVrm(withToken(url), url); },
+  vrmExpressions() { return vrmView ? vrmView.expressionValues() : null; },
+  avatarMouth(exp, pose) { return new AvatarMapper(stats.hello && stats.hello.avatar_map).mouth(exp, pose); },
+  useView,
   sendRaw(text) { if (conn.ws) conn.ws.send(text); },  // tests: what a broken client would send
   toggleMic,
   playout,
@@ -216,5 +295,13 @@ if (!gl) {
   useProxy();
 }
 hud.mic(false, !!(navigator.mediaDevices && window.AudioContext));
+if (viewSelect) viewSelect.addEventListener('change', () => useView(viewSelect.value));
+// Drop a .vrm anywhere on the page to see it animated.
+document.addEventListener('dragover', (e) => e.preventDefault());
+document.addEventListener('drop', async (e) => {
+  e.preventDefault();
+  const file = e.dataTransfer && e.dataTransfer.files[0];
+  if (file) useVrm(await file.arrayBuffer(), file.name);
+});
 conn.start();
 requestAnimationFrame(frame);

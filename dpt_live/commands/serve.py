@@ -118,6 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="procedural blinks and gaze (default on; --no-eyes)")
     p.add_argument("--no-seam-blend", action="store_true", help="emit each step's frames as sampled")
     p.add_argument("--shape", type=Path, help="FLAME shape (100,) .npy (default: mean face)")
+    p.add_argument("--avatar", type=Path, metavar="FILE.vrm",
+                   help="VRM avatar the browser viewer shows (or drag a .vrm onto the page; docs/CLIENTS.md)")
     p.add_argument("--flame", type=Path, help="FLAME model (generic_model.pkl / flame2023_Open.pkl / .npz): "
                                               "the viewer renders the real mesh (/flame.bin)")
     add_server_args(p)
@@ -193,7 +195,7 @@ def cmd_serve(args) -> int:
     import asyncio
     import signal
 
-    from server.setup import flame_asset, load_engine, own_source, server_config
+    from server.setup import avatar_assets, flame_asset, load_engine, own_source, server_config
 
     factory, kind = own_source(args)  # before the model: a bad --audio fails fast
     # the scheduler's workers and the sessions' threads hand work to each other every few ms:
@@ -206,6 +208,7 @@ def cmd_serve(args) -> int:
 
     engine = load_engine(args)
     config = server_config(args, flame_asset(args, engine.shape_raw))
+    config.avatar_map, config.avatar_vrm = avatar_assets(args, engine.loaded.path)
     server = LiveServer(engine, config, factory, kind)
 
     def started(srv: LiveServer) -> None:
