@@ -57,6 +57,11 @@ def test_compare_is_paired():
     assert res["style_retrieval_generated_difference"]["value"] == pytest.approx(-1 / 16)
     assert res["style_retrieval_generated_difference"]["lo"] < -0.0 <= res["style_retrieval_generated_difference"]["hi"]
     assert res["clips"] == 16 and res["speakers"] == 8
+    # a result on a subset of the clips: retrieval (among the evaluated speakers) is not comparable
+    part = {"model": "s", "per_clip": [r for r in worse["per_clip"] if r["person"] != "p7"]}
+    sub = compare(base, part, 50)
+    assert sub["clips"] == 14 and "style_retrieval_generated_difference" not in sub and "note" in sub
+    assert sub["lip_error_relative"]["value"] == pytest.approx(0.1)
     with pytest.raises(UserError, match="no evaluated clip"):
         compare(base, {"per_clip": _records({"zz": [1.0]})}, 10)
 

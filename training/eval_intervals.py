@@ -70,7 +70,13 @@ def compare(base: dict, other: dict, n: int, seed: int = 0) -> dict:
     draws = speaker_draws(list(by_person), n, seed)
     out = {"clips": len(common), "speakers": len(by_person), "resamples": n, "unit": "speaker",
            "base": base.get("model"), "other": other.get("model")}
+    same_gallery = {r["entry"] for r in a} == {r["entry"] for r in b}
+    if not same_gallery:
+        # retrieval is among the evaluated speakers: with other clip sets the galleries differ
+        out["note"] = "style retrieval not compared: the two results evaluated different clips"
     for key, name in CLIP_METRICS.items():
+        if name == "style_retrieval_generated" and not same_gallery:
+            continue
         va, vb = clip_values(a, key), clip_values(b, key)
         entries = [e for e in common if e in va and e in vb]
         if not entries:
@@ -93,7 +99,9 @@ def format_compare(result: dict) -> str:
     lines = [f"{result['other']} vs {result['base']}: {result['clips']} clips, {result['speakers']} speakers, "
              f"{result['resamples']} speaker resamples (95 % intervals)"]
     for k, v in result.items():
-        if isinstance(v, dict):
+        if k == "note":
+            lines.append(f"  ({v})")
+        elif isinstance(v, dict):
             pct = k == "lip_error_relative"
             fmt = (lambda x: f"{100 * x:+.1f} %") if pct else (lambda x: f"{x:+.3f}")
             lines.append(f"  {k:<36} {v['base']:.3f} -> {v['other']:.3f}: {fmt(v['value'])} "
