@@ -141,8 +141,9 @@ def validate(student, val, idx_batches, steps: int, dim_w, vel_weight: float, de
 
 
 def build_targets(opts: DistillOptions, teacher, configs) -> tuple[list[Path], list[Path]]:
-    """Build the missing target shards (opts.target_set, or every set) -> (train, val) shard paths."""
-    from training.distill_data import build_shards
+    """Build the missing target shards (opts.target_set, or every set) -> (train, val) shard paths:
+    from a motion dataset (--data) or from speech alone (--audio)."""
+    from training.distill_data import build_audio_shards, build_shards
 
     sets = opts.target_set if opts.target_set else list(range(opts.target_sets))
     bad = [s for s in sets if not 0 <= s < opts.target_sets]
@@ -150,10 +151,38 @@ def build_targets(opts: DistillOptions, teacher, configs) -> tuple[list[Path], l
         raise UserError(f"--target-set {bad}: must be in 0..{opts.target_sets - 1}")
     common = dict(n_motions=opts.window, steps=opts.target_steps, seed=opts.seed, configs=configs,
                   context_ms=opts.context_ms, reverse=opts.reverse)
+    if opts.audio is not None:
+        from training.distill_audio import load_audio_clips, split_audio_clips
+
+        styles = audio_styles(opts, teacher)
+        train_clips, val_clips = split_audio_clips(load_audio_clips(opts.audio, opts.segment_seconds),
+                                                   opts.val_clips, opts.train_clips)
+        log.info("speech: %d train and %d val segments; styles: %s", len(train_clips), len(val_clips),
+                 ", ".join(sorted(styles)) or "null only")
+        # val first (it is small): a --no-build run can then start on part of the train shards
+        val = build_audio_shards(teacher, "val", val_clips, styles, opts.style_mix, opts.targets, [0], **common)
+        train = build_audio_shards(teacher, "train", train_clips, styles, opts.style_mix, opts.targets, sets,
+                                   **common)
+        return train, val
     train = build_shards(teacher, opts.data, "train", opts.targets, sets, max_clips=opts.train_clips,
                          style_swap=opts.style_swap, **common)
     val = build_shards(teacher, opts.data, "val", opts.targets, [0], max_clips=opts.val_clips, **common)
     return train, val
+
+
+def audio_styles(opts: DistillOptions, teacher) -> dict:
+    """The style vectors speech-only targets are conditioned on: --styles, else the teacher's presets
+    (none: every target uses the null style)."""
+    from training.distill_audio import load_styles
+
+    if not teacher.config.use_style:
+        return {}
+    if opts.styles is not None:
+        return load_styles(opts.styles, teacher.config.d_style)
+    if not teacher.styles:
+        log.warning("%s has no styles/ presets and no --styles was given: every target uses the null style",
+                    teacher.path)
+    return dict(teacher.styles)
 
 
 # --- the run --------------------------------------------------------------------------------------
@@ -163,6 +192,11 @@ class DistillOptions(TrainOptions):
     """`dpt-live distill` (the options of the same names)."""
 
     teacher: Path  # teacher model directory
+    data: Path | None = None  # motion dataset (HDTF_TFHP-layout lmdb or a SynthTalk folder), or
+    audio: Path | None = None  # ... speech alone: a folder of .wav/.flac (training/distill_audio.py)
+    styles: Path | None = None  # with audio: .npy style vectors (default: the teacher's presets)
+    style_mix: float = 0.0  # with audio: share of targets conditioned on a mix of two given styles
+    segment_seconds: float = 20.0  # with audio: longer files are cut into segments this long
     steps: int = 2  # student denoising steps (STEP_CHOICES)
     init: Path | None = None  # start from this student instead of the teacher (progressive distillation)
     # targets (built once, cached, resumable)
@@ -241,6 +275,14 @@ def distill(opts: DistillOptions) -> DistillResult:
 def check_options(opts: DistillOptions) -> tuple[tuple[int, int], ...]:
     """Refuse contradictory options before anything is loaded; returns the parsed --configs."""
     configs = parse_configs(opts.configs, opts.window)
+    if (opts.data is None) == (opts.audio is None):
+        raise UserError("give either --data (a motion dataset) or --audio (a folder of speech files)")
+    if opts.audio is None and opts.styles is not None:
+        raise UserError("--styles goes with --audio (with --data the styles come from the dataset's motion)")
+    if opts.audio is not None and opts.style_swap:
+        raise UserError("--style-swap needs a motion dataset (--data); with --audio use --style-mix")
+    if not 0.0 <= opts.style_mix <= 1.0:
+        raise UserError(f"--style-mix {opts.style_mix}: must be a probability in [0, 1]")
     if opts.target_set and not opts.only_targets:
         raise UserError("--target-set builds part of the targets: use it with --only-targets")
     if opts.iters < 1 or opts.batch < 1:
@@ -308,7 +350,10 @@ def _recorded_options(opts: DistillOptions) -> dict:
             "seed": opts.seed, "target_sets": opts.target_sets, "target_steps": opts.target_steps,
             "configs": opts.configs, "context_ms": opts.context_ms, "vel_weight": opts.vel_weight,
             "mouth_weight": opts.mouth_weight, "context_mix": opts.context_mix, "lr": opts.lr, "iters": opts.iters,
-            "init": str(opts.init) if opts.init else None}
+            "init": str(opts.init) if opts.init else None,
+            "data": str(opts.data) if opts.data else None, "audio": str(opts.audio) if opts.audio else None,
+            "styles": str(opts.styles) if opts.styles else None, "style_mix": opts.style_mix,
+            "segment_seconds": opts.segment_seconds}
 
 
 def _resume(opts: DistillOptions, run: StudentRun) -> tuple[int, list]:
@@ -317,7 +362,8 @@ def _resume(opts: DistillOptions, run: StudentRun) -> tuple[int, list]:
     return resume_model_dir(opts.out, run.config, run.student, run.optimizer, run.rng, run.options,
                             ("teacher", "steps", "window", "batch", "seed", "target_sets",
                              "target_steps", "configs", "context_ms", "vel_weight",
-                             "mouth_weight", "init", "context_mix"),
+                             "mouth_weight", "init", "context_mix", "audio", "styles", "style_mix",
+                             "segment_seconds"),
                             "is not this run's student (--teacher/--steps/--window)")
 
 

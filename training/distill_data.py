@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,37 +168,96 @@ def style_donor(seed: int, set_idx: int, clip_idx: int, clips, swap: float) -> i
     return others[int(rng.integers(len(others)))] if others else None
 
 
+@dataclass
+class TargetSource:
+    """One clip the teacher generates targets for."""
+
+    entry: str
+    person: str
+    audio: np.ndarray  # (n,) float32 16 kHz
+    shape_n: np.ndarray  # normalised FLAME shape (shape_dim,)
+
+
+# (set, clip index, draw) -> (style or None, where it came from): how a target's style is chosen
+StyleChooser = Callable[[int, int, TargetDraw], tuple[np.ndarray | None, str | None]]
+
+
 def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_motions: int, steps: int,
                  seed: int, configs=DEFAULT_CONFIGS, context_ms: int = DEFAULT_CONTEXT_MS,
                  max_clips: int | None = None, progress=None, reverse: bool = False,
                  style_swap: float = 0.0) -> list[Path]:
-    """Build the missing shards of ``split`` for target sets ``sets``. Returns every shard path.
-    ``reverse``: last clip first (a second parallel builder then starts where the first ends).
-    ``style_swap``: share of targets conditioned on another speaker's style (:func:`style_donor`)."""
+    """Build the missing shards of a dataset ``split`` for target sets ``sets``; each target is
+    conditioned on its speaker's style from GT (or, with ``style_swap``, another speaker's:
+    :func:`style_donor`). Returns every shard path."""
     from training.train_data import load_split
 
-    out.mkdir(parents=True, exist_ok=True)
     clips = load_split(data, split, max_clips)
-    todo = [(s, i) for s in sets for i in range(len(clips)) if not (out / shard_name(split, s, i)).is_file()]
+    stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
+    sources = [TargetSource(c.entry, c.person, c.audio, ((c.shape - stats["shape_mean"]) / stats["shape_std"])
+                            .astype(np.float32)) for c in clips]
+
+    def chooser() -> StyleChooser:  # the GT styles are computed only when a shard is missing
+        styles = split_styles(loaded, clips, stats) if loaded.config.use_style else {}
+
+        def choose(set_idx: int, i: int, draw: TargetDraw):
+            donor = style_donor(seed, set_idx, i, clips, style_swap)
+            entry = clips[donor].entry if donor is not None else clips[i].entry
+            style = styles.get(entry)
+            return style, (entry if style is not None else None)
+        return choose
+
+    return write_shards(loaded, split, sources, chooser, out, sets, n_motions, steps, seed, configs, context_ms,
+                        progress, reverse)
+
+
+def build_audio_shards(loaded, split: str, clips, styles: dict[str, np.ndarray], style_mix: float, out: Path,
+                       sets: list[int], n_motions: int, steps: int, seed: int, configs=DEFAULT_CONFIGS,
+                       context_ms: int = DEFAULT_CONTEXT_MS, progress=None, reverse: bool = False) -> list[Path]:
+    """Build the missing shards for speech alone (training/distill_audio.py): ``clips`` are
+    AudioClips, every style-conditioned target takes one of ``styles`` (or a mix of two), the face
+    is the mean shape. Returns every shard path."""
+    from training.distill_audio import describe_style, draw_style, mixed_style
+
+    stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
+    mean_face = ((0.0 - stats["shape_mean"]) / stats["shape_std"]).astype(np.float32)
+    sources = [TargetSource(c.entry, c.person, c.audio, mean_face) for c in clips]
+    names = sorted(styles)
+
+    def chooser() -> StyleChooser:
+        def choose(set_idx: int, i: int, draw: TargetDraw):
+            if not names:
+                return None, None
+            parts = draw_style(seed, set_idx, i, names, style_mix)
+            return mixed_style(styles, parts), describe_style(parts)
+        return choose
+
+    return write_shards(loaded, split, sources, chooser, out, sets, n_motions, steps, seed, configs, context_ms,
+                        progress, reverse)
+
+
+def write_shards(loaded, split: str, sources: list[TargetSource], chooser: Callable[[], StyleChooser], out: Path,
+                 sets: list[int], n_motions: int, steps: int, seed: int, configs, context_ms: int,
+                 progress=None, reverse: bool = False) -> list[Path]:
+    """Generate and record the shards of ``sources`` missing in ``out`` (see the module doc).
+    ``reverse``: last clip first (a second parallel builder then starts where the first ends)."""
+    out.mkdir(parents=True, exist_ok=True)
+    todo = [(s, i) for s in sets for i in range(len(sources)) if not (out / shard_name(split, s, i)).is_file()]
     if reverse:
         todo = todo[::-1]
-    paths = [out / shard_name(split, s, i) for s in sets for i in range(len(clips))]
+    paths = [out / shard_name(split, s, i) for s in sets for i in range(len(sources))]
     if not todo:
         return paths
-    stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
-    styles = split_styles(loaded, clips, stats) if loaded.config.use_style else {}
+    choose = chooser()
     for n, (set_idx, i) in enumerate(todo):
         if (out / shard_name(split, set_idx, i)).is_file():  # built meanwhile by a parallel builder
             continue
-        c = clips[i]
+        c = sources[i]
         t0 = time.time()
         draw = draw_target(seed, set_idx, i, configs)
-        donor = style_donor(seed, set_idx, i, clips, style_swap) if draw.has_style else None
-        style_entry = clips[donor].entry if donor is not None else c.entry
-        style = styles.get(style_entry) if draw.has_style else None
+        style, style_from = choose(set_idx, i, draw) if (draw.has_style and loaded.config.use_style) else (None, None)
         if draw.has_style and style is None:  # no style available (clip shorter than the style window)
             draw = TargetDraw(draw.hop_ms, draw.lookahead_ms, draw.w_audio, 0.0, False, draw.noise_seed)
-        shape_n = torch.from_numpy((c.shape - stats["shape_mean"]) / stats["shape_std"]).float()
+        shape_n = torch.from_numpy(c.shape_n).float()
         teacher, x_T = teacher_motion(loaded, c.audio, shape_n, style, draw, steps)
         rec = record_stream(loaded, c.audio, teacher, n_motions, draw.hop_ms, draw.lookahead_ms, context_ms, style)
         if not np.allclose(rec["emitted"], teacher[:len(rec["emitted"])], atol=1e-5):
@@ -207,7 +267,7 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
                 "hop_ms": draw.hop_ms, "lookahead_ms": draw.lookahead_ms, "context_ms": context_ms,
                 "w_audio": draw.w_audio, "w_style": draw.w_style, "has_style": draw.has_style,
                 "noise_seed": draw.noise_seed, "teacher_steps": steps, "n_motions": n_motions,
-                "style_from": style_entry if style is not None else None}
+                "style_from": style_from if style is not None else None}
         tmp = out / (shard_name(split, set_idx, i) + ".partial")  # renamed when complete
         with open(tmp, "wb") as fh:
             np.savez(fh, audio_feat=rec["audio_feat"].astype(np.float16), prev_audio=rec["prev_audio"].astype(np.float16),
@@ -215,9 +275,9 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
                      teacher=teacher, x_T=x_T, shape=shape_n.numpy(),
                      style=style if style is not None else np.zeros(d, np.float32), meta=np.array(json.dumps(meta)))
         tmp.rename(out / shard_name(split, set_idx, i))
-        log.info("%s set %d clip %d (%s): %d frames, %d steps, %s/%s ms, w %.2f/%.2f in %.1f s", split, set_idx, i,
-                 c.entry, len(teacher), len(rec["first"]), draw.hop_ms, draw.lookahead_ms, draw.w_audio,
-                 draw.w_style, time.time() - t0)
+        log.info("%s set %d clip %d (%s): %d frames, %d steps, %s/%s ms, w %.2f/%.2f, style %s in %.1f s", split,
+                 set_idx, i, c.entry, len(teacher), len(rec["first"]), draw.hop_ms, draw.lookahead_ms, draw.w_audio,
+                 draw.w_style, style_from, time.time() - t0)
         if progress is not None:
             progress(n + 1, len(todo))
     return paths

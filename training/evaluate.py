@@ -62,6 +62,10 @@ DEFINITIONS = {
                "(same audio, seed 0, one sample); per preset the jaw-opening std and mean (rad) and the "
                "head-angle std (deg), means over the clips. jaw_std_ratio_max_min: the largest over the "
                "smallest preset jaw std; big_small_jaw_ratio: big_mouth over small_mouth when both exist",
+    "bootstrap": "with --bootstrap N: for lip_error, mouth_corr_mean and style_retrieval_generated, the "
+                 "value and a 95 % interval (2.5th..97.5th percentile) over N resamples of the evaluated "
+                 "speakers with replacement, each taking all clips of the drawn speakers (per-clip values "
+                 "are means over seeds)",
     "wall_seconds_per_audio_second": "wall-clock seconds of generation (audio encoder included) per "
                                      "second of audio per sample; offline mode batches the seeds, "
                                      "stream mode runs one session per seed",
@@ -178,13 +182,30 @@ def eval_sampler(name: str, steps: int | None, model):
     return make_sampler(name, steps if name == "ddim" else None, model)
 
 
+EVAL_SPLITS = ("train", "val", "test", "all")
+
+
+def eval_clips(data: Path, split: str, max_clips: int | None):
+    """The clips of ``split``; "all": every split's clips (train, val, test in that order), for a
+    dataset none of whose speakers a model has seen (e.g. `synth` with a new --seed)."""
+    from diffposetalk.errors import UserError
+    from training.train_data import SPLITS, load_split
+
+    if split not in EVAL_SPLITS:
+        raise UserError(f"unknown split {split!r} (choose from {', '.join(EVAL_SPLITS)})")
+    if split != "all":
+        return load_split(data, split, max_clips)
+    clips = [c for s in SPLITS for c in load_split(data, s)]
+    return clips[:max_clips] if max_clips is not None else clips
+
+
 @dataclasses.dataclass(kw_only=True)
 class EvalOptions:
     """`dpt-live eval` (the options of the same names)."""
 
     model: Path
     data: Path  # HDTF_TFHP-layout lmdb (or a SynthTalk folder)
-    split: str = "test"
+    split: str = "test"  # or "all" (EVAL_SPLITS)
     sampler: str = "ddim"  # ddpm | ddim
     steps: int | None = None  # ddim steps (default 25, or a distilled student's own)
     seeds: int = 2  # samples per clip (diversity needs >= 2)
@@ -201,6 +222,7 @@ class EvalOptions:
     hop_ms: int = 80
     lookahead_ms: int = 80
     context_ms: int = 1600
+    bootstrap: int = 0  # speaker-bootstrap resamples for intervals (training/eval_intervals.py); 0: none
 
 
 @dataclasses.dataclass
@@ -254,15 +276,15 @@ def evaluate(opts: EvalOptions) -> dict:
     from diffposetalk.errors import UserError
     from diffposetalk.model import Guidance
     from diffposetalk.model_dir import load_model_dir
-    from training.train_data import load_split
-
     torch.set_num_threads(opts.threads)
     loaded = load_model_dir(opts.model, opts.device)
     model, cfg = loaded.model, loaded.config
     if model.style_encoder is None:
         raise UserError(f"{opts.model}: eval needs a model with a style encoder")
     stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
-    clips = load_split(opts.data, opts.split, opts.max_clips)
+    if opts.bootstrap < 0:
+        raise UserError(f"--bootstrap {opts.bootstrap}: must be 0 (none) or a number of resamples")
+    clips = eval_clips(opts.data, opts.split, opts.max_clips)
     max_frames = int(opts.max_seconds * cfg.fps) if opts.max_seconds else None
     sampler = eval_sampler(opts.sampler, opts.steps, model)
     counter = _PassCounter(model)
@@ -287,6 +309,10 @@ def evaluate(opts: EvalOptions) -> dict:
     if opts.presets and loaded.styles:
         used = [c for c in clips if c.entry in {r["entry"] for r in scores.per_clip}][:opts.presets]
         metrics["presets"] = preset_contrast(loaded, used, max_frames, generate)
+    if opts.bootstrap:
+        from training.eval_intervals import bootstrap_metrics
+
+        metrics["bootstrap"] = bootstrap_metrics(scores.per_clip, opts.bootstrap)
     return {"model": str(opts.model), "data": str(opts.data), "split": opts.split, "clips": len(scores.per_clip),
             "speakers": len({r["person"] for r in scores.per_clip}), "sampler": opts.sampler,
             "steps": len(sampler.timesteps(model)), "seeds": opts.seeds,
@@ -378,6 +404,9 @@ def summary_metrics(scores: ClipScores, refs: ReferenceStyles, network_rows: int
     are added by the caller when asked for)."""
     per_clip = scores.per_clip
     gt_cat = np.concatenate(scores.pooled_gt)
+    # kept per clip too: the speaker bootstrap (training/eval_intervals.py) resamples them
+    for rec, hits in zip(per_clip, _loo_hits(scores.gen_queries, per_clip, refs.galleries, seeds)):
+        rec["style_hits_generated"] = hits
     return {
         "lip_error": scores.mean("lip_error"),
         "mouth_corr_mean": scores.mean("mouth_corr"),
@@ -480,20 +509,26 @@ def _stream_motion(loaded, sampler, guidance, opts: EvalOptions, audio, style, s
     return torch.from_numpy(np.stack(out))
 
 
-def _loo_retrieval(queries, per_clip, galleries, per_query_clip: int, metric: str = "cosine") -> float:
-    """queries are in per_clip order, ``per_query_clip`` each (generated ones may skip a clip
-    whose generated motion is too short, which cannot happen here: clips are >= 100 frames)."""
-    if not queries:
-        return float("nan")
-    hits, i = 0, 0
+def _loo_hits(queries, per_clip, galleries, per_query_clip: int, metric: str = "cosine") -> list[list[bool]]:
+    """Per clip, whether each of its queries was retrieved as its speaker. Queries are in per_clip
+    order, ``per_query_clip`` each (generated ones may skip a clip whose generated motion is too
+    short, which cannot happen here: clips are >= 100 frames)."""
+    out, i = [], 0
     for rec in per_clip:
+        hits = []
         for _ in range(per_query_clip):
             if i >= len(queries):
                 break
             who, q = queries[i]
-            hits += retrieval_top1([(who, q)], galleries[rec["entry"]], metric) == 1.0
+            hits.append(retrieval_top1([(who, q)], galleries[rec["entry"]], metric) == 1.0)
             i += 1
-    return hits / i
+        out.append(hits)
+    return out
+
+
+def _loo_retrieval(queries, per_clip, galleries, per_query_clip: int, metric: str = "cosine") -> float:
+    flat = [h for hits in _loo_hits(queries, per_clip, galleries, per_query_clip, metric) for h in hits]
+    return sum(flat) / len(flat) if flat else float("nan")
 
 
 def _lip_vertex_fn(flame_path: Path, stats: dict):
@@ -560,7 +595,13 @@ def format_table(result: dict) -> str:
         rows.append(("preset jaw std max / min", pr["jaw_std_ratio_max_min"]))
         if "big_small_jaw_ratio" in pr:
             rows.append(("preset jaw std big_mouth / small_mouth", pr["big_small_jaw_ratio"]))
+    if "bootstrap" in m:
+        from training.eval_intervals import format_bootstrap
+
+        tail = "\n" + format_bootstrap(m["bootstrap"])
+    else:
+        tail = ""
     head = f"{result['split']}: {result['clips']} clips, {result['speakers']} speakers, {result['sampler']} " \
            f"{result['steps']} steps, {result['seeds']} seeds, {result.get('mode', 'offline')}"
     lines = [head] + [f"  {k:<36} {v:.4f}" if isinstance(v, float) else f"  {k:<36} {v}" for k, v in rows]
-    return "\n".join(lines)
+    return "\n".join(lines) + tail

@@ -1,5 +1,5 @@
-"""`dpt-live distill`: a 1/2/4-step streaming student from a teacher (training/distill.py,
-imported when the command runs: torch)."""
+"""`dpt-live distill`: a 1/2/4-step streaming student from a teacher, with motion data (--data) or
+speech alone (--audio) (training/distill.py, imported when the command runs: torch)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,11 @@ from training.distill import STEP_CHOICES
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("distill", help="distil a teacher model into a 1/2/4-step streaming student")
     p.add_argument("--teacher", required=True, type=Path, help="teacher model directory")
-    p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", type=Path, help="motion data: HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
+    src.add_argument("--audio", type=Path,
+                     help="speech alone: a folder of .wav/.flac files (any rate; sub-folders included); the "
+                          "teacher generates all motion itself (docs/DISTILL.md)")
     p.add_argument("-o", "--out", required=True, type=Path, help="student model directory (checkpoints)")
     p.add_argument("--steps", type=int, choices=STEP_CHOICES, default=2, help="student denoising steps")
     p.add_argument("--init", type=Path, help="start from this student (e.g. progressive: a 2-step student "
@@ -33,6 +37,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--style-swap", type=float, default=0.0,
                    help="share of targets conditioned on another speaker's style, so the student cannot "
                         "read the style off the voice (docs/DISTILL.md)")
+    g.add_argument("--styles", type=Path,
+                   help="with --audio: folder of .npy style vectors the targets are conditioned on (default: the "
+                        "teacher's styles/ presets); some targets use the null style")
+    g.add_argument("--style-mix", type=float, default=0.0,
+                   help="with --audio: share of targets conditioned on a random convex mix of two given styles")
+    g.add_argument("--segment-seconds", type=float, default=20.0,
+                   help="with --audio: longer files are cut into segments of this length")
     g.add_argument("--reverse", action="store_true",
                    help="build the missing shards last clip first (a second parallel builder)")
     g.add_argument("--only-targets", action="store_true", help="build the targets and stop")

@@ -1,4 +1,5 @@
-"""`dpt-live eval` (metrics of a model on a dataset split, training/evaluate.py) and `dpt-live probe`
+"""`dpt-live eval` (metrics of a model on a dataset split, training/evaluate.py), `dpt-live eval-compare`
+(two results, paired, with speaker-bootstrap intervals: training/eval_intervals.py) and `dpt-live probe`
 (does a denoiser use its noisy input, training/probe.py)."""
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="metrics of a model on a split of an lmdb dataset (writes JSON)")
     p.add_argument("--model", required=True, type=Path)
     p.add_argument("--data", required=True, type=Path, help="HDTF_TFHP-layout lmdb (or a SynthTalk folder)")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="'all': every split (a dataset made with a seed no model was trained on)")
     p.add_argument("--json", type=Path, help="write the metrics here")
+    p.add_argument("--bootstrap", type=int, default=0, metavar="N",
+                   help="95 %% intervals of lip error, mouth corr and style retrieval from N resamples of the "
+                        "speakers (docs/DISTILL.md)")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
     p.add_argument("--steps", type=int, help="ddim steps (default 25, or a distilled student's own)")
     p.add_argument("--seeds", type=int, default=2, help="samples per clip (diversity needs >= 2)")
@@ -40,6 +45,38 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_eval)
 
     register_probe(sub)
+    register_compare(sub)
+
+
+def register_compare(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval-compare", help="two eval results on the same clips: paired differences with "
+                                            "speaker-bootstrap intervals")
+    p.add_argument("base", type=Path, help="eval JSON of the reference (e.g. the offline teacher)")
+    p.add_argument("other", type=Path, help="eval JSON of the model compared with it (e.g. the student)")
+    p.add_argument("--bootstrap", type=int, default=2000, metavar="N", help="speaker resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path)
+    p.set_defaults(func=cmd_compare)
+
+
+def cmd_compare(args) -> int:
+    from training.eval_intervals import compare, format_compare
+
+    results = []
+    for path in (args.base, args.other):
+        try:
+            results.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: not a readable eval JSON ({exc})") from exc
+        if "per_clip" not in results[-1]:
+            raise UserError(f"{path}: no per_clip records (written by `dpt-live eval --json`?)")
+    if args.bootstrap < 1:
+        raise UserError(f"--bootstrap {args.bootstrap}: must be positive")
+    result = compare(results[0], results[1], args.bootstrap, args.seed)
+    print(format_compare(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1) + "\n")
+    return 0
 
 
 def register_probe(sub: argparse._SubParsersAction) -> None:
