@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "dpt_live.commands.presets",
     "dpt_live.commands.voices",  # voices fetch, voice-check
     "dpt_live.commands.distill",
+    "dpt_live.commands.distill_encoder",
     "dpt_live.commands.stream",
     "dpt_live.commands.export",
     "dpt_live.commands.serve",
