@@ -132,9 +132,9 @@ def make_example(clips: list[np.ndarray], frames: int, rng: np.random.Generator,
     clean = np.zeros(n)
     if not noise or rng.random() > 0.06:  # a few examples are room noise alone
         # noise-only stretches: lead, tail and one gap, in whole frames
-        lead = int(rng.integers(0, frames // 4)) if noise and rng.random() < 0.7 else 0
-        tail = int(rng.integers(0, frames // 4)) if noise and rng.random() < 0.7 else 0
-        gap = int(rng.integers(5, frames // 5)) if noise and rng.random() < 0.5 else 0
+        lead = int(rng.integers(0, max(1, frames // 4))) if noise and rng.random() < 0.7 else 0
+        tail = int(rng.integers(0, max(1, frames // 4))) if noise and rng.random() < 0.7 else 0
+        gap = int(rng.integers(5, max(6, frames // 5))) if noise and rng.random() < 0.5 else 0
         speech = max(frames - lead - tail - gap, 10)
         clip = clips[int(rng.integers(len(clips)))]
         take = min(speech * FRAME_SAMPLES, len(clip) // FRAME_SAMPLES * FRAME_SAMPLES)
