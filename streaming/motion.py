@@ -61,13 +61,10 @@ class StepShed(RuntimeError):
 class NetworkAudioFeatures:
     """The audio features of one fixed window length, on any backend's networks."""
 
-    def __init__(self, networks: Networks, window_samples: int, first_samples: int, hop_samples: int):
-        """window_samples: the session's window (its check); first_samples / hop_samples: the
-        session's first chunk (hop + lookahead) and every later one (hop)."""
-        if window_samples % FRAME_SAMPLES or first_samples % FRAME_SAMPLES or hop_samples % FRAME_SAMPLES:
-            raise ValueError("audio windows and chunks must be whole numbers of motion frames")
+    def __init__(self, networks: Networks, window_samples: int):
+        if window_samples % FRAME_SAMPLES:
+            raise ValueError("the audio window must be a whole number of motion frames")
         self.networks = networks
-        self.chunks = (first_samples, hop_samples)
         self.window_samples = window_samples
         self.n_frames = window_samples // FRAME_SAMPLES
         self.feature_dim = networks.cfg.feature_dim

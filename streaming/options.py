@@ -41,6 +41,9 @@ def add_window_args(p: argparse.ArgumentParser, steps_help: str | None = None) -
                    help="future audio used for the newest frame (multiple of 40)")
     p.add_argument("--context-ms", type=int, default=DEFAULT_CONTEXT_MS,
                    help="past audio the audio encoder sees (multiple of 40)")
+    p.add_argument("--audio-encoder", choices=["auto", "stream", "window"], default="auto",
+                   help="auto: the model's streaming audio encoder when it has one (docs/STREAMING.md), else "
+                        "HuBERT over the window; window: HuBERT over context + hop + lookahead every step")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
     p.add_argument("--steps", type=int, help=steps_help or f"ddim steps (default: a student model's own, else "
                                                             f"{DEFAULT_DDIM_STEPS})")
