@@ -238,3 +238,47 @@ def test_distill_encoder_end_to_end_with_resume(tiny_model_dir, tmp_path):
         assert torch.equal(v, second.model.state_dict()[k])
     # changing what is trained across --resume is refused
     assert main([*args, "--iters", "6", "--resume", "--frames", "32"]) == 2
+
+
+def test_tensorrt_stream_plan_carries_state_like_torch(enc_loaded, tmp_path):
+    """The TensorRT plan of the streaming encoder (state input and output) against PyTorch over
+    several carried steps. Skipped where TensorRT cannot run (no GPU, no tensorrt/pycuda)."""
+    from engines.networks import TorchNetworks, backend_unavailable
+
+    why = backend_unavailable("tensorrt")
+    if why is not None:
+        pytest.skip(f"TensorRT unavailable: {why}")
+    from export.onnx_export import stream_parity_inputs
+    from export.prepare import open_networks
+
+    trt_nets = open_networks(enc_loaded, "tensorrt", "fp32", cache_dir=tmp_path)
+    torch_nets = TorchNetworks(enc_loaded.model)
+    audio, state = stream_parity_inputs(enc_loaded.model, 2 * FRAME_SAMPLES, rows=3)
+    s_trt = s_torch = state
+    for _ in range(3):
+        got, want = trt_nets.stream_audio_batch(audio, s_trt), torch_nets.stream_audio_batch(audio, s_torch)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=2e-3)
+        s_trt, s_torch = got[2], want[2]
+
+
+def test_cuda_stream_encoder_matches_cpu(enc_model_dir):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to PyTorch")
+    from diffposetalk.model_dir import load_model_dir
+    from engines.networks import TorchNetworks
+    from export.onnx_export import stream_parity_inputs
+
+    cpu, gpu = load_model_dir(enc_model_dir, "cpu"), load_model_dir(enc_model_dir, "cuda")
+    audio, state = stream_parity_inputs(cpu.model, 2 * FRAME_SAMPLES)
+    for g, w in zip(TorchNetworks(gpu.model).stream_audio_batch(audio, state),
+                    TorchNetworks(cpu.model).stream_audio_batch(audio, state)):
+        np.testing.assert_allclose(g, w, atol=2e-3)
+
+
+def test_bench_stream_encoder_variant():
+    from bench.archs import arch_config
+
+    cfg = arch_config("full+student+stream-encoder")
+    assert cfg.kind == "student" and cfg.stream_encoder["out_dim"] == cfg.feature_dim == 512
+    assert arch_config("demo+stream-encoder").stream_encoder["d_model"] == 128
