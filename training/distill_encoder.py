@@ -250,7 +250,13 @@ def distill_encoder(opts: EncoderDistillOptions) -> EncoderDistillResult:
     train = load_corpus(opts.audio, "train", opts.max_clips)
     if not train:
         raise UserError("--audio: no training speech found")
-    val = [c for p in opts.audio if _is_synthtalk(p) for c in load_corpus([p], "val", opts.val_clips)]
+    val = []
+    for p in opts.audio:
+        if _is_synthtalk(p):
+            try:
+                val += load_corpus([p], "val", opts.val_clips)
+            except UserError:  # a set without a val split: validated on train clips below
+                pass
     val = val[:opts.val_clips] if val else train[-opts.val_clips:]
     log.info("distill-encoder: %d train clips (%.0f s), %d val clips", len(train),
              sum(len(c) for c in train) / SAMPLE_RATE, len(val))
