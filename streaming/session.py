@@ -3,7 +3,9 @@
 Each step (see streaming/windowing.py for the arithmetic):
 
 1. running-normalise the fixed-length audio window (context + hop + lookahead) and extract its
-   features — the audio encoder always sees the same shape;
+   features — the audio encoder always sees the same shape; with a streaming audio encoder
+   (diffposetalk/stream_encoder.py) only the samples not encoded yet are normalised and pushed,
+   and the encoder's carried state stands in for the context;
 2. build the denoiser window: the last ``n_prev`` frames already emitted (motion and the audio
    features they were made from) as the "previous" condition, then ``hop + lookahead`` frames of
    real audio features (indicator 1) and padding up to the model's window (indicator 0, features
