@@ -151,7 +151,7 @@ def network_flops_encoder(loaded: LoadedModel, samples: int, stream: bool = Fals
         enc = model.stream_encoder
         with _NoGrad(model):
             return _count(lambda: enc.step(torch.zeros(1, samples, device=model.device),
-                                           enc.initial_state(1, model.device)))
+                                           enc.initial_state(1, model.device), peek=enc.cfg.delay))
     n_frames = samples // (SAMPLE_RATE // cfg.fps)
     with _NoGrad(model):
         return _count(lambda: model.audio_features(torch.zeros(1, samples, device=model.device), n_frames))

@@ -131,7 +131,7 @@ class _Layer(nn.Module):
         att = torch.softmax(scores, dim=-1) @ heads(vals)
         x = x + self.out(att.transpose(1, 2).reshape(B, n, d))
         x = x + self.ff(self.norm2(x))
-        return x, keys[:, -self.P:], vals[:, -self.P:]
+        return x, keys, vals
 
 
 class StreamEncoder(nn.Module):
@@ -165,37 +165,45 @@ class StreamEncoder(nn.Module):
             i += n
         return out
 
-    def step(self, audio: torch.Tensor, state: torch.Tensor):
+    def step(self, audio: torch.Tensor, state: torch.Tensor, peek: int = 0):
         """audio (B, n*640) running-normalised new samples, state (B, state_size) ->
-        final (B, n, F) (frames t - delay), provisional (B, n, F) (frames t), new state."""
+        final (B, n + peek, F) (frames t - delay), provisional (B, n + peek, F) (frames t), new
+        state. ``peek`` frames of silence are encoded after the chunk without entering the state:
+        with peek = delay the last rows are the newest frames' final features as if silence
+        followed (what a live step uses for them; the next chunk replaces them). Causal, so the
+        chunk's own rows do not depend on the peek."""
         B, S = audio.shape
         if S % FRAME_SAMPLES:
             raise ValueError(f"a chunk of {S} samples is not a whole number of 40 ms frames")
         n, P = S // FRAME_SAMPLES, self.cfg.past
         st = self._unpack(state)
+        tail = st["wave"].shape[1]
         wave = torch.cat([st["wave"], audio], dim=1)
-        new_wave = wave[:, wave.shape[1] - st["wave"].shape[1]:]
+        new_wave = wave[:, S:S + tail]
+        if peek:
+            wave = torch.cat([wave, torch.zeros(B, peek * FRAME_SAMPLES, dtype=wave.dtype, device=wave.device)], 1)
+        m = n + peek  # frames encoded
         h = wave.unsqueeze(1)
         for conv in self.convs:
             h = F.gelu(conv(h))
         h = self.in_norm(self.to_frame(h).transpose(1, 2))  # (B, n, d)
-        frames = torch.cat([st["frames"], h], dim=1)  # (B, 2 + n, d)
+        frames = torch.cat([st["frames"], h], dim=1)  # (B, 2 + m, d)
         h = h + F.gelu(self.frame_conv(frames.transpose(1, 2)).transpose(1, 2))
-        new_frames = frames[:, -2:]
+        new_frames = frames[:, n:n + 2]  # the last two of the chunk (not of the peek)
 
         # new frame i (key index P + i) sees keys P + i - past .. P + i: cached ones once filled
-        qi = torch.arange(n, device=audio.device).unsqueeze(1) + P
-        kj = torch.arange(P + n, device=audio.device).unsqueeze(0)
-        dist = qi - kj  # (n, P + n)
+        qi = torch.arange(m, device=audio.device).unsqueeze(1) + P
+        kj = torch.arange(P + m, device=audio.device).unsqueeze(0)
+        dist = qi - kj  # (m, P + m)
         band = (dist >= 0) & (dist <= P)
-        filled = torch.cat([st["filled"], torch.ones(B, n, device=audio.device, dtype=state.dtype)], dim=1)
+        filled = torch.cat([st["filled"], torch.ones(B, m, device=audio.device, dtype=state.dtype)], dim=1)
         allowed = band.unsqueeze(0) & (filled > 0.5).unsqueeze(1)
         caches = []
         for i, layer in enumerate(self.layers):
             h, k, v = layer(h, st[f"k{i}"], st[f"v{i}"], allowed, dist)
-            caches += [k, v]
+            caches += [k[:, n:n + P], v[:, n:n + P]]  # the past after the chunk: the peek is not kept
         h = self.out_norm(h)
-        parts = [new_wave, new_frames, filled[:, -P:], *caches]
+        parts = [new_wave, new_frames, filled[:, n:n + P], *caches]
         new_state = torch.cat([p.reshape(B, -1) for p in parts], dim=1)
         return self.final(h), self.provisional(h), new_state
 

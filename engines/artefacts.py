@@ -137,6 +137,8 @@ class ExportRecord:
 def record_current(record: ExportRecord) -> bool:
     """Whether an exported graph has the interface this version runs: a dynamic batch on every
     input (an audio graph exported at a fixed batch of 1 cannot serve a batch of sessions)."""
+    if record.graph == "stream" and "peek" not in record.extra:
+        return False  # a streaming-encoder graph from before its silent peek rows
     return bool(record.inputs) and all(shape and shape[0] == "N" for shape in record.inputs.values())
 
 

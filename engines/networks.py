@@ -98,8 +98,9 @@ class Networks(ABC):
 
     def stream_audio_batch(self, audio: np.ndarray, state: np.ndarray):
         """(B, n*640) new running-normalised samples of B sessions and their states (B, Z) ->
-        (final (B, n, F): features of frames t - delay, provisional (B, n, F): frames t, new
-        states (B, Z)). Rows are independent."""
+        (final (B, n + delay, F): features of frames t - delay, the last ``delay`` rows those of
+        the newest frames as if silence followed (StreamEncoder.step's peek), provisional
+        (B, n + delay, F): frames t, new states (B, Z)). Rows are independent."""
         raise NotImplementedError(f"the {self.name} backend has no streaming audio encoder")
 
     @abstractmethod
@@ -171,7 +172,8 @@ class TorchNetworks(Networks):
         enc = self.model.stream_encoder
         dev = self.model.device
         final, prov, new = enc.step(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(dev),
-                                    torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32)).to(dev))
+                                    torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32)).to(dev),
+                                    peek=enc.cfg.delay)
         return final.float().cpu().numpy(), prov.float().cpu().numpy(), new.float().cpu().numpy()
 
     @torch.inference_mode()

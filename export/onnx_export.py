@@ -6,8 +6,8 @@ Graphs (file names are the cache's keys within a model's directory, see engines/
   (one window per session a batching scheduler serves); one file per streaming window length S
   (context + hop + lookahead), since the encoder is not causal;
 - ``stream_audio_<S>.onnx``: the streaming audio encoder's step (diffposetalk/stream_encoder.py):
-  (audio (N, S) new samples, state (N, Z)) -> (final, provisional (N, S/640, feature_dim),
-  state_out (N, Z)), batch dynamic (one state row per session); one file per chunk length (a
+  (audio (N, S) new samples, state (N, Z)) -> (final, provisional (N, S/640 + delay,
+  feature_dim), state_out (N, Z)), batch dynamic (one state row per session); one file per chunk length (a
   session's first chunk is hop + lookahead, later ones a hop);
 - ``denoiser.onnx``: DenoisingNetwork.forward at the model's (n_prev, L), batch dynamic (k CFG
   passes of a teacher per window, a student's one pass plus the (w_audio, w_style) guidance input,
@@ -116,7 +116,7 @@ class StreamAudioGraph(nn.Module):
         self.enc = model.stream_encoder
 
     def forward(self, audio, state):
-        return self.enc.step(audio, state)
+        return self.enc.step(audio, state, peek=self.enc.cfg.delay)
 
 
 STREAM_OUTPUTS = ["final", "provisional", "state_out"]
@@ -281,7 +281,7 @@ def export_stream_audio(model: DiffPoseTalk, out_dir: Path, chunk_samples: int, 
     rec = ExportRecord("stream", dst.name, key or model_hash(ref_model),
                        {"audio": ["N", chunk_samples], "state": ["N", state.shape[1]]}, 0.0, 0.0, tolerance, 0.0,
                        precision, extra={"chunk_samples": chunk_samples, "n_frames": chunk_samples // FRAME_SAMPLES,
-                                         "delay": cfg.delay, "batch": "dynamic"})
+                                         "delay": cfg.delay, "peek": cfg.delay, "batch": "dynamic"})
     rec.seconds = time.perf_counter() - t0
     return _check_and_keep(tmp, dst, rec, [(f, tuple(r)) for f, r in cases])
 

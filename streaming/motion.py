@@ -81,7 +81,8 @@ class StreamingAudioFeatures:
     """A session's streaming audio encoder (diffposetalk/stream_encoder.py): each step pushes only
     the new running-normalised samples with the session's encoder state, and asks for the
     features of the frames its denoiser window covers — final features where the encoder has heard
-    ``delay`` frames after the frame, provisional ones for the newest frames. Subclasses run the
+    ``delay`` frames after the frame, and for the newest frames final features as if silence
+    followed (the encoder's peek; they are replaced next step). Subclasses run the
     encoder (:meth:`_run`: alone on a backend, or in a batching scheduler's call)."""
 
     streaming = True
@@ -104,7 +105,7 @@ class StreamingAudioFeatures:
         self._prov: dict[int, np.ndarray] = {}
 
     def _run(self, audio: np.ndarray, state: np.ndarray):
-        """(n*640,), (1, Z) -> final (n, F), provisional (n, F), new state (1, Z)."""
+        """(n*640,), (1, Z) -> final (n + delay, F), provisional (n + delay, F), new state (1, Z)."""
         raise NotImplementedError
 
     def push(self, audio: np.ndarray) -> None:
@@ -114,17 +115,20 @@ class StreamingAudioFeatures:
         n, E = len(audio) // FRAME_SAMPLES, self.pushed
         self.pushed += n  # also when the call is shed: the stream goes on without this chunk
         final, prov, self.state = self._run(np.ascontiguousarray(audio, dtype=np.float32), self.state)
-        for i in range(n):
+        # final row i is frame E - delay + i; the last ``delay`` rows (the newest frames, as if
+        # silence followed) are replaced by the next chunk's
+        for i in range(len(final)):
             if E + i - self.delay >= 0:
                 self._final[E + i - self.delay] = final[i]
+        for i in range(len(prov)):
             self._prov[E + i] = prov[i]
         for book in (self._final, self._prov):
             for j in [j for j in book if j < self.pushed - self.KEEP]:
                 del book[j]
 
     def frames(self, start: int, stop: int) -> np.ndarray:
-        """Features of frames [start, stop) (final where known, else provisional; a frame whose
-        chunk was shed repeats the nearest earlier one)."""
+        """Features of frames [start, stop) (final, else provisional; a frame whose chunk was
+        shed repeats the nearest earlier one)."""
         out = np.zeros((stop - start, self.feature_dim), np.float32)
         last = None
         for i, j in enumerate(range(start, stop)):

@@ -59,6 +59,21 @@ def test_streamed_chunks_equal_one_shot_run():
     assert (f_fresh - final[:, -5:]).abs().max() > 1e-3
 
 
+@torch.no_grad()
+def test_peek_rows_are_a_silent_continuation_and_leave_the_state_alone():
+    torch.manual_seed(1)
+    enc = StreamEncoder(tiny_stream_config(24)).eval()
+    audio = torch.from_numpy(speechlike(1.0)).reshape(1, -1)[:, :12 * FRAME_SAMPLES]
+    state = enc.step(audio[:, :8 * FRAME_SAMPLES], enc.initial_state(1))[2]
+    chunk = audio[:, 8 * FRAME_SAMPLES:]
+    f0, p0, s0 = enc.step(chunk, state)
+    f1, p1, s1 = enc.step(chunk, state, peek=2)
+    assert f1.shape[1] == 6 and torch.allclose(f1[:, :4], f0, atol=1e-6) and torch.allclose(s1, s0, atol=1e-6)
+    silent = torch.cat([chunk, torch.zeros(1, 2 * FRAME_SAMPLES)], 1)
+    f2, _, _ = enc.step(silent, state)
+    assert torch.allclose(f1, f2, atol=1e-5)
+
+
 def test_model_dir_round_trip_and_bad_config(enc_loaded, tmp_path):
     from diffposetalk.config import ModelConfig
     from diffposetalk.model_dir import load_model_dir, save_model_dir
