@@ -86,6 +86,13 @@ def test_model_dir_round_trip_and_bad_config(enc_loaded, tmp_path):
     assert again.config.stream_encoder == enc_loaded.config.stream_encoder
     for k, v in enc_loaded.model.stream_encoder.state_dict().items():
         assert torch.equal(v, again.model.stream_encoder.state_dict()[k])
+    # the encoder is a file of its own: the rest of the model's weights file is unchanged by it
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("stream_encoder.") for k in load_file(str(tmp_path / "copy" / "weights.safetensors")))
+    (tmp_path / "copy" / "stream_encoder.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="stream_encoder.safetensors"):
+        load_model_dir(tmp_path / "copy")
     data = json.loads((tmp_path / "copy" / "config.json").read_text())
     data["stream_encoder"]["out_dim"] = 7
     with pytest.raises(CheckpointError, match="out_dim"):

@@ -38,7 +38,7 @@ from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 log = logging.getLogger("dpt_live.distill")
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-CHECKPOINT = "stream_encoder.safetensors"
+CHECKPOINT = "stream_encoder.safetensors"  # = diffposetalk.model_dir.STREAM_FILE
 RESUME_KEYS = ("frames", "seed", "hop_ms", "lookahead_ms", "noise", "encoder")
 
 
@@ -224,7 +224,7 @@ class EncoderDistillResult:
 
 def distill_encoder(opts: EncoderDistillOptions) -> EncoderDistillResult:
     import torch
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
     from tqdm import tqdm
 
     from diffposetalk.model import DiffPoseTalk
@@ -309,10 +309,8 @@ def distill_encoder(opts: EncoderDistillOptions) -> EncoderDistillResult:
         return float(np.mean(cos))
 
     def checkpoint(done: int) -> None:
-        state = {k: v.detach().cpu().contiguous() for k, v in encoder.state_dict().items()}
-        save_file(state, str(opts.out / CHECKPOINT), metadata={"format": "dpt-live"})
+        write_model(done)  # the encoder's weights are the model directory's stream_encoder.safetensors
         save_state(opts.out, done, optimizer, rng, options, history)
-        write_model(done)
 
     def write_model(done: int) -> None:
         cfg = dataclasses.replace(target_model.config, stream_encoder=enc_cfg.to_dict())
