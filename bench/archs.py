@@ -80,7 +80,8 @@ def arch_model_dir(arch: str, cache_dir: Path, seed: int = 0) -> Path:
     out = cache_dir / arch
     text = cfg.to_json() + "\n"
     if (out / "weights.safetensors").is_file() and (out / "config.json").is_file() \
-            and (out / "config.json").read_text() == text:
+            and (out / "config.json").read_text() == text \
+            and (cfg.stream_encoder is None or (out / "stream_encoder.safetensors").is_file()):
         return out
     from diffposetalk.model import DiffPoseTalk
     from diffposetalk.model_dir import save_model_dir

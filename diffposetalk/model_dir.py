@@ -122,7 +122,7 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{wpath}: corrupt weights ({exc})") from exc
-    if config.stream_encoder is not None:
+    if config.stream_encoder is not None and not any(k.startswith(STREAM_PREFIX) for k in state):
         spath = path / STREAM_FILE
         if not spath.is_file():
             raise CheckpointError(f"{spath}: missing (config.json names a streaming audio encoder)")
