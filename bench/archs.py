@@ -25,11 +25,24 @@ def reference_arch(arch: str) -> str:
     return TRAINED[arch][1] if arch in TRAINED else arch.split("+")[0]
 
 
+def stream_encoder_design(feature_dim: int) -> dict:
+    """The streaming audio encoder (diffposetalk/stream_encoder.py) of an architecture: the
+    bundled student's design (128-d, 3 layers) for a small model, a wider and deeper one
+    (256-d, 4 layers, 1024-d feed-forward, wider convs) for a full-size one (512-d features)."""
+    from diffposetalk.stream_encoder import StreamEncoderConfig
+
+    if feature_dim <= 128:
+        return StreamEncoderConfig(out_dim=feature_dim).to_dict()
+    return StreamEncoderConfig(conv_dim=(64, 128, 256), d_model=256, n_layers=4, n_heads=4, ffn_dim=1024,
+                               out_dim=feature_dim).to_dict()
+
+
 def arch_config(arch: str):
     """The ModelConfig of an --archs entry: a training/archs size, optionally with modifiers
     '+student[N]' (a distilled 1-step student with an N-frame window, default 8 as `dpt-live
-    distill`) and '+small-encoder' (the demo model's 2-layer 128-d HuBERT in place of the arch's:
-    what a distilled small audio encoder would cost)."""
+    distill`), '+small-encoder' (the demo model's 2-layer 128-d HuBERT in place of the arch's:
+    what a distilled small audio encoder would cost) and '+stream-encoder' (a streaming audio
+    encoder, :func:`stream_encoder_design`, which sessions then use instead of HuBERT)."""
     import dataclasses
     import re
 
@@ -38,7 +51,7 @@ def arch_config(arch: str):
     base, *mods = arch.split("+")
     if base not in ARCHS:
         raise UserError(f"--archs: unknown architecture {base!r} in {arch!r} (choose from {', '.join(ARCHS)}, "
-                        "optionally +student[N] and/or +small-encoder)")
+                        "optionally +student[N], +small-encoder, +stream-encoder)")
     cfg = make_config(base)
     for mod in mods:
         student = re.fullmatch(r"student(\d*)", mod)
@@ -46,8 +59,11 @@ def arch_config(arch: str):
             cfg = dataclasses.replace(cfg, hubert=dict(HUBERT_DEMO), audio_hidden=HUBERT_DEMO["hidden_size"])
         elif student:
             cfg = dataclasses.replace(cfg, kind="student", student_steps=1, n_motions=int(student.group(1) or 8))
+        elif mod == "stream-encoder":
+            cfg = dataclasses.replace(cfg, stream_encoder=stream_encoder_design(cfg.feature_dim))
         else:
-            raise UserError(f"--archs: unknown modifier {mod!r} in {arch!r} (+student[N], +small-encoder)")
+            raise UserError(f"--archs: unknown modifier {mod!r} in {arch!r} (+student[N], +small-encoder, "
+                            "+stream-encoder)")
     cfg.description = f"random weights ({arch}), for timing only: dpt-live bench"
     return cfg.validate(f"--archs {arch}")
 
@@ -64,7 +80,8 @@ def arch_model_dir(arch: str, cache_dir: Path, seed: int = 0) -> Path:
     out = cache_dir / arch
     text = cfg.to_json() + "\n"
     if (out / "weights.safetensors").is_file() and (out / "config.json").is_file() \
-            and (out / "config.json").read_text() == text:
+            and (out / "config.json").read_text() == text \
+            and (cfg.stream_encoder is None or (out / "stream_encoder.safetensors").is_file()):
         return out
     from diffposetalk.model import DiffPoseTalk
     from diffposetalk.model_dir import save_model_dir

@@ -57,12 +57,16 @@ def _count(fn: Callable[[], object]) -> int:
 
 
 def network_flops(loaded: LoadedModel, window_samples: int | None, guidance: Guidance,
-                  style: np.ndarray | None) -> dict:
-    """{'encoder': FLOPs of the audio encoder over ``window_samples`` (None: not counted), 'step':
+                  style: np.ndarray | None, stream_chunk: int | None = None) -> dict:
+    """{'encoder': FLOPs of the audio encoder over ``window_samples`` (None: not counted) — or,
+    with ``stream_chunk``, of one streaming-encoder step over that many new samples —, 'step':
     FLOPs of one guided_x0 call (batch 1), 'pass': 'step' per denoiser pass}."""
     model, cfg = loaded.model, loaded.config
     L, dev = cfg.n_motions, model.device
-    enc = None if window_samples is None else network_flops_encoder(loaded, window_samples)
+    if stream_chunk is not None:
+        enc = network_flops_encoder(loaded, stream_chunk, stream=True)
+    else:
+        enc = None if window_samples is None else network_flops_encoder(loaded, window_samples)
     with _NoGrad(model):
         cond = WindowCondition(torch.zeros(1, L, cfg.feature_dim, device=dev), torch.zeros(1, cfg.shape_dim, device=dev),
                                None if style is None else torch.as_tensor(style, device=dev)[None],
@@ -139,9 +143,15 @@ def time_reference(loaded: LoadedModel, audio: np.ndarray, guidance: Guidance, s
     return out
 
 
-def network_flops_encoder(loaded: LoadedModel, samples: int) -> int:
-    """FLOPs of one audio-encoder pass over ``samples`` (the reference encodes the padded clip once)."""
+def network_flops_encoder(loaded: LoadedModel, samples: int, stream: bool = False) -> int:
+    """FLOPs of one audio-encoder pass over ``samples`` (the reference encodes the padded clip once);
+    ``stream``: of one streaming-encoder step over a chunk of ``samples`` new samples."""
     model, cfg = loaded.model, loaded.config
+    if stream:
+        enc = model.stream_encoder
+        with _NoGrad(model):
+            return _count(lambda: enc.step(torch.zeros(1, samples, device=model.device),
+                                           enc.initial_state(1, model.device), peek=enc.cfg.delay))
     n_frames = samples // (SAMPLE_RATE // cfg.fps)
     with _NoGrad(model):
         return _count(lambda: model.audio_features(torch.zeros(1, samples, device=model.device), n_frames))

@@ -45,7 +45,7 @@ from diffposetalk.model import Guidance
 from diffposetalk.model_dir import load_model_dir
 from diffposetalk.paths import DEMO_AUDIO
 from diffposetalk.sampler import make_sampler
-from diffposetalk.units import SAMPLE_RATE
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 from streaming.factory import BACKENDS
 from streaming.metrics import percentiles_ms, replay_latency
 from streaming.session import StreamConfig
@@ -365,10 +365,13 @@ def run_matrix(plan: Plan, progress: Callable[[str], None] = print,
                         config = StreamConfig(hop, la, ctx, seed=plan.seed, seam_blend=plan.seam_blend)
                         flops = None
                         if plan.count_flops:
-                            key = (id(loaded), config.spec().window_samples)
+                            # a streaming encoder encodes a hop per step, not the window
+                            chunk = (config.spec().hop * FRAME_SAMPLES
+                                     if config.uses_stream_encoder(loaded.config.stream_encoder is not None) else None)
+                            key = (id(loaded), config.spec().window_samples, chunk)
                             if key not in flops_cache:
                                 flops_cache[key] = network_flops(loaded, config.spec().window_samples, guidance,
-                                                                 style)
+                                                                 style, stream_chunk=chunk)
                             flops = flops_cache[key]
                         if plan.offline and n_steps not in offline_motion:
                             offline_motion[n_steps] = offline_arrays(loaded, sampler, guidance, style, audio,

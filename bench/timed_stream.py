@@ -24,11 +24,24 @@ class FeatureTap:
     def __init__(self, inner):
         self.inner, self.outputs = inner, []
         self.window_samples, self.n_frames, self.feature_dim = inner.window_samples, inner.n_frames, inner.feature_dim
+        # a streaming encoder hands out the window's frames from the first real one (no context)
+        self.streaming = bool(getattr(inner, "streaming", False))
 
     def features(self, audio):
         out = self.inner.features(audio)
         self.outputs.append(out)
         return out
+
+    def push(self, audio):
+        self.inner.push(audio)
+
+    def frames(self, start, stop):
+        out = self.inner.frames(start, stop)
+        self.outputs.append(out)
+        return out
+
+    def silence(self):
+        return self.inner.silence()
 
 
 @dataclass
@@ -99,7 +112,7 @@ def stream_once(loaded, sampler, guidance, style, config, audio, backend=("torch
     rec, session = timed.recorder, timed.session
     feats = None
     if timed.tap is not None and rec.steps:  # the features of the frames each step emitted
-        ctx = session.spec.context
+        ctx = 0 if timed.tap.streaming else session.spec.context
         feats = np.concatenate([out[ctx:ctx + st.n_frames] for out, st in zip(timed.tap.outputs, rec.steps)])
     return StreamRun([s.compute_s for s in rec.steps], [s.features_s for s in rec.steps], timed.denoise.seconds,
                      len(rec.frames), [f.latency for f in rec.frames] if realtime else None, session.spec,

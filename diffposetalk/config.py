@@ -77,6 +77,8 @@ class ModelConfig:
     # sub-networks
     hubert: dict[str, Any] = field(default_factory=lambda: dict(HUBERT_BASE))
     style_encoder: StyleEncoderConfig | None = field(default_factory=StyleEncoderConfig)
+    # the streaming audio encoder (diffposetalk/stream_encoder.py), when the model has one
+    stream_encoder: dict[str, Any] | None = None
     # what this directory holds: "teacher" (reference sampler) or "student" (distilled)
     kind: str = "teacher"
     student_steps: int | None = None
@@ -110,6 +112,16 @@ class ModelConfig:
             problems.append("feature_dim must be divisible by n_heads")
         if self.style_encoder is not None and self.use_style and self.style_encoder.feature_dim != self.d_style:
             problems.append("style_encoder.feature_dim must equal d_style")
+        if self.stream_encoder is not None:
+            from diffposetalk.stream_encoder import StreamEncoderConfig
+
+            try:
+                enc = StreamEncoderConfig.from_dict(self.stream_encoder)
+            except (TypeError, ValueError) as exc:
+                problems.append(f"stream_encoder: {exc}")
+            else:
+                if enc.out_dim != self.feature_dim:
+                    problems.append(f"stream_encoder.out_dim {enc.out_dim} must equal feature_dim {self.feature_dim}")
         if self.kind not in ("teacher", "student"):
             problems.append(f"kind {self.kind!r} not in ('teacher', 'student')")
         if problems:

@@ -15,6 +15,7 @@ from diffposetalk.audio_encoder import AudioEncoder
 from diffposetalk.config import ModelConfig
 from diffposetalk.denoiser import DenoisingNetwork
 from diffposetalk.diffusion import DiffusionSchedule
+from diffposetalk.stream_encoder import StreamEncoder, StreamEncoderConfig
 from diffposetalk.style_encoder import StyleEncoder
 
 
@@ -57,6 +58,9 @@ class DiffPoseTalk(nn.Module):
             self.null_audio_feat = nn.Parameter(torch.randn(1, 1, F))
         self.style_encoder = (StyleEncoder(cfg.style_encoder, D)
                               if cfg.style_encoder is not None and cfg.use_style else None)
+        # the causal audio encoder streaming uses when present (its weights: "stream_encoder.*")
+        self.stream_encoder = (StreamEncoder(StreamEncoderConfig.from_dict(cfg.stream_encoder))
+                               if cfg.stream_encoder is not None else None)
 
     @property
     def device(self) -> torch.device:

@@ -1,4 +1,5 @@
-"""A model is a directory: config.json + weights.safetensors + stats.npz (+ styles/*.npy presets).
+"""A model is a directory: config.json + weights.safetensors + stats.npz (+ styles/*.npy presets,
++ stream_encoder.safetensors when config.json names a streaming audio encoder).
 
 Nothing here unpickles: safetensors holds tensors only, npz/npy are read with allow_pickle=False."""
 
@@ -15,6 +16,8 @@ from diffposetalk.config import ModelConfig
 from diffposetalk.model import DiffPoseTalk
 from diffposetalk.safe_pickle import CheckpointError
 
+STREAM_FILE = "stream_encoder.safetensors"  # the streaming audio encoder's weights, when the model has one
+STREAM_PREFIX = "stream_encoder."
 STAT_KEYS = ("shape_mean", "shape_std", "exp_mean", "exp_std", "pose_mean", "pose_std")
 STAT_SHAPES = {"shape": 100, "exp": 50, "pose": 6}
 
@@ -87,7 +90,12 @@ def save_model_dir(out: str | Path, config: ModelConfig, model: DiffPoseTalk, st
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(config.to_json() + "\n")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # the streaming audio encoder is a file of its own (its state-dict keys without the prefix):
+    # added to or replaced in a model directory without rewriting the rest
+    stream = {k[len(STREAM_PREFIX):]: state.pop(k) for k in [k for k in state if k.startswith(STREAM_PREFIX)]}
     save_file(state, str(out / "weights.safetensors"), metadata={"format": "dpt-live"})
+    if stream:
+        save_file(stream, str(out / STREAM_FILE), metadata={"format": "dpt-live"})
     np.savez(out / "stats.npz", **{k: np.asarray(stats[k], dtype=np.float32) for k in STAT_KEYS})
     if styles:
         (out / "styles").mkdir(exist_ok=True)
@@ -114,6 +122,14 @@ def load_model_dir(path: str | Path, device: str | torch.device = "cpu") -> Load
         state = load_file(str(wpath))
     except (SafetensorError, OSError, ValueError) as exc:
         raise CheckpointError(f"{wpath}: corrupt weights ({exc})") from exc
+    if config.stream_encoder is not None and not any(k.startswith(STREAM_PREFIX) for k in state):
+        spath = path / STREAM_FILE
+        if not spath.is_file():
+            raise CheckpointError(f"{spath}: missing (config.json names a streaming audio encoder)")
+        try:
+            state.update({STREAM_PREFIX + k: v for k, v in load_file(str(spath)).items()})
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{spath}: corrupt weights ({exc})") from exc
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

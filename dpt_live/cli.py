@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "dpt_live.commands.avatar_map",  # fit-avatar-map
     "dpt_live.commands.voices",  # voices fetch, voice-check
     "dpt_live.commands.distill",
+    "dpt_live.commands.distill_encoder",
     "dpt_live.commands.stream",
     "dpt_live.commands.export",
     "dpt_live.commands.serve",

@@ -3,7 +3,8 @@
 - The cache: ``<cache>/onnx/<model hash>/`` holds a model's ONNX graphs, ``<cache>/tensorrt/<key>/``
   its TensorRT plans (key: :func:`trt_cache_key`); ``<cache>`` is $DPT_LIVE_CACHE or
   ~/.cache/dpt-live.
-- Graph files: ``audio_<S>.onnx`` (one per audio window length S), ``denoiser.onnx``,
+- Graph files: ``audio_<S>.onnx`` (one per audio window length S), ``stream_audio_<S>.onnx``
+  (the streaming audio encoder at a chunk of S new samples, state in and out), ``denoiser.onnx``,
   ``style.onnx``, and their ``.fp16`` / ``.int8`` variants, each with a ``.json`` sidecar
   (:class:`ExportRecord`) naming the model hash it was exported from and its input shapes. Every
   graph has a dynamic batch axis ("N"); a graph recorded with a fixed batch (audio graphs exported
@@ -30,7 +31,7 @@ from diffposetalk.units import FRAME_SAMPLES
 OPSET = 17  # graphs are exported at: LayerNormalization is a native op from 17 on (one FP32 op in TensorRT)
 DENOISER_FILE = "denoiser.onnx"
 STYLE_FILE = "style.onnx"
-GRAPHS = ("audio", "denoiser", "style")
+GRAPHS = ("audio", "stream", "denoiser", "style")  # stream: the streaming audio encoder at one chunk length
 
 # --- the cache -------------------------------------------------------------------------------------
 
@@ -96,12 +97,17 @@ def audio_file(window_samples: int, precision: str = "fp32") -> str:
     return graph_file(f"audio_{window_samples}.onnx", precision)
 
 
+def stream_file(chunk_samples: int, precision: str = "fp32") -> str:
+    return graph_file(f"stream_audio_{chunk_samples}.onnx", precision)
+
+
 def graph_path_name(graph: str, precision: str = "fp32", window_samples: int | None = None) -> str:
-    """The file name of ``graph`` ("audio" at ``window_samples``, "denoiser", "style")."""
-    if graph == "audio":
+    """The file name of ``graph`` ("audio" at ``window_samples``, "stream" at a chunk of
+    ``window_samples``, "denoiser", "style")."""
+    if graph in ("audio", "stream"):
         if window_samples is None or window_samples <= 0 or window_samples % FRAME_SAMPLES:
-            raise ValueError(f"the audio graph needs a window of whole 40 ms frames, got {window_samples}")
-        return audio_file(window_samples, precision)
+            raise ValueError(f"the {graph} graph needs a window of whole 40 ms frames, got {window_samples}")
+        return (audio_file if graph == "audio" else stream_file)(window_samples, precision)
     if graph == "denoiser":
         return graph_file(DENOISER_FILE, precision)
     if graph == "style":
@@ -131,6 +137,8 @@ class ExportRecord:
 def record_current(record: ExportRecord) -> bool:
     """Whether an exported graph has the interface this version runs: a dynamic batch on every
     input (an audio graph exported at a fixed batch of 1 cannot serve a batch of sessions)."""
+    if record.graph == "stream" and "peek" not in record.extra:
+        return False  # a streaming-encoder graph from before its silent peek rows
     return bool(record.inputs) and all(shape and shape[0] == "N" for shape in record.inputs.values())
 
 
@@ -212,6 +220,8 @@ class ArtefactLookup:
     def export_command(self, graph: str, precision: str, window_samples: int | None, plan: bool = False) -> str:
         """The `dpt-live export` command that makes this artefact."""
         window = f" --window-ms {window_samples // 16}" if graph == "audio" and window_samples else ""
+        if graph == "stream" and window_samples:
+            window = f" --stream-chunk-ms {window_samples // 16}"
         if plan or precision == "fp16":  # fp16 graphs exist for TensorRT only
             return f"dpt-live export tensorrt --model <model dir> --precision {precision}{window}"
         out = "" if self.onnx_dir == self.default_dir else f" -o {self.onnx_dir}"

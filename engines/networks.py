@@ -31,6 +31,7 @@ import torch
 from diffposetalk.config import ModelConfig
 from diffposetalk.errors import UserError
 from diffposetalk.model import DiffPoseTalk, NetworkPass
+from diffposetalk.stream_encoder import StreamEncoderConfig, state_size
 from diffposetalk.units import FRAME_SAMPLES
 
 log = logging.getLogger("dpt_live.backends")
@@ -85,6 +86,22 @@ class Networks(ABC):
     @abstractmethod
     def denoise(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         """inputs by :func:`denoiser_input_names` (batch N first) -> (N, n_prev + L, D)."""
+
+    # --- the streaming audio encoder (diffposetalk/stream_encoder.py), when the model has one -----
+    @property
+    def has_stream_encoder(self) -> bool:
+        return self.cfg.stream_encoder is not None
+
+    def stream_state_size(self) -> int:
+        """Floats of one session's encoder state (a zero row is a fresh stream)."""
+        return state_size(stream_config(self.cfg))
+
+    def stream_audio_batch(self, audio: np.ndarray, state: np.ndarray):
+        """(B, n*640) new running-normalised samples of B sessions and their states (B, Z) ->
+        (final (B, n + delay, F): features of frames t - delay, the last ``delay`` rows those of
+        the newest frames as if silence followed (StreamEncoder.step's peek), provisional
+        (B, n + delay, F): frames t, new states (B, Z)). Rows are independent."""
+        raise NotImplementedError(f"the {self.name} backend has no streaming audio encoder")
 
     @abstractmethod
     def style(self, motion: np.ndarray) -> np.ndarray:
@@ -150,6 +167,16 @@ class TorchNetworks(Networks):
         return self.model.audio_features(x, audio.shape[1] // FRAME_SAMPLES).float().cpu().numpy()
 
     @torch.inference_mode()
+    def stream_audio_batch(self, audio, state):
+        check_stream_rows(audio, state, self.stream_state_size())
+        enc = self.model.stream_encoder
+        dev = self.model.device
+        final, prov, new = enc.step(torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(dev),
+                                    torch.from_numpy(np.ascontiguousarray(state, dtype=np.float32)).to(dev),
+                                    peek=enc.cfg.delay)
+        return final.float().cpu().numpy(), prov.float().cpu().numpy(), new.float().cpu().numpy()
+
+    @torch.inference_mode()
     def denoise(self, inputs):
         dev = self.model.device
         args = {k: torch.from_numpy(np.ascontiguousarray(v)).to(dev) for k, v in inputs.items()}
@@ -173,6 +200,20 @@ def check_windows(audio: np.ndarray) -> None:
     if audio.ndim != 2 or len(audio) == 0 or audio.shape[1] == 0 or audio.shape[1] % FRAME_SAMPLES:
         raise ValueError(f"audio windows have shape {audio.shape}: need (B, S) with B >= 1 and S a positive "
                          f"multiple of {FRAME_SAMPLES} samples (one 40 ms motion frame)")
+
+
+def stream_config(cfg: ModelConfig) -> StreamEncoderConfig:
+    if cfg.stream_encoder is None:
+        raise UserError("this model has no streaming audio encoder (add one with `dpt-live distill-encoder`)")
+    return StreamEncoderConfig.from_dict(cfg.stream_encoder)
+
+
+def check_stream_rows(audio: np.ndarray, state: np.ndarray, size: int) -> None:
+    if audio.ndim != 2 or len(audio) == 0 or audio.shape[1] == 0 or audio.shape[1] % FRAME_SAMPLES:
+        raise ValueError(f"audio chunks have shape {audio.shape}: need (B, S) with B >= 1 and S a positive "
+                         f"multiple of {FRAME_SAMPLES} samples (one 40 ms motion frame)")
+    if state.shape != (len(audio), size):
+        raise ValueError(f"encoder states have shape {state.shape}, need ({len(audio)}, {size})")
 
 
 # --- availability and the automatic choice -------------------------------------------------------------

@@ -20,7 +20,7 @@ import numpy as np
 
 from diffposetalk.errors import UserError
 from engines.artefacts import ArtefactLookup
-from engines.networks import Networks, check_window, check_windows, denoiser_input_names
+from engines.networks import Networks, check_stream_rows, check_window, check_windows, denoiser_input_names
 
 log = logging.getLogger("dpt_live.backends")
 
@@ -87,6 +87,7 @@ class OrtNetworks(Networks):
         self.providers = providers or default_providers()
         self.input_names = denoiser_input_names(cfg)
         self._audio: dict[int, object] = {}
+        self._stream: dict[int, object] = {}  # streaming encoder graphs by chunk length
         self._denoiser = self._session("denoiser")
         self._style = None
         log.info("onnxruntime %s: %s, %d intra-op thread(s), graphs in %s", precision,
@@ -112,6 +113,20 @@ class OrtNetworks(Networks):
         check_windows(audio)
         x = np.ascontiguousarray(audio, dtype=np.float32)
         return self.audio_session(x.shape[1]).run(None, {"audio": x})[0]
+
+    def stream_session(self, chunk_samples: int):
+        sess = self._stream.get(chunk_samples)
+        if sess is None:
+            sess = self._stream[chunk_samples] = self._session("stream", chunk_samples)
+        return sess
+
+    def stream_audio_batch(self, audio, state):
+        """One run of the streaming encoder's graph over B sessions' chunks and state rows."""
+        check_stream_rows(audio, state, self.stream_state_size())
+        x = np.ascontiguousarray(audio, dtype=np.float32)
+        final, prov, new = self.stream_session(x.shape[1]).run(
+            None, {"audio": x, "state": np.ascontiguousarray(state, dtype=np.float32)})
+        return final, prov, new
 
     def denoise(self, inputs):
         return self._denoiser.run(None, {n: inputs[n] for n in self.input_names})[0]

@@ -33,7 +33,7 @@ import numpy as np
 from diffposetalk.errors import UserError
 from engines.artefacts import ArtefactLookup
 from engines.cuda_graph import CudaGraph
-from engines.networks import Networks, check_window, denoiser_input_names
+from engines.networks import Networks, check_stream_rows, check_window, denoiser_input_names
 
 log = logging.getLogger("dpt_live.backends")
 
@@ -190,7 +190,8 @@ class _Binding:
         self.enqueue()
         self.eng.stream.synchronize()
 
-    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    def run(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """The ``outputs`` (default: the first) for ``feeds``, by name."""
         cuda, stream = self.eng.cuda, self.eng.stream
         for name in self.eng.input_names:
             np.copyto(self.host[name], feeds[name], casting="same_kind")
@@ -199,10 +200,11 @@ class _Binding:
             self.graph.launch(stream.handle)
         else:
             self.enqueue()
-        out = self.eng.output_names[0]
-        cuda.memcpy_dtoh_async(self.host[out], self.device[out], stream)
+        names = outputs or self.eng.output_names[:1]
+        for out in names:
+            cuda.memcpy_dtoh_async(self.host[out], self.device[out], stream)
         stream.synchronize()
-        return np.array(self.host[out], dtype=np.float32)
+        return {out: np.array(self.host[out], dtype=np.float32) for out in names}
 
 
 class TrtEngine:
@@ -309,6 +311,13 @@ class TrtEngine:
         self._graph_warnings.add(reason)
 
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The plan's first output for ``feeds``."""
+        return self.run_outputs(feeds, self.output_names[:1])[self.output_names[0]]
+
+    def run_outputs(self, feeds: dict[str, np.ndarray], outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Every output (or those named) for ``feeds``, by name: a graph with state outputs (the
+        streaming audio encoder) needs them all."""
+        outputs = outputs or list(self.output_names)
         shapes = {n: tuple(v.shape) for n, v in feeds.items()}
         profile, run_shapes = select_profile(self.profiles, shapes)
         if run_shapes != shapes:  # between batch buckets: pad to the bucket, cut the output
@@ -324,8 +333,8 @@ class TrtEngine:
             elif self._bound.get(profile) is not binding:
                 binding.bind()
                 self._bound[profile] = binding
-            out = binding.run(feeds)
-        return out if rows is None else out[:rows]
+            out = binding.run(feeds, outputs)
+        return out if rows is None else {n: v[:rows] for n, v in out.items()}
 
 
 def gpu_identity() -> tuple[str, tuple[int, int], str]:
@@ -347,6 +356,7 @@ class TrtNetworks(Networks):
         self.gpu = gpu_identity()
         self.input_names = denoiser_input_names(cfg)
         self._audio: dict[int, TrtEngine] = {}
+        self._stream: dict[int, TrtEngine] = {}  # streaming encoder plans by chunk length
         self._style: TrtEngine | None = None
         # engines made on first use: two sessions' threads asking at once must not both load one
         self._engines_lock = threading.Lock()
@@ -376,6 +386,22 @@ class TrtNetworks(Networks):
     def audio_features(self, audio):
         check_window(audio)
         return self._audio_engine(len(audio)).run({"audio": np.ascontiguousarray(audio, dtype=np.float32)[None]})[0]
+
+    def stream_audio_batch(self, audio, state):
+        """The streaming encoder's plan at this chunk length over B sessions' rows (state in and
+        out: the plan's three outputs are copied back)."""
+        check_stream_rows(audio, state, self.stream_state_size())
+        chunk = audio.shape[1]
+        eng = self._stream.get(chunk)
+        if eng is None:
+            with self._engines_lock:
+                eng = self._stream.get(chunk)
+                if eng is None:
+                    eng = self._stream[chunk] = self._engine("stream", chunk)
+        out = eng.run_outputs({"audio": np.ascontiguousarray(audio, dtype=np.float32),
+                               "state": np.ascontiguousarray(state, dtype=np.float32)},
+                              ["final", "provisional", "state_out"])
+        return out["final"], out["provisional"], out["state_out"]
 
     def denoise(self, inputs):
         return self._denoiser.run({n: inputs[n] for n in self.input_names})

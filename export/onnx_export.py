@@ -5,6 +5,10 @@ Graphs (file names are the cache's keys within a model's directory, see engines/
 - ``audio_<S>.onnx``: normalised audio (N, S) -> features (N, S/640, feature_dim), batch dynamic
   (one window per session a batching scheduler serves); one file per streaming window length S
   (context + hop + lookahead), since the encoder is not causal;
+- ``stream_audio_<S>.onnx``: the streaming audio encoder's step (diffposetalk/stream_encoder.py):
+  (audio (N, S) new samples, state (N, Z)) -> (final, provisional (N, S/640 + delay,
+  feature_dim), state_out (N, Z)), batch dynamic (one state row per session); one file per chunk length (a
+  session's first chunk is hop + lookahead, later ones a hop);
 - ``denoiser.onnx``: DenoisingNetwork.forward at the model's (n_prev, L), batch dynamic (k CFG
   passes of a teacher per window, a student's one pass plus the (w_audio, w_style) guidance input,
   times the windows batched together);
@@ -31,7 +35,7 @@ from torch import nn
 from diffposetalk.errors import UserError
 from diffposetalk.model import DiffPoseTalk
 from diffposetalk.units import FRAME_SAMPLES
-from engines.artefacts import DENOISER_FILE, OPSET, STYLE_FILE, ExportRecord, audio_file, graph_file, model_hash
+from engines.artefacts import DENOISER_FILE, OPSET, STYLE_FILE, ExportRecord, audio_file, graph_file, model_hash, stream_file
 from engines.networks import TorchNetworks, call_denoiser, denoiser_batch, denoiser_input_names
 
 log = logging.getLogger("dpt_live.export")
@@ -102,6 +106,20 @@ class AudioGraph(nn.Module):
 
     def forward(self, audio):
         return self.model.audio_features(audio, self.n_frames)
+
+
+class StreamAudioGraph(nn.Module):
+    """The streaming encoder's step: (audio (N, S), state (N, Z)) -> (final, provisional, state)."""
+
+    def __init__(self, model: DiffPoseTalk):
+        super().__init__()
+        self.enc = model.stream_encoder
+
+    def forward(self, audio, state):
+        return self.enc.step(audio, state, peek=self.enc.cfg.delay)
+
+
+STREAM_OUTPUTS = ["final", "provisional", "state_out"]
 
 
 class DenoiserGraph(nn.Module):
@@ -182,9 +200,10 @@ def _check_and_keep(tmp: Path, dst: Path, record: ExportRecord, cases: list[tupl
     sess = _ort_session(tmp)
     diff, scale = 0.0, 0.0
     for feeds, ref in cases:
-        out = sess.run(None, feeds)[0]
-        diff = max(diff, float(np.max(np.abs(out - ref))))
-        scale = max(scale, float(np.max(np.abs(ref))))
+        refs = ref if isinstance(ref, tuple) else (ref,)  # a graph with several outputs: all checked
+        for out, r in zip(sess.run(None, feeds), refs):
+            diff = max(diff, float(np.max(np.abs(out - r))))
+            scale = max(scale, float(np.max(np.abs(r))))
     record.max_abs_diff, record.ref_max_abs = diff, scale
     if not np.isfinite(diff) or diff > record.tolerance:
         tmp.unlink(missing_ok=True)
@@ -219,6 +238,52 @@ def export_audio(model: DiffPoseTalk, out_dir: Path, window_samples: int, tolera
                        extra={"window_samples": window_samples, "n_frames": n, "batch": "dynamic"})
     rec.seconds = time.perf_counter() - t0
     return _check_and_keep(tmp, dst, rec, [({"audio": batch[:1]}, ref[:1]), ({"audio": batch}, ref)])
+
+
+def stream_parity_inputs(model: DiffPoseTalk, chunk_samples: int, rows: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct chunks and realistic states (each row's encoder run over its own preceding audio,
+    so cached keys/values and filled flags are those of a stream under way; row 0 is fresh)."""
+    enc = model.stream_encoder
+    audio = parity_audio(chunk_samples * (rows + 1))
+    chunks, states = [], []
+    with torch.no_grad():
+        for r in range(rows):
+            lead = audio[:r * chunk_samples][None].copy()
+            state = enc.initial_state(1)
+            if r:
+                state = enc.step(torch.from_numpy(lead), state)[2]
+            chunks.append(audio[r * chunk_samples:(r + 1) * chunk_samples])
+            states.append(state[0].numpy())
+    return np.stack(chunks).astype(np.float32), np.stack(states).astype(np.float32)
+
+
+def export_stream_audio(model: DiffPoseTalk, out_dir: Path, chunk_samples: int, tolerance: float | None = None,
+                        key: str | None = None, precision: str = "fp32") -> ExportRecord:
+    """The streaming encoder's step at chunks of ``chunk_samples`` new samples, state in and out,
+    batch dynamic (one row per session), checked against PyTorch on every output."""
+    if model.stream_encoder is None:
+        raise UserError("this model has no streaming audio encoder (add one with `dpt-live distill-encoder`)")
+    if chunk_samples <= 0 or chunk_samples % FRAME_SAMPLES:
+        raise UserError(f"an audio chunk of {chunk_samples} samples is not a whole number of 40 ms frames")
+    tolerance = default_tolerance(precision) if tolerance is None else tolerance
+    t0 = time.perf_counter()
+    ref_model = model
+    model = export_copy(model, precision)
+    dst = Path(out_dir) / stream_file(chunk_samples, precision)
+    tmp = dst.with_suffix(f".tmp{os.getpid()}")
+    audio, state = stream_parity_inputs(model if precision == "fp32" else export_copy(ref_model), chunk_samples)
+    # traced at batch 2 so no size-1 axis is mistaken for a broadcast; checked at 1 and 3
+    _write_graph(StreamAudioGraph(model), (torch.from_numpy(audio[:2].copy()), torch.from_numpy(state[:2].copy())),
+                 ["audio", "state"], STREAM_OUTPUTS, ["audio", "state", *STREAM_OUTPUTS], tmp, precision)
+    ref = TorchNetworks(ref_model)
+    cases = [({"audio": audio[:b], "state": state[:b]}, ref.stream_audio_batch(audio[:b], state[:b])) for b in (1, 3)]
+    cfg = ref_model.stream_encoder.cfg
+    rec = ExportRecord("stream", dst.name, key or model_hash(ref_model),
+                       {"audio": ["N", chunk_samples], "state": ["N", state.shape[1]]}, 0.0, 0.0, tolerance, 0.0,
+                       precision, extra={"chunk_samples": chunk_samples, "n_frames": chunk_samples // FRAME_SAMPLES,
+                                         "delay": cfg.delay, "peek": cfg.delay, "batch": "dynamic"})
+    rec.seconds = time.perf_counter() - t0
+    return _check_and_keep(tmp, dst, rec, [(f, tuple(r)) for f, r in cases])
 
 
 def export_denoiser(model: DiffPoseTalk, out_dir: Path, tolerance: float | None = None,
@@ -274,13 +339,17 @@ def export_style(model: DiffPoseTalk, out_dir: Path, tolerance: float | None = N
 
 
 def export_model(model: DiffPoseTalk, out_dir: str | Path, windows: list[int],
-                 tolerance: float | None = None, precision: str = "fp32") -> list[ExportRecord]:
-    """All graphs of a model: the audio encoder at each window length (samples), the denoiser and
-    the style encoder (always fp32). Raises ParityError on the first graph over the tolerance."""
+                 tolerance: float | None = None, precision: str = "fp32",
+                 stream_chunks: list[int] | None = None) -> list[ExportRecord]:
+    """All graphs of a model: the audio encoder at each window length (samples), the streaming
+    encoder at each chunk length (samples; when the model has one), the denoiser and the style
+    encoder (always fp32). Raises ParityError on the first graph over the tolerance."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     key = model_hash(model)
     records = [export_audio(model, out_dir, w, tolerance, key, precision) for w in windows]
+    if model.stream_encoder is not None:
+        records += [export_stream_audio(model, out_dir, c, tolerance, key, precision) for c in stream_chunks or []]
     records.append(export_denoiser(model, out_dir, tolerance, key, precision))
     # the style encoder runs once per style, not per step: fp32 at every precision (and ONNX
     # Runtime 1.32's CPU provider crashes loading its fp16 graph)

@@ -62,6 +62,8 @@ class OnDemandArtefacts(ArtefactLookup):
         model = self.loaded.model
         if graph == "audio":
             ox.export_audio(model, self.onnx_dir, window_samples, key=self.key, precision=precision)
+        elif graph == "stream":
+            ox.export_stream_audio(model, self.onnx_dir, window_samples, key=self.key, precision=precision)
         elif graph == "denoiser":
             ox.export_denoiser(model, self.onnx_dir, key=self.key, precision=precision)
         elif precision == "fp32":
@@ -82,13 +84,17 @@ class OnDemandArtefacts(ArtefactLookup):
             return plan
 
 
-def build_plans(loaded, windows: list[int], precision: str, tolerance: float | None) -> list[str]:
-    """Every plan a stream needs (the audio encoder at each window length, the denoiser, the style
-    encoder in fp32), built where missing; one summary line per plan."""
+def build_plans(loaded, windows: list[int], precision: str, tolerance: float | None,
+                stream_chunks: list[int] | None = None) -> list[str]:
+    """Every plan a stream needs (the audio encoder at each window length, the streaming encoder
+    at each chunk length when the model has one, the denoiser, the style encoder in fp32), built
+    where missing; one summary line per plan."""
     artefacts = OnDemandArtefacts(loaded, tolerance=tolerance)
     gpu = gpu_identity()
     lines = []
     jobs = [("audio", w, precision) for w in windows] + [("denoiser", None, precision)]
+    if loaded.model.stream_encoder is not None:
+        jobs += [("stream", c, precision) for c in stream_chunks or []]
     if loaded.model.style_encoder is not None:
         jobs.append(("style", None, "fp32"))
     for graph, window, prec in jobs:

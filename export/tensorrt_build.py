@@ -4,7 +4,8 @@
   precision flags at all; in 10 the strongly-typed flag gives the same behaviour). fp16 plans are
   built from the fp16 ONNX graphs (export/onnx_export.py: half weights, normalisation in fp32).
 - fp32 plans clear TF32 where the flag exists, so they match PyTorch fp32 within 1e-3.
-- Fixed shapes per batch bucket: the audio encoder at its window length, the denoiser and the
+- Fixed shapes per batch bucket: the audio encoder at its window length, the streaming audio
+  encoder at its chunk length (state input and output: one row per session), the denoiser and the
   style encoder each get one fixed-shape optimisation profile per batch bucket (:func:`batch_buckets`:
   1..4, then powers of two, up to MAX_WINDOWS windows for the audio encoder, k·MAX_WINDOWS rows for
   the denoiser — k = the teacher's CFG passes; a batching scheduler's windows — and 4 for the style
@@ -34,7 +35,7 @@ from diffposetalk.errors import UserError
 from engines.artefacts import ExportRecord
 from engines.networks import TorchNetworks, backend_unavailable, denoiser_batch
 from engines.tensorrt_runtime import TrtEngine, trt_logger
-from export.onnx_export import ParityError, default_tolerance, denoiser_inputs, parity_audio
+from export.onnx_export import ParityError, default_tolerance, denoiser_inputs, export_copy, parity_audio, stream_parity_inputs
 
 log = logging.getLogger("dpt_live.export")
 
@@ -133,6 +134,8 @@ def plan_profiles(graph: str, cfg, onnx_record: ExportRecord) -> list[Profile]:
     """One fixed-shape profile per batch bucket of the graph's batch-dynamic inputs."""
     if graph == "audio":
         max_batch, names = MAX_WINDOWS, ["audio"]  # a batching scheduler's windows
+    elif graph == "stream":
+        max_batch, names = MAX_WINDOWS, ["audio", "state"]  # one chunk and state row per session
     elif graph == "denoiser":
         max_batch, names = denoiser_batch(cfg) * MAX_WINDOWS, list(onnx_record.inputs)
     else:
@@ -182,6 +185,12 @@ def plan_parity(loaded, plan: Path, graph: str, window_samples: int | None) -> t
     if graph == "audio":
         a = parity_audio(window_samples)
         cases.append(({"audio": a[None]}, ref.audio_features(a)[None]))
+    elif graph == "stream":  # every output, the state included: the next step starts from it
+        audio, state = stream_parity_inputs(export_copy(loaded.model), window_samples)
+        want = ref.stream_audio_batch(audio, state)
+        got = eng.run_outputs({"audio": audio, "state": state}, ["final", "provisional", "state_out"])
+        diff = max(float(np.max(np.abs(g - w))) for g, w in zip(got.values(), want))
+        return diff, max(float(np.max(np.abs(w))) for w in want)
     elif graph == "denoiser":
         for b in sorted({1, denoiser_batch(cfg)}):
             feeds = denoiser_inputs(cfg, b, seed=20 + b)

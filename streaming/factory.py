@@ -15,9 +15,10 @@ import torch
 from diffposetalk.model import Guidance
 from diffposetalk.model_dir import LoadedModel
 from diffposetalk.sampler import Sampler
+from diffposetalk.units import FRAME_SAMPLES
 from engines.networks import BACKEND_NAMES, Networks, TorchNetworks, choose_backend
 from export.prepare import open_networks
-from streaming.motion import CoefDecoder, NetworkAudioFeatures, SamplingMotionEngine
+from streaming.motion import CoefDecoder, NetworkAudioFeatures, NetworkStreamingFeatures, SamplingMotionEngine
 from streaming.scheduler import BatchScheduler
 from streaming.session import StepInfo, StreamConfig, StreamSession
 
@@ -38,15 +39,19 @@ def open_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     shape = (shape_raw.to(model.device) - stats["shape_mean"]) / stats["shape_std"]
     spec = config.spec()
     spec.check_model(loaded.config.n_motions)
+    stream = config.uses_stream_encoder(loaded.config.stream_encoder is not None)
+    chunks = (spec.new_frames * FRAME_SAMPLES, spec.hop * FRAME_SAMPLES)  # a streaming encoder's first / later
     link = None
     if scheduler is not None:
         if scheduler.model is not model or (networks is not None and networks is not scheduler.networks):
             raise ValueError("the scheduler serves another model or runtime than the one asked for")
         networks = scheduler.networks
-        audio, motion, link = scheduler.engines(spec.window_samples, sampler, guidance, shape, config.seed)
+        audio, motion, link = scheduler.engines(spec.window_samples, sampler, guidance, shape, config.seed,
+                                                stream_chunks=chunks if stream else None)
     else:
         networks = TorchNetworks(model) if networks is None else networks
-        audio = NetworkAudioFeatures(networks, spec.window_samples)
+        audio = (NetworkStreamingFeatures(networks, spec.window_samples, *chunks) if stream
+                 else NetworkAudioFeatures(networks, spec.window_samples))
         motion = SamplingMotionEngine(model, sampler, guidance, shape, config.seed, networks)
     decoder = CoefDecoder(stats, loaded.config.head_pose)
     style_np = None if style is None else np.asarray(torch.as_tensor(style).cpu(), dtype=np.float32)
@@ -55,6 +60,7 @@ def open_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
         link.bind(session)  # from here on its steps carry deadlines
     session.backend = networks.describe()  # for reports
     session.batched = scheduler is not None  # its network calls are shared with other sessions
+    session.audio_encoder = "stream" if stream else "window"  # for reports
     return session
 
 

@@ -23,7 +23,7 @@ from diffposetalk.batching import WindowJob
 from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition, motion_to_coef
 from diffposetalk.sampler import RandomNoise, Sampler
 from diffposetalk.units import FRAME_SAMPLES
-from engines.networks import Networks, TorchNetworks
+from engines.networks import Networks, TorchNetworks, stream_config
 
 
 class AudioFeatureEngine(Protocol):
@@ -75,6 +75,86 @@ class NetworkAudioFeatures:
             raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to "
                              f"({self.window_samples},)")
         return self.networks.audio_features(audio)
+
+
+class StreamingAudioFeatures:
+    """A session's streaming audio encoder (diffposetalk/stream_encoder.py): each step pushes only
+    the new running-normalised samples with the session's encoder state, and asks for the
+    features of the frames its denoiser window covers — final features where the encoder has heard
+    ``delay`` frames after the frame, and for the newest frames final features as if silence
+    followed (the encoder's peek; they are replaced next step). Subclasses run the
+    encoder (:meth:`_run`: alone on a backend, or in a batching scheduler's call)."""
+
+    streaming = True
+    KEEP = 64  # frames of features kept (a window asks for the newest hop + lookahead)
+
+    def __init__(self, networks: Networks, window_samples: int, first_samples: int, hop_samples: int):
+        """window_samples: the session's window (its check); first_samples / hop_samples: the
+        session's first chunk (hop + lookahead) and every later one (hop)."""
+        if window_samples % FRAME_SAMPLES or first_samples % FRAME_SAMPLES or hop_samples % FRAME_SAMPLES:
+            raise ValueError("audio windows and chunks must be whole numbers of motion frames")
+        self.networks = networks
+        self.chunks = (first_samples, hop_samples)
+        self.window_samples = window_samples  # the session's window (what the HuBERT path would see)
+        self.n_frames = window_samples // FRAME_SAMPLES
+        self.feature_dim = networks.cfg.feature_dim
+        self.delay = stream_config(networks.cfg).delay
+        self.state = np.zeros((1, networks.stream_state_size()), np.float32)
+        self.pushed = 0  # frames pushed so far
+        self._final: dict[int, np.ndarray] = {}
+        self._prov: dict[int, np.ndarray] = {}
+
+    def _run(self, audio: np.ndarray, state: np.ndarray):
+        """(n*640,), (1, Z) -> final (n + delay, F), provisional (n + delay, F), new state (1, Z)."""
+        raise NotImplementedError
+
+    def push(self, audio: np.ndarray) -> None:
+        """The next ``n*640`` normalised samples of the stream (padding beyond its end is 0)."""
+        if audio.ndim != 1 or not len(audio) or len(audio) % FRAME_SAMPLES:
+            raise ValueError(f"audio chunk has shape {audio.shape}: need a whole number of 40 ms frames")
+        n, E = len(audio) // FRAME_SAMPLES, self.pushed
+        self.pushed += n  # also when the call is shed: the stream goes on without this chunk
+        final, prov, self.state = self._run(np.ascontiguousarray(audio, dtype=np.float32), self.state)
+        # final row i is frame E - delay + i; the last ``delay`` rows (the newest frames, as if
+        # silence followed) are replaced by the next chunk's
+        for i in range(len(final)):
+            if E + i - self.delay >= 0:
+                self._final[E + i - self.delay] = final[i]
+        for i in range(len(prov)):
+            self._prov[E + i] = prov[i]
+        for book in (self._final, self._prov):
+            for j in [j for j in book if j < self.pushed - self.KEEP]:
+                del book[j]
+
+    def frames(self, start: int, stop: int) -> np.ndarray:
+        """Features of frames [start, stop) (final, else provisional; a frame whose chunk was
+        shed repeats the nearest earlier one)."""
+        out = np.zeros((stop - start, self.feature_dim), np.float32)
+        last = None
+        for i, j in enumerate(range(start, stop)):
+            f = self._final.get(j)
+            f = self._prov.get(j) if f is None else f
+            f = last if f is None else f
+            if f is not None:
+                out[i] = last = f
+        return out
+
+    def silence(self) -> np.ndarray:
+        """Final features of a silent stream (the padding frames of a window), from a fresh
+        state, in the session's chunk sizes (the shapes the backend has)."""
+        state = np.zeros_like(self.state)
+        final, _, state = self._run(np.zeros(self.chunks[0], np.float32), state)
+        for _ in range(max(1, -(-2 * self.delay // (self.chunks[1] // FRAME_SAMPLES)))):
+            final, _, state = self._run(np.zeros(self.chunks[1], np.float32), state)
+        return final[-1].copy()
+
+
+class NetworkStreamingFeatures(StreamingAudioFeatures):
+    """The streaming encoder of one session on any backend's networks (its own calls)."""
+
+    def _run(self, audio, state):
+        final, prov, new = self.networks.stream_audio_batch(audio[None], state)
+        return final[0], prov[0], new
 
 
 class SamplingMotionEngine:

@@ -44,6 +44,9 @@ def add_window_args(p: argparse.ArgumentParser, steps_help: str | None = None) -
     p.add_argument("--no-speech-gate", action="store_true",
                    help="streaming: feed room tone and noise to the encoder as they are (default: audio the voice "
                         "activity detector calls non-speech reaches it as silence; docs/STREAMING.md)")
+    p.add_argument("--audio-encoder", choices=["auto", "stream", "window"], default="auto",
+                   help="auto: the model's streaming audio encoder when it has one (docs/STREAMING.md), else "
+                        "HuBERT over the window; window: HuBERT over context + hop + lookahead every step")
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddim")
     p.add_argument("--steps", type=int, help=steps_help or f"ddim steps (default: a student model's own, else "
                                                             f"{DEFAULT_DDIM_STEPS})")

@@ -58,7 +58,7 @@ from diffposetalk.sampler import Sampler
 from diffposetalk.units import FRAME_SAMPLES
 from engines.networks import Networks
 from streaming.metrics import percentiles_ms
-from streaming.motion import SamplingMotionEngine, StepShed
+from streaming.motion import SamplingMotionEngine, StepShed, StreamingAudioFeatures
 
 log = logging.getLogger("dpt_live.scheduler")
 
@@ -235,7 +235,7 @@ class CostModel:
 class _Request:
     kind: str  # "audio" | "motion"
     pending: Pending
-    payload: object  # audio: (S,) window; motion: (WindowJob, Sampler)
+    payload: object  # audio: (S,) window, or (chunk (S,), state (1, Z)) of a streaming encoder; motion: (WindowJob, Sampler)
     link: SessionLink | None
     submitted: float
     future: Future = field(default_factory=Future)
@@ -340,15 +340,17 @@ class BatchScheduler:
 
     # --- sessions' engines -----------------------------------------------------------------------
     def engines(self, window_samples: int, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
-                seed: int = 0, label: str | None = None):
-        """The two proxy engines of a new session and its link (bind it to the StreamSession)."""
+                seed: int = 0, label: str | None = None, stream_chunks: tuple[int, int] | None = None):
+        """The two proxy engines of a new session and its link (bind it to the StreamSession).
+        stream_chunks: (first, later) chunk samples of a session on the streaming audio encoder."""
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the batch scheduler is closed")
             self._opened += 1
             label = label or f"session-{self._opened}"
         link = SessionLink(self, label)
-        audio = ScheduledAudioFeatures(self, link, window_samples)
+        audio = (ScheduledStreamingFeatures(self, link, window_samples, *stream_chunks) if stream_chunks
+                 else ScheduledAudioFeatures(self, link, window_samples))
         motion = ScheduledMotionEngine(self, link, sampler, guidance, shape, seed)
         with self._cond:
             self._links.add(link)
@@ -364,6 +366,17 @@ class BatchScheduler:
         then = link.motion if link is not None else None
         pending = Pending(due, ("audio", len(window)), sheddable=sheddable and self.shed, then=then)
         return self._submit(_Request("audio", pending, window, link, self.clock()))
+
+    def stream_features(self, chunk: np.ndarray, state: np.ndarray, link: SessionLink | None = None):
+        """One session's new audio (n*640,) and streaming-encoder state (1, Z) -> (final (n, F),
+        provisional (n, F), new state (1, Z)), run with the others' rows (their states stacked)."""
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if chunk.ndim != 1 or not len(chunk) or len(chunk) % FRAME_SAMPLES:
+            raise ValueError(f"audio chunk has shape {chunk.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
+        then = link.motion if link is not None else None
+        pending = Pending(due, ("stream", len(chunk)), sheddable=sheddable and self.shed, then=then)
+        return self._submit(_Request("audio", pending, (chunk, state), link, self.clock()))
 
     def sample(self, job: WindowJob, sampler: Sampler, link: SessionLink | None = None) -> tuple[np.ndarray, bool]:
         """One session's denoiser window -> (clean motion (L, D), whether it ran fewer steps)."""
@@ -528,6 +541,11 @@ class BatchScheduler:
             r.future.set_result(out)
 
     def _call(self, run: list[_Request], steps: int) -> list:
+        if run[0].kind == "audio" and run[0].pending.group[0] == "stream":
+            # streaming encoder: each session's state is one row of the call
+            final, prov, state = self.networks.stream_audio_batch(np.stack([r.payload[0] for r in run]),
+                                                                  np.concatenate([r.payload[1] for r in run]))
+            return [(final[i], prov[i], state[i:i + 1]) for i in range(len(run))]
         if run[0].kind == "audio":
             feats = self.networks.audio_features_batch(np.stack([r.payload for r in run]))
             return list(feats)
@@ -634,6 +652,20 @@ class ScheduledAudioFeatures:
             raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to "
                              f"({self.window_samples},)")
         return self.scheduler.features(audio, self.link)
+
+
+class ScheduledStreamingFeatures(StreamingAudioFeatures):
+    """A session's streaming audio encoder whose chunks run in the scheduler's batched calls, its
+    state one row of the call. A shed chunk leaves the state as it was (the stream goes on
+    without that audio, the session emits its continuation frames)."""
+
+    def __init__(self, scheduler: BatchScheduler, link: SessionLink, window_samples: int, first_samples: int,
+                 hop_samples: int):
+        super().__init__(scheduler.networks, window_samples, first_samples, hop_samples)
+        self.scheduler, self.link = scheduler, link
+
+    def _run(self, audio, state):
+        return self.scheduler.stream_features(audio, state, self.link)
 
 
 class ScheduledMotionEngine(SamplingMotionEngine):

@@ -3,7 +3,9 @@
 Each step (see streaming/windowing.py for the arithmetic):
 
 1. running-normalise the fixed-length audio window (context + hop + lookahead) and extract its
-   features — the audio encoder always sees the same shape;
+   features — the audio encoder always sees the same shape; with a streaming audio encoder
+   (diffposetalk/stream_encoder.py) only the samples not encoded yet are normalised and pushed,
+   and the encoder's carried state stands in for the context;
 2. build the denoiser window: the last ``n_prev`` frames already emitted (motion and the audio
    features they were made from) as the "previous" condition, then ``hop + lookahead`` frames of
    real audio features (indicator 1) and padding up to the model's window (indicator 0, features
@@ -38,6 +40,7 @@ from streaming.speech_gate import SpeechGate
 from streaming.style import StyleFader
 from streaming.windowing import WindowSpec, frames_in
 
+AUDIO_ENCODERS = ("auto", "stream", "window")
 MAX_CHUNK = 4 * SAMPLE_RATE  # a feed() longer than this is processed in pieces (flat memory)
 
 
@@ -53,6 +56,19 @@ class StreamConfig:
     speech_gate: bool = True  # non-speech audio reaches the encoder as silence (streaming/speech_gate.py)
     eyes: bool = False
     seed: int = 0
+    # audio encoder: "auto" (the model's streaming encoder when it has one, else HuBERT over the
+    # window), "stream" or "window"
+    audio_encoder: str = "auto"
+
+    def uses_stream_encoder(self, has_stream_encoder: bool) -> bool:
+        from diffposetalk.errors import UserError
+
+        if self.audio_encoder not in AUDIO_ENCODERS:
+            raise UserError(f"audio encoder {self.audio_encoder!r}: one of {', '.join(AUDIO_ENCODERS)}")
+        if self.audio_encoder == "stream" and not has_stream_encoder:
+            raise UserError("--audio-encoder stream: this model has no streaming audio encoder "
+                            "(add one with `dpt-live distill-encoder`)")
+        return self.audio_encoder == "stream" or (self.audio_encoder == "auto" and has_stream_encoder)
 
     def spec(self) -> WindowSpec:
         return WindowSpec.from_ms(self.hop_ms, self.lookahead_ms, self.context_ms)
@@ -114,9 +130,16 @@ class StreamSession:
         # last n_prev emitted frames and their audio features
         self.prev_motion = np.array(motion.start_motion, dtype=np.float32)
         self.prev_audio = np.array(motion.start_audio, dtype=np.float32)
-        # features of a silent window, for padded frames (computed once: fixed shape, no audio)
-        silent = audio.features(np.zeros(spec.window_samples, np.float32))
-        self.silence = silent[len(silent) // 2].copy()
+        # a streaming encoder (streaming/motion.py StreamingAudioFeatures) is pushed each step's new
+        # samples only and carries its state; the windowed one re-encodes the whole window
+        self.streaming_audio = bool(getattr(audio, "streaming", False))
+        self._encoded = 0  # samples already pushed to a streaming encoder
+        # features of silence, for padded frames (computed once: fixed shape, no audio)
+        if self.streaming_audio:
+            self.silence = audio.silence()
+        else:
+            silent = audio.features(np.zeros(spec.window_samples, np.float32))
+            self.silence = silent[len(silent) // 2].copy()
         self._pending = np.zeros((0, motion.motion_dim), np.float32)  # last step's lookahead frames
         self._pending_audio = np.zeros((0, self.prev_audio.shape[1]), np.float32)  # ... and their features
         self.step_arrival: float | None = None  # session clock: when the current step's first frame's audio came
@@ -185,14 +208,23 @@ class StreamSession:
         n_real = spec.new_frames if not final else min(spec.new_frames, total - first)
         n_emit = spec.hop if not final else min(spec.hop, n_real)
         try:
-            window, lo, hi = self.ring.read(end - spec.window_samples, end)
             # gated after normalising: a gated sample becomes 0, the normalised value of silence at the
             # running mean (as padding is), so a DC offset cannot turn the gate into a step
-            feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi), end - spec.window_samples))
+            if self.streaming_audio:
+                # the new samples only, each normalised (and gated) once with the statistics of its own step
+                start = self._encoded
+                chunk, lo, hi = self.ring.read(start, end)
+                self._encoded = end
+                self.audio.push(self._gated(self.normalizer.normalise(chunk, lo, hi), start))
+                real = self.audio.frames(first, first + n_real)
+            else:
+                window, lo, hi = self.ring.read(end - spec.window_samples, end)
+                feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi), end - spec.window_samples))
+                real = feats[spec.context:spec.context + n_real]
             t_feat = self.clock() - t_start
 
             audio_feat = np.tile(self.silence, (L, 1))
-            audio_feat[:n_real] = feats[spec.context:spec.context + n_real]
+            audio_feat[:n_real] = real
             indicator = np.zeros(L, np.float32)
             indicator[:n_real] = 1
             style = self.style.at(first)

@@ -48,6 +48,7 @@ def stream_setup(args):
     from streaming.session import StreamConfig
 
     config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, eyes=args.eyes, seed=args.seed,
+                          audio_encoder=getattr(args, "audio_encoder", "auto"),
                           seam_blend=not args.no_seam_blend, speech_gate=not args.no_speech_gate)
     config.spec()  # window arguments are checked before the model loads
     if args.threads is None:

@@ -13,6 +13,8 @@ log = logging.getLogger("dpt_live.export")
 
 # the stream defaults (streaming/options.py): 1600 ms context + 80 ms hop + 80 ms lookahead
 DEFAULT_WINDOW_MS = "1760"
+# a streaming encoder's chunks at the defaults: the first step's hop + lookahead, then a hop
+DEFAULT_CHUNKS_MS = "160,80"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--window-ms", default=DEFAULT_WINDOW_MS,
                    help="audio encoder window length(s) in ms, comma-separated: context + hop + lookahead "
                         "of the streams it will serve (default 1760 = 1600 + 80 + 80)")
+    o.add_argument("--stream-chunk-ms", default=DEFAULT_CHUNKS_MS,
+                   help="streaming audio encoder chunk(s) in ms, when the model has one: a stream's first chunk "
+                        "(hop + lookahead) and later ones (hop) (default 160,80)")
     o.add_argument("--tolerance", type=float, default=None,
                    help="largest max-abs difference to PyTorch accepted (default 1e-3); over it the graph "
                         "is refused")
@@ -42,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t = esub.add_parser("tensorrt", help="TensorRT plans from the ONNX graphs (needs a CUDA GPU and TensorRT)")
     t.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model directory (default: the bundled demo teacher, models/demo)")
     t.add_argument("--window-ms", default=DEFAULT_WINDOW_MS, help="audio encoder window length(s) in ms")
+    t.add_argument("--stream-chunk-ms", default=DEFAULT_CHUNKS_MS,
+                   help="streaming audio encoder chunk(s) in ms, when the model has one (default 160,80)")
     t.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
                    help="fp16: the graph is cast to fp16 with normalisation kept in fp32")
     t.add_argument("--tolerance", type=float, default=None,
@@ -49,14 +56,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.set_defaults(func=cmd_tensorrt)
 
 
-def parse_windows(text: str) -> list[int]:
+def parse_windows(text: str, option: str = "--window-ms") -> list[int]:
     from export.onnx_export import window_samples_from_ms
 
     out = []
     for item in str(text).split(","):
         item = item.strip()
         if not item.isdigit():
-            raise UserError(f"--window-ms takes comma-separated whole milliseconds, got {item!r}")
+            raise UserError(f"{option} takes comma-separated whole milliseconds, got {item!r}")
         out.append(window_samples_from_ms(int(item)))
     return sorted(set(out))
 
@@ -85,7 +92,8 @@ def cmd_onnx(args) -> int:
     loaded = load_model_dir(args.model)
     out = args.out or onnx_cache_dir(loaded.model)
     print(f"exporting {args.model} (model hash {model_hash(loaded.model)}) to {out}")
-    records = export_model(loaded.model, out, windows, tol)
+    chunks = parse_windows(args.stream_chunk_ms, "--stream-chunk-ms")
+    records = export_model(loaded.model, out, windows, tol, stream_chunks=chunks)
     for r in records:
         print("  " + r.summary())
     summary = {"model": str(args.model), "model_hash": records[0].model_hash,
@@ -96,14 +104,6 @@ def cmd_onnx(args) -> int:
         summary["timing"] = time_graphs(loaded, out, windows, args.int8, args.time, args.threads)
     (Path(out) / "export.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0
-
-
-
-
-
-
-
-
 
 
 def cmd_tensorrt(args) -> int:
@@ -119,6 +119,7 @@ def cmd_tensorrt(args) -> int:
     loaded = load_model_dir(args.model)
     key = model_hash(loaded.model)
     print(f"building TensorRT {args.precision} plans for {args.model} (model hash {key})")
-    for rec in build_plans(loaded, windows, args.precision, tol):
+    chunks = parse_windows(args.stream_chunk_ms, "--stream-chunk-ms")
+    for rec in build_plans(loaded, windows, args.precision, tol, stream_chunks=chunks):
         print("  " + rec)
     return 0

@@ -1,0 +1,306 @@
+"""The streaming audio encoder (diffposetalk/stream_encoder.py): exact state carrying, its use by
+sessions (alone, on ONNX Runtime, on the batching scheduler), its model-directory form, and
+`dpt-live distill-encoder` end to end."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from diffposetalk.stream_encoder import StreamEncoder, align_final, tiny_stream_config
+from diffposetalk.units import FRAME_SAMPLES
+
+
+def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
+    from diffposetalk.synth_audio import speechlike as make
+
+    return make(seconds, seed=seed).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def enc_model_dir(tmp_path_factory):
+    """A tiny student whose streaming encoder has random (non-zero) weights."""
+    from conftest import make_tiny_model_dir
+
+    path = tmp_path_factory.mktemp("enc") / "m"
+    return make_tiny_model_dir(path, seed=4, kind="student", student_steps=1, n_motions=8,
+                               stream_encoder=tiny_stream_config(32).to_dict())
+
+
+@pytest.fixture(scope="module")
+def enc_loaded(enc_model_dir):
+    from diffposetalk.model_dir import load_model_dir
+
+    return load_model_dir(enc_model_dir)
+
+
+@torch.no_grad()
+def test_streamed_chunks_equal_one_shot_run():
+    torch.manual_seed(0)
+    enc = StreamEncoder(tiny_stream_config(24)).eval()
+    audio = torch.from_numpy(speechlike(2.0)).reshape(1, -1)[:, :50 * FRAME_SAMPLES]
+    audio = torch.cat([audio, -audio.flip(1)])  # two distinct rows
+    final, prov = enc(audio)
+    state = enc.initial_state(2)
+    got_f, got_p, at = [], [], 0
+    for n in [4, 2, 1, 3, 2, 2, 7, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 5]:  # past the cache length, uneven
+        f, p, state = enc.step(audio[:, at * FRAME_SAMPLES:(at + n) * FRAME_SAMPLES], state)
+        got_f.append(f)
+        got_p.append(p)
+        at += n
+    assert at == 50
+    assert torch.allclose(torch.cat(got_f, 1), final, atol=1e-5)
+    assert torch.allclose(torch.cat(got_p, 1), prov, atol=1e-5)
+    # the state really carries the past: a fresh state on the last chunk gives other features
+    f_fresh, _, _ = enc.step(audio[:, -5 * FRAME_SAMPLES:], enc.initial_state(2))
+    assert (f_fresh - final[:, -5:]).abs().max() > 1e-3
+
+
+@torch.no_grad()
+def test_peek_rows_are_a_silent_continuation_and_leave_the_state_alone():
+    torch.manual_seed(1)
+    enc = StreamEncoder(tiny_stream_config(24)).eval()
+    audio = torch.from_numpy(speechlike(1.0)).reshape(1, -1)[:, :12 * FRAME_SAMPLES]
+    state = enc.step(audio[:, :8 * FRAME_SAMPLES], enc.initial_state(1))[2]
+    chunk = audio[:, 8 * FRAME_SAMPLES:]
+    f0, p0, s0 = enc.step(chunk, state)
+    f1, p1, s1 = enc.step(chunk, state, peek=2)
+    assert f1.shape[1] == 6 and torch.allclose(f1[:, :4], f0, atol=1e-6) and torch.allclose(s1, s0, atol=1e-6)
+    silent = torch.cat([chunk, torch.zeros(1, 2 * FRAME_SAMPLES)], 1)
+    f2, _, _ = enc.step(silent, state)
+    assert torch.allclose(f1, f2, atol=1e-5)
+
+
+def test_model_dir_round_trip_and_bad_config(enc_loaded, tmp_path):
+    from diffposetalk.config import ModelConfig
+    from diffposetalk.model_dir import load_model_dir, save_model_dir
+    from diffposetalk.safe_pickle import CheckpointError
+
+    assert enc_loaded.model.stream_encoder is not None
+    stats = {k: v.numpy() for k, v in enc_loaded.stats.items()}
+    save_model_dir(tmp_path / "copy", enc_loaded.config, enc_loaded.model, stats)
+    again = load_model_dir(tmp_path / "copy")
+    assert again.config.stream_encoder == enc_loaded.config.stream_encoder
+    for k, v in enc_loaded.model.stream_encoder.state_dict().items():
+        assert torch.equal(v, again.model.stream_encoder.state_dict()[k])
+    # the encoder is a file of its own: the rest of the model's weights file is unchanged by it
+    from safetensors.torch import load_file
+
+    assert not any(k.startswith("stream_encoder.") for k in load_file(str(tmp_path / "copy" / "weights.safetensors")))
+    (tmp_path / "copy" / "stream_encoder.safetensors").unlink()
+    with pytest.raises(CheckpointError, match="stream_encoder.safetensors"):
+        load_model_dir(tmp_path / "copy")
+    data = json.loads((tmp_path / "copy" / "config.json").read_text())
+    data["stream_encoder"]["out_dim"] = 7
+    with pytest.raises(CheckpointError, match="out_dim"):
+        ModelConfig.from_dict(data)
+
+
+class Recording:
+    """A motion engine wrapper that keeps the audio features of each step's emitted frames."""
+
+    def __init__(self, inner, hop):
+        self.inner, self.hop, self.feats = inner, hop, []
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def sample(self, audio_feat, *args):
+        self.feats.append(np.array(audio_feat[:self.hop]))
+        return self.inner.sample(audio_feat, *args)
+
+
+def test_session_features_equal_offline_run_of_the_training_input(enc_loaded):
+    """What a live session feeds the denoiser for its emitted frames is the encoder's one-shot run
+    over the stream-normalised audio (training/distill_encoder.stream_normalise): training input
+    and serving input are the same."""
+    from diffposetalk.model import Guidance
+    from streaming.factory import open_session
+    from streaming.runner import stream_array
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+    from training.distill_encoder import stream_normalise
+
+    audio = speechlike(3.0, seed=2)[:70 * FRAME_SAMPLES]
+    session = open_session(enc_loaded, pick_sampler("ddim", None, enc_loaded), Guidance(), StreamConfig())
+    assert session.audio_encoder == "stream"
+    rec = Recording(session.motion, session.spec.hop)
+    session.motion = rec
+    stream_array(session, audio, 320)
+    got = np.concatenate(rec.feats)[:70]
+    delay = enc_loaded.model.stream_encoder.cfg.delay
+    x = torch.from_numpy(stream_normalise(audio, 2, 2, delay))[None]
+    with torch.no_grad():
+        final, _ = enc_loaded.model.stream_encoder(x)
+    want = final[0, delay:delay + 70].numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_window_encoder_still_selectable(enc_loaded):
+    from diffposetalk.errors import UserError
+    from diffposetalk.model import Guidance
+    from streaming.factory import open_session
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    s = open_session(enc_loaded, sampler, Guidance(), StreamConfig(audio_encoder="window"))
+    assert s.audio_encoder == "window"
+    cfg = StreamConfig(audio_encoder="stream")
+    assert cfg.uses_stream_encoder(True)
+    with pytest.raises(UserError, match="no streaming audio encoder"):
+        cfg.uses_stream_encoder(False)
+
+
+def test_onnx_stream_graph_matches_torch_with_state(enc_loaded, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from engines.artefacts import read_record
+    from engines.networks import TorchNetworks
+    from engines.onnx_runtime import make_session
+    from export.onnx_export import export_stream_audio, stream_parity_inputs
+
+    rec = export_stream_audio(enc_loaded.model, tmp_path, 2 * FRAME_SAMPLES)
+    assert rec.max_abs_diff < 1e-4
+    assert read_record(tmp_path / rec.file).inputs["state"][0] == "N"
+    sess = make_session(tmp_path / rec.file)
+    torch_nets = TorchNetworks(enc_loaded.model)
+    audio, state = stream_parity_inputs(enc_loaded.model, 2 * FRAME_SAMPLES, rows=4)
+    # carried over several steps: each step's state output is the next one's input
+    for _ in range(3):
+        want = torch_nets.stream_audio_batch(audio, state)
+        got = sess.run(None, {"audio": audio, "state": state})
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4)
+        state = got[2]
+        audio = audio[:, ::-1].copy()
+
+
+def _frames(session, audio):
+    from streaming.runner import stream_array
+
+    return np.stack([f.motion for f in stream_array(session, audio, 640)])
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_scheduler_batched_sessions_equal_each_alone(enc_loaded, backend):
+    """Three sessions on one scheduler (their encoder states rows of one call) give what each
+    gives alone, and the onnxruntime backend what torch gives."""
+    import threading
+
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session, make_scheduler
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    audios = [speechlike(1.6, seed=s)[:40 * FRAME_SAMPLES] for s in range(3)]
+    alone = [_frames(build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=i), backend=backend), a)
+             for i, a in enumerate(audios)]
+    if backend == "onnxruntime":
+        ref = _frames(build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=0), backend="torch"), audios[0])
+        np.testing.assert_allclose(alone[0], ref, atol=1e-3)
+    out = [None] * 3
+    with make_scheduler(enc_loaded, backend, gather_ms=20, shed=False, workers=1) as sched:
+        sessions = [build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=i), scheduler=sched)
+                    for i in range(3)]
+
+        def run(i):
+            out[i] = _frames(sessions[i], audios[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        stats = sched.stats()
+    for got, want in zip(out, alone):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert max(int(k) for k in stats["batch_sizes"]["audio"]) > 1  # states really were batched
+
+
+def test_align_final_uses_provisional_for_the_newest_frames():
+    f = torch.arange(6.0).reshape(1, 6, 1)
+    p = -torch.arange(6.0).reshape(1, 6, 1)
+    assert align_final(f, p, 2)[0, :, 0].tolist() == [2, 3, 4, 5, -4, -5]
+
+
+def test_distill_encoder_end_to_end_with_resume(tiny_model_dir, tmp_path):
+    import soundfile as sf
+
+    from diffposetalk.model_dir import load_model_dir
+    from dpt_live.cli import main
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    for i in range(3):
+        sf.write(voices / f"v{i}.wav", 0.3 * speechlike(2.0, seed=10 + i), 16000)
+    out = tmp_path / "enc"
+    args = ["distill-encoder", "--teacher", str(tiny_model_dir), "--audio", str(voices), "-o", str(out),
+            "--encoder", "tiny", "--batch", "2", "--frames", "24", "--val-clips", "1", "--val-every", "2",
+            "--save-every", "2", "--quiet"]
+    assert main([*args, "--iters", "2"]) == 0
+    first = load_model_dir(out)
+    assert first.model.stream_encoder is not None
+    state = json.loads((out / "train_state.json").read_text())
+    assert state["step"] == 2
+    assert main([*args, "--iters", "4", "--resume"]) == 0
+    assert json.loads((out / "train_state.json").read_text())["step"] == 4
+    second = load_model_dir(out)
+    moved = [not torch.equal(v, second.model.stream_encoder.state_dict()[k])
+             for k, v in first.model.stream_encoder.state_dict().items()]
+    assert any(moved)
+    # the rest of the model is the teacher's, unchanged
+    teacher = load_model_dir(tiny_model_dir)
+    for k, v in teacher.model.state_dict().items():
+        assert torch.equal(v, second.model.state_dict()[k])
+    # changing what is trained across --resume is refused
+    assert main([*args, "--iters", "6", "--resume", "--frames", "32"]) == 2
+
+
+def test_tensorrt_stream_plan_carries_state_like_torch(enc_loaded, tmp_path):
+    """The TensorRT plan of the streaming encoder (state input and output) against PyTorch over
+    several carried steps. Skipped where TensorRT cannot run (no GPU, no tensorrt/pycuda)."""
+    from engines.networks import TorchNetworks, backend_unavailable
+
+    why = backend_unavailable("tensorrt")
+    if why is not None:
+        pytest.skip(f"TensorRT unavailable: {why}")
+    from export.onnx_export import stream_parity_inputs
+    from export.prepare import open_networks
+
+    trt_nets = open_networks(enc_loaded, "tensorrt", "fp32", cache_dir=tmp_path)
+    torch_nets = TorchNetworks(enc_loaded.model)
+    audio, state = stream_parity_inputs(enc_loaded.model, 2 * FRAME_SAMPLES, rows=3)
+    s_trt = s_torch = state
+    for _ in range(3):
+        got, want = trt_nets.stream_audio_batch(audio, s_trt), torch_nets.stream_audio_batch(audio, s_torch)
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=2e-3)
+        s_trt, s_torch = got[2], want[2]
+
+
+def test_cuda_stream_encoder_matches_cpu(enc_model_dir):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device visible to PyTorch")
+    from diffposetalk.model_dir import load_model_dir
+    from engines.networks import TorchNetworks
+    from export.onnx_export import stream_parity_inputs
+
+    cpu, gpu = load_model_dir(enc_model_dir, "cpu"), load_model_dir(enc_model_dir, "cuda")
+    audio, state = stream_parity_inputs(cpu.model, 2 * FRAME_SAMPLES)
+    for g, w in zip(TorchNetworks(gpu.model).stream_audio_batch(audio, state),
+                    TorchNetworks(cpu.model).stream_audio_batch(audio, state)):
+        np.testing.assert_allclose(g, w, atol=2e-3)
+
+
+def test_bench_stream_encoder_variant():
+    from bench.archs import arch_config
+
+    cfg = arch_config("full+student+stream-encoder")
+    assert cfg.kind == "student" and cfg.stream_encoder["out_dim"] == cfg.feature_dim == 512
+    assert arch_config("demo+stream-encoder").stream_encoder["d_model"] == 128
