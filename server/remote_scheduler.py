@@ -27,7 +27,7 @@ from diffposetalk.model import DiffPoseTalk, Guidance
 from diffposetalk.sampler import Sampler
 from diffposetalk.units import FRAME_SAMPLES
 from streaming.metrics import percentiles_ms
-from streaming.motion import SamplingMotionEngine, StepShed
+from streaming.motion import SamplingMotionEngine, StepShed, StreamingAudioFeatures
 from streaming.scheduler import MARGIN_S, RECENT, SchedulerClosed, SessionLink
 
 log = logging.getLogger("dpt_live.cluster")
@@ -38,11 +38,17 @@ class ClusterBackend:
 
     name = "ray"
 
-    def __init__(self, describe: str):
-        self._describe = describe
+    def __init__(self, describe: str, cfg=None):
+        self._describe, self.cfg = describe, cfg  # cfg: the model's, for a streaming encoder's state size
 
     def describe(self) -> str:
         return self._describe
+
+    def stream_state_size(self) -> int:
+        from diffposetalk.stream_encoder import state_size
+        from engines.networks import stream_config
+
+        return state_size(stream_config(self.cfg))
 
 
 class RemoteScheduler:
@@ -74,12 +80,14 @@ class RemoteScheduler:
         self._replicas: dict[str, dict] = {}  # id -> in_flight, stats, steps
         self._step_s: dict[tuple[str, str], deque] = defaultdict(lambda: deque(maxlen=RECENT))
         info = self._call("describe")  # the replicas' runtime and batch size, for reports
-        self.networks = ClusterBackend(info["backend"])
+        self.networks = ClusterBackend(info["backend"], model.cfg)
         self.max_batch = int(info["max_batch"])
 
     # --- sessions' engines -----------------------------------------------------------------------
     def engines(self, window_samples: int, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
-                seed: int = 0, label: str | None = None):
+                seed: int = 0, label: str | None = None, stream_chunks: tuple[int, int] | None = None):
+        """As BatchScheduler.engines; with ``stream_chunks`` the session's streaming-encoder state
+        stays here and travels with each chunk, so any replica can encode any chunk."""
         with self._lock:
             if self._closed:
                 raise SchedulerClosed("the cluster scheduler is closed")
@@ -87,8 +95,9 @@ class RemoteScheduler:
             label = label or f"session-{self._opened}"
             link = SessionLink(self, label)
             self._links = [x for x in self._links if x.session is not None or x._session is None] + [link]
-        return RemoteAudioFeatures(self, link, window_samples), RemoteMotionEngine(self, link, sampler, guidance,
-                                                                                    shape, seed), link
+        audio = (RemoteStreamingFeatures(self, link, window_samples, *stream_chunks) if stream_chunks
+                 else RemoteAudioFeatures(self, link, window_samples))
+        return audio, RemoteMotionEngine(self, link, sampler, guidance, shape, seed), link
 
     # --- requests --------------------------------------------------------------------------------
     def features(self, window: np.ndarray, link: SessionLink | None = None, **extra):
@@ -98,6 +107,14 @@ class RemoteScheduler:
         if window.ndim != 1 or not len(window) or len(window) % FRAME_SAMPLES:
             raise ValueError(f"audio window has shape {window.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
         return self._step("audio", link, window, **extra)
+
+    def stream_features(self, chunk: np.ndarray, state: np.ndarray, link: SessionLink | None = None):
+        """One session's new audio and streaming-encoder state -> (final, provisional, new state),
+        encoded on a replica (retried as a whole: the state sent is the one before the chunk)."""
+        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
+        if chunk.ndim != 1 or not len(chunk) or len(chunk) % FRAME_SAMPLES:
+            raise ValueError(f"audio chunk has shape {chunk.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        return self._step("audio", link, chunk, state=np.ascontiguousarray(state, dtype=np.float32))
 
     def sample_arrays(self, arrays: dict[str, np.ndarray], meta: dict, link: SessionLink | None = None):
         """One session's denoiser window as arrays -> (motion (L, D), fewer steps, noise state)."""
@@ -265,6 +282,18 @@ class RemoteAudioFeatures:
         if audio.shape != (self.window_samples,):
             raise ValueError(f"audio window has shape {audio.shape}, the engine is fixed to ({self.window_samples},)")
         return self.scheduler.features(audio, self.link)
+
+
+class RemoteStreamingFeatures(StreamingAudioFeatures):
+    """A session's streaming audio encoder whose chunks run on a replica; its state stays here."""
+
+    def __init__(self, scheduler: RemoteScheduler, link: SessionLink, window_samples: int, first_samples: int,
+                 hop_samples: int):
+        super().__init__(scheduler.networks, window_samples, first_samples, hop_samples)
+        self.scheduler, self.link = scheduler, link
+
+    def _run(self, audio, state):
+        return self.scheduler.stream_features(audio, state, self.link)
 
 
 class RemoteMotionEngine(SamplingMotionEngine):

@@ -83,6 +83,8 @@ class StepReplica:
         with self._running() as running:
             # no follow-up call here: the front end's budget for it already leaves time for the motion call
             link = self._link(budget_s, sheddable, None, label)
+            if "state" in extra:  # a streaming encoder's chunk: the session's state came with it
+                return self.scheduler.stream_features(window, extra.pop("state"), link, **extra), self._report(running)
             return self.scheduler.features(window, link, **extra), self._report(running)
 
     def motion(self, arrays: dict[str, np.ndarray], meta: dict, budget_s: float, sheddable: bool, label: str = "?"):
