@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from diffposetalk.units import SAMPLE_RATE
-from training.synth.augment import _apply_gain_curve, _filter, _freqs, _noise, active_rms
+from training.synth.augment import _apply_gain_curve, _filter, _freqs, active_rms, coloured_noise
 
 ROOM_KINDS = ("white", "pink", "hum", "fan", "babble")
 
@@ -24,7 +24,7 @@ def dbfs(level_db: float) -> float:
 def room_noise(kind: str, n: int, rng: np.random.Generator) -> np.ndarray:
     """(n,) float64 noise of ``kind`` at unit RMS."""
     if kind in ("white", "pink", "babble"):
-        x = _noise(kind, n, rng)
+        x = coloured_noise(kind, n, rng)
     elif kind == "hum":
         t = np.arange(n) / SAMPLE_RATE
         base = 50.0 if rng.random() < 0.5 else 60.0
