@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from diffposetalk.stream_encoder import StreamEncoder, align_final, tiny_stream_config
-from diffposetalk.units import FRAME_SAMPLES
+from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 
 
 def speechlike(seconds: float, seed: int = 0) -> np.ndarray:
@@ -306,3 +306,26 @@ def test_bench_stream_encoder_variant():
     cfg = arch_config("full+student+stream-encoder")
     assert cfg.kind == "student" and cfg.stream_encoder["out_dim"] == cfg.feature_dim == 512
     assert arch_config("demo+stream-encoder").stream_encoder["d_model"] == 128
+
+
+def test_the_speech_gate_stands_in_front_of_the_streaming_encoder(enc_loaded):
+    """Room tone reaches the streaming encoder as silence, chunk by chunk, as it reaches HuBERT's
+    window (tests/test_speech_gate.py): the chunks pushed equal those of digital silence."""
+    from diffposetalk.model import Guidance
+    from streaming.factory import open_session
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    def pushed(audio, gate):
+        session = open_session(enc_loaded, pick_sampler("ddim", None, enc_loaded), Guidance(),
+                               StreamConfig(speech_gate=gate))
+        assert session.audio_encoder == "stream"
+        seen, push = [], session.audio.push
+        session.audio.push = lambda chunk: seen.append(chunk.copy()) or push(chunk)
+        session.feed(audio)
+        return np.concatenate(seen)
+
+    tone = np.random.default_rng(0).normal(scale=1e-3, size=2 * SAMPLE_RATE).astype(np.float32)  # -60 dBFS
+    zeros = pushed(np.zeros_like(tone), True)
+    np.testing.assert_array_equal(pushed(tone, True), zeros)
+    assert np.abs(pushed(tone, False)).max() > 1e-3
