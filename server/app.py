@@ -52,6 +52,14 @@ CLOSE_TRY_AGAIN = 1013
 CLOSE_INTERNAL = 1011
 
 
+
+# path -> (ServerConfig attribute holding the bytes, the 404 text, content type)
+PRIVATE_ASSETS = {
+    "/flame.bin": ("flame_asset", "this server has no FLAME model (start it with --flame MODEL.pkl)\n",
+                   "application/octet-stream"),
+    "/avatar.vrm": ("avatar_vrm", "this server has no avatar (start it with --avatar FILE.vrm)\n", "model/gltf-binary"),
+}
+
 class LiveServer:
     """``own_factory`` opens the default session's own audio source (``--audio``/``--mic``) and
     ``own_kind`` names it ("file"/"mic"); without it the default session waits for upstream audio."""
@@ -202,18 +210,13 @@ class LiveServer:
             if self.engine.scheduler is not None:  # batch sizes, queue depth, call times, shed work
                 text = text.rstrip("\n") + "\n" + self.engine.scheduler.prometheus().rstrip("\n") + "\n"
             return respond(200, text, "text/plain; version=0.0.4; charset=utf-8")
-        if path == "/flame.bin":
+        if path in PRIVATE_ASSETS:  # the session's own files: behind the token
+            attr, missing, mime = PRIVATE_ASSETS[path]
             if not token_ok(cfg.token, request_token(request, query)):
                 return self._reject(connection, path, 401, "missing or wrong access token")
-            if cfg.flame_asset is None:
-                return respond(404, "this server has no FLAME model (start it with --flame MODEL.pkl)\n")
-            return respond(200, cfg.flame_asset, "application/octet-stream")
-        if path == "/avatar.vrm":
-            if not token_ok(cfg.token, request_token(request, query)):
-                return self._reject(connection, path, 401, "missing or wrong access token")
-            if cfg.avatar_vrm is None:
-                return respond(404, "this server has no avatar (start it with --avatar FILE.vrm)\n")
-            return respond(200, cfg.avatar_vrm, "model/gltf-binary")
+            if getattr(cfg, attr) is None:
+                return respond(404, missing)
+            return respond(200, getattr(cfg, attr), mime)
         if path.startswith("/vendor/"):
             found = vendor_file(cfg.node_modules, path[len("/vendor/"):])
             if found is None:

@@ -28,7 +28,7 @@ from diffposetalk.sampler import Sampler
 from diffposetalk.units import FRAME_SAMPLES
 from streaming.metrics import percentiles_ms
 from streaming.motion import SamplingMotionEngine, StepShed, StreamingAudioFeatures
-from streaming.scheduler import MARGIN_S, RECENT, SchedulerClosed, SessionLink
+from streaming.scheduler import MARGIN_S, RECENT, SchedulerClosed, SessionLink, whole_frames
 
 log = logging.getLogger("dpt_live.cluster")
 
@@ -103,17 +103,13 @@ class RemoteScheduler:
     def features(self, window: np.ndarray, link: SessionLink | None = None, **extra):
         """One session's audio window -> what a replica's scheduler answers for it (features);
         ``extra`` arrays travel with it unchanged."""
-        window = np.ascontiguousarray(window, dtype=np.float32)
-        if window.ndim != 1 or not len(window) or len(window) % FRAME_SAMPLES:
-            raise ValueError(f"audio window has shape {window.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        window = whole_frames(window, "audio window")
         return self._step("audio", link, window, **extra)
 
     def stream_features(self, chunk: np.ndarray, state: np.ndarray, link: SessionLink | None = None):
         """One session's new audio and streaming-encoder state -> (final, provisional, new state),
         encoded on a replica (retried as a whole: the state sent is the one before the chunk)."""
-        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-        if chunk.ndim != 1 or not len(chunk) or len(chunk) % FRAME_SAMPLES:
-            raise ValueError(f"audio chunk has shape {chunk.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        chunk = whole_frames(chunk, "audio chunk")
         return self._step("audio", link, chunk, state=np.ascontiguousarray(state, dtype=np.float32))
 
     def sample_arrays(self, arrays: dict[str, np.ndarray], meta: dict, link: SessionLink | None = None):

@@ -229,6 +229,15 @@ class CostModel:
         return y * rows / x
 
 
+def whole_frames(audio: np.ndarray, what: str) -> np.ndarray:
+    """A session's audio for a request as contiguous float32 (S,), S a whole number of 40 ms frames
+    (a clear error for a malformed request, raised to its session only)."""
+    audio = np.ascontiguousarray(audio, dtype=np.float32)
+    if audio.ndim != 1 or not len(audio) or len(audio) % FRAME_SAMPLES:
+        raise ValueError(f"{what} has shape {audio.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+    return audio
+
+
 # --- requests --------------------------------------------------------------------------------------
 
 @dataclass(eq=False)
@@ -359,9 +368,7 @@ class BatchScheduler:
     # --- requests (called from the sessions' threads) --------------------------------------------
     def features(self, window: np.ndarray, link: SessionLink | None = None) -> np.ndarray:
         """One session's audio window (S,) -> its features (S // 640, F), run with the others'."""
-        window = np.ascontiguousarray(window, dtype=np.float32)
-        if window.ndim != 1 or not len(window) or len(window) % FRAME_SAMPLES:
-            raise ValueError(f"audio window has shape {window.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        window = whole_frames(window, "audio window")
         due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
         then = link.motion if link is not None else None
         pending = Pending(due, ("audio", len(window)), sheddable=sheddable and self.shed, then=then)
@@ -370,9 +377,7 @@ class BatchScheduler:
     def stream_features(self, chunk: np.ndarray, state: np.ndarray, link: SessionLink | None = None):
         """One session's new audio (n*640,) and streaming-encoder state (1, Z) -> (final (n, F),
         provisional (n, F), new state (1, Z)), run with the others' rows (their states stacked)."""
-        chunk = np.ascontiguousarray(chunk, dtype=np.float32)
-        if chunk.ndim != 1 or not len(chunk) or len(chunk) % FRAME_SAMPLES:
-            raise ValueError(f"audio chunk has shape {chunk.shape}: need (S,), S a multiple of {FRAME_SAMPLES}")
+        chunk = whole_frames(chunk, "audio chunk")
         due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
         then = link.motion if link is not None else None
         pending = Pending(due, ("stream", len(chunk)), sheddable=sheddable and self.shed, then=then)

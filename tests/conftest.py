@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import tempfile
+import time
 
 import numpy as np
 import pytest
@@ -20,6 +22,22 @@ if "DPT_LIVE_CACHE" not in os.environ:
 # One thread: the test models are too small to gain from two, and on a shared 2-core machine two
 # threads of a small model mostly wait for each other.
 torch.set_num_threads(1)
+
+
+def read_until(proc, pattern: str, timeout_s: float) -> tuple[re.Match, list[str]]:
+    """Read a server subprocess's output line by line until ``pattern`` matches; fails with all
+    it printed when it exits or ``timeout_s`` passes first. -> (the match, the lines read)."""
+    lines = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(pattern, line)
+        if m:
+            return m, lines
+    raise AssertionError(f"no line matching {pattern!r} printed:\n" + "".join(lines))
 
 
 def random_stats(rng: np.random.Generator) -> dict[str, np.ndarray]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import read_until
 
 pytest.importorskip("ray")
 
@@ -60,16 +60,8 @@ def test_serve_on_a_local_ray_streams_and_ctrl_c_stops_everything(tiny_model_dir
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ, PYTHONUNBUFFERED="1"), start_new_session=True)
     try:
-        lines, base = [], None
-        deadline = time.monotonic() + 240
-        while base is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"health: (http://127\.0\.0\.1:\d+/)healthz", line)
-            base = m.group(1) if m else None
-        assert base, "no URL printed:\n" + "".join(lines)
+        m, _ = read_until(proc, r"health: (http://127\.0\.0\.1:\d+/)healthz", 240)
+        base = m.group(1)
         health = json.load(urllib.request.urlopen(base + "healthz", timeout=10))
         assert health["cluster"] == {"kind": "ray", "replicas": 1, "healthy": 1}
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from conftest import read_until
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
@@ -48,16 +47,8 @@ def test_serve_prints_url_streams_and_stops_gracefully(tiny_model_dir, speech_li
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env=dict(os.environ, PYTHONUNBUFFERED="1"))
     try:
-        lines, url = [], None
-        deadline = time.monotonic() + 120
-        while url is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            m = re.search(r"viewer: (http://127\.0\.0\.1:\d+/\?token=s3cret)", line)
-            url = m.group(1) if m else None
-        assert url, "no viewer URL printed:\n" + "".join(lines)
+        m, _ = read_until(proc, r"viewer: (http://127\.0\.0\.1:\d+/\?token=s3cret)", 120)
+        url = m.group(1)
         ws_url = url.replace("http://", "ws://").replace("/?", "/ws?")
 
         async def scenario():
