@@ -29,7 +29,7 @@ from diffposetalk.units import SAMPLE_RATE
 log = logging.getLogger("dpt_live.stream")
 
 
-LIVE_QUALITY = "LQ"  # resampling for live sources: less delay (streaming/audio_io.py)
+LIVE_QUALITY = "live"  # resampling for live sources: ~3 ms of filter delay (diffposetalk/audio_io.py)
 
 
 class AudioSourceError(UserError):

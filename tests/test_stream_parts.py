@@ -236,3 +236,29 @@ def test_replay_latency():
     assert lat[0] == pytest.approx(0.13) and lat[1] == pytest.approx(0.09)
     slow = replay_latency([0.2] * 10, spec, n_frames=20)
     assert slow[-1] > slow[0]  # compute slower than the hop: latency grows (queueing)
+
+
+def test_live_resampler_holds_back_little_and_is_block_independent():
+    """Live sources resample with ~3 ms of filter delay (soxr's streaming LQ held back ~20 ms, a
+    whole 20 ms upstream block, which every step waited for)."""
+    rate = 44100
+    held = {}
+    for quality in ("LQ", "live"):
+        r = StreamResampler(rate, quality=quality)
+        out = sum(len(r(np.zeros(882, np.float32))) for _ in range(100))
+        held[quality] = 100 * 882 * 16000 / rate - out
+    assert abs(held["live"]) <= 2 and held["LQ"] >= 256  # samples at 16 kHz: none vs a 20 ms block
+    x = np.random.default_rng(0).standard_normal(rate).astype(np.float32)
+    r1, r2 = StreamResampler(rate, quality="live"), StreamResampler(rate, quality="live")
+    a = np.concatenate([r1(x[i:i + 882]) for i in range(0, rate, 882)] + [r1.flush()])
+    b = np.concatenate([r2(x[i:i + 613]) for i in range(0, rate, 613)] + [r2.flush()])
+    np.testing.assert_array_equal(a, b)
+    assert abs(len(a) - 16000) <= 2
+    # an impulse comes out whole, its content at most ~3 ms late (the filter's half-length)
+    imp = np.zeros(rate, np.float32)
+    imp[rate // 2] = 1
+    r = StreamResampler(rate, quality="live")
+    y = np.concatenate([r(imp[i:i + 882]) for i in range(0, rate, 882)] + [r.flush()])
+    lag = int(np.argmax(np.abs(y))) - 8000
+    assert 0 <= lag <= 64, lag
+    assert abs(y.sum() * rate / 16000 - 1) < 0.02  # its energy kept (DC gain 1)
