@@ -143,14 +143,11 @@ class LipMeter:
     """Poses a FLAME model (mean face, head frame) and measures the lips of (exp, jaw) frames."""
 
     def __init__(self, flame_data, n_exp: int):
-        import torch
-
         from diffposetalk.flame import SHAPE_COMPONENTS, Flame
 
         have = flame_data.shapedirs.shape[2] - SHAPE_COMPONENTS
         if have < n_exp:
             raise UserError(f"the FLAME file has {max(have, 0)} expression components, the model uses {n_exp}")
-        self.torch = torch
         self.flame = Flame(flame_data, n_shape=0, n_exp=n_exp)
         self.n_exp = n_exp
         self.lips = find_lip_vertices(flame_data.v_template, flame_data.faces)
@@ -158,7 +155,8 @@ class LipMeter:
 
     def measure(self, exp: np.ndarray, jaw: np.ndarray, batch: int = 256) -> np.ndarray:
         """(T, 4) lip measures of exp (T, n_exp) and jaw (T, 3) axis-angle."""
-        torch = self.torch
+        import torch
+
         out = []
         with torch.no_grad():
             for i in range(0, len(exp), batch):
@@ -211,7 +209,7 @@ def fit_flame_arrays(meter: LipMeter, exp: np.ndarray, jaw: np.ndarray, quiet: n
 
     if quiet.sum() < 5 or (~quiet).sum() < 20:
         raise UserError(f"need quiet and speaking frames to fit (have {int(quiet.sum())} quiet, "
-                        f"{int((~quiet).sum())} speaking)")
+                        f"{int((~quiet).sum())} speaking): give speech with pauses")
     measures = meter.measure(exp, jaw)
     rest_width = float(np.median(measures[quiet, 1]))
     g = features_of(measures, jaw[:, 0], rest_width)
