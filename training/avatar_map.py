@@ -99,7 +99,8 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return p / p.sum(1, keepdims=True)
 
 
-def stream_clips(model_dir: Path, clips, styles: list[str | None], log=print) -> list[tuple[np.ndarray, np.ndarray]]:
+def stream_clips(model_dir: Path, clips, styles: list[str | None], log=print,
+                 device: str = "cpu") -> list[tuple[np.ndarray, np.ndarray]]:
     """(exp, pose) of the model streamed over each clip as `serve` runs it (its default
     sampler and guidance, one thread), clip i under styles[i % len(styles)]."""
     import torch
@@ -113,7 +114,7 @@ def stream_clips(model_dir: Path, clips, styles: list[str | None], log=print) ->
     from streaming.style import resolve_style
 
     torch.set_num_threads(1)
-    loaded = load_model_dir(model_dir, "cpu")
+    loaded = load_model_dir(model_dir, device)
     sampler = pick_sampler("ddim", None, loaded)
     guidance = Guidance(scales={"audio": 1.15, "style": 3.0})
     out = []
