@@ -61,6 +61,7 @@ class VmcBridge:
         self.reset_pending = False
         self.ease: tuple[float, dict[str, float], np.ndarray] | None = None  # (start, blend offsets, rot offset)
         self.last_out: tuple[dict[str, float], np.ndarray] | None = None
+        self.delays: list[float] = []  # the jitter buffer's delay at each bundle (s), for the summary
 
     def push(self, exp, pose, eyes, audio_time: float, now: float, reset: bool = False) -> None:
         with self.lock:
@@ -159,7 +160,19 @@ class VmcBridge:
             return False
         self.client.send(self.bundle(*vals, now))
         self.packets += 1
+        if len(self.delays) < 1_000_000:
+            self.delays.append(self.playout.delay)
         return True
+
+    def summary(self) -> str:
+        """Bundles, frames and the jitter buffer's delay (what the bridge adds to the latency)."""
+        text = f"sent {self.packets} bundles from {self.frames_in} frames"
+        if self.delays:
+            p50, p95 = np.percentile(np.array(self.delays) * 1000, [50, 95])
+            mode = "fixed" if self.playout.fixed else "adaptive"
+            text += (f"; {mode} buffer delay p50 {p50:.0f} ms, p95 {p95:.0f} ms, "
+                     f"{self.playout.underruns} late frames, {self.playout.resets} resets")
+        return text
 
 
 def parse_target(text: str) -> tuple[str, int]:
@@ -263,7 +276,7 @@ def run_bridge(args) -> int:
         thread.join(timeout=2)
     if holder:
         fitted = "measured map of the model" if holder[0].mapper.fitted is not None else "default map (no avatar_map.json)"
-        print(f"sent {holder[0].packets} bundles from {holder[0].frames_in} frames ({fitted})")
+        print(f"{holder[0].summary()} ({fitted})")
     if failure and not isinstance(failure[0], (KeyboardInterrupt,)):
         exc = failure[0]
         if isinstance(exc, ClientError):
