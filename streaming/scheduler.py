@@ -63,6 +63,7 @@ log = logging.getLogger("dpt_live.scheduler")
 MARGIN_S = 0.015  # planned slack: a session's work after its result (decode, frames), and jitter
 RECENT = 2000  # call and request times kept for the percentiles
 REUSE_S = 1e-3  # a cost estimate's relaxation is recomputed after this (times stale_tau_s)
+LIVE_REUSE_S = 0.05  # the live-session count is recounted after this (or when a session joins)
 
 
 # --- the policy ------------------------------------------------------------------------------------
@@ -328,6 +329,9 @@ class SessionLink:
 
     def bind(self, session) -> None:
         self._session = weakref.ref(session)
+        recount = getattr(self.scheduler, "recount_live", None)  # server/remote_scheduler.py has none
+        if recount is not None:
+            recount()
 
     @property
     def session(self):
@@ -386,6 +390,7 @@ class BatchScheduler:
         self._motion_warm = False
         self._opened = 0
         self._live, self._live_at = 0, -math.inf  # live sessions, when last counted (_live_count)
+        self._groups: dict[int, tuple[Sampler, tuple]] = {}  # id(sampler) -> (sampler, motion_group)
         # statistics (under _stats_lock)
         self._stats_lock = threading.Lock()
         self._batch_sizes: dict[str, Counter] = defaultdict(Counter)
@@ -426,7 +431,7 @@ class BatchScheduler:
         motion = ScheduledMotionEngine(self, link, sampler, guidance, shape, seed)
         with self._cond:
             self._links.add(link)
-            self._live_at = -math.inf
+        self.recount_live()
         return audio, motion, link
 
     # --- requests (called from the sessions' threads) --------------------------------------------
@@ -457,7 +462,21 @@ class BatchScheduler:
 
     def motion_group(self, sampler: Sampler) -> tuple[tuple, int, tuple[int, ...]]:
         """(the group of windows that may share a call with this sampler's, its step count, the
-        cheaper step counts it may shed to: halvings, where the sampler can run them)."""
+        cheaper step counts it may shed to: halvings, where the sampler can run them). Asked at
+        every motion request: remembered per sampler object (kept alive with its entry, so its id
+        is not reused while the entry stands)."""
+        with self._stats_lock:
+            known = self._groups.get(id(sampler))
+        if known is not None and known[0] is sampler:
+            return known[1]
+        group = self._motion_group(sampler)
+        with self._stats_lock:
+            if len(self._groups) >= 4096:  # sessions come and go: keep it bounded
+                self._groups.clear()
+            self._groups[id(sampler)] = (sampler, group)
+        return group
+
+    def _motion_group(self, sampler: Sampler) -> tuple[tuple, int, tuple[int, ...]]:
         timesteps = sampler.timesteps(self.model)
         group = ("motion", type(sampler).__name__, tuple(timesteps), getattr(sampler, "flexibility", None))
         halvings, n = [], len(timesteps) // 2
@@ -525,11 +544,17 @@ class BatchScheduler:
             return 0.0  # every session is waiting: no one else is coming
         return max(0.0, min(r.submitted for r in self._queue) + self.gather_s - now)
 
+    def recount_live(self) -> None:
+        """A session joined (or was bound to its link): count the live ones again next time."""
+        with self._cond:
+            self._live_at = -math.inf
+
     def _live_count(self, now: float) -> int:
-        """Live sessions (under _cond), counted at most once per REUSE_S: a worker asks at every
-        request's arrival, and walking the weak set of links each time is a large share of the
-        scheduler's own time with tens of sessions."""
-        if now - self._live_at > REUSE_S or now < self._live_at:
+        """Live sessions (under _cond), counted at most once per LIVE_REUSE_S: a worker asks at
+        every request's arrival, and walking the weak set of links each time was a large share of
+        the scheduler's own time with tens of sessions. A session that ended since only makes the
+        next call wait its gather window."""
+        if now - self._live_at > LIVE_REUSE_S or now < self._live_at:
             self._live, self._live_at = sum(1 for link in self._links if link.live), now
         return self._live
 
@@ -631,7 +656,9 @@ class BatchScheduler:
         timesteps = None if steps >= full else sampler.fewer_steps(self.model, steps)
         with torch.inference_mode():
             out = sample_windows(self.model, sampler, jobs, self.net, timesteps)
-        return [(o[0].float().cpu().numpy(), steps < r.pending.steps) for o, r in zip(out, run)]
+            # one conversion for the call, then each session's first row (a view)
+            rows = torch.cat([o[:1] for o in out]).float().cpu().numpy()
+        return [(rows[i], steps < r.pending.steps) for i, r in enumerate(run)]
 
     def _count(self, what: str) -> None:
         with self._stats_lock:
