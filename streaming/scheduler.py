@@ -62,7 +62,7 @@ log = logging.getLogger("dpt_live.scheduler")
 
 MARGIN_S = 0.015  # planned slack: a session's work after its result (decode, frames), and jitter
 RECENT = 2000  # call and request times kept for the percentiles
-REUSE_S = 1e-3  # a cost estimate's relaxation is recomputed after this (times stale_tau_s)
+REUSE_S = 5e-3  # a cost estimate's relaxation is recomputed after this (times stale_tau_s)
 LIVE_REUSE_S = 0.05  # the live-session count is recounted after this (or when a session joins)
 
 
@@ -218,7 +218,7 @@ class CostModel:
         # bucket -> (mean rows, mean s, fastest s, when last observed)
         self._buckets: dict[Hashable, dict[int, tuple[float, float, float, float]]] = {}
         # group -> (when, relaxed points): a plan asks hundreds of times a millisecond; the
-        # relaxation moves by at most a thousandth of the gap in REUSE_S (1 ms at tau 1 s)
+        # relaxation moves by at most 0.5 % of the gap in REUSE_S (5 ms at tau 1 s)
         self._points: dict[Hashable, tuple[float, list[tuple[float, float]]]] = {}
         self._lock = threading.Lock()
 
@@ -653,7 +653,8 @@ class BatchScheduler:
         jobs = [r.payload[0] for r in run]
         sampler = run[0].payload[1]
         full = run[0].pending.steps
-        timesteps = None if steps >= full else sampler.fewer_steps(self.model, steps)
+        # the group holds the sampler's own timesteps (motion_group): not recomputed per call
+        timesteps = list(run[0].pending.group[2]) if steps >= full else sampler.fewer_steps(self.model, steps)
         with torch.inference_mode():
             out = sample_windows(self.model, sampler, jobs, self.net, timesteps)
             # one conversion for the call, then each session's first row (a view)
