@@ -390,6 +390,7 @@ class BatchScheduler:
         self._motion_warm = False
         self._opened = 0
         self._live, self._live_at = 0, -math.inf  # live sessions, when last counted (_live_count)
+        self._sleeping = 0  # workers waiting with nothing queued (under _cond)
         self._groups: dict[int, tuple[Sampler, tuple]] = {}  # id(sampler) -> (sampler, motion_group)
         # statistics (under _stats_lock)
         self._stats_lock = threading.Lock()
@@ -495,13 +496,22 @@ class BatchScheduler:
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the batch scheduler is closed")
+            first = not self._queue
             self._queue.append(request)
             self._queue_max = max(self._queue_max, len(self._queue))
+            awaited_done = False
             if request.link in self._awaited:
                 self._awaited.discard(request.link)
                 if not self._awaited:  # the audio call's last session has asked for its motion
                     self._note_turnaround(self.clock() - self._audio_done_at)
-            self._cond.notify()
+                    awaited_done = True
+            # wake a worker only when one sleeps with nothing queued or this request can end a
+            # worker's wait: otherwise the waiting worker is in a timed wait (the gather window)
+            # and wakes by itself; waking it at every request was tens of futile wake-ups per
+            # step under the GIL
+            if (first or awaited_done or self._sleeping or len(self._queue) >= self.max_batch
+                    or len(self._queue) >= self._live_count(self.clock())):
+                self._cond.notify()
         if p.sheddable:
             give_up = p.deadline - time_alone(p, self.cost, self.turnaround)
             try:
@@ -565,7 +575,11 @@ class BatchScheduler:
                 if not self._queue:
                     if self._closed:
                         return None
-                    self._cond.wait()
+                    self._sleeping += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._sleeping -= 1
                     continue
                 now = self.clock()
                 wait = self._ready(now)
