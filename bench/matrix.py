@@ -237,7 +237,9 @@ def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, thr
     try:
         built = [make_session(loaded, sampler, guidance, style, config.__class__(**{**vars(config), "seed": i}),
                               backend, threads, time.perf_counter, scheduler=scheduler) for i in range(n)]
+        load, cpu = os.getloadavg()[0], time.process_time()
         results = _run_streams(built, audio, realtime, budget_ms, batched)
+        cpu = time.process_time() - cpu  # the whole process: sessions, scheduler, runtimes
         stats = scheduler.stats() if scheduler is not None else None
     finally:
         if scheduler is not None and not given:
@@ -245,7 +247,9 @@ def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, thr
     out = {"n": n, "clock": "wall", "latency": "measured" if realtime else "replayed",
            "mode": "scheduler" if batched else "per-thread",
            "keep_up": sum(r["keeps_up"] for r in results), "within_budget": sum(r["within_budget"] for r in results),
-           "latency_budget_ms": budget_ms, "per_session": results}
+           "latency_budget_ms": budget_ms, "per_session": results,
+           # CPU seconds per second of one stream, and the machine's load when the streams began
+           "cpu_per_stream_s": round(cpu / (n * len(audio) / SAMPLE_RATE), 4), "load_average": round(load, 2)}
     if stats is not None:
         out["scheduler"] = {k: stats[k] for k in ("batch_sizes", "shed", "queue_depth_max", "late", "call_ms")}
         out["shed_steps"] = sum(r["shed_steps"] for r in results)

@@ -80,15 +80,16 @@ def concurrent_table(result: dict) -> str | None:
     if not rows:
         return None
     lines = ["| model | backend | steps | hop/la/ctx ms | streams | mode | keep up | within latency budget "
-             "| steps shed | RTF per stream, worst | worst latency ms, worst stream |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| steps shed | RTF per stream, worst | worst latency ms, worst stream | CPU s per stream-s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in rows:
         per = c["per_session"]
         lines.append(f"| {r['model']} | {_backend(r)} | {r['denoiser_steps']} | {_window(r)} | {c['n']} "
                      f"| {c.get('mode', 'per-thread')} | {c['keep_up']} of {c['n']} "
                      f"| {c['within_budget']} of {c['n']} (≤ {c['latency_budget_ms']:.0f} ms) "
                      f"| {c.get('shed_steps', 0)} | {max(p['rtf'] for p in per):.2f} "
-                     f"| {max(p['worst_latency_ms'] for p in per):.0f} |")
+                     f"| {max(p['worst_latency_ms'] for p in per):.0f} "
+                     f"| {c.get('cpu_per_stream_s', float('nan')):.4f} | {c.get('load_average', float('nan')):.2f} |")
     return "\n".join(lines)
 
 

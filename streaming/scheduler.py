@@ -45,8 +45,6 @@ import time
 import weakref
 from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Hashable, Sequence
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -64,6 +62,8 @@ log = logging.getLogger("dpt_live.scheduler")
 
 MARGIN_S = 0.015  # planned slack: a session's work after its result (decode, frames), and jitter
 RECENT = 2000  # call and request times kept for the percentiles
+REUSE_S = 5e-3  # a cost estimate's relaxation is recomputed after this (times stale_tau_s)
+LIVE_REUSE_S = 0.05  # the live-session count is recounted after this (or when a session joins)
 
 
 # --- the policy ------------------------------------------------------------------------------------
@@ -131,6 +131,7 @@ def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_b
       a worker is next free — after this call, or at ``others_free_at`` when other workers
       exist — so its session's continuation frames still go out in time."""
     order = sorted(range(len(pending)), key=lambda i: (pending[i].deadline, pending[i].then is not None))
+    cost = _memo(cost)  # one plan asks the same (group, rows) many times
 
     def done(p: Pending, start: float, rows: int, steps: int, next_rows: int) -> float:
         return start + cost(p.group, rows) * steps + follow_up(p, cost, turnaround, next_rows)
@@ -142,7 +143,8 @@ def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_b
         return start + time_alone(p, cost, turnaround)
 
     drop = [i for i in order if pending[i].sheddable and alone(pending[i], now) > pending[i].deadline]
-    live = [i for i in order if i not in drop]
+    dropped = set(drop)
+    live = [i for i in order if i not in dropped]
     if not live:
         return BatchPlan([], 0, drop)
     head = pending[live[0]]
@@ -186,6 +188,20 @@ def plan_batch(now: float, pending: Sequence[Pending], cost: CostEstimate, max_b
     return BatchPlan(run, steps, drop)
 
 
+def _memo(cost: CostEstimate) -> CostEstimate:
+    """``cost`` remembered for the life of one plan (the estimates do not change within it)."""
+    seen: dict[tuple[Hashable, int], float] = {}
+
+    def cached(group: Hashable, rows: int) -> float:
+        key = (group, rows)
+        value = seen.get(key)
+        if value is None:
+            value = seen[key] = cost(group, rows)
+        return value
+
+    return cached
+
+
 class CostModel:
     """Seconds per network pass of a call, by group and number of rows: a recent average per
     power-of-two bucket of rows (wall clock: contention included), interpolated between observed
@@ -201,6 +217,9 @@ class CostModel:
         self.alpha, self.stale_tau_s, self.clock = alpha, stale_tau_s, clock
         # bucket -> (mean rows, mean s, fastest s, when last observed)
         self._buckets: dict[Hashable, dict[int, tuple[float, float, float, float]]] = {}
+        # group -> (when, relaxed points): a plan asks hundreds of times a millisecond; the
+        # relaxation moves by at most 0.5 % of the gap in REUSE_S (5 ms at tau 1 s)
+        self._points: dict[Hashable, tuple[float, list[tuple[float, float]]]] = {}
         self._lock = threading.Lock()
 
     def observe(self, group: Hashable, rows: int, seconds: float) -> None:
@@ -212,12 +231,21 @@ class CostModel:
             a = self.alpha
             buckets[bucket] = ((float(rows), float(seconds), float(seconds), now) if old is None else
                                ((1 - a) * old[0] + a * rows, (1 - a) * old[1] + a * seconds, min(old[2], seconds), now))
+            self._points.pop(group, None)
 
-    def __call__(self, group: Hashable, rows: int) -> float:
+    def _relaxed(self, group: Hashable) -> list[tuple[float, float]]:
         now = self.clock()
         with self._lock:
+            cached = self._points.get(group)
+            if cached is not None and 0.0 <= now - cached[0] <= self.stale_tau_s * REUSE_S:
+                return cached[1]
             points = sorted((r, fast + (mean - fast) * math.exp(-max(now - seen, 0.0) / self.stale_tau_s))
                             for r, mean, fast, seen in (self._buckets.get(group) or {}).values())
+            self._points[group] = (now, points)
+            return points
+
+    def __call__(self, group: Hashable, rows: int) -> float:
+        points = self._relaxed(group)
         if not points:
             return 0.0
         below = [p for p in points if p[0] <= rows]
@@ -240,6 +268,41 @@ def whole_frames(audio: np.ndarray, what: str) -> np.ndarray:
 
 # --- requests --------------------------------------------------------------------------------------
 
+class Outcome:
+    """A request's result, set once by a worker and awaited by its session's thread. A bare lock
+    rather than a concurrent.futures.Future: a worker hands out a call's results to tens of
+    sessions while the others wait for the GIL, and a Future's Python-level condition and
+    callbacks made that hand-out a fifth of the scheduler's own time."""
+
+    __slots__ = ("_done", "_set", "_value", "_error")
+
+    def __init__(self):
+        self._done = threading.Lock()
+        self._done.acquire()  # released when the outcome is set
+        self._set = False
+        self._value: object = None
+        self._error: BaseException | None = None
+
+    def set_result(self, value) -> None:
+        if not self._set:
+            self._set, self._value = True, value
+            self._done.release()
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self._set:
+            self._set, self._error = True, error
+            self._done.release()
+
+    def result(self, timeout: float | None = None):
+        """The value (or raise the error); TimeoutError when not set within ``timeout`` s."""
+        if not self._done.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            raise TimeoutError("the request's outcome is not set yet")
+        self._done.release()  # later calls return at once
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
 @dataclass(eq=False)
 class _Request:
     kind: str  # "audio" | "motion"
@@ -247,7 +310,7 @@ class _Request:
     payload: object  # audio: (S,) window, or (chunk (S,), state (1, Z)) of a streaming encoder; motion: (WindowJob, Sampler)
     link: SessionLink | None
     submitted: float
-    future: Future = field(default_factory=Future)
+    future: Outcome = field(default_factory=Outcome)
 
 
 class SchedulerClosed(RuntimeError):
@@ -266,6 +329,9 @@ class SessionLink:
 
     def bind(self, session) -> None:
         self._session = weakref.ref(session)
+        recount = getattr(self.scheduler, "recount_live", None)  # server/remote_scheduler.py has none
+        if recount is not None:
+            recount()
 
     @property
     def session(self):
@@ -323,6 +389,9 @@ class BatchScheduler:
         self._closed = False
         self._motion_warm = False
         self._opened = 0
+        self._live, self._live_at = 0, -math.inf  # live sessions, when last counted (_live_count)
+        self._sleeping = 0  # workers waiting with nothing queued (under _cond)
+        self._groups: dict[int, tuple[Sampler, tuple]] = {}  # id(sampler) -> (sampler, motion_group)
         # statistics (under _stats_lock)
         self._stats_lock = threading.Lock()
         self._batch_sizes: dict[str, Counter] = defaultdict(Counter)
@@ -363,6 +432,7 @@ class BatchScheduler:
         motion = ScheduledMotionEngine(self, link, sampler, guidance, shape, seed)
         with self._cond:
             self._links.add(link)
+        self.recount_live()
         return audio, motion, link
 
     # --- requests (called from the sessions' threads) --------------------------------------------
@@ -393,7 +463,21 @@ class BatchScheduler:
 
     def motion_group(self, sampler: Sampler) -> tuple[tuple, int, tuple[int, ...]]:
         """(the group of windows that may share a call with this sampler's, its step count, the
-        cheaper step counts it may shed to: halvings, where the sampler can run them)."""
+        cheaper step counts it may shed to: halvings, where the sampler can run them). Asked at
+        every motion request: remembered per sampler object (kept alive with its entry, so its id
+        is not reused while the entry stands)."""
+        with self._stats_lock:
+            known = self._groups.get(id(sampler))
+        if known is not None and known[0] is sampler:
+            return known[1]
+        group = self._motion_group(sampler)
+        with self._stats_lock:
+            if len(self._groups) >= 4096:  # sessions come and go: keep it bounded
+                self._groups.clear()
+            self._groups[id(sampler)] = (sampler, group)
+        return group
+
+    def _motion_group(self, sampler: Sampler) -> tuple[tuple, int, tuple[int, ...]]:
         timesteps = sampler.timesteps(self.model)
         group = ("motion", type(sampler).__name__, tuple(timesteps), getattr(sampler, "flexibility", None))
         halvings, n = [], len(timesteps) // 2
@@ -412,18 +496,27 @@ class BatchScheduler:
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the batch scheduler is closed")
+            first = not self._queue
             self._queue.append(request)
             self._queue_max = max(self._queue_max, len(self._queue))
+            awaited_done = False
             if request.link in self._awaited:
                 self._awaited.discard(request.link)
                 if not self._awaited:  # the audio call's last session has asked for its motion
                     self._note_turnaround(self.clock() - self._audio_done_at)
-            self._cond.notify()
+                    awaited_done = True
+            # wake a worker only when one sleeps with nothing queued or this request can end a
+            # worker's wait: otherwise the waiting worker is in a timed wait (the gather window)
+            # and wakes by itself; waking it at every request was tens of futile wake-ups per
+            # step under the GIL
+            if (first or awaited_done or self._sleeping or len(self._queue) >= self.max_batch
+                    or len(self._queue) >= self._live_count(self.clock())):
+                self._cond.notify()
         if p.sheddable:
             give_up = p.deadline - time_alone(p, self.cost, self.turnaround)
             try:
                 return request.future.result(timeout=max(0.0, give_up - self.clock()))
-            except FutureTimeout:
+            except TimeoutError:
                 with self._cond:
                     waiting = request in self._queue
                     if waiting:
@@ -457,10 +550,23 @@ class BatchScheduler:
         if self._awaited:  # waited the whole window: the turnaround is at least that
             self._note_turnaround(now - self._audio_done_at)
             self._awaited.clear()
-        live = sum(1 for link in self._links if link.live)
-        if len(self._queue) >= max(live, 1):
+        if len(self._queue) >= max(self._live_count(now), 1):
             return 0.0  # every session is waiting: no one else is coming
         return max(0.0, min(r.submitted for r in self._queue) + self.gather_s - now)
+
+    def recount_live(self) -> None:
+        """A session joined (or was bound to its link): count the live ones again next time."""
+        with self._cond:
+            self._live_at = -math.inf
+
+    def _live_count(self, now: float) -> int:
+        """Live sessions (under _cond), counted at most once per LIVE_REUSE_S: a worker asks at
+        every request's arrival, and walking the weak set of links each time was a large share of
+        the scheduler's own time with tens of sessions. A session that ended since only makes the
+        next call wait its gather window."""
+        if now - self._live_at > LIVE_REUSE_S or now < self._live_at:
+            self._live, self._live_at = sum(1 for link in self._links if link.live), now
+        return self._live
 
     def _next(self, worker: int) -> tuple[list[_Request], int, list[_Request]] | None:
         with self._cond:
@@ -469,7 +575,11 @@ class BatchScheduler:
                 if not self._queue:
                     if self._closed:
                         return None
-                    self._cond.wait()
+                    self._sleeping += 1
+                    try:
+                        self._cond.wait()
+                    finally:
+                        self._sleeping -= 1
                     continue
                 now = self.clock()
                 wait = self._ready(now)
@@ -557,10 +667,13 @@ class BatchScheduler:
         jobs = [r.payload[0] for r in run]
         sampler = run[0].payload[1]
         full = run[0].pending.steps
-        timesteps = None if steps >= full else sampler.fewer_steps(self.model, steps)
+        # the group holds the sampler's own timesteps (motion_group): not recomputed per call
+        timesteps = list(run[0].pending.group[2]) if steps >= full else sampler.fewer_steps(self.model, steps)
         with torch.inference_mode():
             out = sample_windows(self.model, sampler, jobs, self.net, timesteps)
-        return [(o[0].float().cpu().numpy(), steps < r.pending.steps) for o, r in zip(out, run)]
+            # one conversion for the call, then each session's first row (a view)
+            rows = torch.cat([o[:1] for o in out]).float().cpu().numpy()
+        return [(rows[i], steps < r.pending.steps) for i, r in enumerate(run)]
 
     def _count(self, what: str) -> None:
         with self._stats_lock:

@@ -116,6 +116,8 @@ def test_concurrent_sessions(tiny_model_dir, tmp_path):
     assert all(p["rtf"] > 0 and p["worst_latency_ms"] >= 80 for p in c["per_session"])
     assert c["keep_up"] == sum(p["rtf"] < 1 for p in c["per_session"])
     assert "| tiny | torch | 1 | 80/80/800 | 2 | " in (tmp_path / "r.md").read_text()
+    # the process's CPU per second of one stream (two streams did real work) and the load it ran at
+    assert 0 < c["cpu_per_stream_s"] < 50 and c["load_average"] >= 0
 
 
 def test_students_use_their_teachers_reference(tmp_path):

@@ -22,7 +22,7 @@ from engines.networks import TorchNetworks, backend_unavailable
 from export.prepare import OnDemandArtefacts, open_networks
 from streaming.factory import build_session, make_scheduler
 from streaming.runner import stream_array
-from streaming.scheduler import BatchScheduler, CostModel, Pending, SchedulerClosed, plan_batch
+from streaming.scheduler import BatchScheduler, CostModel, Outcome, Pending, SchedulerClosed, plan_batch
 from streaming.session import StreamConfig
 
 BACKENDS = ["torch"] + (["onnxruntime"] if backend_unavailable("onnxruntime") is None else [])
@@ -122,6 +122,33 @@ def test_cost_model_fits_calls():
     assert cost("h", 1) == pytest.approx(0.007)
     cost.observe("h", 4, 0.028)  # recent calls weigh more
     assert 0.018 < cost("h", 4) < 0.028
+
+
+def test_an_outcome_is_set_once_and_awaited_from_another_thread():
+    waiting = Outcome()
+    with pytest.raises(TimeoutError):
+        waiting.result(timeout=0.01)  # nothing set yet
+    threading.Timer(0.05, waiting.set_result, args=("rows",)).start()
+    assert waiting.result(timeout=5) == "rows"
+    waiting.set_exception(RuntimeError("late"))  # a second outcome is ignored
+    assert waiting.result() == "rows" and waiting.result(timeout=0) == "rows"
+    failed = Outcome()
+    failed.set_exception(ValueError("bad window"))
+    for _ in range(2):  # every call raises the request's own error
+        with pytest.raises(ValueError, match="bad window"):
+            failed.result(timeout=0)
+
+
+def test_a_cost_estimate_is_reused_briefly_and_refreshed_by_a_call():
+    now = [0.0]
+    cost = CostModel(stale_tau_s=1.0, clock=lambda: now[0])
+    cost.observe("g", 4, 0.01)
+    cost.observe("g", 4, 2.0)
+    first = cost("g", 4)
+    now[0] = 0.001  # within the reuse period: the same estimate
+    assert cost("g", 4) == first
+    cost.observe("g", 4, 0.01)  # a new observation is seen at once
+    assert cost("g", 4) < first
 
 
 def test_a_stale_cost_estimate_relaxes_to_the_fastest_call_seen():
