@@ -5,6 +5,7 @@ faults staying in their session, the shedding policy and its effect on a session
 from __future__ import annotations
 
 import json
+import math
 import threading
 from pathlib import Path
 
@@ -22,7 +23,16 @@ from engines.networks import TorchNetworks, backend_unavailable
 from export.prepare import OnDemandArtefacts, open_networks
 from streaming.factory import build_session, make_scheduler
 from streaming.runner import stream_array
-from streaming.scheduler import BatchScheduler, CostModel, Outcome, Pending, SchedulerClosed, plan_batch
+from streaming.scheduler import (
+    SCALE_MIN,
+    SCALE_ONE,
+    BatchScheduler,
+    CostModel,
+    Outcome,
+    Pending,
+    SchedulerClosed,
+    plan_batch,
+)
 from streaming.session import StreamConfig
 
 BACKENDS = ["torch"] + (["onnxruntime"] if backend_unavailable("onnxruntime") is None else [])
@@ -112,16 +122,32 @@ def test_cost_model_fits_calls():
     cost = CostModel()
     assert cost("g", 4) == 0.0
     cost.observe("g", 2, 0.2)
-    assert cost("g", 4) == pytest.approx(0.4)  # one size seen: proportional
-    assert cost("g", 1) == pytest.approx(0.1)
+    # one size seen: a power law with SCALE_ONE (a small batch is mostly per-call overhead)
+    assert cost("g", 4) == pytest.approx(0.2 * 2 ** SCALE_ONE)
+    assert cost("g", 1) == pytest.approx(0.2 / 2 ** SCALE_ONE)
     for rows in (2, 4, 8, 16):
         cost.observe("h", rows, 0.01 + 0.002 * rows)
     assert cost("h", 4) == pytest.approx(0.018)
     assert cost("h", 6) == pytest.approx(0.022)  # between observed sizes: interpolated
-    assert cost("h", 32) == pytest.approx(0.084)  # beyond: in proportion to rows
-    assert cost("h", 1) == pytest.approx(0.007)
+    # beyond: the power law through the two nearest sizes
+    assert cost("h", 32) == pytest.approx(0.042 * 2 ** math.log2(0.042 / 0.026))
+    assert cost("h", 1) == pytest.approx(0.014 / 2 ** math.log2(0.018 / 0.014))
+    cost.observe("flat", 1, 0.01)
+    cost.observe("flat", 2, 0.01)  # no growth seen: still at least rows ** SCALE_MIN
+    assert cost("flat", 8) == pytest.approx(0.01 * 4 ** SCALE_MIN)
     cost.observe("h", 4, 0.028)  # recent calls weigh more
     assert 0.018 < cost("h", 4) < 0.028
+
+
+def test_a_cost_model_that_saw_only_single_rows_still_tries_a_batch():
+    """The trap seen on a loaded machine: every call one row at 10 ms (contended); proportional
+    extrapolation made three rows 30 ms, over a 25 ms longest call, so no batch was ever tried."""
+    cost = CostModel()
+    for _ in range(20):
+        cost.observe("motion", 1, 0.010)
+    motion = [Pending(deadline=1.0, group="motion") for _ in range(8)]
+    plan = plan_batch(0.0, motion, cost, max_batch=32, max_call_s=0.025)
+    assert len(plan.run) >= 4 and plan.drop == []
 
 
 def test_an_outcome_is_set_once_and_awaited_from_another_thread():
