@@ -86,7 +86,7 @@ class StreamingAudioFeatures:
     encoder (:meth:`_run`: alone on a backend, or in a batching scheduler's call)."""
 
     streaming = True
-    KEEP = 64  # frames of features kept at least (a window asks for the newest hop + lookahead)
+    KEEP = 64  # frames of features kept (a window asks for the newest hop + lookahead)
 
     def __init__(self, networks: Networks, window_samples: int, first_samples: int, hop_samples: int):
         """window_samples: the session's window (its check); first_samples / hop_samples: the
@@ -101,49 +101,42 @@ class StreamingAudioFeatures:
         self.delay = stream_config(networks.cfg).delay
         self.state = np.zeros((1, networks.stream_state_size()), np.float32)
         self.pushed = 0  # frames pushed so far
-        # the newest `keep` frames' features in a ring (slot = frame % keep) and which frame each slot
-        # holds (-1: none): arrays, not dicts, as the bookkeeping runs every step
-        self.keep = max(self.KEEP, 2 * (max(first_samples, hop_samples) // FRAME_SAMPLES + self.delay))
-        self._feat = np.zeros((self.keep, self.feature_dim), np.float32)
-        self._slot_frame = np.full(self.keep, -1, np.int64)
+        self._final: dict[int, np.ndarray] = {}
+        self._prov: dict[int, np.ndarray] = {}
 
     def _run(self, audio: np.ndarray, state: np.ndarray):
         """(n*640,), (1, Z) -> final (n + delay, F), provisional (n + delay, F), new state (1, Z)."""
         raise NotImplementedError
-
-    def _put(self, first: int, rows: np.ndarray) -> None:
-        """Features of frames first, first + 1, ... (rows of frames < 0 are dropped)."""
-        skip = max(0, -first)
-        frames = np.arange(first + skip, first + len(rows))
-        slots = frames % self.keep
-        self._feat[slots] = rows[skip:]
-        self._slot_frame[slots] = frames
 
     def push(self, audio: np.ndarray) -> None:
         """The next ``n*640`` normalised samples of the stream (padding beyond its end is 0)."""
         if audio.ndim != 1 or not len(audio) or len(audio) % FRAME_SAMPLES:
             raise ValueError(f"audio chunk has shape {audio.shape}: need a whole number of 40 ms frames")
         n, E = len(audio) // FRAME_SAMPLES, self.pushed
-        if n + self.delay > self.keep:
-            raise ValueError(f"an audio chunk of {n} frames exceeds the {self.keep} frames kept")
         self.pushed += n  # also when the call is shed: the stream goes on without this chunk
         final, prov, self.state = self._run(np.ascontiguousarray(audio, dtype=np.float32), self.state)
-        # provisional row i is frame E + i; final row i is frame E - delay + i and wins where both
-        # exist (a later chunk never brings provisional features of a frame that has final ones).
-        # The last ``delay`` final rows (the newest frames, as if silence followed) and the
-        # provisional rows past the chunk are replaced by the next chunk's.
-        self._put(E, prov)
-        self._put(E - self.delay, final)
+        # final row i is frame E - delay + i; the last ``delay`` rows (the newest frames, as if
+        # silence followed) are replaced by the next chunk's
+        for i in range(len(final)):
+            if E + i - self.delay >= 0:
+                self._final[E + i - self.delay] = final[i]
+        for i in range(len(prov)):
+            self._prov[E + i] = prov[i]
+        for book in (self._final, self._prov):
+            for j in [j for j in book if j < self.pushed - self.KEEP]:
+                del book[j]
 
     def frames(self, start: int, stop: int) -> np.ndarray:
         """Features of frames [start, stop) (final, else provisional; a frame whose chunk was
         shed repeats the nearest earlier one)."""
-        idx = np.arange(start, stop)
-        have = self._slot_frame[idx % self.keep] == idx
-        # each frame takes the newest known frame at or before it (none yet: zeros)
-        src = np.maximum.accumulate(np.where(have, np.arange(len(idx)), -1)) if len(idx) else idx
-        out = self._feat[idx[np.maximum(src, 0)] % self.keep]
-        out[src < 0] = 0.0
+        out = np.zeros((stop - start, self.feature_dim), np.float32)
+        last = None
+        for i, j in enumerate(range(start, stop)):
+            f = self._final.get(j)
+            f = self._prov.get(j) if f is None else f
+            f = last if f is None else f
+            if f is not None:
+                out[i] = last = f
         return out
 
     def silence(self) -> np.ndarray:
