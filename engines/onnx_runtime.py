@@ -39,7 +39,10 @@ def default_providers() -> list[str]:
     return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in avail]
 
 
-def make_session(path: Path, threads: int = 1, providers: list[str] | None = None):
+def make_session(path: Path, threads: int = 1, providers: list[str] | None = None,
+                 fixed_dims: dict[str, int] | None = None):
+    """``fixed_dims``: symbolic input dimensions pinned for this session (e.g. the batch axis N = 1
+    of a session's own streaming-encoder calls): ORT then folds the graph's shape arithmetic away."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -50,6 +53,8 @@ def make_session(path: Path, threads: int = 1, providers: list[str] | None = Non
     # no busy-waiting worker threads: on a shared machine they steal the core the next step needs
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.log_severity_level = 3
+    for name, value in (fixed_dims or {}).items():
+        so.add_free_dimension_override_by_name(name, int(value))
     requested = providers or default_providers()
     try:
         session = ort.InferenceSession(str(path), so, providers=requested)
@@ -87,15 +92,16 @@ class OrtNetworks(Networks):
         self.providers = providers or default_providers()
         self.input_names = denoiser_input_names(cfg)
         self._audio: dict[int, object] = {}
-        self._stream: dict[int, object] = {}  # streaming encoder graphs by chunk length
+        self._stream: dict[tuple[int, bool], object] = {}  # streaming encoder graphs by (chunk length, batch 1)
         self._denoiser = self._session("denoiser")
         self._style = None
         log.info("onnxruntime %s: %s, %d intra-op thread(s), graphs in %s", precision,
                  ",".join(self._denoiser.get_providers()), self.threads, artefacts.onnx_dir)
 
-    def _session(self, graph: str, window_samples: int | None = None, precision: str | None = None):
+    def _session(self, graph: str, window_samples: int | None = None, precision: str | None = None,
+                 fixed_dims: dict[str, int] | None = None):
         path = self.artefacts.onnx(graph, precision or self.precision, window_samples)
-        return make_session(path, self.threads, self.providers)
+        return make_session(path, self.threads, self.providers, fixed_dims)
 
     # --- the three calls --------------------------------------------------------------------------------
     def audio_session(self, window_samples: int):
@@ -114,17 +120,23 @@ class OrtNetworks(Networks):
         x = np.ascontiguousarray(audio, dtype=np.float32)
         return self.audio_session(x.shape[1]).run(None, {"audio": x})[0]
 
-    def stream_session(self, chunk_samples: int):
-        sess = self._stream.get(chunk_samples)
+    def stream_session(self, chunk_samples: int, rows: int | None = None):
+        """The streaming encoder's graph for chunks of ``chunk_samples``; ``rows`` = 1 (a session's
+        own call) gets a session with the batch axis pinned to 1: every shape is then static and ORT
+        folds the shape arithmetic of the state's unpacking and the attention masks (273 -> 154
+        nodes), what dominates a call this small. Other row counts share the dynamic-batch one."""
+        key = (chunk_samples, rows == 1)
+        sess = self._stream.get(key)
         if sess is None:
-            sess = self._stream[chunk_samples] = self._session("stream", chunk_samples)
+            sess = self._stream[key] = self._session("stream", chunk_samples,
+                                                     fixed_dims={"N": 1} if rows == 1 else None)
         return sess
 
     def stream_audio_batch(self, audio, state):
         """One run of the streaming encoder's graph over B sessions' chunks and state rows."""
         check_stream_rows(audio, state, self.stream_state_size())
         x = np.ascontiguousarray(audio, dtype=np.float32)
-        final, prov, new = self.stream_session(x.shape[1]).run(
+        final, prov, new = self.stream_session(x.shape[1], x.shape[0]).run(
             None, {"audio": x, "state": np.ascontiguousarray(state, dtype=np.float32)})
         return final, prov, new
 

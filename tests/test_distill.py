@@ -110,6 +110,73 @@ def test_recording_engine_gives_the_live_inputs(setup):
         np.testing.assert_allclose(pa, rec["prev_audio"][s], atol=1e-5)
 
 
+def test_stream_encoder_targets_record_what_a_live_session_with_it_feeds(setup, tmp_path):
+    """--stream-encoder: the student's recorded audio features are those a live session using that
+    model's streaming encoder hands its motion engine (same hop, lookahead, normaliser, gate);
+    shards say which features they hold and a run refuses targets of the other kind."""
+    from conftest import make_tiny_model_dir
+
+    from diffposetalk.model import Guidance
+    from diffposetalk.model_dir import load_model_dir
+    from diffposetalk.sampler import DDIMSampler
+    from diffposetalk.stream_encoder import tiny_stream_config
+    from streaming.factory import open_session
+    from streaming.motion import SamplingMotionEngine
+    from streaming.session import StreamConfig
+    from training.distill_data import DistillSet, record_stream
+    from training.train_data import load_split
+
+    teacher = _teacher(setup)
+    F = teacher.config.feature_dim
+    enc_dir = make_tiny_model_dir(tmp_path / "enc", seed=3, kind="student", student_steps=1, n_motions=8,
+                                  stream_encoder=tiny_stream_config(F).to_dict())
+    enc = load_model_dir(enc_dir)
+    clip = load_split(setup["data"], "train")[0]
+    target = np.zeros((clip.n_frames, teacher.config.motion_dim), np.float32)
+    rec = record_stream(teacher, clip.audio, target, 8, 80, 80, 400, None, encoder=enc.model)
+    window = record_stream(teacher, clip.audio, target, 8, 80, 80, 400, None)
+    assert not np.allclose(rec["audio_feat"], window["audio_feat"], atol=1e-3)  # not the teacher's window
+
+    seen = []
+
+    class Spy(SamplingMotionEngine):
+        def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+            seen.append((audio_feat.copy(), prev_audio.copy()))
+            return super().sample(audio_feat, indicator, prev_motion, prev_audio, style, step)
+
+    import streaming.factory as factory
+    orig = factory.SamplingMotionEngine
+    factory.SamplingMotionEngine = Spy
+    try:
+        session = open_session(enc, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400))
+        assert session.audio_encoder == "stream"
+        session.feed(clip.audio)
+        session.finish()
+    finally:
+        factory.SamplingMotionEngine = orig
+    assert len(seen) == len(rec["first"])
+    for s, (a, _) in enumerate(seen):
+        np.testing.assert_allclose(a, rec["audio_feat"][s], atol=1e-5)
+
+    # the CLI: shards of stream features, and no mixing with the window kind
+    targets = tmp_path / "targets"
+    base = setup["base"][:setup["base"].index("--targets")] + ["--targets", str(targets)] + \
+        setup["base"][setup["base"].index("--targets") + 2:]
+    assert _run(base + ["-o", str(tmp_path / "unused"), "--only-targets", "--train-clips", "1",
+                        "--stream-encoder", str(enc_dir)]) == 0
+    assert DistillSet(sorted(targets.glob("train_set*.npz")), 8).features == "stream"
+    with pytest.raises(UserError, match="stream audio features"):
+        _run(base + ["-o", str(tmp_path / "s"), "--no-build", "--iters", "1", "--batch", "4", "--quiet"])
+    with pytest.raises(UserError, match="window audio features"):
+        _run(setup["base"] + ["-o", str(tmp_path / "s2"), "--no-build", "--iters", "1", "--batch", "4", "--quiet",
+                              "--stream-encoder", str(enc_dir)])
+    with pytest.raises(UserError, match="no streaming audio encoder"):
+        _run(base + ["-o", str(tmp_path / "s3"), "--only-targets", "--stream-encoder", str(setup["teacher"])])
+    assert _run(base + ["-o", str(tmp_path / "s4"), "--no-build", "--iters", "1", "--batch", "4", "--quiet",
+                        "--stream-encoder", str(enc_dir), "--init", str(enc_dir)]) == 0
+    assert load_model_dir(tmp_path / "s4").config.stream_encoder is not None  # the student keeps its encoder
+
+
 def test_shards_pair_noise_and_targets(setup):
     from training.distill_data import DistillSet
 

@@ -180,6 +180,73 @@ def test_onnx_stream_graph_matches_torch_with_state(enc_loaded, tmp_path):
         audio = audio[:, ::-1].copy()
 
 
+def test_onnx_batch_one_session_pins_the_batch_axis_and_matches_torch(enc_loaded, tmp_path):
+    """A session's own encoder calls (one row) run a session with the batch axis pinned to 1 (ORT
+    folds the shape arithmetic away); it must give what torch gives, state carried, and the
+    dynamic-batch session must still take several rows."""
+    pytest.importorskip("onnxruntime")
+    from engines.networks import TorchNetworks
+    from engines.onnx_runtime import make_session
+    from export.onnx_export import export_stream_audio, stream_parity_inputs
+
+    rec = export_stream_audio(enc_loaded.model, tmp_path, 2 * FRAME_SAMPLES)
+    pinned = make_session(tmp_path / rec.file, fixed_dims={"N": 1})
+    dynamic = make_session(tmp_path / rec.file)
+    torch_nets = TorchNetworks(enc_loaded.model)
+    audio, state = stream_parity_inputs(enc_loaded.model, 2 * FRAME_SAMPLES, rows=3)
+    a, s = audio[1:2], state[1:2]
+    for _ in range(3):
+        want = torch_nets.stream_audio_batch(a, s)
+        got = pinned.run(None, {"audio": a, "state": s})
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w, atol=1e-4)
+        s, a = got[2], a[:, ::-1].copy()
+    assert dynamic.run(None, {"audio": audio, "state": state})[0].shape[0] == 3
+    with pytest.raises(Exception, match="dimension"):  # the pinned one refuses another batch size
+        pinned.run(None, {"audio": audio, "state": state})
+
+
+def test_streaming_features_bookkeeping_final_over_provisional_and_shed_chunks(monkeypatch):
+    """The ring of a session's features: final features win over provisional ones, the newest
+    frames are replaced by the next chunk's, and a shed chunk's frames repeat the frame before."""
+    from types import SimpleNamespace
+
+    import streaming.motion as motion_mod
+    from streaming.motion import StepShed, StreamingAudioFeatures
+
+    class Fake(StreamingAudioFeatures):
+        shed = False
+
+        def _run(self, audio, state):  # final = frame index + 0.5, provisional = -(frame index)
+            if self.shed:
+                raise StepShed("shed")
+            n = len(audio) // FRAME_SAMPLES
+            E = self.pushed - n
+            rows = np.arange(n + 2, dtype=np.float32)
+            final = np.repeat((E - 2 + rows + 0.5)[:, None], 3, 1)
+            prov = np.repeat(-(E + rows)[:, None], 3, 1)
+            return final, prov, state
+
+    monkeypatch.setattr(motion_mod, "stream_config", lambda cfg: SimpleNamespace(delay=2))
+    f = Fake(SimpleNamespace(cfg=SimpleNamespace(feature_dim=3), stream_state_size=lambda: 4),
+             16 * FRAME_SAMPLES, 4 * FRAME_SAMPLES, 2 * FRAME_SAMPLES)
+    hop = np.zeros(2 * FRAME_SAMPLES, np.float32)
+    f.push(np.zeros(4 * FRAME_SAMPLES, np.float32))  # frames 0..3: final for all (the last 2 peeked)
+    np.testing.assert_array_equal(f.frames(0, 6)[:, 0], [0.5, 1.5, 2.5, 3.5, -4, -5])
+    f.push(hop)  # frames 4, 5
+    np.testing.assert_array_equal(f.frames(2, 8)[:, 0], [2.5, 3.5, 4.5, 5.5, -6, -7])
+    f.shed = True
+    with pytest.raises(StepShed):
+        f.push(hop)  # frames 6, 7 shed: they keep what the last chunk gave, then the last repeats
+    np.testing.assert_array_equal(f.frames(4, 10)[:, 0], [4.5, 5.5, -6, -7, -7, -7])
+    assert f.pushed == 8
+    f.shed = False
+    for _ in range(60):  # far past the ring: old frames are gone, new ones right
+        f.push(hop)
+    np.testing.assert_array_equal(f.frames(f.pushed - 4, f.pushed)[:, 0], np.arange(f.pushed - 4, f.pushed) + 0.5)
+    assert not f.frames(0, 4).any()  # frames older than the ring: unknown (zeros)
+
+
 def _frames(session, audio):
     from streaming.runner import stream_array
 

@@ -150,7 +150,7 @@ def build_targets(opts: DistillOptions, teacher, configs) -> tuple[list[Path], l
     if bad:
         raise UserError(f"--target-set {bad}: must be in 0..{opts.target_sets - 1}")
     common = dict(n_motions=opts.window, steps=opts.target_steps, seed=opts.seed, configs=configs,
-                  context_ms=opts.context_ms, reverse=opts.reverse)
+                  context_ms=opts.context_ms, reverse=opts.reverse, encoder=feature_encoder(opts, teacher))
     if opts.audio is not None:
         from training.distill_audio import load_audio_clips, split_audio_clips
 
@@ -168,6 +168,23 @@ def build_targets(opts: DistillOptions, teacher, configs) -> tuple[list[Path], l
                          style_swap=opts.style_swap, **common)
     val = build_shards(teacher, opts.data, "val", opts.targets, [0], max_clips=opts.val_clips, **common)
     return train, val
+
+
+def feature_encoder(opts: DistillOptions, teacher):
+    """The model whose streaming audio encoder makes the student's recorded audio features
+    (--stream-encoder), or None: the teacher's audio encoder over each step's window."""
+    from diffposetalk.model_dir import load_model_dir
+
+    if opts.stream_encoder is None:
+        return None
+    enc = load_model_dir(opts.stream_encoder, "cpu")
+    if enc.config.stream_encoder is None:
+        raise UserError(f"--stream-encoder {opts.stream_encoder}: this model has no streaming audio encoder "
+                        "(make one with `dpt-live distill-encoder`)")
+    if enc.config.feature_dim != teacher.config.feature_dim:
+        raise UserError(f"--stream-encoder {opts.stream_encoder}: {enc.config.feature_dim}-d features, the "
+                        f"teacher's denoiser takes {teacher.config.feature_dim}")
+    return enc.model
 
 
 def audio_styles(opts: DistillOptions, teacher) -> dict:
@@ -199,6 +216,7 @@ class DistillOptions(TrainOptions):
     segment_seconds: float = 20.0  # with audio: longer files are cut into segments this long
     steps: int = 2  # student denoising steps (STEP_CHOICES)
     init: Path | None = None  # start from this student instead of the teacher (progressive distillation)
+    stream_encoder: Path | None = None  # record the student's audio features with this model's streaming encoder
     # targets (built once, cached, resumable)
     targets: Path | None = None  # default: <out>-targets next to out
     target_sets: int = 2  # passes over the train clips, each with its own guidance/noise/window draw
@@ -353,7 +371,8 @@ def _recorded_options(opts: DistillOptions) -> dict:
             "init": str(opts.init) if opts.init else None,
             "data": str(opts.data) if opts.data else None, "audio": str(opts.audio) if opts.audio else None,
             "styles": str(opts.styles) if opts.styles else None, "style_mix": opts.style_mix,
-            "segment_seconds": opts.segment_seconds}
+            "segment_seconds": opts.segment_seconds,
+            "stream_encoder": str(opts.stream_encoder) if opts.stream_encoder else None}
 
 
 def _resume(opts: DistillOptions, run: StudentRun) -> tuple[int, list]:
@@ -380,6 +399,11 @@ def train_student(opts: DistillOptions, teacher, run: StudentRun, train_paths: l
     out, cfg, student, rng, history = opts.out, run.config, run.student, run.rng, run.history
     train = DistillSet(train_paths, opts.window)
     val = DistillSet(val_paths, opts.window)
+    want = "window" if opts.stream_encoder is None else "stream"
+    for name, part in (("train", train), ("val", val)):
+        if part.features != want:
+            raise UserError(f"the {name} targets in {opts.targets} hold {part.features} audio features, this run "
+                            f"asks for {want} ones (--stream-encoder): use another --targets folder")
     log.info("train targets: %s; val: %s", train.describe(), val.describe())
     # what this student was trained on (with --no-build the shard list is not implied by the options)
     out.mkdir(parents=True, exist_ok=True)

@@ -112,11 +112,15 @@ def teacher_motion(loaded, audio: np.ndarray, shape_n: torch.Tensor, style: np.n
 
 
 def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int, hop_ms: int,
-                  lookahead_ms: int, context_ms: int, style: np.ndarray | None) -> dict[str, np.ndarray]:
+                  lookahead_ms: int, context_ms: int, style: np.ndarray | None,
+                  encoder=None) -> dict[str, np.ndarray]:
     """Run a real StreamSession over ``audio`` with a RecordingEngine; returns the stacked inputs
-    of every step and the session's emitted motion (which must equal the teacher's)."""
+    of every step and the session's emitted motion (which must equal the teacher's). ``encoder``:
+    a model whose streaming audio encoder makes the audio features (as a live session using it
+    does); None: the teacher's audio encoder over each step's window."""
+    from diffposetalk.units import FRAME_SAMPLES
     from engines.networks import TorchNetworks
-    from streaming.motion import CoefDecoder, NetworkAudioFeatures
+    from streaming.motion import CoefDecoder, NetworkAudioFeatures, NetworkStreamingFeatures
     from streaming.runner import stream_array
     from streaming.session import StreamConfig, StreamSession
 
@@ -127,8 +131,12 @@ def record_stream(loaded, audio: np.ndarray, teacher: np.ndarray, n_motions: int
     engine = RecordingEngine(teacher, n_motions, spec.hop, model.start_motion_feat[0].detach().cpu().numpy(),
                              model.start_audio_feat[0].detach().cpu().numpy(),
                              None if null is None else null[0, 0].detach().cpu().numpy())
-    session = StreamSession(NetworkAudioFeatures(TorchNetworks(model), spec.window_samples), engine,
-                            CoefDecoder(loaded.stats, loaded.config.head_pose), config, style)
+    if encoder is None:
+        features = NetworkAudioFeatures(TorchNetworks(model), spec.window_samples)
+    else:
+        features = NetworkStreamingFeatures(TorchNetworks(encoder), spec.window_samples,
+                                            spec.new_frames * FRAME_SAMPLES, spec.hop * FRAME_SAMPLES)
+    session = StreamSession(features, engine, CoefDecoder(loaded.stats, loaded.config.head_pose), config, style)
     frames = stream_array(session, audio)
     r = engine.records
     return {"audio_feat": np.stack(r["audio_feat"]), "indicator": np.stack(r["indicator"]),
@@ -185,7 +193,7 @@ StyleChooser = Callable[[int, int, TargetDraw], tuple[np.ndarray | None, str | N
 def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_motions: int, steps: int,
                  seed: int, configs=DEFAULT_CONFIGS, context_ms: int = DEFAULT_CONTEXT_MS,
                  max_clips: int | None = None, progress=None, reverse: bool = False,
-                 style_swap: float = 0.0) -> list[Path]:
+                 style_swap: float = 0.0, encoder=None) -> list[Path]:
     """Build the missing shards of a dataset ``split`` for target sets ``sets``; each target is
     conditioned on its speaker's style from GT (or, with ``style_swap``, another speaker's:
     :func:`style_donor`). Returns every shard path."""
@@ -207,12 +215,13 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
         return choose
 
     return write_shards(loaded, split, sources, chooser, out, sets, n_motions, steps, seed, configs, context_ms,
-                        progress, reverse)
+                        progress, reverse, encoder)
 
 
 def build_audio_shards(loaded, split: str, clips, styles: dict[str, np.ndarray], style_mix: float, out: Path,
                        sets: list[int], n_motions: int, steps: int, seed: int, configs=DEFAULT_CONFIGS,
-                       context_ms: int = DEFAULT_CONTEXT_MS, progress=None, reverse: bool = False) -> list[Path]:
+                       context_ms: int = DEFAULT_CONTEXT_MS, progress=None, reverse: bool = False,
+                       encoder=None) -> list[Path]:
     """Build the missing shards for speech alone (training/distill_audio.py): ``clips`` are
     AudioClips, every style-conditioned target takes one of ``styles`` (or a mix of two), the face
     is the mean shape. Returns every shard path."""
@@ -232,14 +241,15 @@ def build_audio_shards(loaded, split: str, clips, styles: dict[str, np.ndarray],
         return choose
 
     return write_shards(loaded, split, sources, chooser, out, sets, n_motions, steps, seed, configs, context_ms,
-                        progress, reverse)
+                        progress, reverse, encoder)
 
 
 def write_shards(loaded, split: str, sources: list[TargetSource], chooser: Callable[[], StyleChooser], out: Path,
                  sets: list[int], n_motions: int, steps: int, seed: int, configs, context_ms: int,
-                 progress=None, reverse: bool = False) -> list[Path]:
+                 progress=None, reverse: bool = False, encoder=None) -> list[Path]:
     """Generate and record the shards of ``sources`` missing in ``out`` (see the module doc).
-    ``reverse``: last clip first (a second parallel builder then starts where the first ends)."""
+    ``reverse``: last clip first (a second parallel builder then starts where the first ends);
+    ``encoder``: record the student's inputs with this model's streaming audio encoder."""
     out.mkdir(parents=True, exist_ok=True)
     todo = [(s, i) for s in sets for i in range(len(sources)) if not (out / shard_name(split, s, i)).is_file()]
     if reverse:
@@ -259,7 +269,8 @@ def write_shards(loaded, split: str, sources: list[TargetSource], chooser: Calla
             draw = TargetDraw(draw.hop_ms, draw.lookahead_ms, draw.w_audio, 0.0, False, draw.noise_seed)
         shape_n = torch.from_numpy(c.shape_n).float()
         teacher, x_T = teacher_motion(loaded, c.audio, shape_n, style, draw, steps)
-        rec = record_stream(loaded, c.audio, teacher, n_motions, draw.hop_ms, draw.lookahead_ms, context_ms, style)
+        rec = record_stream(loaded, c.audio, teacher, n_motions, draw.hop_ms, draw.lookahead_ms, context_ms, style,
+                            encoder)
         if not np.allclose(rec["emitted"], teacher[:len(rec["emitted"])], atol=1e-5):
             raise RuntimeError(f"{c.entry}: the recorded session did not replay the teacher's frames")
         d = loaded.config.d_style if loaded.config.use_style else 0
@@ -267,7 +278,8 @@ def write_shards(loaded, split: str, sources: list[TargetSource], chooser: Calla
                 "hop_ms": draw.hop_ms, "lookahead_ms": draw.lookahead_ms, "context_ms": context_ms,
                 "w_audio": draw.w_audio, "w_style": draw.w_style, "has_style": draw.has_style,
                 "noise_seed": draw.noise_seed, "teacher_steps": steps, "n_motions": n_motions,
-                "style_from": style_from if style is not None else None}
+                "style_from": style_from if style is not None else None,
+                "features": "window" if encoder is None else "stream"}
         tmp = out / (shard_name(split, set_idx, i) + ".partial")  # renamed when complete
         with open(tmp, "wb") as fh:
             np.savez(fh, audio_feat=rec["audio_feat"].astype(np.float16), prev_audio=rec["prev_audio"].astype(np.float16),
@@ -324,6 +336,11 @@ class DistillSet:
             except (OSError, ValueError, KeyError) as exc:
                 raise UserError(f"{p}: unreadable distillation shard ({exc}); delete it to rebuild") from exc
         self.cols = {k: np.concatenate(v) for k, v in cols.items()}
+        # which audio features the inputs hold: the teacher's window ("window") or a streaming encoder's
+        kinds = sorted({s["meta"].get("features", "window") for s in self.shards})
+        if len(kinds) > 1:
+            raise UserError(f"these shards mix audio features ({', '.join(kinds)}): use one --targets folder per kind")
+        self.features = kinds[0]
         # targets and noise per step, gathered once (small: L frames per step)
         L = n_motions
         idx = self.cols["first"][:, None] + np.arange(L)[None]
@@ -386,7 +403,7 @@ class DistillSet:
         m = [s["meta"] for s in self.shards]
         return {"shards": len(m), "steps": len(self), "frames": int(sum(len(s["teacher"]) for s in self.shards)),
                 "configs": sorted({f"{x['hop_ms']}/{x['lookahead_ms']}/{x['context_ms']}" for x in m}),
-                "no_style_share": float(np.mean([not x["has_style"] for x in m]))}
+                "no_style_share": float(np.mean([not x["has_style"] for x in m])), "features": self.features}
 
     def batch(self, idx: np.ndarray, device, prev_motion: np.ndarray | None = None) -> DistillBatch:
         """``prev_motion`` replaces the recorded previous frames (e.g. from :meth:`decorrelate`)."""

@@ -23,6 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--init", type=Path, help="start from this student (e.g. progressive: a 2-step student "
                                               "for a 1-step one) instead of the teacher")
     g = p.add_argument_group("targets (built once, cached, resumable)")
+    g.add_argument("--stream-encoder", type=Path,
+                   help="model directory whose streaming audio encoder makes the student's audio features, as a "
+                        "live session using it computes them (default: the teacher's encoder over each window)")
     g.add_argument("--targets", type=Path, help="targets folder (default: <out>-targets next to --out)")
     g.add_argument("--target-sets", type=int, default=2,
                    help="passes over the train clips, each with its own guidance/noise/window draw")
