@@ -367,14 +367,18 @@ class TrtNetworks(Networks):
         plan = self.artefacts.plan(graph, precision or self.precision, window_samples, self.gpu)
         return TrtEngine(plan, use_graph=graph == "denoiser")
 
-    def _audio_engine(self, window_samples: int) -> TrtEngine:
-        eng = self._audio.get(window_samples)
+    def _cached_engine(self, cache: dict[int, TrtEngine], graph: str, samples: int) -> TrtEngine:
+        """The plan of ``graph`` at ``samples``, loaded once: sessions' threads ask concurrently."""
+        eng = cache.get(samples)
         if eng is None:
             with self._engines_lock:
-                eng = self._audio.get(window_samples)
+                eng = cache.get(samples)
                 if eng is None:
-                    eng = self._audio[window_samples] = self._engine("audio", window_samples)
+                    eng = cache[samples] = self._engine(graph, samples)
         return eng
+
+    def _audio_engine(self, window_samples: int) -> TrtEngine:
+        return self._cached_engine(self._audio, "audio", window_samples)
 
     def _style_engine(self) -> TrtEngine:
         if self._style is None:
@@ -391,13 +395,7 @@ class TrtNetworks(Networks):
         """The streaming encoder's plan at this chunk length over B sessions' rows (state in and
         out: the plan's three outputs are copied back)."""
         check_stream_rows(audio, state, self.stream_state_size())
-        chunk = audio.shape[1]
-        eng = self._stream.get(chunk)
-        if eng is None:
-            with self._engines_lock:
-                eng = self._stream.get(chunk)
-                if eng is None:
-                    eng = self._stream[chunk] = self._engine("stream", chunk)
+        eng = self._cached_engine(self._stream, "stream", audio.shape[1])
         out = eng.run_outputs({"audio": np.ascontiguousarray(audio, dtype=np.float32),
                                "state": np.ascontiguousarray(state, dtype=np.float32)},
                               ["final", "provisional", "state_out"])

@@ -113,3 +113,13 @@ def teacher(tiny_model_dir):
 @pytest.fixture(scope="module")
 def student(tmp_path_factory):
     return make_guided_student(tmp_path_factory.mktemp("student") / "s")
+
+
+def assert_same_weights(a_dir, b_dir) -> None:
+    """Two model directories hold the same weights (e.g. a resumed training run and a straight one)."""
+    from diffposetalk.model_dir import load_model_dir
+
+    a, b = load_model_dir(a_dir).model.state_dict(), load_model_dir(b_dir).model.state_dict()
+    assert a.keys() == b.keys()
+    for k, v in a.items():
+        torch.testing.assert_close(v, b[k], msg=k)
