@@ -26,7 +26,7 @@ class OscLog:
     def __init__(self, host: str = "127.0.0.1"):
         from pythonosc.dispatcher import Dispatcher
         from pythonosc.osc_packet import OscPacket
-        from pythonosc.osc_server import ThreadingOSCUDPServer
+        from pythonosc.osc_server import BlockingOSCUDPServer
 
         self.bundles: list[tuple[float, dict, dict]] = []
         self.lock = threading.Lock()
@@ -45,7 +45,9 @@ class OscLog:
                     log.bundles.append((time.monotonic(), blends, bones))
                 return []
 
-        self.server = ThreadingOSCUDPServer((host, 0), Keep())
+        # one thread, packets in arrival order: a thread per packet can reorder bundles under load
+        # (a false head jump) and adds its start-up to every arrival time
+        self.server = BlockingOSCUDPServer((host, 0), Keep())
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

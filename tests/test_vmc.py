@@ -11,7 +11,7 @@ import types
 import numpy as np
 import pytest
 from pythonosc.dispatcher import Dispatcher
-from pythonosc.osc_server import ThreadingOSCUDPServer
+from pythonosc.osc_server import BlockingOSCUDPServer
 from test_record import TOKEN, fast_model_dir, server  # noqa: F401 - fixtures
 
 from clients.vmc import Playout, VmcBridge, parse_target, run_bridge
@@ -38,7 +38,8 @@ class Receiver:
 
         d = CountingDispatcher()
         d.set_default_handler(lambda *a: None)
-        self.server = ThreadingOSCUDPServer(("127.0.0.1", 0), d)
+        # one thread handles packets in arrival order (a thread per packet can log them out of order)
+        self.server = BlockingOSCUDPServer(("127.0.0.1", 0), d)
         # room for a burst of bundles (a test ticks faster than real time; the kernel caps it at rmem_max)
         import socket
 
