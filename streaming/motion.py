@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from diffposetalk.batching import WindowJob
-from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition, motion_to_coef
+from diffposetalk.model import DiffPoseTalk, Guidance, WindowCondition
 from diffposetalk.sampler import RandomNoise, Sampler
 from diffposetalk.units import FRAME_SAMPLES
 from engines.networks import Networks, TorchNetworks, stream_config
@@ -215,9 +215,19 @@ class CoefDecoder:
     """Normalised network motion (n, D) -> raw FLAME exp (n, 50) and pose (n, 6)."""
 
     def __init__(self, stats: dict[str, torch.Tensor], head_pose: bool):
-        self.stats = {k: v.detach().cpu() for k, v in stats.items()}
+        # numpy, not torch: a dozen torch ops on a (2, 56) array cost more than a session's step
+        # bookkeeping; the same float ops in the same order give the same values (tested)
+        self.stats = {k: v.detach().cpu().numpy() for k, v in stats.items()}
         self.head_pose = head_pose
 
     def __call__(self, motion: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        coef = motion_to_coef(torch.from_numpy(motion), self.stats, self.head_pose)
-        return coef["exp"].numpy(), coef["pose"].numpy()
+        s = self.stats
+        exp = motion[..., :50] * s["exp_std"] + s["exp_mean"]
+        # the dropped pose channels are zeros in normalised space, so they de-normalise to the mean
+        pose = np.zeros(motion.shape[:-1] + (6,), motion.dtype) * s["pose_std"] + s["pose_mean"]
+        if self.head_pose:
+            pose[..., :4] = motion[..., 50:54] * s["pose_std"][:4] + s["pose_mean"][:4]
+        else:
+            pose[..., :3] = 0
+            pose[..., 3] = motion[..., 50] * s["pose_std"][3] + s["pose_mean"][3]
+        return exp, pose

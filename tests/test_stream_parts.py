@@ -262,3 +262,25 @@ def test_live_resampler_holds_back_little_and_is_block_independent():
     lag = int(np.argmax(np.abs(y))) - 8000
     assert 0 <= lag <= 64, lag
     assert abs(y.sum() * rate / 16000 - 1) < 0.02  # its energy kept (DC gain 1)
+
+
+# --- decoding -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("head_pose", [True, False])
+def test_coef_decoder_equals_motion_to_coef(head_pose):
+    """The streaming decoder (numpy) gives exactly the model's motion_to_coef (torch)."""
+    import torch
+
+    from diffposetalk.model import motion_to_coef
+    from streaming.motion import CoefDecoder
+
+    rng = np.random.default_rng(0)
+    stats = {k: torch.from_numpy(rng.normal(0, s, n).astype(np.float32)) for k, s, n in
+             [("exp_mean", 0.3, 50), ("pose_mean", 0.05, 6)]}
+    stats |= {k: torch.from_numpy(rng.uniform(0.1, 2, n).astype(np.float32)) for k, n in [("exp_std", 50), ("pose_std", 6)]}
+    motion = rng.normal(0, 1, (3, 54 if head_pose else 51)).astype(np.float32)
+    exp, pose = CoefDecoder(stats, head_pose)(motion)
+    ref = motion_to_coef(torch.from_numpy(motion), stats, head_pose)
+    assert exp.dtype == np.float32 and pose.dtype == np.float32
+    np.testing.assert_array_equal(exp, ref["exp"].numpy())
+    np.testing.assert_array_equal(pose, ref["pose"].numpy())
