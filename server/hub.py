@@ -287,8 +287,9 @@ class HubSession:
         self.frames += len(items)
         self.metrics.add_frames(len(items))
         dropped = 0
+        watching = [v for v in self.viewers if v.mode != "upstream"]  # an upstream-only client takes no frames
         for item in items:
-            for viewer in self.viewers:
+            for viewer in watching:
                 dropped += viewer.offer(item)
         if dropped:
             self.metrics.add_dropped(self.name, dropped)

@@ -36,7 +36,7 @@ FLAG_EYES = 1  # bit0: the eyes floats are valid
 FLAG_RESET = 2  # bit1: first frame of a new pipeline (audio_time restarts, motion does not continue)
 FLAG_DEGRADED = 4  # bit2: the scheduler shed work for this frame under overload (fewer steps, or held)
 
-MODES = ("binary", "json")
+MODES = ("binary", "json", "upstream")  # upstream: a send-only connection (no frames), e.g. a page's microphone worker
 AUDIO_FORMATS = {"f32le": "float32", "s16le": "int16"}  # wire name -> streaming.sources dtype
 AUDIO_RATE_RANGE = (8000, 192000)
 AUDIO_CHANNELS = (1, 2)

@@ -353,6 +353,39 @@ def test_audio_upstream_drives_an_on_demand_session(engine):
     assert health["session_detail"]["booth-1"]["frames"] == expected
 
 
+def test_an_upstream_only_client_sends_audio_and_receives_no_frames(engine):
+    """mode=upstream (the viewer page's microphone worker): its audio drives the session, whose
+    viewer gets the frames; the upstream connection itself gets its hello and notices only."""
+    seconds = 2.0
+    expected = int(seconds * 16000) // 640
+
+    async def scenario():
+        h = await start(engine)
+        try:
+            async with connect(h.ws_url(session="booth-2", mode="upstream")) as mic, \
+                    connect(h.ws_url(session="booth-2")) as viewer:
+                hello = await hello_of(mic)
+                await hello_of(viewer)
+                await push_audio(mic, pcm_speech(seconds), 1280, 16000, 1, "f32le")
+                frames, _ = await frames_of(viewer, expected, timeout=30)
+                await mic.send(c.ping_control())
+                got = []
+                while True:  # everything the upstream client received, up to the pong
+                    msg = p.decode_server_message(await asyncio.wait_for(mic.recv(), 20))
+                    got.append(msg)
+                    if isinstance(msg, dict) and msg["type"] == "pong":
+                        break
+        finally:
+            await h.server.stop()
+        return hello, frames, got
+
+    hello, frames, got = run(scenario())
+    assert hello["mode"] == "upstream"
+    assert len(frames) == expected
+    assert all(isinstance(m, dict) for m in got), "an upstream-only client was sent frames"
+    assert any(m.get("change") == "source" and m.get("source") == "upstream" for m in got)
+
+
 def test_controls_style_guidance_pause_and_errors(engine, speech_like_wav):
     async def scenario():
         h = await start(engine, file_source(speech_like_wav))

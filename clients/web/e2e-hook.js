@@ -2,7 +2,7 @@
 // before the viewer's own scripts; the viewer never loads it. It records, on one clock
 // (performance.timeOrigin + performance.now(), ms since the Unix epoch):
 //   starts  [t, rate]                    audio_start sent (the server's stream time 0)
-//   blocks  [t, samples]                 each microphone block as it is sent upstream
+//   blocks  [t, samples]                 each microphone block as it is sent upstream (page or worker)
 //   envelope                             peak |x| per 1 ms of the upstream (where the onsets are)
 //   clock   [t, Date.now()]              once a second: the page clock against the system clock
 //   frames  [t, seq, audioTime, emitTime, flags, jaw]   each binary frame as it arrives
@@ -14,23 +14,28 @@
   const clock = () => performance.timeOrigin + performance.now();
   const JAW = 53;  // payload float: pose[3], the jaw opening (protocol LAYOUT: exp 0..49, pose 50..55)
 
+  // the upstream: declared (stream time 0) and each block as it leaves, from the page's own socket
+  // (WebSocket.send below) or from the microphone worker (clients/web/mic.js calls these)
+  E.upstreamStart = (t, rate) => { E.starts.push([t, rate]); E.sent = 0; E.envelope = []; E.blocks = []; };
+  E.upstreamBlock = (t, x) => {
+    // peak |x| per millisecond of stream (sample positions, so any AudioContext rate bins right)
+    const rate = E.starts.length ? E.starts[E.starts.length - 1][1] : 48000;
+    for (let k = 0; k < x.length; k++) {
+      const ms = Math.floor(((E.sent + k) * 1000) / rate);
+      while (E.envelope.length <= ms) E.envelope.push(0);
+      const a = Math.abs(x[k]);
+      if (a > E.envelope[ms]) E.envelope[ms] = a;
+    }
+    E.sent += x.length;
+    E.blocks.push([t, x.length]);
+  };
   const send = WebSocket.prototype.send;
   WebSocket.prototype.send = function (data) {
     const t = clock();
     if (typeof data === 'string') {
-      try { const m = JSON.parse(data); if (m.type === 'audio_start') { E.starts.push([t, m.rate]); E.sent = 0; E.envelope = []; E.blocks = []; } } catch (e) { /* not JSON */ }
+      try { const m = JSON.parse(data); if (m.type === 'audio_start') E.upstreamStart(t, m.rate); } catch (e) { /* not JSON */ }
     } else {
-      // peak |x| per millisecond of stream (sample positions, so any AudioContext rate bins right)
-      const x = new Float32Array(data instanceof ArrayBuffer ? data : data.buffer);
-      const rate = E.starts.length ? E.starts[E.starts.length - 1][1] : 48000;
-      for (let k = 0; k < x.length; k++) {
-        const ms = Math.floor(((E.sent + k) * 1000) / rate);
-        while (E.envelope.length <= ms) E.envelope.push(0);
-        const a = Math.abs(x[k]);
-        if (a > E.envelope[ms]) E.envelope[ms] = a;
-      }
-      E.sent += x.length;
-      E.blocks.push([t, x.length]);
+      E.upstreamBlock(t, new Float32Array(data instanceof ArrayBuffer ? data : data.buffer));
     }
     return send.call(this, data);
   };

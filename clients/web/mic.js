@@ -1,6 +1,8 @@
 // Browser microphone -> server: getUserMedia, an AudioWorklet (ScriptProcessor where worklets
 // are missing) producing mono float32 at the AudioContext's rate, sent as binary messages after
 // {"type":"audio_start","rate":R,"channels":1,"format":"f32le"}; {"type":"audio_end"} on stop.
+// With a worklet the blocks go straight to a worker (mic-upstream.js) that owns its own socket
+// (mode=upstream), so they never wait for the page's main thread (rendering, layout).
 export class MicStreamer {
   constructor(conn, onState) { this.conn = conn; this.onState = onState; this.active = false; this.sent = 0; }
 
@@ -19,7 +21,8 @@ export class MicStreamer {
     if (this.ctx.audioWorklet) {
       await this.ctx.audioWorklet.addModule('mic-worklet.js');
       this.node = new AudioWorkletNode(this.ctx, 'dpt-mic', { numberOfInputs: 1, numberOfOutputs: 1 });
-      this.node.port.onmessage = (ev) => send(ev.data);
+      if (window.Worker) this.startWorker();
+      else this.node.port.onmessage = (ev) => send(ev.data);
     } else {
       this.node = this.ctx.createScriptProcessor(1024, 1, 1);
       this.node.onaudioprocess = (ev) => send(new Float32Array(ev.inputBuffer.getChannelData(0)).buffer);
@@ -31,15 +34,48 @@ export class MicStreamer {
     this.onState(true);
   }
 
-  // (Re)declare the upstream; called again after a reconnect.
+  startWorker() {
+    const hook = window.__dptE2E;  // bench-e2e's hook (clients/web/e2e-hook.js), absent for users
+    const channel = new MessageChannel();
+    this.node.port.postMessage({ port: channel.port1 }, [channel.port1]);
+    this.worker = new Worker('mic-upstream.js');
+    this.worker.onmessage = (ev) => {
+      const m = ev.data;
+      if (m.type === 'sent') {
+        if (this.active) this.sent += m.samples;
+        if (hook && m.data) hook.upstreamBlock(m.t, new Float32Array(m.data));
+      } else if (m.type === 'started') {
+        if (hook) hook.upstreamStart(m.t, m.rate);
+      } else if (m.type === 'status') {
+        console.warn(`microphone upstream: ${m.state}: ${m.detail}`);
+      }
+    };
+    this.worker.postMessage({ type: 'start', url: this.upstreamUrl(), rate: Math.round(this.ctx.sampleRate),
+      e2e: !!hook, port: channel.port2 }, [channel.port2]);
+  }
+
+  upstreamUrl() {
+    const q = new URLSearchParams();
+    if (this.conn.token) q.set('token', this.conn.token);
+    q.set('session', (this.conn.hello && this.conn.hello.session) || this.conn.session || 'default');
+    q.set('mode', 'upstream');
+    return `${location.protocol === 'https:' ? 'wss:' : 'ws:'}//${location.host}/ws?${q}`;
+  }
+
+  // (Re)declare the upstream; called again after a reconnect (the worker's socket redeclares itself).
   announce() {
-    if (this.active) this.conn.send({ type: 'audio_start', rate: Math.round(this.ctx.sampleRate), channels: 1, format: 'f32le' });
+    if (this.active && !this.worker) this.conn.send({ type: 'audio_start', rate: Math.round(this.ctx.sampleRate), channels: 1, format: 'f32le' });
   }
 
   async stop() {
     if (!this.active) return;
     this.active = false;
-    this.conn.send({ type: 'audio_end' });
+    if (this.worker) {
+      this.worker.postMessage({ type: 'stop' });  // it ends the upstream and closes itself
+      this.worker = null;
+    } else {
+      this.conn.send({ type: 'audio_end' });
+    }
     try { this.node.disconnect(); } catch (e) { /* already gone */ }
     for (const t of this.stream.getTracks()) t.stop();
     await this.ctx.close();
