@@ -372,6 +372,8 @@ def run_e2e(opts: E2EOptions) -> dict:
     oscs = {name: (r.times, r.values) for name, r in receivers.items()}
     (out / "raw.json").write_text(json.dumps({"pages": pages, "oscs": oscs, "lookahead_s": lookahead_s}))
     (out / "serve.log").write_text("\n".join(serve.lines) + "\n")
+    for name, proc in zip(bridges, procs[1 + (opts.ws or bool(bridges)):]):  # their buffer summaries
+        (out / f"{name}.log").write_text("\n".join(proc.lines) + "\n")
     result = analyse(pages, lookahead_s, ws_npz, oscs)
     if not opts.ws:
         result["paths"].pop("ws", None)
