@@ -110,11 +110,22 @@ class StreamingAudioFeatures:
 
     def push(self, audio: np.ndarray) -> None:
         """The next ``n*640`` normalised samples of the stream (padding beyond its end is 0)."""
+        audio, E = self.begin(audio)
+        final, prov, self.state = self._run(audio, self.state)
+        self.record(E, final, prov)
+
+    def begin(self, audio: np.ndarray) -> tuple[np.ndarray, int]:
+        """Count a chunk in: (the chunk as contiguous float32, its first frame). Then run the
+        encoder on it with :attr:`state`, keep the new state, and :meth:`record` the results
+        (``push`` does all three; a batching scheduler runs the encoder in between)."""
         if audio.ndim != 1 or not len(audio) or len(audio) % FRAME_SAMPLES:
             raise ValueError(f"audio chunk has shape {audio.shape}: need a whole number of 40 ms frames")
-        n, E = len(audio) // FRAME_SAMPLES, self.pushed
-        self.pushed += n  # also when the call is shed: the stream goes on without this chunk
-        final, prov, self.state = self._run(np.ascontiguousarray(audio, dtype=np.float32), self.state)
+        E = self.pushed
+        self.pushed += len(audio) // FRAME_SAMPLES  # also when the call is shed: the stream goes on without it
+        return np.ascontiguousarray(audio, dtype=np.float32), E
+
+    def record(self, E: int, final: np.ndarray, prov: np.ndarray) -> None:
+        """Keep the encoder's features of the chunk whose first frame is ``E``."""
         # final row i is frame E - delay + i; the last ``delay`` rows (the newest frames, as if
         # silence followed) are replaced by the next chunk's
         for i in range(len(final)):

@@ -323,6 +323,12 @@ class _Request:
     link: SessionLink | None
     submitted: float
     future: Outcome = field(default_factory=Outcome)
+    # an audio request whose step goes on in the worker: chain(result) -> (motion job, sampler,
+    # what the session gets back with the motion); ``stage`` is then the step's motion request
+    chain: Callable | None = None
+    stage: _Request | None = None
+    chained: bool = False  # the motion request of a chained step: its result carries ``extra``
+    extra: object = None
 
 
 class SchedulerClosed(RuntimeError):
@@ -465,13 +471,28 @@ class BatchScheduler:
         pending = Pending(due, ("stream", len(chunk)), sheddable=sheddable and self.shed, then=then)
         return self._submit(_Request("audio", pending, (chunk, state), link, self.clock()))
 
+    def stream_step(self, chunk: np.ndarray, state: np.ndarray, chain: Callable, link: SessionLink | None = None):
+        """One session's whole step: its streaming-encoder chunk runs in an audio call, then the
+        worker calls ``chain((final, provisional, state))`` -> (WindowJob, Sampler, extra) and
+        queues that window for a motion call straight away; returns (clean motion (L, D), whether
+        it ran fewer steps, extra). The session's thread hands over once per step instead of
+        twice, and the window is built where the features are."""
+        chunk = whole_frames(chunk, "audio chunk")
+        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
+        then = link.motion if link is not None else None
+        pending = Pending(due, ("stream", len(chunk)), sheddable=sheddable and self.shed, then=then)
+        return self._submit(_Request("audio", pending, (chunk, state), link, self.clock(), chain=chain))
+
+    def _motion_pending(self, job: WindowJob, sampler: Sampler, due: float, sheddable: bool) -> Pending:
+        group, steps, fewer = self.motion_group(sampler)
+        return Pending(due, group, rows=job.denoiser.n * job.denoiser.rows_per_window, steps=steps,
+                       fewer=fewer if self.shed else (), sheddable=sheddable and self.shed)
+
     def sample(self, job: WindowJob, sampler: Sampler, link: SessionLink | None = None) -> tuple[np.ndarray, bool]:
         """One session's denoiser window -> (clean motion (L, D), whether it ran fewer steps)."""
-        group, steps, fewer = self.motion_group(sampler)
         due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
-        pending = Pending(due, group, rows=job.denoiser.n * job.denoiser.rows_per_window, steps=steps,
-                          fewer=fewer if self.shed else (), sheddable=sheddable and self.shed)
-        return self._submit(_Request("motion", pending, (job, sampler), link, self.clock()))
+        return self._submit(_Request("motion", self._motion_pending(job, sampler, due, sheddable), (job, sampler),
+                                     link, self.clock()))
 
     def motion_group(self, sampler: Sampler) -> tuple[tuple, int, tuple[int, ...]]:
         """(the group of windows that may share a call with this sampler's, its step count, the
@@ -524,20 +545,24 @@ class BatchScheduler:
             if (first or awaited_done or self._sleeping or len(self._queue) >= self.max_batch
                     or len(self._queue) >= self._live_count(self.clock())):
                 self._cond.notify()
-        if p.sheddable:
-            give_up = p.deadline - time_alone(p, self.cost, self.turnaround)
+        while p.sheddable:
+            current = request.stage or request  # a chained step: its motion request once queued
+            give_up = current.pending.deadline - time_alone(current.pending, self.cost, self.turnaround)
             try:
                 return request.future.result(timeout=max(0.0, give_up - self.clock()))
             except TimeoutError:
                 with self._cond:
-                    waiting = request in self._queue
+                    if (request.stage or request) is not current:
+                        continue  # it moved on to its motion meanwhile: that has its own last moment
+                    waiting = current in self._queue
                     if waiting:
-                        self._queue.remove(request)
-                if waiting:
-                    self._count("dropped")
-                    self._count(f"dropped_{request.kind}")
-                    raise StepShed(f"{request.kind} request of {request.link.label if request.link else '?'} "
-                                   "shed: no call could take it in time") from None
+                        self._queue.remove(current)
+                if not waiting:
+                    break  # running: its result comes
+                self._count("dropped")
+                self._count(f"dropped_{current.kind}")
+                raise StepShed(f"{current.kind} request of {request.link.label if request.link else '?'} "
+                               "shed: no call could take it in time") from None
         return request.future.result()
 
     # --- workers ---------------------------------------------------------------------------------
@@ -661,11 +686,40 @@ class BatchScheduler:
                     self._counts["steps"] += 1
         if kind == "audio":
             with self._cond:
-                self._awaited.update(r.link for r in run if r.link is not None and r.pending.sheddable)
+                self._awaited.update(r.link for r in run if r.link is not None and r.pending.sheddable and r.chain is None)
                 self._audio_done_at = self.clock()
                 self._awaited_until = self._audio_done_at + self.gather_s
+        chained = []
         for r, out in zip(run, results):
-            r.future.set_result(out)
+            if r.chain is not None:
+                chained.append((r, out))
+            elif r.chained:
+                r.future.set_result((*out, r.extra))
+            else:
+                r.future.set_result(out)
+        if chained:
+            self._continue(chained)
+
+    def _continue(self, chained: list) -> None:
+        """Chained steps whose audio came back: build each window here (the session's own code,
+        through its chain) and queue the motion requests together, with their steps' deadlines."""
+        motions = []
+        for r, out in chained:
+            try:
+                job, sampler, extra = r.chain(out)
+                m = _Request("motion", self._motion_pending(job, sampler, r.pending.deadline, r.pending.sheddable),
+                             (job, sampler), r.link, self.clock(), future=r.future, chained=True, extra=extra)
+                motions.append((r, m))
+            except Exception as exc:  # noqa: BLE001 - a bad window reaches only its session
+                r.future.set_exception(exc)
+        with self._cond:
+            for r, m in motions:
+                r.stage = m
+                self._queue.append(m)
+            self._queue_max = max(self._queue_max, len(self._queue))
+            self._note_turnaround(self.clock() - self._audio_done_at)
+            if motions and self._sleeping:
+                self._cond.notify()
 
     def _call(self, run: list[_Request], steps: int) -> list:
         if run[0].kind == "audio" and run[0].pending.group[0] == "stream":
@@ -820,3 +874,18 @@ class ScheduledMotionEngine(SamplingMotionEngine):
         job = self.window_job(audio_feat, indicator, prev_motion, prev_audio, style, step)
         out, self.degraded = self.scheduler.sample(job, self.sampler, self.link)
         return out
+
+    def sample_after_features(self, audio: ScheduledStreamingFeatures, chunk: np.ndarray, window: Callable):
+        """A whole step in one request (BatchScheduler.stream_step): ``audio``'s encoder runs on
+        ``chunk``, then ``window()`` (called in the worker, with the features recorded) gives
+        :meth:`sample`'s arguments, whose window is sampled. Returns (motion, those arguments)."""
+        chunk, first = audio.begin(chunk)
+
+        def chain(result):
+            final, prov, audio.state = result
+            audio.record(first, final, prov)
+            inputs = window()
+            return self.window_job(*inputs), self.sampler, inputs
+
+        out, self.degraded, inputs = self.scheduler.stream_step(chunk, audio.state, chain, self.link)
+        return out, inputs

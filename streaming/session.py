@@ -192,7 +192,7 @@ class StreamSession:
 
     # --- one step --------------------------------------------------------------------------------
     def _run_step(self, final: bool, total: int | None = None) -> list[Frame]:
-        spec, L = self.spec, self.motion.n_motions
+        spec = self.spec
         first = spec.first_frame(self.step)
         end = spec.audio_end(self.step)
         t_start = self.clock()
@@ -215,20 +215,29 @@ class StreamSession:
                 start = self._encoded
                 chunk, lo, hi = self.ring.read(start, end)
                 self._encoded = end
-                self.audio.push(self._gated(self.normalizer.normalise(chunk, lo, hi), start))
-                real = self.audio.frames(first, first + n_real)
+                chunk = self._gated(self.normalizer.normalise(chunk, lo, hi), start)
+                if hasattr(self.motion, "sample_after_features"):
+                    # a batching scheduler runs the encoder and then, in the same worker, builds
+                    # this window from the features and samples it: one hand-over per step
+                    t_feat: list[float] = []
+
+                    def window():  # on the worker, once the features are in
+                        t_feat.append(self.clock() - t_start)
+                        return self._window_inputs(first, n_real, self.audio.frames(first, first + n_real))
+                    motion, inputs = self.motion.sample_after_features(self.audio, chunk, window)
+                    audio_feat, t_feat = inputs[0], t_feat[0]
+                else:
+                    self.audio.push(chunk)
+                    real = self.audio.frames(first, first + n_real)
+                    t_feat = self.clock() - t_start
+                    inputs = self._window_inputs(first, n_real, real)
+                    motion, audio_feat = self.motion.sample(*inputs), inputs[0]
             else:
                 window, lo, hi = self.ring.read(end - spec.window_samples, end)
                 feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi), end - spec.window_samples))
-                real = feats[spec.context:spec.context + n_real]
-            t_feat = self.clock() - t_start
-
-            audio_feat = np.tile(self.silence, (L, 1))
-            audio_feat[:n_real] = real
-            indicator = np.zeros(L, np.float32)
-            indicator[:n_real] = 1
-            style = self.style.at(first)
-            motion = self.motion.sample(audio_feat, indicator, self.prev_motion, self.prev_audio, style, self.step)
+                t_feat = self.clock() - t_start
+                inputs = self._window_inputs(first, n_real, feats[spec.context:spec.context + n_real])
+                motion, audio_feat = self.motion.sample(*inputs), inputs[0]
             shed = "steps" if getattr(self.motion, "degraded", False) else None
         except StepShed:
             return self._emit(first, n_emit, *self._shed_step(n_emit), t_start, self.clock() - t_start, "dropped")
@@ -237,6 +246,16 @@ class StreamSession:
         self._pending = motion[n_emit:n_real].copy()
         self._pending_audio = audio_feat[n_emit:n_real].copy()
         return self._emit(first, n_emit, out, audio_feat[:n_emit], t_start, t_feat, shed)
+
+    def _window_inputs(self, first: int, n_real: int, real: np.ndarray) -> tuple:
+        """The denoiser window's conditions, as MotionEngine.sample takes them: the step's real
+        features then silence's up to the window, the indicator, the previous frames, the style."""
+        L = self.motion.n_motions
+        audio_feat = np.tile(self.silence, (L, 1))
+        audio_feat[:n_real] = real
+        indicator = np.zeros(L, np.float32)
+        indicator[:n_real] = 1
+        return audio_feat, indicator, self.prev_motion, self.prev_audio, self.style.at(first), self.step
 
     def _gated(self, audio: np.ndarray, start: int) -> np.ndarray:
         """Stream samples [start, start + len(audio)) through the speech gate, re-decided every step
