@@ -252,6 +252,15 @@ class CostModel:
         points = self._relaxed(group)
         if not points:
             return 0.0
+        # a call over more rows is never slower than calls over fewer rows one after another: an
+        # estimate above that is a slow first call of a new shape (an ORT first run, a stall at
+        # start-up), and believing it kept every later call at batch 1 — the machine overloaded
+        # by per-call overheads, almost every step shed
+        cap = min((y * rows / x for x, y in points if 0 < x <= rows), default=math.inf)
+        return min(self._estimate(points, rows), cap)
+
+    @staticmethod
+    def _estimate(points: list[tuple[float, float]], rows: int) -> float:
         below = [p for p in points if p[0] <= rows]
         above = [p for p in points if p[0] >= rows]
         if below and above:

@@ -150,6 +150,21 @@ def test_a_cost_model_that_saw_only_single_rows_still_tries_a_batch():
     assert len(plan.run) >= 4 and plan.drop == []
 
 
+def test_a_slow_first_call_of_a_new_batch_size_does_not_lock_calls_at_batch_1():
+    """Seen at start-up with 32 streams: the first call over 8 first chunks took 200 ms (a new
+    shape's first run, sessions still being built); believed, it made every batch look slower
+    than its rows one by one, every later call ran one row and almost every step was shed. A
+    call over more rows is never estimated slower than fewer-row calls back to back."""
+    cost = CostModel()
+    for _ in range(20):
+        cost.observe("stream", 1, 0.001)
+    cost.observe("stream", 8, 0.200)
+    assert cost("stream", 8) <= 8 * 0.001 + 1e-12 and cost("stream", 32) <= 32 * 0.001 + 1e-12
+    audio = [Pending(deadline=0.1, group="stream") for _ in range(16)]
+    plan = plan_batch(0.0, audio, cost, max_batch=32, max_call_s=0.025)
+    assert len(plan.run) >= 8 and plan.drop == []
+
+
 def test_an_outcome_is_set_once_and_awaited_from_another_thread():
     waiting = Outcome()
     with pytest.raises(TimeoutError):
