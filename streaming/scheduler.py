@@ -9,7 +9,11 @@ hand the scheduler a request and block until a worker thread has run it:
   windows of every queued session (``Networks.audio_features_batch``);
 - a *motion* request is one session's denoiser window (its guided denoiser, x_T, noise); a call
   samples every queued window that shares the sampler's timesteps, one network pass per sampler
-  step for all their rows (``diffposetalk.batching.sample_windows``).
+  step for all their rows (``diffposetalk.batching.sample_windows``);
+- a session on the streaming encoder hands over its whole step as one request
+  (:meth:`BatchScheduler.stream_step`): after its audio call the worker builds its window with
+  the session's own code and queues the motion request at once, so the session's thread waits
+  once per step.
 
 Each request carries its step's deadline: the arrival of the audio of the step's first emitted
 frame plus the latency budget, less a margin for the session's own work. An audio request also

@@ -396,3 +396,39 @@ def test_the_speech_gate_stands_in_front_of_the_streaming_encoder(enc_loaded):
     zeros = pushed(np.zeros_like(tone), True)
     np.testing.assert_array_equal(pushed(tone, True), zeros)
     assert np.abs(pushed(tone, False)).max() > 1e-3
+
+
+def test_scheduled_streaming_steps_drop_under_overload_and_recover(enc_loaded):
+    """A streaming-encoder session on the scheduler hands over each step as one request (audio,
+    then the window built in the worker, then motion); past its deadline the step is dropped —
+    continuation frames, flagged — and the stream recovers when the load falls."""
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session, make_scheduler
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    audio = speechlike(2.4, seed=4)
+
+    def feed(session, x):
+        out = []
+        for i in range(0, len(x), 320):
+            out += session.feed(x[i:i + 320])
+        return out
+
+    with make_scheduler(enc_loaded, "torch", latency_budget_ms=1e7) as sched:
+        session = build_session(enc_loaded, sampler, Guidance(), StreamConfig(), scheduler=sched)
+        assert session.streaming_audio and hasattr(session.motion, "sample_after_features")
+        frames = feed(session, audio[:16000])
+        sched.latency_budget_s = -1.0  # every step past its deadline
+        held = feed(session, audio[16000:24000])
+        sched.latency_budget_s = 1e4
+        after = feed(session, audio[24000:]) + session.finish()
+        stats = sched.stats()
+    assert all(f.shed is None for f in frames) and all(f.shed is None for f in after)
+    assert held and all(f.shed == "dropped" for f in held)
+    got = [f.index for f in frames + held + after]
+    assert got == list(range(len(got)))
+    assert np.isfinite(np.stack([f.motion for f in frames + held + after])).all()
+    assert stats["shed"]["dropped"] == session.shed_steps["dropped"] > 0
+    assert stats["calls"]["audio"] >= 10 and stats["calls"]["motion"] >= 10
