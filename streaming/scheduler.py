@@ -56,9 +56,9 @@ import torch
 
 from diffposetalk.batching import WindowJob, sample_windows
 from diffposetalk.model import DiffPoseTalk, Guidance
-from diffposetalk.sampler import Sampler
+from diffposetalk.sampler import DDIMSampler, Sampler
 from diffposetalk.units import FRAME_SAMPLES
-from engines.networks import Networks
+from engines.networks import Networks, denoiser_input_names
 from streaming.metrics import percentiles_ms
 from streaming.motion import SamplingMotionEngine, StepShed, StreamingAudioFeatures
 
@@ -344,6 +344,20 @@ class _Request:
     extra: object = None
 
 
+@dataclass(eq=False)
+class ArrayWindow:
+    """A distilled student's deterministic (DDIM) window as numpy arrays: one row of every
+    denoiser input but the motion and the step, and its x_T (1, L, D). A call stacks the windows'
+    rows and runs the sampler's arithmetic in numpy (:meth:`BatchScheduler._sample_arrays`): the
+    same float32 operations as the torch path, without its per-window tensors and small ops —
+    each of which releases the GIL, and with tens of session threads waiting for it a worker gave
+    it away dozens of times per window."""
+
+    inputs: dict[str, np.ndarray]
+    x_T: np.ndarray
+    rows: int = 1
+
+
 class SchedulerClosed(RuntimeError):
     """The scheduler was closed: it runs no more requests."""
 
@@ -414,6 +428,8 @@ class BatchScheduler:
         # a tenth of the budget: the motion calls of finished audio never wait long for a worker
         self.max_call_s = (latency_budget_ms / 10 if max_call_ms is None else max_call_ms) / 1000
         self.cost = CostModel(clock=clock)
+        self._alpha_bars = model.diffusion_sched.alpha_bars.detach().cpu().numpy()
+        self.on_gpu = any(p != "CPUExecutionProvider" for p in getattr(networks, "providers", ()) or ())
         self._cond = threading.Condition()
         self._queue: list[_Request] = []
         self._links: weakref.WeakSet[SessionLink] = weakref.WeakSet()
@@ -498,7 +514,8 @@ class BatchScheduler:
 
     def _motion_pending(self, job: WindowJob, sampler: Sampler, due: float, sheddable: bool) -> Pending:
         group, steps, fewer = self.motion_group(sampler)
-        return Pending(due, group, rows=job.denoiser.n * job.denoiser.rows_per_window, steps=steps,
+        rows = job.rows if isinstance(job, ArrayWindow) else job.denoiser.n * job.denoiser.rows_per_window
+        return Pending(due, group, rows=rows, steps=steps,
                        fewer=fewer if self.shed else (), sheddable=sheddable and self.shed)
 
     def sample(self, job: WindowJob, sampler: Sampler, link: SessionLink | None = None) -> tuple[np.ndarray, bool]:
@@ -748,11 +765,41 @@ class BatchScheduler:
         full = run[0].pending.steps
         # the group holds the sampler's own timesteps (motion_group): not recomputed per call
         timesteps = list(run[0].pending.group[2]) if steps >= full else sampler.fewer_steps(self.model, steps)
+        if isinstance(jobs[0], ArrayWindow):
+            rows = self._sample_arrays(jobs, timesteps)
+            return [(rows[i], steps < r.pending.steps) for i, r in enumerate(run)]
         with torch.inference_mode():
             out = sample_windows(self.model, sampler, jobs, self.net, timesteps)
             # one conversion for the call, then each session's first row (a view)
             rows = torch.cat([o[:1] for o in out]).float().cpu().numpy()
         return [(rows[i], steps < r.pending.steps) for i, r in enumerate(run)]
+
+    def _sample_arrays(self, jobs: list[ArrayWindow], timesteps: list[int]) -> np.ndarray:
+        """Deterministic DDIM (diffposetalk.sampler.sample_ddim) over stacked student windows, in
+        numpy: one network pass per step for all of them -> (B, L, D)."""
+        cfg = self.model.cfg
+        abar_all = self._alpha_bars
+        x = np.concatenate([j.x_T for j in jobs])
+        fixed = {name: np.concatenate([j.inputs[name] for j in jobs]) for name in jobs[0].inputs}
+        one = np.float32(1)
+        for i, t in enumerate(timesteps):
+            t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else 0
+            abar, abar_prev = abar_all[t], abar_all[t_prev]
+            out = self.networks.denoise({**fixed, "motion": x, "step": np.full(len(x), t, np.int64)})[:, -cfg.n_motions:]
+            if cfg.target == "noise":
+                eps = out
+                x0 = (x - np.sqrt(one - abar) * eps) / np.sqrt(abar)
+            else:
+                x0 = out
+                eps = (x - np.sqrt(abar) * x0) / np.sqrt(one - abar)
+            x = np.sqrt(abar_prev) * x0 + np.sqrt(one - abar_prev) * eps
+        return x
+
+    def arrays_for(self, sampler: Sampler) -> bool:
+        """Whether this sampler's windows run as ArrayWindows: a distilled student, deterministic
+        DDIM, on a runtime whose network pass is numpy already (ONNX Runtime on the CPU)."""
+        return (self.model.cfg.kind == "student" and type(sampler) is DDIMSampler
+                and self.networks.name == "onnxruntime" and not self.on_gpu)
 
     def _count(self, what: str) -> None:
         with self._stats_lock:
@@ -875,6 +922,10 @@ class ScheduledMotionEngine(SamplingMotionEngine):
         super().__init__(scheduler.model, sampler, guidance, shape, seed, scheduler.networks, warm_up=False)
         self.scheduler, self.link = scheduler, link
         self.degraded = False
+        self.arrays = scheduler.arrays_for(sampler)
+        if self.arrays:
+            self.shape_row = self.shape.cpu().numpy().reshape(1, 1, -1).astype(np.float32)
+            self.x_T_row = self.x_T.cpu().numpy().astype(np.float32)
         group, steps, fewer = scheduler.motion_group(sampler)
         cfg = scheduler.model.cfg
         rows = 1 if cfg.kind == "student" else 1 + len(cfg.guiding_conditions)  # at most (fewer without a style)
@@ -882,6 +933,22 @@ class ScheduledMotionEngine(SamplingMotionEngine):
         if not scheduler._motion_warm:  # the runtime's first-call costs, once per scheduler
             self._warm_up()
             scheduler._motion_warm = True
+
+    def window_job(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
+        if not self.arrays:
+            return super().window_job(audio_feat, indicator, prev_motion, prev_audio, style, step)
+        # the inputs GuidedDenoiser would give the student's pass, as one numpy row each
+        cfg = self.model.cfg
+        person = self.shape_row
+        if cfg.use_style:
+            vec = self.null_style if style is None else style
+            person = np.concatenate([person, np.asarray(vec, np.float32).reshape(1, 1, -1)], -1)
+        w_style = float(self.guidance.scales.get("style", 0.0)) if style is not None else 0.0
+        given = {"audio_feat": audio_feat[None], "person": person, "prev_motion": prev_motion[None],
+                 "prev_audio": prev_audio[None], "indicator": indicator[None],
+                 "guidance": np.array([[float(self.guidance.scales.get("audio", 1.0)), w_style]], np.float32)}
+        names = [n for n in denoiser_input_names(cfg) if n not in ("motion", "step")]
+        return ArrayWindow({n: np.ascontiguousarray(given[n], np.float32) for n in names}, self.x_T_row)
 
     def sample(self, audio_feat, indicator, prev_motion, prev_audio, style, step):
         job = self.window_job(audio_feat, indicator, prev_motion, prev_audio, style, step)

@@ -277,6 +277,8 @@ def test_scheduler_batched_sessions_equal_each_alone(enc_loaded, backend):
     with make_scheduler(enc_loaded, backend, gather_ms=20, shed=False, workers=1) as sched:
         sessions = [build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=i), scheduler=sched)
                     for i in range(3)]
+        # on ONNX Runtime a student's DDIM windows run as numpy arrays (ArrayWindow), on torch as tensors
+        assert all(s.motion.arrays == (backend == "onnxruntime") for s in sessions)
 
         def run(i):
             out[i] = _frames(sessions[i], audios[i])
@@ -432,3 +434,40 @@ def test_scheduled_streaming_steps_drop_under_overload_and_recover(enc_loaded):
     assert np.isfinite(np.stack([f.motion for f in frames + held + after])).all()
     assert stats["shed"]["dropped"] == session.shed_steps["dropped"] > 0
     assert stats["calls"]["audio"] >= 10 and stats["calls"]["motion"] >= 10
+
+
+def test_array_windows_with_a_style_equal_the_torch_path(enc_loaded):
+    """A student's numpy windows (ArrayWindow) with a style and its guidance scales give what the
+    torch sampler gives over the same ONNX Runtime pass, each session alone."""
+    import threading
+
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session, make_scheduler
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    pytest.importorskip("onnxruntime")
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    d_style = enc_loaded.model.null_style_feat.shape[-1]
+    styles = [np.random.default_rng(i).normal(0, 1, d_style).astype(np.float32) for i in range(2)]
+    guidance = Guidance(scales={"audio": 1.3, "style": 2.5})
+    audios = [speechlike(1.6, seed=10 + i)[:40 * FRAME_SAMPLES] for i in range(2)]
+    alone = [_frames(build_session(enc_loaded, sampler, guidance, StreamConfig(seed=i), styles[i],
+                                   backend="onnxruntime"), audios[i]) for i in range(2)]
+    out = [None, None]
+    with make_scheduler(enc_loaded, "onnxruntime", gather_ms=20, shed=False, workers=1) as sched:
+        sessions = [build_session(enc_loaded, sampler, guidance, StreamConfig(seed=i), styles[i], scheduler=sched)
+                    for i in range(2)]
+        assert all(s.motion.arrays for s in sessions)
+
+        def run(i):
+            out[i] = _frames(sessions[i], audios[i])
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    for got, want in zip(out, alone):
+        np.testing.assert_allclose(got, want, atol=1e-5)
+    assert not np.allclose(out[0][:len(out[1])], out[1][:len(out[0])], atol=1e-3)  # the styles differ

@@ -29,6 +29,18 @@
     E.sent += x.length;
     E.blocks.push([t, x.length]);
   };
+  // A worker's clock (its own timeOrigin) can sit milliseconds off the page's: its times are moved
+  // onto the page's clock through Date.now(), sampled with each of them in both contexts (medians
+  // of the recent offsets: Date.now() has 1 ms steps)
+  const offsets = { worker: [], page: [] };
+  const median = (a) => { const b = a.slice().sort((x, y) => x - y); return b[b.length >> 1]; };
+  E.fromWorker = (t, wall) => {
+    for (const [k, v] of [['worker', t - wall], ['page', clock() - Date.now()]]) {
+      offsets[k].push(v);
+      if (offsets[k].length > 101) offsets[k].shift();
+    }
+    return t - median(offsets.worker) + median(offsets.page);
+  };
   const send = WebSocket.prototype.send;
   WebSocket.prototype.send = function (data) {
     const t = clock();

@@ -1,8 +1,9 @@
 // Dedicated worker: the microphone's upstream socket. The worklet's blocks come in on a
 // MessagePort and leave on a WebSocket of this worker (mode=upstream: no frames come back), so
 // a busy page (rendering, layout) never holds the audio back. Reports to the page:
-// {type:'started', t, rate}, {type:'sent', t, samples, data?} per block (data only when asked,
-// for the latency benchmark's hook), {type:'status', state, detail}.
+// {type:'started', t, wall, rate}, {type:'sent', t, wall, samples, data?} per block (t: this worker's
+// clock, wall: Date.now() then; data only when asked, for the latency benchmark's hook),
+// {type:'status', state, detail}.
 let ws = null;
 let cfg = null;  // {url, rate, e2e}
 let stopped = false;
@@ -22,7 +23,7 @@ function connect() {
       ws.send(JSON.stringify({ type: 'audio_start', rate: cfg.rate, channels: 1, format: 'f32le' }));
       ready = true;
       retry = 500;
-      postMessage({ type: 'started', t: clock(), rate: cfg.rate });
+      postMessage({ type: 'started', t: clock(), wall: Date.now(), rate: cfg.rate });
     } else if (msg.type === 'error') {
       postMessage({ type: 'status', state: 'error', detail: msg.message || 'error' });
     }
@@ -47,7 +48,7 @@ onmessage = (ev) => {
       const samples = buf.byteLength / 4;
       const copy = cfg.e2e ? buf.slice(0) : null;
       ws.send(buf);
-      postMessage({ type: 'sent', t: clock(), samples, data: copy }, copy ? [copy] : []);
+      postMessage({ type: 'sent', t: clock(), wall: Date.now(), samples, data: copy }, copy ? [copy] : []);
     };
     connect();
   } else if (m.type === 'stop') {

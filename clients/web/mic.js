@@ -43,9 +43,9 @@ export class MicStreamer {
       const m = ev.data;
       if (m.type === 'sent') {
         if (this.active) this.sent += m.samples;
-        if (hook && m.data) hook.upstreamBlock(m.t, new Float32Array(m.data));
+        if (hook && m.data) hook.upstreamBlock(hook.fromWorker(m.t, m.wall), new Float32Array(m.data));
       } else if (m.type === 'started') {
-        if (hook) hook.upstreamStart(m.t, m.rate);
+        if (hook) hook.upstreamStart(hook.fromWorker(m.t, m.wall), m.rate);
       } else if (m.type === 'status') {
         console.warn(`microphone upstream: ${m.state}: ${m.detail}`);
       }
