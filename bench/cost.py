@@ -103,6 +103,13 @@ class SampleTimer:
         self.seconds.append(self.clock() - t)
         return out
 
+    def sample_after_features(self, *args, **kwargs):
+        """A scheduler's one-request step (streaming/scheduler.py): timed whole, features included."""
+        t = self.clock()
+        out = self.inner.sample_after_features(*args, **kwargs)
+        self.seconds.append(self.clock() - t)
+        return out
+
 
 def time_reference(loaded: LoadedModel, audio: np.ndarray, guidance: Guidance, style: np.ndarray | None,
                    clock: Callable[[], float], steps: int | None = None, seed: int = 0,
