@@ -636,38 +636,46 @@ class BatchScheduler:
         return self._live
 
     def _next(self, worker: int) -> tuple[list[_Request], int, list[_Request]] | None:
-        with self._cond:
-            self._busy_until.pop(worker, None)
-            while True:
-                if not self._queue:
-                    if self._closed:
-                        return None
-                    self._sleeping += 1
-                    try:
-                        self._cond.wait()
-                    finally:
-                        self._sleeping -= 1
-                    continue
-                now = self.clock()
-                wait = self._ready(now)
-                if wait > 0:
+        """The next call (and what to shed), planned outside the lock: with tens of sessions
+        queued a plan takes a while, and every session that hands over or withdraws a request
+        needs the lock meanwhile (it was the most waited-for lock of a 32-stream run)."""
+        while True:
+            with self._cond:
+                self._busy_until.pop(worker, None)
+                while True:
+                    if not self._queue:
+                        if self._closed:
+                            return None
+                        self._sleeping += 1
+                        try:
+                            self._cond.wait()
+                        finally:
+                            self._sleeping -= 1
+                        continue
+                    now = self.clock()
+                    wait = self._ready(now)
+                    if wait <= 0:
+                        break
                     self._cond.wait(wait)
-                    continue
-                queue = self._queue
+                queue = list(self._queue)
                 others = None
                 if len(self._threads) > 1:  # a left-out request may start on another worker
                     idle = len(self._threads) - 1 - len(self._busy_until)
                     others = now if idle > 0 else min(self._busy_until.values())
-                plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch, others, self.turnaround,
-                                  self.max_call_s)
-                run, drop = [queue[i] for i in plan.run], [queue[i] for i in plan.drop]
+            plan = plan_batch(now, [r.pending for r in queue], self.cost, self.max_batch, others, self.turnaround,
+                              self.max_call_s)
+            with self._cond:
+                waiting = set(self._queue)  # another worker, or a session's withdrawal, may have taken some
+                run = [queue[i] for i in plan.run if queue[i] in waiting]
+                drop = [queue[i] for i in plan.drop if queue[i] in waiting]
+                if not run and not drop:
+                    continue
+                taken = set(run) | set(drop)
+                self._queue = [r for r in self._queue if r not in taken]
                 if run:
                     rows = sum(r.pending.rows for r in run)
                     self._busy_until[worker] = now + self.cost(run[0].pending.group, rows) * plan.steps
-                taken = set(plan.run) | set(plan.drop)
-                self._queue = [r for i, r in enumerate(queue) if i not in taken]
-                if run or drop:
-                    return run, plan.steps, drop
+                return run, plan.steps, drop
 
     def _work(self, worker: int) -> None:
         while True:
