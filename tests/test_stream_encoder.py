@@ -253,11 +253,28 @@ def _frames(session, audio):
     return np.stack([f.motion for f in stream_array(session, audio, 640)])
 
 
+def _frames_at_once(sessions, audios):
+    """Each session streams its audio from a thread of its own, all at once (a scheduler batches
+    them); their frames' motion, in session order."""
+    import threading
+
+    out = [None] * len(sessions)
+
+    def run(i):
+        out[i] = _frames(sessions[i], audios[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sessions))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 def test_scheduler_batched_sessions_equal_each_alone(enc_loaded, backend):
     """Three sessions on one scheduler (their encoder states rows of one call) give what each
     gives alone, and the onnxruntime backend what torch gives."""
-    import threading
 
     from diffposetalk.model import Guidance
     from streaming.factory import build_session, make_scheduler
@@ -273,21 +290,12 @@ def test_scheduler_batched_sessions_equal_each_alone(enc_loaded, backend):
     if backend == "onnxruntime":
         ref = _frames(build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=0), backend="torch"), audios[0])
         np.testing.assert_allclose(alone[0], ref, atol=1e-3)
-    out = [None] * 3
     with make_scheduler(enc_loaded, backend, gather_ms=20, shed=False, workers=1) as sched:
         sessions = [build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=i), scheduler=sched)
                     for i in range(3)]
         # on ONNX Runtime a student's DDIM windows run as numpy arrays (ArrayWindow), on torch as tensors
         assert all(s.motion.arrays == (backend == "onnxruntime") for s in sessions)
-
-        def run(i):
-            out[i] = _frames(sessions[i], audios[i])
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        out = _frames_at_once(sessions, audios)
         stats = sched.stats()
     for got, want in zip(out, alone):
         np.testing.assert_allclose(got, want, atol=1e-5)
@@ -439,7 +447,6 @@ def test_scheduled_streaming_steps_drop_under_overload_and_recover(enc_loaded):
 def test_array_windows_with_a_style_equal_the_torch_path(enc_loaded):
     """A student's numpy windows (ArrayWindow) with a style and its guidance scales give what the
     torch sampler gives over the same ONNX Runtime pass, each session alone."""
-    import threading
 
     from diffposetalk.model import Guidance
     from streaming.factory import build_session, make_scheduler
@@ -454,20 +461,11 @@ def test_array_windows_with_a_style_equal_the_torch_path(enc_loaded):
     audios = [speechlike(1.6, seed=10 + i)[:40 * FRAME_SAMPLES] for i in range(2)]
     alone = [_frames(build_session(enc_loaded, sampler, guidance, StreamConfig(seed=i), styles[i],
                                    backend="onnxruntime"), audios[i]) for i in range(2)]
-    out = [None, None]
     with make_scheduler(enc_loaded, "onnxruntime", gather_ms=20, shed=False, workers=1) as sched:
         sessions = [build_session(enc_loaded, sampler, guidance, StreamConfig(seed=i), styles[i], scheduler=sched)
                     for i in range(2)]
         assert all(s.motion.arrays for s in sessions)
-
-        def run(i):
-            out[i] = _frames(sessions[i], audios[i])
-
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        out = _frames_at_once(sessions, audios)
     for got, want in zip(out, alone):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.allclose(out[0][:len(out[1])], out[1][:len(out[0])], atol=1e-3)  # the styles differ
