@@ -123,3 +123,14 @@ def assert_same_weights(a_dir, b_dir) -> None:
     assert a.keys() == b.keys()
     for k, v in a.items():
         torch.testing.assert_close(v, b[k], msg=k)
+
+
+def run_in_threads(fn, n: int) -> None:
+    """fn(0) … fn(n - 1), each in a thread of its own, all at once; returns when all are done."""
+    import threading
+
+    threads = [threading.Thread(target=fn, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()

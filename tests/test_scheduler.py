@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_in_threads
 
 from diffposetalk.batching import BatchedGuidedDenoiser, WindowJob, sample_windows
 from diffposetalk.errors import UserError
@@ -335,11 +336,7 @@ def concurrently(scheduler, loaded, sampler, specs, break_session: int | None = 
             results[i] = exc.with_traceback(None)
             sessions[i] = None  # a broken session goes away: calls stop waiting for its requests
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(specs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(run, len(specs))
     return results
 
 

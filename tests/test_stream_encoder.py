@@ -256,18 +256,14 @@ def _frames(session, audio):
 def _frames_at_once(sessions, audios):
     """Each session streams its audio from a thread of its own, all at once (a scheduler batches
     them); their frames' motion, in session order."""
-    import threading
+    from conftest import run_in_threads
 
     out = [None] * len(sessions)
 
     def run(i):
         out[i] = _frames(sessions[i], audios[i])
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(sessions))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_in_threads(run, len(sessions))
     return out
 
 
