@@ -96,16 +96,26 @@ class SampleTimer:
 
     def __getattr__(self, name):
         attr = getattr(self.inner, name)
-        if name != "sample_after_features":
-            return attr
+        if name == "sample_after_features":
+            def timed(*args, **kwargs):  # a scheduler's one-request step: timed whole, features included
+                t = self.clock()
+                out = attr(*args, **kwargs)
+                self.seconds.append(self.clock() - t)
+                return out
 
-        def timed(*args, **kwargs):  # a scheduler's one-request step: timed whole, features included
-            t = self.clock()
-            out = attr(*args, **kwargs)
-            self.seconds.append(self.clock() - t)
-            return out
+            return timed
+        if name == "submit_after_features":
+            def submit(audio, chunk, window, done):  # the same, from submission to the step's end
+                t = self.clock()
 
-        return timed
+                def timed_done(*result):
+                    self.seconds.append(self.clock() - t)
+                    done(*result)
+
+                attr(audio, chunk, window, timed_done)
+
+            return submit
+        return attr
 
     def sample(self, *args, **kwargs):
         t = self.clock()

@@ -74,6 +74,8 @@ def feed(timed: TimedSession, audio: np.ndarray, realtime: bool = False) -> floa
     spoken (stamped with that time, so queueing behind a slow step counts as latency). Returns
     the wall time it took."""
     session, rec = timed.session, timed.recorder
+    if realtime:  # as a server feeds a session: steps on a batching scheduler do not block the feed
+        session.run_async(rec.on_frames)
     t0 = time.perf_counter()
     for i in range(0, len(audio), BLOCK):
         chunk = audio[i:i + BLOCK]

@@ -73,6 +73,7 @@ class Pipeline:
     def set_style(self, vec: np.ndarray | None) -> None:
         with self._cond:
             self._actions.append(lambda s: s.set_style(vec))
+            self._cond.notify_all()  # a generation fed directly by its upstream waits here
 
     def rebuild(self) -> None:
         with self._cond:
@@ -103,7 +104,10 @@ class Pipeline:
     # --- worker thread -----------------------------------------------------------------------------
     def _key(self):
         with self._cond:
-            return (self._closing, self._paused, self._rebuilds, id(self._upstream))
+            return self._key_locked()
+
+    def _key_locked(self):
+        return (self._closing, self._paused, self._rebuilds, id(self._upstream))
 
     def _take_actions(self) -> list[Callable[[StreamSession], None]]:
         with self._cond:
@@ -147,7 +151,7 @@ class Pipeline:
                     it, kind = own[1], self.own_kind
                 self._set_source(kind)
                 try:
-                    ended = self._drain_one(it) if paused else self._generation(it)
+                    ended = self._drain_one(it) if paused else self._generation(it, upstream)
                 except Exception as exc:  # noqa: BLE001 - a broken pipeline must not take the server down
                     log.exception("session %s: pipeline failed", self.name)
                     if self.on_error is not None:
@@ -187,7 +191,7 @@ class Pipeline:
             return True
         return False
 
-    def _generation(self, it: Iterator[AudioBlock]) -> bool:
+    def _generation(self, it: Iterator[AudioBlock], upstream: UpstreamSource | None = None) -> bool:
         """One StreamSession over the source until the view ends it; True when the source ended."""
         key = self._key()
         self._take_actions()  # a fresh session is built with the current style already
@@ -206,10 +210,45 @@ class Pipeline:
                 items.append(FrameItem(wire, encode_binary_frame(wire), stream.t0 + f.emit_time))
             self.emit(items, [f.latency for f in frames])
 
+        if upstream is not None and stream.run_async(on_frames):
+            return self._direct_generation(upstream, it, key, stream, on_frames)
         result = run_stream(view, stream, on_frames)
         log.debug("session %s: generation %d ended (%s, %d frames)", self.name, self.generations,
                   result.reason, result.frames)
         return view.exhausted or result.reason.startswith("source lost")
+
+
+    def _direct_generation(self, upstream: UpstreamSource, it: Iterator[AudioBlock], key, stream: StreamSession,
+                           on_frames: Callable[[list[Frame]], None]) -> bool:
+        """A generation fed by the upstream in the event loop's thread (UpstreamSource.attach):
+        this thread only applies queued style changes and waits for the key to change or the
+        upstream to stop. True when the upstream ended or was lost."""
+        carry, self._carry = self._carry, None
+        first = carry[1] if carry is not None and carry[0] is it else None
+        upstream.attach(lambda block: stream.feed(block.samples, block.time), self._wake, first)
+        try:
+            with self._cond:
+                while True:
+                    actions, self._actions = self._actions, []
+                    for action in actions:
+                        action(stream)
+                    if self._key_locked() != key or upstream.stopped is not None or upstream.failure is not None:
+                        break
+                    self._cond.wait()
+        finally:
+            upstream.detach()
+        stopped, failure = upstream.stopped, upstream.failure
+        if failure is not None:
+            raise failure
+        if stopped is not None and stopped != "end":
+            log.error("audio source lost: %s; ending the session with the audio received so far", stopped)
+        on_frames(stream.finish())
+        log.debug("session %s: generation %d ended (direct, %s)", self.name, self.generations, stopped or "changed")
+        return stopped is not None
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._cond.notify_all()
 
 
 class _View(AudioSource):

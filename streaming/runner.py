@@ -36,6 +36,7 @@ def run_stream(source: AudioSource, session: StreamSession,
         if frames and on_frames is not None:
             on_frames(frames)
 
+    session.run_async(deliver)  # steps on a batching scheduler: frames come from its worker, feed returns at once
     try:
         for block in source.blocks():
             deliver(session.feed(block.samples, block.time))

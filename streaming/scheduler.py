@@ -42,6 +42,7 @@ row-independent, so a NaN in one session's window stays in that session's rows."
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import threading
@@ -299,24 +300,35 @@ class Outcome:
     sessions while the others wait for the GIL, and a Future's Python-level condition and
     callbacks made that hand-out a fifth of the scheduler's own time."""
 
-    __slots__ = ("_done", "_set", "_value", "_error")
+    __slots__ = ("_done", "_set", "_value", "_error", "callback")
 
-    def __init__(self):
+    def __init__(self, callback: Callable[[Outcome], None] | None = None):
         self._done = threading.Lock()
         self._done.acquire()  # released when the outcome is set
         self._set = False
         self._value: object = None
         self._error: BaseException | None = None
+        # called once, by whoever sets the outcome (never under the scheduler's lock): an
+        # asynchronous step's continuation (BatchScheduler.submit_stream_step)
+        self.callback = callback
+
+    @property
+    def done(self) -> bool:
+        return self._set
 
     def set_result(self, value) -> None:
         if not self._set:
             self._set, self._value = True, value
             self._done.release()
+            if self.callback is not None:
+                self.callback(self)
 
     def set_exception(self, error: BaseException) -> None:
         if not self._set:
             self._set, self._error = True, error
             self._done.release()
+            if self.callback is not None:
+                self.callback(self)
 
     def result(self, timeout: float | None = None):
         """The value (or raise the error); TimeoutError when not set within ``timeout`` s."""
@@ -455,6 +467,11 @@ class BatchScheduler:
         # recent time from an audio call's results to its last session's motion request (relaxes to
         # 0 when no call refreshes it, as the cost estimates do)
         self._turnaround, self._turnaround_at = 0.0, 0.0
+        # the watcher: withdraws asynchronous steps at their last moment (started with the first)
+        self._watch_cond = threading.Condition()
+        self._watched: list = []  # heap of (give-up time, sequence, request, its stage then)
+        self._watch_seq = 0
+        self._watcher: threading.Thread | None = None
         self._threads = [threading.Thread(target=self._work, args=(i,), name=f"batch-scheduler-{i}", daemon=True)
                          for i in range(workers)]
         for t in self._threads:
@@ -550,12 +567,63 @@ class BatchScheduler:
             n //= 2
         return group, len(timesteps), tuple(halvings)
 
-    def _submit(self, request: _Request):
-        """Queue the request and wait for its result. A sheddable request that no call has taken
-        by the time it could only just make its deadline alone is withdrawn by its own session's
-        thread (StepShed): its continuation frames go out in time even while every worker is busy
-        with a long call."""
-        p = request.pending
+    def submit_stream_step(self, chunk: np.ndarray, state: np.ndarray, chain: Callable,
+                           done: Callable[[Outcome], None], link: SessionLink | None = None) -> None:
+        """:meth:`stream_step` without waiting: the request is queued and ``done(outcome)`` is
+        called with its outcome (the result, or StepShed and any error) by the thread that sets
+        it — a worker, or the scheduler's watcher when the step is withdrawn at its last moment.
+        A session stepping this way needs no thread of its own waiting for the scheduler: with
+        tens of sessions, those waiting threads were most of the GIL's hand-overs."""
+        chunk = whole_frames(chunk, "audio chunk")
+        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
+        then = link.motion if link is not None else None
+        pending = Pending(due, ("stream", len(chunk)), sheddable=sheddable and self.shed, then=then)
+        request = _Request("audio", pending, (chunk, state), link, self.clock(), future=Outcome(done), chain=chain)
+        self._enqueue(request)
+        if pending.sheddable:
+            self._watch(request)
+
+    def _watch(self, request: _Request) -> None:
+        """Withdraw ``request`` at its last moment unless a call has taken it (the watcher thread
+        does for an asynchronous step what a waiting session's thread does in :meth:`_submit`)."""
+        current = request.stage or request
+        give_up = current.pending.deadline - time_alone(current.pending, self.cost, self.turnaround)
+        with self._watch_cond:
+            if self._watcher is None:
+                self._watcher = threading.Thread(target=self._watch_loop, name="batch-scheduler-watch", daemon=True)
+                self._watcher.start()
+            self._watch_seq += 1
+            heapq.heappush(self._watched, (give_up, self._watch_seq, request, current))
+            if self._watched[0][2] is request:
+                self._watch_cond.notify()
+
+    def _watch_loop(self) -> None:
+        while True:
+            with self._watch_cond:
+                while True:
+                    if self._closed and not self._watched:
+                        return
+                    if self._watched and self._watched[0][0] <= self.clock():
+                        _, _, request, current = heapq.heappop(self._watched)
+                        break
+                    self._watch_cond.wait(None if not self._watched else self._watched[0][0] - self.clock())
+            if request.future.done:
+                continue
+            if (request.stage or request) is not current:  # it moved on to its motion: that has its own moment
+                self._watch(request)
+                continue
+            with self._cond:
+                waiting = current in self._queue
+                if waiting:
+                    self._queue.remove(current)
+            if waiting:  # a running call's result comes by itself
+                self._count("dropped")
+                self._count(f"dropped_{current.kind}")
+                request.future.set_exception(StepShed(
+                    f"{current.kind} request of {request.link.label if request.link else '?'} shed: "
+                    "no call could take it in time"))
+
+    def _enqueue(self, request: _Request) -> None:
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the batch scheduler is closed")
@@ -575,6 +643,14 @@ class BatchScheduler:
             if (first or awaited_done or self._sleeping or len(self._queue) >= self.max_batch
                     or len(self._queue) >= self._live_count(self.clock())):
                 self._cond.notify()
+
+    def _submit(self, request: _Request):
+        """Queue the request and wait for its result. A sheddable request that no call has taken
+        by the time it could only just make its deadline alone is withdrawn by its own session's
+        thread (StepShed): its continuation frames go out in time even while every worker is busy
+        with a long call."""
+        p = request.pending
+        self._enqueue(request)
         while p.sheddable:
             current = request.stage or request  # a chained step: its motion request once queued
             give_up = current.pending.deadline - time_alone(current.pending, self.cost, self.turnaround)
@@ -819,8 +895,11 @@ class BatchScheduler:
         with self._cond:
             self._closed = True
             self._cond.notify_all()
-        for t in self._threads:
-            if t is not threading.current_thread():
+        with self._watch_cond:
+            self._watched.clear()
+            self._watch_cond.notify()
+        for t in [*self._threads, self._watcher]:
+            if t is not None and t is not threading.current_thread():
                 t.join(timeout)
         with self._cond:
             left, self._queue = self._queue, []
@@ -977,3 +1056,27 @@ class ScheduledMotionEngine(SamplingMotionEngine):
 
         out, self.degraded, inputs = self.scheduler.stream_step(chunk, audio.state, chain, self.link)
         return out, inputs
+
+    def submit_after_features(self, audio: ScheduledStreamingFeatures, chunk: np.ndarray, window: Callable,
+                              done: Callable[[np.ndarray | None, tuple | None, BaseException | None], None]) -> None:
+        """:meth:`sample_after_features` without waiting (BatchScheduler.submit_stream_step):
+        ``done(motion, window's arguments, None)`` — or ``done(None, None, error)``, StepShed
+        when the step was shed — is called from the thread that finishes the step."""
+        chunk, first = audio.begin(chunk)
+
+        def chain(result):
+            final, prov, audio.state = result
+            audio.record(first, final, prov)
+            inputs = window()
+            return self.window_job(*inputs), self.sampler, inputs
+
+        def finished(outcome: Outcome) -> None:
+            try:
+                out, degraded, inputs = outcome.result()
+            except BaseException as exc:  # noqa: BLE001 - the session decides (StepShed: continuation)
+                done(None, None, exc)
+                return
+            self.degraded = degraded
+            done(out, inputs, None)
+
+        self.scheduler.submit_stream_step(chunk, audio.state, chain, finished, self.link)

@@ -25,6 +25,7 @@ its conditions from them, and flags the frames (``Frame.shed``)."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -105,6 +106,18 @@ class StepInfo:
     shed: str | None = None  # as Frame.shed
 
 
+@dataclass
+class _Step:
+    """A step between its bookkeeping and its frames."""
+
+    first: int  # its first frame
+    end: int  # the audio it needs (samples)
+    n_real: int  # frames with real audio in its window
+    n_emit: int  # frames it emits
+    t_start: float  # session clock when it began
+    chunk: np.ndarray | None  # streaming encoder: its new samples, normalised and gated
+
+
 class StreamSession:
     def __init__(self, audio: AudioFeatureEngine, motion: MotionEngine, decoder: CoefDecoder,
                  config: StreamConfig | None = None, style: np.ndarray | None = None,
@@ -148,6 +161,13 @@ class StreamSession:
         self.emitted = 0
         self._consumed = 0  # samples already folded into the running statistics
         self.finished = False
+        # asynchronous steps (run_async): where their frames go, the step in flight, a failure
+        # to raise to the feeding thread; the lock guards the state a worker and it share
+        self._sink: Callable[[list[Frame]], None] | None = None
+        self._lock = threading.Condition(threading.RLock())
+        self._in_flight = False
+        self._failed: BaseException | None = None
+        self._total: int | None = None  # frames of the stream, once it has ended (end())
 
     # --- public API ------------------------------------------------------------------------------
     def feed(self, samples: np.ndarray, arrival: float | None = None) -> list[Frame]:
@@ -155,6 +175,8 @@ class StreamSession:
         every step whose audio is complete. Returns the frames emitted."""
         if self.finished:
             raise RuntimeError("session already finished")
+        if self._sink is not None:
+            return self._feed_async(samples, arrival)
         samples = self.conditioner(samples)
         if self.gate is not None:
             self.gate.push(samples)
@@ -168,6 +190,13 @@ class StreamSession:
 
     def finish(self) -> list[Frame]:
         """End of stream: emit the remaining whole frames (missing audio is silence/padding)."""
+        if self._sink is not None:  # asynchronous: the last steps go to the sink as well
+            self.end()
+            with self._lock:
+                while self._in_flight:
+                    self._lock.wait()
+                self._sink = None
+                self._raise_failed()
         frames: list[Frame] = []
         total = frames_in(self.ring.written)
         while self.emitted < total:
@@ -177,7 +206,8 @@ class StreamSession:
 
     def set_style(self, style: np.ndarray | None) -> None:
         """Crossfade to ``style`` (None: the null style) starting at the next frame."""
-        self.style.set(style, self.emitted)
+        with self._lock:
+            self.style.set(style, self.emitted)
 
     def _blend_seam(self, out: np.ndarray) -> np.ndarray:
         """Crossfade the first emitted frames from the previous step's lookahead prediction of the
@@ -191,7 +221,9 @@ class StreamSession:
         return out
 
     # --- one step --------------------------------------------------------------------------------
-    def _run_step(self, final: bool, total: int | None = None) -> list[Frame]:
+    def _prepare(self, final: bool, total: int | None) -> _Step:
+        """A step's bookkeeping before its network work: its frames, the arrival it is due by,
+        the running statistics, and (streaming encoder) its new samples normalised and gated."""
         spec = self.spec
         first = spec.first_frame(self.step)
         end = spec.audio_end(self.step)
@@ -207,45 +239,147 @@ class StreamSession:
         # frames with real audio: all hop + lookahead, except at the end of the stream
         n_real = spec.new_frames if not final else min(spec.new_frames, total - first)
         n_emit = spec.hop if not final else min(spec.hop, n_real)
-        try:
+        chunk = None
+        if self.streaming_audio:
             # gated after normalising: a gated sample becomes 0, the normalised value of silence at the
-            # running mean (as padding is), so a DC offset cannot turn the gate into a step
+            # running mean (as padding is), so a DC offset cannot turn the gate into a step.
+            # The new samples only, each normalised (and gated) once with the statistics of its own step
+            start = self._encoded
+            chunk, lo, hi = self.ring.read(start, end)
+            self._encoded = end
+            chunk = self._gated(self.normalizer.normalise(chunk, lo, hi), start)
+        return _Step(first, end, n_real, n_emit, t_start, chunk)
+
+    def _run_step(self, final: bool, total: int | None = None) -> list[Frame]:
+        st = self._prepare(final, total)
+        first, n_real = st.first, st.n_real
+        try:
             if self.streaming_audio:
-                # the new samples only, each normalised (and gated) once with the statistics of its own step
-                start = self._encoded
-                chunk, lo, hi = self.ring.read(start, end)
-                self._encoded = end
-                chunk = self._gated(self.normalizer.normalise(chunk, lo, hi), start)
                 if hasattr(self.motion, "sample_after_features"):
                     # a batching scheduler runs the encoder and then, in the same worker, builds
                     # this window from the features and samples it: one hand-over per step
                     t_feat: list[float] = []
 
                     def window():  # on the worker, once the features are in
-                        t_feat.append(self.clock() - t_start)
+                        t_feat.append(self.clock() - st.t_start)
                         return self._window_inputs(first, n_real, self.audio.frames(first, first + n_real))
-                    motion, inputs = self.motion.sample_after_features(self.audio, chunk, window)
+                    motion, inputs = self.motion.sample_after_features(self.audio, st.chunk, window)
                     audio_feat, t_feat = inputs[0], t_feat[0]
                 else:
-                    self.audio.push(chunk)
+                    self.audio.push(st.chunk)
                     real = self.audio.frames(first, first + n_real)
-                    t_feat = self.clock() - t_start
+                    t_feat = self.clock() - st.t_start
                     inputs = self._window_inputs(first, n_real, real)
                     motion, audio_feat = self.motion.sample(*inputs), inputs[0]
             else:
-                window, lo, hi = self.ring.read(end - spec.window_samples, end)
-                feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi), end - spec.window_samples))
-                t_feat = self.clock() - t_start
+                spec = self.spec
+                window, lo, hi = self.ring.read(st.end - spec.window_samples, st.end)
+                feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi),
+                                                        st.end - spec.window_samples))
+                t_feat = self.clock() - st.t_start
                 inputs = self._window_inputs(first, n_real, feats[spec.context:spec.context + n_real])
                 motion, audio_feat = self.motion.sample(*inputs), inputs[0]
-            shed = "steps" if getattr(self.motion, "degraded", False) else None
         except StepShed:
-            return self._emit(first, n_emit, *self._shed_step(n_emit), t_start, self.clock() - t_start, "dropped")
+            return self._emit_shed(st)
+        return self._emit_sampled(st, motion, audio_feat, t_feat)
 
-        out = self._blend_seam(motion[:n_emit].copy())
-        self._pending = motion[n_emit:n_real].copy()
-        self._pending_audio = audio_feat[n_emit:n_real].copy()
-        return self._emit(first, n_emit, out, audio_feat[:n_emit], t_start, t_feat, shed)
+    def _emit_sampled(self, st: _Step, motion: np.ndarray, audio_feat: np.ndarray, t_feat: float) -> list[Frame]:
+        shed = "steps" if getattr(self.motion, "degraded", False) else None
+        out = self._blend_seam(motion[:st.n_emit].copy())
+        self._pending = motion[st.n_emit:st.n_real].copy()
+        self._pending_audio = audio_feat[st.n_emit:st.n_real].copy()
+        return self._emit(st.first, st.n_emit, out, audio_feat[:st.n_emit], st.t_start, t_feat, shed)
+
+    def _emit_shed(self, st: _Step) -> list[Frame]:
+        return self._emit(st.first, st.n_emit, *self._shed_step(st.n_emit), st.t_start,
+                          self.clock() - st.t_start, "dropped")
+
+    # --- asynchronous steps --------------------------------------------------------------------------
+    def run_async(self, sink: Callable[[list[Frame]], None]) -> bool:
+        """Let :meth:`feed` return at once while a step's network work runs: the frames go to
+        ``sink`` from the thread that finishes the step (a scheduler's worker), in order, and
+        feed() returns []. Possible when the motion engine can submit a whole step without
+        waiting (a batching scheduler, streaming audio encoder); returns whether it is on.
+        :meth:`finish` waits for the step in flight and returns the rest as usual. With tens of
+        sessions, a thread per session waiting for its step was most of the GIL's traffic."""
+        if not (self.streaming_audio and hasattr(self.motion, "submit_after_features")) or self.step:
+            return False
+        self._sink = sink
+        return True
+
+    def end(self) -> None:
+        """Asynchronous steps: the stream ends here; its last steps are begun without waiting
+        (:meth:`finish` waits for them). No more audio may be fed."""
+        with self._lock:
+            if self._total is None:
+                self._total = frames_in(self.ring.written)
+                self._advance()
+
+    def _feed_async(self, samples: np.ndarray, arrival: float | None) -> list[Frame]:
+        with self._lock:
+            self._raise_failed()
+            if self._total is not None:
+                raise RuntimeError("session already ended")
+            samples = self.conditioner(samples)
+            if self.gate is not None:
+                self.gate.push(samples)
+            arrival = self.clock() if arrival is None else arrival
+            for i in range(0, len(samples), MAX_CHUNK):
+                piece = samples[i:i + MAX_CHUNK]
+                # the ring holds a window and MAX_CHUNK more: never overwrite what the step in
+                # flight or a step not begun yet has still to read (a feed far faster than real time)
+                while self._in_flight and self.ring.written + len(piece) - self._encoded > self.ring.capacity:
+                    self._lock.wait()
+                    self._raise_failed()
+                self.ring.write(piece, arrival)
+                self._advance()
+        return []
+
+    def _advance(self) -> None:
+        """Begin the next step if its audio is complete — or the stream has ended and frames are
+        left — and none is in flight (under the lock)."""
+        if self._in_flight or self._failed is not None:
+            return
+        if self.ring.written >= self.spec.audio_end(self.step):
+            st = self._prepare(False, None)
+        elif self._total is not None and self.emitted < self._total:
+            st = self._prepare(True, self._total)
+        else:
+            return
+        first, n_real = st.first, st.n_real
+        t_feat: list[float] = []
+
+        def window():  # on the worker, once the features are in
+            with self._lock:
+                t_feat.append(self.clock() - st.t_start)
+                return self._window_inputs(first, n_real, self.audio.frames(first, first + n_real))
+
+        def done(motion, inputs, error) -> None:  # on the thread that finished the step
+            with self._lock:
+                self._in_flight = False
+                try:
+                    if error is None:
+                        frames = self._emit_sampled(st, motion, inputs[0], t_feat[0])
+                    elif isinstance(error, StepShed):
+                        frames = self._emit_shed(st)
+                    else:
+                        raise error
+                    self._sink(frames)
+                    self._advance()
+                except BaseException as exc:  # noqa: BLE001 - raised to the feeding thread at its next call
+                    self._failed = exc
+                self._lock.notify_all()
+
+        self._in_flight = True
+        try:
+            self.motion.submit_after_features(self.audio, st.chunk, window, done)
+        except BaseException:
+            self._in_flight = False
+            raise
+
+    def _raise_failed(self) -> None:
+        if self._failed is not None:
+            raise self._failed
 
     def _window_inputs(self, first: int, n_real: int, real: np.ndarray) -> tuple:
         """The denoiser window's conditions, as MotionEngine.sample takes them: the step's real

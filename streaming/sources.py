@@ -122,7 +122,7 @@ class PushSource(AudioSource):
         self.channels, self.dtype, self.clock = channels, dtype, clock
         self._resample = StreamResampler(rate, quality=LIVE_QUALITY)
         self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.Lock()  # soxr's stream state is not thread-safe
+        self._lock = threading.RLock()  # the resampler's stream state is not thread-safe; blocks leave in order
         self._ended = False
 
     def push(self, data) -> None:
@@ -131,8 +131,8 @@ class PushSource(AudioSource):
         pcm = pcm_to_float(data, self.dtype, self.channels)
         with self._lock:
             out = self._resample(pcm)
-        if len(out):
-            self._queue.put(AudioBlock(out, self.clock()))
+            if len(out):
+                self._deliver(AudioBlock(out, self.clock()))
 
     def end(self) -> None:
         with self._lock:
@@ -140,13 +140,21 @@ class PushSource(AudioSource):
                 return
             self._ended = True
             tail = self._resample.flush()
-        if len(tail):
-            self._queue.put(AudioBlock(tail, self.clock()))
-        self._queue.put(_END)
+            if len(tail):
+                self._deliver(AudioBlock(tail, self.clock()))
+            self._finish(_END)
 
     def lost(self, reason: str) -> None:
-        self._ended = True
-        self._queue.put(AudioSourceLost(reason))
+        with self._lock:
+            self._ended = True
+            self._finish(AudioSourceLost(reason))
+
+    # under the lock: blocks and the end leave in the order they were made
+    def _deliver(self, block: AudioBlock) -> None:
+        self._queue.put(block)
+
+    def _finish(self, item) -> None:
+        self._queue.put(item)
 
     def blocks(self):
         while True:

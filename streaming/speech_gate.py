@@ -67,10 +67,11 @@ class SpeechGate:
             self.speech_frames += speech
         self._pending = audio[n * VAD_FRAME:]
 
-    def frame_gains(self, first: int, last: int) -> np.ndarray:
-        """Gate state (0/1) of VAD frames [first, last); frames not analysed yet take the state of
-        the newest analysed one (nothing is known about them: keep what the gate is doing)."""
-        known = len(self._flags)
+    def frame_gains(self, first: int, last: int, upto: int | None = None) -> np.ndarray:
+        """Gate state (0/1) of VAD frames [first, last) from the decisions of frames before
+        ``upto`` (default: all analysed); frames not analysed yet take the state of the newest
+        analysed one (nothing is known about them: keep what the gate is doing)."""
+        known = len(self._flags) if upto is None else max(min(len(self._flags), upto), 0)
         reach = VOTE_SPAN // 2 + max(self.preroll, self.hangover)
         lo, hi = max(min(first, known - 1) - reach, 0), min(max(last + reach, 0), known)
         flags = np.frombuffer(bytes(self._flags[lo:hi]), np.uint8).astype(np.float32) if hi > lo else np.zeros(0, np.float32)
@@ -87,9 +88,11 @@ class SpeechGate:
 
     def gains(self, start: int, end: int) -> np.ndarray | None:
         """Per-sample gain for stream samples [start, end), or None when the gate is open over all
-        of them (the caller skips the multiply)."""
+        of them (the caller skips the multiply). Decided from the audio up to ``end`` only, so the
+        result does not depend on how much more had been pushed when it was asked (a step that
+        begins late, or a block that ends past the step's audio)."""
         first, last = start // VAD_FRAME - 1, -(-end // VAD_FRAME) + 1
-        g = self.frame_gains(first, last)
+        g = self.frame_gains(first, last, end // VAD_FRAME)
         if g.min() >= 1.0:
             return None
         per_sample = np.repeat(g, VAD_FRAME)

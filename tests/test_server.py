@@ -597,3 +597,78 @@ def test_sessions_share_the_batching_scheduler(loaded, speech_like_wav):
     sched = health["scheduler"]
     assert sched["calls"]["audio"] > 0 and sched["calls"]["motion"] > 0 and sched["errors"] == 0
     assert "dpt_scheduler_calls_total{kind=\"motion\"" in metrics and "dpt_scheduler_shed_steps_total" in metrics
+
+
+def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(tmp_path, monkeypatch):
+    """With the batching scheduler and a streaming audio encoder, an upstream client's audio is
+    fed to its session in the event loop (UpstreamSource.attach) and the steps run on the
+    scheduler's workers: two clients pushing faster than real time, one changing its style and
+    resetting on the way, each get every frame once, in order; audio_end still flushes the last
+    frames and the session falls back to no source."""
+    from conftest import make_tiny_model_dir
+
+    from diffposetalk.model_dir import load_model_dir
+    from diffposetalk.stream_encoder import tiny_stream_config
+    from server.engine import Engine
+    from server.sources import UpstreamSource
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    loaded = load_model_dir(make_tiny_model_dir(tmp_path / "m", seed=4, kind="student", student_steps=1, n_motions=8,
+                                                stream_encoder=tiny_stream_config(32).to_dict()))
+    attached = []
+    original = UpstreamSource.attach
+
+    def spy(self, *args, **kwargs):
+        attached.append(self)
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(UpstreamSource, "attach", spy)
+    e = Engine(loaded=loaded, sampler=pick_sampler("ddim", None, loaded), config=StreamConfig(80, 80, 400),
+               backend="torch", scheduler_options={"max_batch": 8, "latency_budget_ms": 1e6})
+    e.probe()
+    assert e.scheduler is not None
+    seconds = 3.0
+
+    async def client(h, name, data, chunk, rate, channels, fmt, restyle):
+        async with connect(h.ws_url(session=name)) as ws:
+            await hello_of(ws)
+            await ws.send(c.audio_start_control(rate, channels, fmt))
+            half = len(data) // 2 // chunk * chunk
+            for i in range(0, len(data), chunk):
+                if restyle and i == half:
+                    await ws.send(c.style_control("calm"))
+                    await ws.send(c.reset_control())
+                await ws.send(data[i:i + chunk])
+            await ws.send(c.audio_end_control())
+            frames = []
+            while True:
+                msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
+                if isinstance(msg, dict):
+                    if msg.get("change") == "source" and msg["source"] == "none":
+                        return frames
+                else:
+                    frames.append(msg)
+
+    async def scenario():
+        h = await start(e)
+        try:
+            return await asyncio.gather(
+                client(h, "a", pcm_speech(seconds, 48000, 2, "s16le"), 3840, 48000, 2, "s16le", False),
+                client(h, "b", pcm_speech(seconds, 16000, 1, "f32le", seed=1), 1280, 16000, 1, "f32le", True))
+        finally:
+            await h.server.stop()
+
+    try:
+        a, b = run(scenario())
+        stats = e.scheduler.stats()
+    finally:
+        e.close()
+    expected = int(seconds * 16000) // 640
+    assert len(attached) >= 2  # both upstreams fed from the loop
+    assert [f.seq for f in a] == list(range(expected)) and not any(f.degraded for f in a)
+    assert [f.seq for f in b] == list(range(len(b))) and not any(f.degraded for f in b)
+    # the reset started a new generation: frames restart at audio time 0 once, none is lost
+    resets = [i for i, f in enumerate(b) if f.reset]
+    assert resets[0] == 0 and len(b) >= expected
+    assert all(np.isfinite(f.pose).all() for f in a + b)
+    assert stats["calls"]["audio"] > 0 and stats["errors"] == 0

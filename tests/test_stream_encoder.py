@@ -5,6 +5,7 @@ sessions (alone, on ONNX Runtime, on the batching scheduler), its model-director
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -465,3 +466,100 @@ def test_array_windows_with_a_style_equal_the_torch_path(enc_loaded):
     for got, want in zip(out, alone):
         np.testing.assert_allclose(got, want, atol=1e-5)
     assert not np.allclose(out[0][:len(out[1])], out[1][:len(out[0])], atol=1e-3)  # the styles differ
+
+
+def _drain(session):
+    """Wait until an asynchronous session's steps begun so far are done."""
+    with session._lock:
+        while session._in_flight:
+            session._lock.wait()
+
+
+def test_asynchronous_steps_equal_synchronous_ones_fed_from_one_thread(enc_loaded):
+    """Sessions on the scheduler with asynchronous steps (run_async), all fed from one thread as
+    the server's event loop feeds upstream sessions: feed() returns at once, the frames reach the
+    sink in order, with a style change on the way, and equal each session's synchronous frames."""
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session, make_scheduler
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    d_style = enc_loaded.model.null_style_feat.shape[-1]
+    style = np.random.default_rng(3).normal(0, 1, d_style).astype(np.float32)
+    audios = [speechlike(1.9, seed=20 + i) for i in range(3)]
+
+    def sync_frames(i):
+        s = build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=i))
+        out = []
+        for j in range(0, len(audios[i]), 320):
+            if j == 8000:
+                s.set_style(style)
+            out += s.feed(audios[i][j:j + 320])
+        return np.stack([f.motion for f in out + s.finish()])
+
+    want = [sync_frames(i) for i in range(3)]
+    with make_scheduler(enc_loaded, "torch", gather_ms=5, shed=False) as sched:
+        sessions = [build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=i), scheduler=sched)
+                    for i in range(3)]
+        sinks = [[] for _ in sessions]
+        assert all(s.run_async(sink.extend) for s, sink in zip(sessions, sinks))
+        for j in range(0, max(len(a) for a in audios), 320):
+            for s, a in zip(sessions, audios):
+                if j == 8000:  # from the same frame as above: once the steps begun so far are done
+                    _drain(s)
+                    s.set_style(style)
+                if j < len(a):
+                    assert s.feed(a[j:j + 320]) == []
+        for s in sessions:
+            s.end()
+        assert all(s.finish() == [] for s in sessions)
+    for sink, w in zip(sinks, want):
+        assert [f.index for f in sink] == list(range(len(w)))
+        np.testing.assert_allclose(np.stack([f.motion for f in sink]), w, atol=1e-5)
+
+
+def test_asynchronous_steps_are_shed_at_their_last_moment_and_a_failure_reaches_the_feeder(enc_loaded):
+    """Asynchronous steps past their deadline are dropped (continuation frames, flagged) by the
+    scheduler with no thread of the session waiting, the stream recovers; an error in a step is
+    raised to the feeding thread at its next feed, not lost in a worker."""
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session, make_scheduler
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    audio = speechlike(2.4, seed=5)
+    with make_scheduler(enc_loaded, "torch", latency_budget_ms=1e7) as sched:
+        session = build_session(enc_loaded, sampler, Guidance(), StreamConfig(), scheduler=sched)
+        sink = []
+        assert session.run_async(sink.extend)
+
+        def feed(x):
+            for i in range(0, len(x), 320):
+                session.feed(x[i:i + 320])
+            _drain(session)
+            return len(sink)
+
+        n1 = feed(audio[:16000])
+        sched.latency_budget_s = -1.0
+        n2 = feed(audio[16000:24000])
+        sched.latency_budget_s = 1e4
+        feed(audio[24000:32000])
+        session.finish()
+        stats = sched.stats()
+
+        broken = build_session(enc_loaded, sampler, Guidance(), StreamConfig(seed=1), scheduler=sched)
+        assert broken.run_async(lambda frames: None)
+
+        def bad_window(*args):
+            raise ValueError("bad window")
+        broken._window_inputs = bad_window
+        with pytest.raises(ValueError, match="bad window"):
+            for i in range(0, 32000, 320):
+                broken.feed(audio[i:i + 320])
+                time.sleep(0.002)
+    assert all(f.shed is None for f in sink[:n1]) and all(f.shed is None for f in sink[n2 + 2:])
+    assert sink[n1:n2] and all(f.shed == "dropped" for f in sink[n1:n2])
+    assert [f.index for f in sink] == list(range(len(sink)))
+    assert stats["shed"]["dropped"] == session.shed_steps["dropped"] > 0
