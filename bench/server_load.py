@@ -18,6 +18,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
+
 from diffposetalk.errors import UserError
 from server.metrics import quantile_from_cumulative  # noqa: F401  (also the bench's API)
 
@@ -67,9 +69,10 @@ def loop_cpu_seconds(pid: int) -> float | None:
 
 # --- the run -------------------------------------------------------------------------------------
 
-def start_server(args) -> tuple[subprocess.Popen, str, str]:
-    exe = [sys.executable, "-m", "dpt_live.cli", "serve", "--model", str(args.model), "--audio", str(args.audio),
-           "--loop", "--port", "0", "--token", "bench", "--backend", args.backend,
+def start_server(args, own_audio: bool = True) -> tuple[subprocess.Popen, str, str]:
+    own = ["--audio", str(args.audio), "--loop"] if own_audio else []
+    exe = [sys.executable, "-m", "dpt_live.cli", "serve", "--model", str(args.model), *own,
+           "--port", "0", "--token", "bench", "--backend", args.backend,
            "--max-viewers", "1000", *args.serve_arg]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(exe, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -155,10 +158,100 @@ async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, war
     return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped), cpu, slow_out
 
 
+async def _upstream_clients(base: str, token: str, n: int, audio, seconds: float, budget_ms: float) -> dict:
+    """``n`` clients, each its own session, stream ``audio`` upstream in real time in 20 ms blocks
+    (started spread over 80 ms, as independent speakers) and read their frames. A frame's latency
+    is its arrival here minus the time its last audio block was sent (one clock: the server runs
+    on this machine), so it counts the upstream socket, the server and the frame's way back."""
+    from websockets.asyncio.client import connect
+
+    from diffposetalk.units import SAMPLE_RATE
+    from server.protocol import decode_server_message, dumps
+
+    block = SAMPLE_RATE // 50
+    pcm = audio[:int(seconds * SAMPLE_RATE)].astype("<f4")
+    t_start = time.time() + 1.0
+    results: list[dict] = [{} for _ in range(n)]
+
+    async def one(k: int) -> None:
+        url = base.replace("http://", "ws://") + f"/ws?token={token}&session=upstream-{k}"
+        async with connect(url, max_size=2 ** 20, compression=None) as ws:
+            await ws.recv()  # hello
+            await ws.send(dumps({"type": "audio_start", "rate": SAMPLE_RATE, "channels": 1, "format": "f32le"}))
+            t0 = t_start + 0.08 * k / n
+            lat: list[float] = []
+            degraded = 0
+
+            async def read() -> None:
+                nonlocal degraded
+                async for msg in ws:
+                    frame = decode_server_message(msg)
+                    if not isinstance(frame, dict):
+                        degraded += bool(frame.degraded)
+                        lat.append(time.time() - (t0 + frame.audio_time + 0.02))  # + half a frame: its end
+            reader = asyncio.create_task(read())
+            for i in range(0, len(pcm), block):
+                await asyncio.sleep(max(0.0, t0 + (i + block) / SAMPLE_RATE - time.time()))
+                await ws.send(pcm[i:i + block].tobytes())
+            await ws.send(dumps({"type": "audio_end"}))
+            await asyncio.sleep(1.0)  # the last steps' frames
+            reader.cancel()
+            results[k] = {"frames": len(lat), "degraded": degraded,
+                          "worst_ms": round(max(lat) * 1000, 1) if lat else None, "lat": lat}
+
+    await asyncio.gather(*(one(k) for k in range(n)))
+    lats = np.array([x for r in results for x in r["lat"]]) * 1000
+    worst = [r["worst_ms"] for r in results]
+    return {"streams": n, "seconds": seconds, "frames": int(lats.size),
+            "latency_ms": {q: round(float(np.percentile(lats, p)), 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
+            | {"max": round(float(lats.max()), 1)},
+            "degraded_frames": sum(r["degraded"] for r in results),
+            "within_budget": sum(1 for r in results if r["worst_ms"] is not None and r["worst_ms"] <= budget_ms
+                                 and not r["degraded"]),
+            "latency_budget_ms": budget_ms, "worst_ms_per_stream": worst}
+
+
+def run_upstream_bench(args) -> int:
+    """`dpt-live serve-bench --upstream N[,M...]`: for each count, that many real-time upstream
+    clients against one `dpt-live serve` (no own source); prints a line per count."""
+    from bench.common import load_clip
+
+    try:
+        ns = [int(x) for x in args.upstream.split(",") if x.strip()]
+    except ValueError as exc:
+        raise UserError(f"--upstream wants comma-separated stream counts, got {args.upstream!r}") from exc
+    audio, _ = load_clip(args.audio, args.seconds, 0)
+    args.serve_arg = ["--max-sessions", str(max(ns) + 1), *args.serve_arg]
+    proc, base, token = start_server(args, own_audio=False)
+    rows = []
+    try:
+        for n in ns:
+            row = asyncio.run(_upstream_clients(base, token, n, audio, args.seconds, args.latency_budget_ms))
+            rows.append(row)
+            lat = row["latency_ms"]
+            print(f"{n:>3} upstream streams: frame latency p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} "
+                  f"max {lat['max']} ms; {row['within_budget']} of {n} streams with every frame ≤ "
+                  f"{args.latency_budget_ms:g} ms and none degraded; {row['degraded_frames']} of {row['frames']} "
+                  "frames degraded (shed)", flush=True)
+            time.sleep(2.0)  # the sessions' last steps, before the next count
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
 def run_serve_bench(args) -> int:
     """`dpt-live serve-bench` (its options: dpt_live/commands/serve.py): a server with the demo
     audio looping, then for each viewer count a measurement window; prints a line per count and
-    writes the rows with --json."""
+    writes the rows with --json. With ``--upstream``: run_upstream_bench."""
+    if getattr(args, "upstream", None):
+        return run_upstream_bench(args)
     try:
         ns = [int(x) for x in args.viewers.split(",") if x.strip()]
     except ValueError as exc:

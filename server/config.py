@@ -22,7 +22,7 @@ class ServerConfig:
     token: str | None = None  # None: no token needed (--no-token)
     allow_origins: list[str] = field(default_factory=list)  # in addition to the server's own origins
     max_message: int = 1 << 20
-    max_sessions: int = 8
+    max_sessions: int = 32
     max_viewers: int = 64
     viewer_queue: int = FPS  # frames (1 s) a viewer may fall behind before its oldest are dropped
     session_idle: float = 60.0  # s without viewers and audio before an on-demand session closes

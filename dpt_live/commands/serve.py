@@ -149,6 +149,13 @@ def register_serve_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="torch", help="the server's engine backend")
     p.add_argument("--serve-arg", action="append", default=[], metavar="ARG",
                    help="extra argument for `dpt-live serve` (repeatable, e.g. --serve-arg=--steps=1)")
+    p.add_argument("--upstream", metavar="N[,M...]",
+                   help="instead of viewers: N clients each streaming --audio upstream in real time into a "
+                        "session of its own; prints their frames' latency (arrival minus the send time of "
+                        "the frame's audio), how many streams kept every frame within --latency-budget-ms "
+                        "and the frames shed")
+    p.add_argument("--latency-budget-ms", type=_positive(float), default=250.0,
+                   help="with --upstream: the frame latency a stream must keep")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
     p.set_defaults(func=cmd_serve_bench)
 
