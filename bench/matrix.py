@@ -244,12 +244,15 @@ def run_concurrent(loaded, sampler, guidance, style, config, audio, backend, thr
     finally:
         if scheduler is not None and not given:
             scheduler.close()
+    feed_lag = results[0].pop("feed_lag_ms", None) if results else None
     out = {"n": n, "clock": "wall", "latency": "measured" if realtime else "replayed",
            "mode": "scheduler" if batched else "per-thread",
            "keep_up": sum(r["keeps_up"] for r in results), "within_budget": sum(r["within_budget"] for r in results),
            "latency_budget_ms": budget_ms, "per_session": results,
            # CPU seconds per second of one stream, and the machine's load when the streams began
            "cpu_per_stream_s": round(cpu / (n * len(audio) / SAMPLE_RATE), 4), "load_average": round(load, 2)}
+    if feed_lag is not None:  # one thread fed every stream: how late it handed their blocks over
+        out["feed_lag_ms"] = feed_lag
     if stats is not None:
         out["scheduler"] = {k: stats[k] for k in ("batch_sizes", "shed", "queue_depth_max", "late", "call_ms")}
         out["shed_steps"] = sum(r["shed_steps"] for r in results)
@@ -310,17 +313,22 @@ def _feed_together(built, audio, budget_ms: float) -> list[dict]:
     due = [(starts[k] + min(i + BLOCK, len(audio)) / SAMPLE_RATE, k, i)
            for k in range(n) for i in range(0, len(audio), BLOCK)]
     due.sort()
+    lag = []  # how late each block was handed over (the feeding thread behind: the process is saturated)
     for when, k, i in due:
         wait = when - time.perf_counter()
         if wait > 0:
             time.sleep(wait)
+        else:
+            lag.append(-wait)
         built[k].session.feed(audio[i:i + BLOCK], arrival=when)
+    feed_lag_ms = percentiles_ms(lag + [0.0] * (len(due) - len(lag)))
     for timed in built:  # every stream's last steps at once, then wait for them
         timed.session.end()
     results = []
     for k, timed in enumerate(built):
         timed.recorder.on_frames(timed.session.finish())
         results.append(_stream_result(timed, audio, True, budget_ms, time.perf_counter() - starts[k]))
+    results[0]["feed_lag_ms"] = feed_lag_ms  # run_concurrent moves it to the row
     return results
 
 

@@ -80,17 +80,23 @@ def concurrent_table(result: dict) -> str | None:
     if not rows:
         return None
     lines = ["| model | backend | steps | hop/la/ctx ms | streams | mode | keep up | within latency budget "
-             "| steps shed | RTF per stream, worst | worst latency ms, worst stream | CPU s per stream-s | load |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| steps shed | RTF per stream, worst | worst latency ms, worst stream | feed lag p95 / max ms "
+             "| CPU s per stream-s | load |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r, c in rows:
         per = c["per_session"]
         lines.append(f"| {r['model']} | {_backend(r)} | {r['denoiser_steps']} | {_window(r)} | {c['n']} "
                      f"| {c.get('mode', 'per-thread')} | {c['keep_up']} of {c['n']} "
                      f"| {c['within_budget']} of {c['n']} (≤ {c['latency_budget_ms']:.0f} ms) "
                      f"| {c.get('shed_steps', 0)} | {max(p['rtf'] for p in per):.2f} "
-                     f"| {max(p['worst_latency_ms'] for p in per):.0f} "
+                     f"| {max(p['worst_latency_ms'] for p in per):.0f} | {_lag(c.get('feed_lag_ms'))} "
                      f"| {c.get('cpu_per_stream_s', float('nan')):.4f} | {c.get('load_average', float('nan')):.2f} |")
     return "\n".join(lines)
+
+
+def _lag(lag: dict | None) -> str:
+    """How late the feeding thread handed the blocks over ("–": a thread per stream)."""
+    return "–" if not lag else f"{lag['p95']:.0f} / {lag['max']:.0f}"
 
 
 def markdown(result: dict) -> str:

@@ -599,23 +599,60 @@ def test_sessions_share_the_batching_scheduler(loaded, speech_like_wav):
     assert "dpt_scheduler_calls_total{kind=\"motion\"" in metrics and "dpt_scheduler_shed_steps_total" in metrics
 
 
-def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(tmp_path, monkeypatch):
-    """With the batching scheduler and a streaming audio encoder, an upstream client's audio is
-    fed to its session in the event loop (UpstreamSource.attach) and the steps run on the
-    scheduler's workers: two clients pushing faster than real time, one changing its style and
-    resetting on the way, each get every frame once, in order; audio_end still flushes the last
-    frames and the session falls back to no source."""
+@pytest.fixture()
+def enc_engine(tmp_path):
+    """A server engine on the batching scheduler with a tiny student that has a streaming audio
+    encoder: its sessions step asynchronously."""
     from conftest import make_tiny_model_dir
 
     from diffposetalk.model_dir import load_model_dir
     from diffposetalk.stream_encoder import tiny_stream_config
     from server.engine import Engine
-    from server.sources import UpstreamSource
     from streaming.session import StreamConfig
     from streaming.setup import pick_sampler
 
     loaded = load_model_dir(make_tiny_model_dir(tmp_path / "m", seed=4, kind="student", student_steps=1, n_motions=8,
                                                 stream_encoder=tiny_stream_config(32).to_dict()))
+    e = Engine(loaded=loaded, sampler=pick_sampler("ddim", None, loaded), config=StreamConfig(80, 80, 400),
+               backend="torch", scheduler_options={"max_batch": 8, "latency_budget_ms": 1e6})
+    e.probe()
+    assert e.scheduler is not None
+    yield e
+    e.close()
+
+
+def test_serve_bench_upstream_clients_measure_every_frame_of_every_stream(enc_engine):
+    """serve-bench --upstream's clients against a real server: each stream gets all its frames,
+    their latencies (arrival minus the send time of their audio) are positive and below a second,
+    and the summary counts the streams and frames."""
+    from bench.server_load import _upstream_clients
+
+    seconds = 1.6
+    audio = np.frombuffer(pcm_speech(seconds), "<f4").copy()
+
+    async def scenario():
+        h = await start(enc_engine)
+        try:
+            return await _upstream_clients(f"http://{h.base}", TOKEN, 2, audio, seconds, 1000.0)
+        finally:
+            await h.server.stop()
+
+    row = run(scenario())
+    expected = int(seconds * 16000) // 640
+    assert row["streams"] == 2 and row["frames"] == 2 * expected and row["degraded_frames"] == 0
+    assert 0 < row["latency_ms"]["p50"] <= row["latency_ms"]["max"] < 1000
+    assert row["within_budget"] == 2 and all(0 < w < 1000 for w in row["worst_ms_per_stream"])
+
+
+def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(enc_engine, monkeypatch):
+    """With the batching scheduler and a streaming audio encoder, an upstream client's audio is
+    fed to its session in the event loop (UpstreamSource.attach) and the steps run on the
+    scheduler's workers: two clients pushing faster than real time, one changing its style and
+    resetting on the way, each get every frame once, in order, while a third floods NaN samples
+    (only its own session sees them, and its frames stay finite); audio_end still flushes the
+    last frames and the session falls back to no source."""
+    from server.sources import UpstreamSource
+
     attached = []
     original = UpstreamSource.attach
 
@@ -623,11 +660,11 @@ def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(tmp_path
         attached.append(self)
         return original(self, *args, **kwargs)
     monkeypatch.setattr(UpstreamSource, "attach", spy)
-    e = Engine(loaded=loaded, sampler=pick_sampler("ddim", None, loaded), config=StreamConfig(80, 80, 400),
-               backend="torch", scheduler_options={"max_batch": 8, "latency_budget_ms": 1e6})
-    e.probe()
-    assert e.scheduler is not None
+    e = enc_engine
     seconds = 3.0
+    nan_flood = np.frombuffer(pcm_speech(seconds, seed=2), "<f4").copy()
+    nan_flood[::7] = np.nan  # a broken client: its session only
+    nan_flood = nan_flood.tobytes()
 
     async def client(h, name, data, chunk, rate, channels, fmt, restyle):
         async with connect(h.ws_url(session=name)) as ws:
@@ -654,15 +691,13 @@ def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(tmp_path
         try:
             return await asyncio.gather(
                 client(h, "a", pcm_speech(seconds, 48000, 2, "s16le"), 3840, 48000, 2, "s16le", False),
-                client(h, "b", pcm_speech(seconds, 16000, 1, "f32le", seed=1), 1280, 16000, 1, "f32le", True))
+                client(h, "b", pcm_speech(seconds, 16000, 1, "f32le", seed=1), 1280, 16000, 1, "f32le", True),
+                client(h, "nan", nan_flood, 1280, 16000, 1, "f32le", False))
         finally:
             await h.server.stop()
 
-    try:
-        a, b = run(scenario())
-        stats = e.scheduler.stats()
-    finally:
-        e.close()
+    a, b, flood = run(scenario())
+    stats = e.scheduler.stats()
     expected = int(seconds * 16000) // 640
     assert len(attached) >= 2  # both upstreams fed from the loop
     assert [f.seq for f in a] == list(range(expected)) and not any(f.degraded for f in a)
@@ -670,5 +705,6 @@ def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(tmp_path
     # the reset started a new generation: frames restart at audio time 0 once, none is lost
     resets = [i for i, f in enumerate(b) if f.reset]
     assert resets[0] == 0 and len(b) >= expected
-    assert all(np.isfinite(f.pose).all() for f in a + b)
+    assert all(np.isfinite(f.pose).all() and np.isfinite(f.exp).all() for f in a + b + flood)
+    assert [f.seq for f in flood] == list(range(expected))
     assert stats["calls"]["audio"] > 0 and stats["errors"] == 0
