@@ -669,6 +669,17 @@ def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(enc_engi
     async def client(h, name, data, chunk, rate, channels, fmt, restyle):
         async with connect(h.ws_url(session=name)) as ws:
             await hello_of(ws)
+            frames = []
+
+            async def read():  # while pushing: a viewer that does not read loses its oldest frames
+                while True:
+                    msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
+                    if isinstance(msg, dict):
+                        if msg.get("change") == "source" and msg["source"] == "none":
+                            return
+                    else:
+                        frames.append(msg)
+            reader = asyncio.create_task(read())
             await ws.send(c.audio_start_control(rate, channels, fmt))
             half = len(data) // 2 // chunk * chunk
             for i in range(0, len(data), chunk):
@@ -676,15 +687,10 @@ def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(enc_engi
                     await ws.send(c.style_control("calm"))
                     await ws.send(c.reset_control())
                 await ws.send(data[i:i + chunk])
+                await asyncio.sleep(0.002)
             await ws.send(c.audio_end_control())
-            frames = []
-            while True:
-                msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
-                if isinstance(msg, dict):
-                    if msg.get("change") == "source" and msg["source"] == "none":
-                        return frames
-                else:
-                    frames.append(msg)
+            await reader
+            return frames
 
     async def scenario():
         h = await start(e)
@@ -708,3 +714,62 @@ def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(enc_engi
     assert all(np.isfinite(f.pose).all() and np.isfinite(f.exp).all() for f in a + b + flood)
     assert [f.seq for f in flood] == list(range(expected))
     assert stats["calls"]["audio"] > 0 and stats["errors"] == 0
+
+
+def test_an_upstream_that_stops_sending_ends_only_its_own_session(enc_engine):
+    """Asynchronous sessions fed from the event loop: a client that stops sending mid-stream (no
+    audio_end, still connected) is timed out by --upstream-idle — its frames so far are flushed,
+    it is told why and its session falls back to no source — while a client streaming in real
+    time beside it gets every frame, none degraded."""
+    seconds, stop_after = 2.4, 0.8
+
+    async def steady(h):
+        async with connect(h.ws_url(session="steady")) as ws:
+            await hello_of(ws)
+            frames = []
+
+            async def read():  # while sending: a viewer that does not read loses its oldest frames
+                while True:
+                    msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
+                    if isinstance(msg, dict):
+                        if msg.get("change") == "source" and msg["source"] == "none":
+                            return
+                    else:
+                        frames.append(msg)
+            reader = asyncio.create_task(read())
+            await ws.send(c.audio_start_control(16000, 1, "f32le"))
+            data = pcm_speech(seconds)
+            for i in range(0, len(data), 1280):
+                await ws.send(data[i:i + 1280])
+                await asyncio.sleep(0.02)
+            await ws.send(c.audio_end_control())
+            await reader
+            return frames
+
+    async def stopper(h):
+        async with connect(h.ws_url(session="stopper")) as ws:
+            await hello_of(ws)
+            await ws.send(c.audio_start_control(16000, 1, "f32le"))
+            await ws.send(pcm_speech(stop_after, seed=3))
+            frames, error = [], None
+            while True:  # then silence: no audio_end
+                msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
+                if isinstance(msg, dict):
+                    if msg["type"] == "error":
+                        error = msg
+                    if msg.get("change") == "source" and msg["source"] == "none":
+                        return frames, error
+                else:
+                    frames.append(msg)
+
+    async def scenario():
+        h = await start(enc_engine, upstream_idle=0.4, janitor_interval=0.1)
+        try:
+            return await asyncio.gather(steady(h), stopper(h))
+        finally:
+            await h.server.stop()
+
+    good, (stopped, error) = run(scenario())
+    assert [f.seq for f in good] == list(range(int(seconds * 16000) // 640)) and not any(f.degraded for f in good)
+    assert [f.seq for f in stopped] == list(range(int(stop_after * 16000) // 640))
+    assert error is not None and "no upstream audio for 0.4 s" in error["message"]
