@@ -158,18 +158,22 @@ async def _viewers(base: str, token: str, n: int, mode: str, seconds: float, war
     return before, after, elapsed, [b - a for a, b in zip(c0, c1)], sum(dropped), cpu, slow_out
 
 
-async def _upstream_clients(base: str, token: str, n: int, audio, seconds: float, budget_ms: float) -> dict:
-    """``n`` clients, each its own session, stream ``audio`` upstream in real time in 20 ms blocks
-    (started spread over 80 ms, as independent speakers) and read their frames. A frame's latency
+async def _upstream_clients(base: str, token: str, n: int, audio, seconds: float, budget_ms: float,
+                            rate: int = 16000) -> dict:
+    """``n`` clients, each its own session, stream ``audio`` (16 kHz) upstream in real time in 20 ms
+    blocks at ``rate`` (48000: what a browser page's AudioWorklet sends; the server resamples),
+    started spread over 80 ms as independent speakers, and read their frames. A frame's latency
     is its arrival here minus the time its last audio block was sent (one clock: the server runs
     on this machine), so it counts the upstream socket, the server and the frame's way back."""
     from websockets.asyncio.client import connect
 
+    from diffposetalk.audio_io import resample
     from diffposetalk.units import SAMPLE_RATE
     from server.protocol import decode_server_message, dumps
 
-    block = SAMPLE_RATE // 50
-    pcm = audio[:int(seconds * SAMPLE_RATE)].astype("<f4")
+    block = rate // 50
+    pcm = audio[:int(seconds * SAMPLE_RATE)]
+    pcm = (resample(pcm, SAMPLE_RATE, rate) if rate != SAMPLE_RATE else pcm).astype("<f4")
     t_start = time.time() + 1.0
     results: list[dict] = [{} for _ in range(n)]
 
@@ -177,7 +181,7 @@ async def _upstream_clients(base: str, token: str, n: int, audio, seconds: float
         url = base.replace("http://", "ws://") + f"/ws?token={token}&session=upstream-{k}"
         async with connect(url, max_size=2 ** 20, compression=None) as ws:
             await ws.recv()  # hello
-            await ws.send(dumps({"type": "audio_start", "rate": SAMPLE_RATE, "channels": 1, "format": "f32le"}))
+            await ws.send(dumps({"type": "audio_start", "rate": rate, "channels": 1, "format": "f32le"}))
             t0 = t_start + 0.08 * k / n
             lat: list[float] = []
             degraded = 0
@@ -191,7 +195,7 @@ async def _upstream_clients(base: str, token: str, n: int, audio, seconds: float
                         lat.append(time.time() - (t0 + frame.audio_time + 0.02))  # + half a frame: its end
             reader = asyncio.create_task(read())
             for i in range(0, len(pcm), block):
-                await asyncio.sleep(max(0.0, t0 + (i + block) / SAMPLE_RATE - time.time()))
+                await asyncio.sleep(max(0.0, t0 + (i + block) / rate - time.time()))
                 await ws.send(pcm[i:i + block].tobytes())
             await ws.send(dumps({"type": "audio_end"}))
             await asyncio.sleep(1.0)  # the last steps' frames
@@ -202,7 +206,7 @@ async def _upstream_clients(base: str, token: str, n: int, audio, seconds: float
     await asyncio.gather(*(one(k) for k in range(n)))
     lats = np.array([x for r in results for x in r["lat"]]) * 1000
     worst = [r["worst_ms"] for r in results]
-    return {"streams": n, "seconds": seconds, "frames": int(lats.size),
+    return {"streams": n, "seconds": seconds, "rate": rate, "frames": int(lats.size),
             "latency_ms": {q: round(float(np.percentile(lats, p)), 1) for q, p in (("p50", 50), ("p95", 95), ("p99", 99))}
             | {"max": round(float(lats.max()), 1)},
             "degraded_frames": sum(r["degraded"] for r in results),
@@ -226,10 +230,11 @@ def run_upstream_bench(args) -> int:
     rows = []
     try:
         for n in ns:
-            row = asyncio.run(_upstream_clients(base, token, n, audio, args.seconds, args.latency_budget_ms))
+            row = asyncio.run(_upstream_clients(base, token, n, audio, args.seconds, args.latency_budget_ms,
+                                                args.upstream_rate))
             rows.append(row)
             lat = row["latency_ms"]
-            print(f"{n:>3} upstream streams: frame latency p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} "
+            print(f"{n:>3} upstream streams at {args.upstream_rate} Hz: frame latency p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} "
                   f"max {lat['max']} ms; {row['within_budget']} of {n} streams with every frame ≤ "
                   f"{args.latency_budget_ms:g} ms and none degraded; {row['degraded_frames']} of {row['frames']} "
                   "frames degraded (shed)", flush=True)

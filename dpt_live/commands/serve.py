@@ -51,6 +51,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
                    help="each session calls the networks itself at batch 1 (default: one batching scheduler "
                         "serves every session's calls, docs/STREAMING.md)")
     p.add_argument("--max-batch", type=_positive(int), default=32, help="sessions' windows per batched call")
+    p.add_argument("--upstream-rate", type=int, default=16000, choices=[16000, 44100, 48000],
+                   help="with --upstream: the sample rate the clients send (48000: a browser page's; the "
+                        "server resamples)")
     p.add_argument("--latency-budget-ms", type=_positive(float), default=250.0,
                    help="the frame latency the scheduler plans for; work that would miss it is shed and flagged")
     p.add_argument("--max-viewers", type=_positive(int), default=d.max_viewers, help="open connections, all sessions")
@@ -154,6 +157,9 @@ def register_serve_bench(sub: argparse._SubParsersAction) -> None:
                         "session of its own; prints their frames' latency (arrival minus the send time of "
                         "the frame's audio), how many streams kept every frame within --latency-budget-ms "
                         "and the frames shed")
+    p.add_argument("--upstream-rate", type=int, default=16000, choices=[16000, 44100, 48000],
+                   help="with --upstream: the sample rate the clients send (48000: a browser page's; the "
+                        "server resamples)")
     p.add_argument("--latency-budget-ms", type=_positive(float), default=250.0,
                    help="with --upstream: the frame latency a stream must keep")
     p.add_argument("--json", type=Path, help="also write the rows as JSON")
