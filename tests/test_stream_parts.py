@@ -264,6 +264,38 @@ def test_live_resampler_holds_back_little_and_is_block_independent():
     assert abs(y.sum() * rate / 16000 - 1) < 0.02  # its energy kept (DC gain 1)
 
 
+def test_live_resampler_decimates_integer_factors_with_a_cheap_fir():
+    """48 kHz (a browser page's upstream) goes through the polyphase FIR decimator: nothing held
+    back, block-independent, the direct convolution's values, ~2 ms of delay, speech band kept and
+    what would alias into it removed."""
+    rate = 48000
+    r = StreamResampler(rate, quality="live")
+    assert r._fir is not None and r._src is None
+    assert sum(len(r(np.zeros(960, np.float32))) for _ in range(50)) == 50 * 320  # nothing held back
+    x = np.random.default_rng(1).standard_normal(rate).astype(np.float32)
+    r1, r2 = StreamResampler(rate, quality="live"), StreamResampler(rate, quality="live")
+    a = np.concatenate([r1(x[i:i + 960]) for i in range(0, rate, 960)] + [r1.flush()])
+    b = np.concatenate([r2(x[i:i + 701]) for i in range(0, rate, 701)] + [r2.flush()])
+    np.testing.assert_array_equal(a, b)
+    assert len(a) == 16000
+    taps = r1._fir.taps
+    padded = np.concatenate([np.zeros(len(taps) - 1, np.float32), x])
+    direct = np.array([padded[3 * j:3 * j + len(taps)] @ taps for j in range(0, 16000, 97)])
+    np.testing.assert_allclose(a[::97], direct, atol=1e-5)
+    imp = np.zeros(rate, np.float32)
+    imp[rate // 2] = 1
+    r3 = StreamResampler(rate, quality="live")
+    y = np.concatenate([r3(imp[i:i + 960]) for i in range(0, rate, 960)] + [r3.flush()])
+    assert 0 <= int(np.argmax(np.abs(y))) - 8000 <= 48 and abs(y.sum() * 3 - 1) < 0.01
+
+    def tone_gain(hz):
+        t = np.arange(rate) / rate
+        out = StreamResampler(rate, quality="live")(np.sin(2 * np.pi * hz * t).astype(np.float32))
+        return float(np.sqrt(np.mean(out[2000:] ** 2)) / np.sqrt(0.5))
+    assert abs(tone_gain(3000) - 1) < 0.01 and abs(tone_gain(6500) - 1) < 0.01
+    assert tone_gain(9000) < 10 ** (-60 / 20) and tone_gain(15000) < 10 ** (-60 / 20)
+
+
 # --- decoding -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("head_pose", [True, False])
