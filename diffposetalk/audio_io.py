@@ -88,7 +88,10 @@ class StreamResampler:
     block. "live" (what live sources use) holds back nothing: libsamplerate's ``sinc_medium``
     (band-limited sinc, 90 % of the band, 121 dB SNR) primed with zeros, so that after n input
     samples n x ratio output samples are out; the price is that the output's content lags by the
-    filter's half-length (~3 ms, a 13th of a frame) instead of its release."""
+    filter's half-length (~3 ms, a 13th of a frame) instead of its release. An integer factor
+    (48, 32, 96 kHz) takes :class:`FirDecimator` instead: the same no-hold behaviour (~2 ms of
+    delay, 70 dB stop band) at 0.035 ms per 20 ms block of 48 kHz against sinc_medium's 0.24 ms —
+    the server resamples every upstream block in its event loop."""
 
     def __init__(self, rate: int, target: int = SAMPLE_RATE, quality: str = "HQ"):
         if rate <= 0:
