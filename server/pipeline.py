@@ -225,16 +225,24 @@ class Pipeline:
         upstream to stop. True when the upstream ended or was lost."""
         carry, self._carry = self._carry, None
         first = carry[1] if carry is not None and carry[0] is it else None
-        upstream.attach(lambda block: stream.feed(block.samples, block.time), self._wake, first)
+        upstream.attach(lambda block: stream.feed(block.samples, block.time), self._wake, first, stream.can_take)
         try:
-            with self._cond:
-                while True:
-                    actions, self._actions = self._actions, []
-                    for action in actions:
-                        action(stream)
-                    if self._key_locked() != key or upstream.stopped is not None or upstream.failure is not None:
-                        break
-                    self._cond.wait()
+            while True:
+                with self._cond:
+                    while True:
+                        actions, self._actions = self._actions, []
+                        for action in actions:
+                            action(stream)
+                        changed = self._key_locked() != key
+                        if changed or upstream.stopped is not None or upstream.failure is not None or upstream.backlog:
+                            break
+                        self._cond.wait()
+                if changed or upstream.stopped is not None or upstream.failure is not None:
+                    break
+                # a client ahead of its session (faster than real time): feed what the event loop
+                # held here, where waiting for the session's steps stalls no one else
+                while self._key() == key and (block := upstream.take_held()) is not None:
+                    stream.feed(block.samples, block.time)
         finally:
             upstream.detach()
         stopped, failure = upstream.stopped, upstream.failure

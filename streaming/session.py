@@ -307,6 +307,12 @@ class StreamSession:
         self._sink = sink
         return True
 
+    def can_take(self, samples: int) -> bool:
+        """Asynchronous steps: whether :meth:`feed` would take ``samples`` more now without
+        waiting for a step (it waits only when the audio not yet stepped through would overflow the
+        ring: a source seconds ahead of its steps)."""
+        return not self._in_flight or self.ring.written + samples - self._encoded <= self.ring.capacity
+
     def end(self) -> None:
         """Asynchronous steps: the stream ends here; its last steps are begun without waiting
         (:meth:`finish` waits for them). No more audio may be fed."""

@@ -773,3 +773,68 @@ def test_an_upstream_that_stops_sending_ends_only_its_own_session(enc_engine):
     assert [f.seq for f in good] == list(range(int(seconds * 16000) // 640)) and not any(f.degraded for f in good)
     assert [f.seq for f in stopped] == list(range(int(stop_after * 16000) // 640))
     assert error is not None and "no upstream audio for 0.4 s" in error["message"]
+
+
+def test_a_client_faster_than_real_time_never_makes_the_event_loop_wait(enc_engine, monkeypatch):
+    """A client pushing 40 s of audio at once runs seconds ahead of its session: the event loop
+    never feeds it a block it would have to wait for (those are held, and the session's pipeline
+    thread feeds them), the flood's frames all arrive in order, and a real-time neighbour loses
+    nothing."""
+    import threading
+
+    from server.sources import UpstreamSource
+    from streaming.session import StreamSession
+
+    loop_waits, held = [], []
+    feed_async, take_held = StreamSession._feed_async, UpstreamSource.take_held
+
+    def spy_feed(self, samples, arrival):
+        if threading.current_thread() is threading.main_thread() and not self.can_take(len(samples)):
+            loop_waits.append(len(samples))
+        return feed_async(self, samples, arrival)
+
+    def spy_take(self):
+        block = take_held(self)
+        if block is not None:
+            held.append(len(block.samples))
+        return block
+    monkeypatch.setattr(StreamSession, "_feed_async", spy_feed)
+    monkeypatch.setattr(UpstreamSource, "take_held", spy_take)
+    flood_s, steady_s = 40.0, 2.0
+
+    async def client(h, name, seconds, pace):
+        async with connect(h.ws_url(session=name)) as ws:
+            await hello_of(ws)
+            frames = []
+
+            async def read():
+                while True:
+                    msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 60))
+                    if isinstance(msg, dict):
+                        if msg.get("change") == "source" and msg["source"] == "none":
+                            return
+                    else:
+                        frames.append(msg)
+            reader = asyncio.create_task(read())
+            await ws.send(c.audio_start_control(16000, 1, "f32le"))
+            data = pcm_speech(seconds, seed=len(name))
+            for i in range(0, len(data), 1280):
+                await ws.send(data[i:i + 1280])
+                if pace:
+                    await asyncio.sleep(0.02)
+            await ws.send(c.audio_end_control())
+            await reader
+            return frames
+
+    async def scenario():
+        h = await start(enc_engine, max_message=1 << 20)
+        try:
+            return await asyncio.gather(client(h, "flood", flood_s, False), client(h, "steady", steady_s, True))
+        finally:
+            await h.server.stop()
+
+    flood, steady = run(scenario(), timeout=120)
+    assert not loop_waits
+    assert held, "the flood never ran ahead of its session: the held path was not exercised"
+    assert [f.seq for f in flood] == list(range(int(flood_s * 16000) // 640))
+    assert [f.seq for f in steady] == list(range(int(steady_s * 16000) // 640)) and not any(f.degraded for f in steady)
