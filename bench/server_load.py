@@ -229,15 +229,25 @@ def run_upstream_bench(args) -> int:
     proc, base, token = start_server(args, own_audio=False)
     rows = []
     try:
+        def fetch() -> str:
+            with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+                return r.read().decode()
+
         for n in ns:
+            before = fetch()
             row = asyncio.run(_upstream_clients(base, token, n, audio, args.seconds, args.latency_budget_ms,
                                                 args.upstream_rate))
+            name = "dpt_event_loop_lag_seconds"  # the server's loop, where the upstream audio is fed
+            bounds, cum, _, c = histogram_delta(parse_histogram(before, name), parse_histogram(fetch(), name))
+            row["event_loop_lag_ms"] = {"p50": _ms(quantile_from_cumulative(bounds, cum, 0.5)),
+                                        "p95": _ms(quantile_from_cumulative(bounds, cum, 0.95)), "count": c}
             rows.append(row)
             lat = row["latency_ms"]
             print(f"{n:>3} upstream streams at {args.upstream_rate} Hz: frame latency p50 {lat['p50']} p95 {lat['p95']} p99 {lat['p99']} "
                   f"max {lat['max']} ms; {row['within_budget']} of {n} streams with every frame ≤ "
                   f"{args.latency_budget_ms:g} ms and none degraded; {row['degraded_frames']} of {row['frames']} "
-                  "frames degraded (shed)", flush=True)
+                  f"frames degraded (shed); the server's event loop late by p50 {row['event_loop_lag_ms']['p50']} / "
+                  f"p95 {row['event_loop_lag_ms']['p95']} ms", flush=True)
             time.sleep(2.0)  # the sessions' last steps, before the next count
     finally:
         proc.terminate()

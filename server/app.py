@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import socket
 import time
 import weakref
@@ -76,6 +77,7 @@ class LiveServer:
         self.started = time.time()
         self._server = None
         self._janitor: asyncio.Task | None = None
+        self._lag_probe: asyncio.Task | None = None
         self._closing = False
         self._refused: weakref.WeakSet[ServerConnection] = weakref.WeakSet()  # refused by _reject (logged)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -98,6 +100,7 @@ class LiveServer:
         self.origins = default_origins(cfg.host, self.port) + list(cfg.allow_origins)
         self.started = time.time()
         self._janitor = asyncio.create_task(self._janitor_loop())
+        self._lag_probe = asyncio.create_task(self._loop_lag_loop())
 
     def url(self, with_token: bool = True) -> str:
         host = self.config.host
@@ -116,6 +119,8 @@ class LiveServer:
         self._closing = True
         if self._janitor is not None:
             self._janitor.cancel()
+        if self._lag_probe is not None:
+            self._lag_probe.cancel()
         self._server.close(close_connections=False)  # no new connections while sessions finish
         await asyncio.gather(*(s.close() for s in list(self.sessions.values())))
         await asyncio.sleep(0.05)  # let the pipelines' last call_soon_threadsafe frames land
@@ -134,6 +139,21 @@ class LiveServer:
             session.source = own_kind
         log.info("session %s opened", name)
         return session
+
+    async def _loop_lag_loop(self, period: float = 0.05) -> None:
+        """Sample how late the loop runs a timer. Upstream audio is resampled and fed in the loop,
+        and its arrival is stamped when the loop gets to it, so a loop running late adds latency
+        no deadline sees: this makes it visible (/metrics, /healthz, a warning at most every 10 s)."""
+        warned = -math.inf
+        while True:
+            due = time.perf_counter() + period
+            await asyncio.sleep(period)
+            lag = max(time.perf_counter() - due, 0.0)
+            self.metrics.loop_lag.observe(lag)
+            if lag > 0.1 and time.monotonic() - warned > 10:
+                warned = time.monotonic()
+                log.warning("the event loop ran %.0f ms late: the server is overloaded (upstream audio waits that "
+                            "long before its session sees it)", lag * 1000)
 
     async def _janitor_loop(self) -> None:
         while True:
@@ -233,7 +253,7 @@ class LiveServer:
         return sum(1 for v in self.viewers if v.blocked_since is not None)
 
     def health(self) -> dict:
-        oh, dl = self.metrics.overhead, self.metrics.delivery
+        oh, dl, lag = self.metrics.overhead, self.metrics.delivery, self.metrics.loop_lag
         counts = self.metrics.counts()
         by_session = counts["dropped_by_session"]
         return {"status": "stopping" if self._closing else "ok", "uptime": round(time.time() - self.started, 3),
@@ -244,6 +264,8 @@ class LiveServer:
                 "lag_bound_s": self.config.lag_bound, "stall_timeout_s": self.config.stall_timeout,
                 "viewer_delivery_ms": {"p50": _ms(dl.quantile(0.5)), "p95": _ms(dl.quantile(0.95)),
                                        "count": dl.count},
+                "event_loop_lag_ms": {"p50": _ms(lag.quantile(0.5)), "p95": _ms(lag.quantile(0.95)),
+                                      "count": lag.count},
                 "viewers_behind": self.viewers_behind(),
                 "dropped": {"queue": counts["dropped_by_cause"].get("queue", 0),
                             "lag": counts["dropped_by_cause"].get("lag", 0)},

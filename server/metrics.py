@@ -103,6 +103,10 @@ class ServerMetrics:
         self.overhead = Histogram("dpt_server_overhead_seconds",
                                   "From the pipeline emitting a frame to the frame written to a viewer's socket.",
                                   OVERHEAD_BUCKETS)
+        self.loop_lag = Histogram("dpt_event_loop_lag_seconds",
+                                  "How late the event loop runs a timer (sampled every 50 ms): upstream audio is "
+                                  "resampled and fed to its session in the loop, so this much waits unseen.",
+                                  STEP_BUCKETS)
         self.delivery = Histogram("dpt_viewer_delivery_seconds",
                                   "From the pipeline emitting a frame to the viewer's WebSocket library confirming "
                                   "it read it (the pong to the delivery probe sent after the frame).",
@@ -161,7 +165,7 @@ class ServerMetrics:
         if lag_bound is not None:
             lines += ["# HELP dpt_lag_bound_seconds How far behind live a viewer may fall before frames are dropped.",
                       "# TYPE dpt_lag_bound_seconds gauge", f"dpt_lag_bound_seconds {_fmt(lag_bound)}"]
-        for h in (self.frame_latency, self.step_seconds, self.overhead, self.delivery):
+        for h in (self.frame_latency, self.step_seconds, self.overhead, self.delivery, self.loop_lag):
             lines += h.render()
         return "\n".join(lines) + "\n"
 

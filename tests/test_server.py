@@ -838,3 +838,35 @@ def test_a_client_faster_than_real_time_never_makes_the_event_loop_wait(enc_engi
     assert held, "the flood never ran ahead of its session: the held path was not exercised"
     assert [f.seq for f in flood] == list(range(int(flood_s * 16000) // 640))
     assert [f.seq for f in steady] == list(range(int(steady_s * 16000) // 640)) and not any(f.degraded for f in steady)
+
+
+def test_the_event_loop_lag_is_measured_and_a_stall_shows(engine, caplog):
+    """/healthz and /metrics carry how late the event loop runs (where upstream audio is fed); a
+    known 250 ms stall of the loop shows up there and in a warning."""
+    import logging
+    import time as _time
+
+    caplog.set_level(logging.WARNING, logger="dpt_live.serve")
+
+    async def scenario():
+        h = await start(engine)
+        try:
+            await asyncio.sleep(0.3)
+            quiet = json.loads(await h.text("/healthz"))["event_loop_lag_ms"]
+            _time.sleep(0.25)  # the loop itself stalls
+            await asyncio.sleep(0.2)
+            health = json.loads(await h.text("/healthz"))["event_loop_lag_ms"]
+            metrics = await h.text("/metrics")
+        finally:
+            await h.server.stop()
+        return quiet, health, metrics
+
+    quiet, health, metrics = run(scenario())
+    assert quiet["count"] >= 3 and quiet["p50"] < 50
+    assert health["count"] > quiet["count"]
+    assert "dpt_event_loop_lag_seconds_bucket" in metrics
+    assert 'dpt_event_loop_lag_seconds_bucket{le="0.2"}' in metrics
+    count_le_02 = int(metrics.split('dpt_event_loop_lag_seconds_bucket{le="0.2"} ')[1].split()[0])
+    total = int(metrics.split("dpt_event_loop_lag_seconds_count ")[1].split()[0])
+    assert total - count_le_02 >= 1  # the stall: one sample over 200 ms late
+    assert any("event loop ran" in r.getMessage() and "overloaded" in r.getMessage() for r in caplog.records)
