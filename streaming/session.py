@@ -311,6 +311,8 @@ class StreamSession:
         """Asynchronous steps: whether :meth:`feed` would take ``samples`` more now without
         waiting for a step (it waits only when the audio not yet stepped through would overflow the
         ring: a source seconds ahead of its steps)."""
+        if samples > MAX_CHUNK:  # fed in pieces: a later piece could wait for the step the first begins
+            return False
         return not self._in_flight or self.ring.written + samples - self._encoded <= self.ring.capacity
 
     def end(self) -> None:

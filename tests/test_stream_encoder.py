@@ -504,6 +504,9 @@ def test_asynchronous_steps_equal_synchronous_ones_fed_from_one_thread(enc_loade
                     for i in range(3)]
         sinks = [[] for _ in sessions]
         assert all(s.run_async(sink.extend) for s, sink in zip(sessions, sinks))
+        from streaming.session import MAX_CHUNK
+        # a block the feeder could take without waiting; one over a piece could wait for its own step
+        assert sessions[0].can_take(320) and not sessions[0].can_take(MAX_CHUNK + 640)
         for j in range(0, max(len(a) for a in audios), 320):
             for s, a in zip(sessions, audios):
                 if j == 8000:  # from the same frame as above: once the steps begun so far are done
