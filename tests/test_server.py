@@ -842,7 +842,7 @@ def test_a_client_faster_than_real_time_never_makes_the_event_loop_wait(enc_engi
 
 def test_the_event_loop_lag_is_measured_and_a_stall_shows(engine, caplog):
     """/healthz and /metrics carry how late the event loop runs (where upstream audio is fed); a
-    known 250 ms stall of the loop shows up there and in a warning."""
+    known 350 ms stall of the loop shows up there and in a warning."""
     import logging
     import time as _time
 
@@ -853,7 +853,7 @@ def test_the_event_loop_lag_is_measured_and_a_stall_shows(engine, caplog):
         try:
             await asyncio.sleep(0.3)
             quiet = json.loads(await h.text("/healthz"))["event_loop_lag_ms"]
-            _time.sleep(0.25)  # the loop itself stalls
+            _time.sleep(0.35)  # the loop itself stalls: a timer due in the stall fires >= 300 ms late
             await asyncio.sleep(0.2)
             health = json.loads(await h.text("/healthz"))["event_loop_lag_ms"]
             metrics = await h.text("/metrics")
