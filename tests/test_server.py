@@ -818,8 +818,9 @@ def test_a_client_faster_than_real_time_never_makes_the_event_loop_wait(enc_engi
             reader = asyncio.create_task(read())
             await ws.send(c.audio_start_control(16000, 1, "f32le"))
             data = pcm_speech(seconds, seed=len(name))
-            for i in range(0, len(data), 1280):
-                await ws.send(data[i:i + 1280])
+            chunk = 1280 if pace else 16000  # the flood: 250 ms a message, far faster than its steps
+            for i in range(0, len(data), chunk):
+                await ws.send(data[i:i + chunk])
                 if pace:
                     await asyncio.sleep(0.02)
             await ws.send(c.audio_end_control())
