@@ -9,6 +9,7 @@ The command's options are registered in dpt_live/commands/serve.py."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
@@ -88,6 +89,27 @@ def start_server(args, own_audio: bool = True) -> tuple[subprocess.Popen, str, s
             return proc, m.group(1), "bench"
     proc.kill()
     raise UserError("the server did not start:\n" + "".join(lines[-20:]))
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def metrics_text(base: str) -> str:
+    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+def write_rows(path: Path | None, rows: list[dict]) -> int:
+    """--json: the rows, when asked for; the command's exit status."""
+    if path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(rows, indent=2) + "\n")
+    return 0
 
 
 async def _slow_viewer(url: str, fps: float, stop: asyncio.Event, measuring: asyncio.Event, out: dict) -> None:
@@ -229,16 +251,12 @@ def run_upstream_bench(args) -> int:
     proc, base, token = start_server(args, own_audio=False)
     rows = []
     try:
-        def fetch() -> str:
-            with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
-                return r.read().decode()
-
         for n in ns:
-            before = fetch()
+            before = metrics_text(base)
             row = asyncio.run(_upstream_clients(base, token, n, audio, args.seconds, args.latency_budget_ms,
                                                 args.upstream_rate))
             name = "dpt_event_loop_lag_seconds"  # the server's loop, where the upstream audio is fed
-            bounds, cum, _, c = histogram_delta(parse_histogram(before, name), parse_histogram(fetch(), name))
+            bounds, cum, _, c = histogram_delta(parse_histogram(before, name), parse_histogram(metrics_text(base), name))
             row["event_loop_lag_ms"] = {"p50": _ms(quantile_from_cumulative(bounds, cum, 0.5)),
                                         "p95": _ms(quantile_from_cumulative(bounds, cum, 0.95)), "count": c}
             rows.append(row)
@@ -250,15 +268,8 @@ def run_upstream_bench(args) -> int:
                   f"p95 {row['event_loop_lag_ms']['p95']} ms", flush=True)
             time.sleep(2.0)  # the sessions' last steps, before the next count
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+        stop_server(proc)
+    return write_rows(args.json, rows)
 
 
 def run_serve_bench(args) -> int:
@@ -274,10 +285,7 @@ def run_serve_bench(args) -> int:
     proc, base, token = start_server(args)
     rows = []
     try:
-        def fetch() -> str:
-            with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
-                return r.read().decode()
-
+        fetch = functools.partial(metrics_text, base)
         for n in ns:
             before, after, elapsed, received, dropped, cpu, slow_out = asyncio.run(
                 _viewers(base, token, n, args.mode, args.seconds, args.warmup, fetch, proc.pid,
@@ -315,15 +323,8 @@ def run_serve_bench(args) -> int:
                       f"{sv['lag_s']} s, {sv['frames_per_viewer_per_s']} frames/s each, dropped {sv['dropped']}",
                       flush=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
-    return 0
+        stop_server(proc)
+    return write_rows(args.json, rows)
 
 
 def _ms(v: float | None) -> float | None:

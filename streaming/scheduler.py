@@ -523,11 +523,7 @@ class BatchScheduler:
         queues that window for a motion call straight away; returns (clean motion (L, D), whether
         it ran fewer steps, extra). The session's thread hands over once per step instead of
         twice, and the window is built where the features are."""
-        chunk = whole_frames(chunk, "audio chunk")
-        due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
-        then = link.motion if link is not None else None
-        pending = Pending(due, ("stream", len(chunk)), sheddable=sheddable and self.shed, then=then)
-        return self._submit(_Request("audio", pending, (chunk, state), link, self.clock(), chain=chain))
+        return self._submit(self._stream_request(chunk, state, chain, link))
 
     def _motion_pending(self, job: WindowJob, sampler: Sampler, due: float, sheddable: bool) -> Pending:
         group, steps, fewer = self.motion_group(sampler)
@@ -574,14 +570,18 @@ class BatchScheduler:
         it — a worker, or the scheduler's watcher when the step is withdrawn at its last moment.
         A session stepping this way needs no thread of its own waiting for the scheduler: with
         tens of sessions, those waiting threads were most of the GIL's hand-overs."""
+        request = self._stream_request(chunk, state, chain, link, Outcome(done))
+        self._enqueue(request)
+        if request.pending.sheddable:
+            self._watch(request)
+
+    def _stream_request(self, chunk, state, chain, link, future: Outcome | None = None) -> _Request:
+        """A streaming-encoder step's first request (its audio call, then ``chain`` in the worker)."""
         chunk = whole_frames(chunk, "audio chunk")
         due, sheddable = link.due() if link is not None else (self.clock() + 3600.0, False)
         then = link.motion if link is not None else None
         pending = Pending(due, ("stream", len(chunk)), sheddable=sheddable and self.shed, then=then)
-        request = _Request("audio", pending, (chunk, state), link, self.clock(), future=Outcome(done), chain=chain)
-        self._enqueue(request)
-        if pending.sheddable:
-            self._watch(request)
+        return _Request("audio", pending, (chunk, state), link, self.clock(), future=future or Outcome(), chain=chain)
 
     def _watch(self, request: _Request) -> None:
         """Withdraw ``request`` at its last moment unless a call has taken it (the watcher thread
@@ -1042,10 +1042,9 @@ class ScheduledMotionEngine(SamplingMotionEngine):
         out, self.degraded = self.scheduler.sample(job, self.sampler, self.link)
         return out
 
-    def sample_after_features(self, audio: ScheduledStreamingFeatures, chunk: np.ndarray, window: Callable):
-        """A whole step in one request (BatchScheduler.stream_step): ``audio``'s encoder runs on
-        ``chunk``, then ``window()`` (called in the worker, with the features recorded) gives
-        :meth:`sample`'s arguments, whose window is sampled. Returns (motion, those arguments)."""
+    def _chain(self, audio: ScheduledStreamingFeatures, chunk: np.ndarray, window: Callable) -> tuple:
+        """(the chunk as the call takes it, the step's continuation in the worker once the encoder
+        ran: keep its state, record its features, build the window with ``window()``)."""
         chunk, first = audio.begin(chunk)
 
         def chain(result):
@@ -1053,6 +1052,14 @@ class ScheduledMotionEngine(SamplingMotionEngine):
             audio.record(first, final, prov)
             inputs = window()
             return self.window_job(*inputs), self.sampler, inputs
+
+        return chunk, chain
+
+    def sample_after_features(self, audio: ScheduledStreamingFeatures, chunk: np.ndarray, window: Callable):
+        """A whole step in one request (BatchScheduler.stream_step): ``audio``'s encoder runs on
+        ``chunk``, then ``window()`` (called in the worker, with the features recorded) gives
+        :meth:`sample`'s arguments, whose window is sampled. Returns (motion, those arguments)."""
+        chunk, chain = self._chain(audio, chunk, window)
 
         out, self.degraded, inputs = self.scheduler.stream_step(chunk, audio.state, chain, self.link)
         return out, inputs
@@ -1062,13 +1069,7 @@ class ScheduledMotionEngine(SamplingMotionEngine):
         """:meth:`sample_after_features` without waiting (BatchScheduler.submit_stream_step):
         ``done(motion, window's arguments, None)`` — or ``done(None, None, error)``, StepShed
         when the step was shed — is called from the thread that finishes the step."""
-        chunk, first = audio.begin(chunk)
-
-        def chain(result):
-            final, prov, audio.state = result
-            audio.record(first, final, prov)
-            inputs = window()
-            return self.window_job(*inputs), self.sampler, inputs
+        chunk, chain = self._chain(audio, chunk, window)
 
         def finished(outcome: Outcome) -> None:
             try:

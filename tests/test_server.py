@@ -91,6 +91,40 @@ async def frames_of(ws, n, timeout=20):
     return frames, notices
 
 
+async def frames_until_sourceless(ws, notices=None, timeout=30):
+    """A client's frames until its session reports no audio source (notices go to ``notices``)."""
+    frames = []
+    while True:
+        msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), timeout))
+        if not isinstance(msg, dict):
+            frames.append(msg)
+            continue
+        if notices is not None:
+            notices.append(msg)
+        if msg.get("change") == "source" and msg["source"] == "none":
+            return frames
+
+
+async def stream_upstream(h, session, data, chunk=1280, rate=16000, channels=1, fmt="f32le", pause=0.0,
+                          at_half=(), timeout=30):
+    """Connect to ``session``, send ``data`` upstream in ``chunk``-byte messages (``pause`` s
+    apart; the ``at_half`` controls halfway), end it, and return every frame received meanwhile —
+    read while sending: a viewer that does not read loses its oldest frames."""
+    async with connect(h.ws_url(session=session)) as ws:
+        await hello_of(ws)
+        reader = asyncio.create_task(frames_until_sourceless(ws, timeout=timeout))
+        await ws.send(c.audio_start_control(rate, channels, fmt))
+        half = len(data) // 2 // chunk * chunk
+        for i in range(0, len(data), chunk):
+            if i == half:
+                for control in at_half:
+                    await ws.send(control)
+            await ws.send(data[i:i + chunk])
+            await asyncio.sleep(pause)
+        await ws.send(c.audio_end_control())
+        return await reader
+
+
 async def until(ws, kind, change=None, timeout=20):
     """Skip messages until a notice of type ``kind`` (a state: with ``change``); returns it and
     the frames skipped."""
@@ -666,39 +700,14 @@ def test_upstream_sessions_on_the_scheduler_are_fed_from_the_event_loop(enc_engi
     nan_flood[::7] = np.nan  # a broken client: its session only
     nan_flood = nan_flood.tobytes()
 
-    async def client(h, name, data, chunk, rate, channels, fmt, restyle):
-        async with connect(h.ws_url(session=name)) as ws:
-            await hello_of(ws)
-            frames = []
-
-            async def read():  # while pushing: a viewer that does not read loses its oldest frames
-                while True:
-                    msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
-                    if isinstance(msg, dict):
-                        if msg.get("change") == "source" and msg["source"] == "none":
-                            return
-                    else:
-                        frames.append(msg)
-            reader = asyncio.create_task(read())
-            await ws.send(c.audio_start_control(rate, channels, fmt))
-            half = len(data) // 2 // chunk * chunk
-            for i in range(0, len(data), chunk):
-                if restyle and i == half:
-                    await ws.send(c.style_control("calm"))
-                    await ws.send(c.reset_control())
-                await ws.send(data[i:i + chunk])
-                await asyncio.sleep(0.002)
-            await ws.send(c.audio_end_control())
-            await reader
-            return frames
-
     async def scenario():
         h = await start(e)
         try:
             return await asyncio.gather(
-                client(h, "a", pcm_speech(seconds, 48000, 2, "s16le"), 3840, 48000, 2, "s16le", False),
-                client(h, "b", pcm_speech(seconds, 16000, 1, "f32le", seed=1), 1280, 16000, 1, "f32le", True),
-                client(h, "nan", nan_flood, 1280, 16000, 1, "f32le", False))
+                stream_upstream(h, "a", pcm_speech(seconds, 48000, 2, "s16le"), 3840, 48000, 2, "s16le", 0.002),
+                stream_upstream(h, "b", pcm_speech(seconds, seed=1), pause=0.002,
+                                at_half=(c.style_control("calm"), c.reset_control())),
+                stream_upstream(h, "nan", nan_flood, pause=0.002))
         finally:
             await h.server.stop()
 
@@ -723,49 +732,19 @@ def test_an_upstream_that_stops_sending_ends_only_its_own_session(enc_engine):
     time beside it gets every frame, none degraded."""
     seconds, stop_after = 2.4, 0.8
 
-    async def steady(h):
-        async with connect(h.ws_url(session="steady")) as ws:
-            await hello_of(ws)
-            frames = []
-
-            async def read():  # while sending: a viewer that does not read loses its oldest frames
-                while True:
-                    msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
-                    if isinstance(msg, dict):
-                        if msg.get("change") == "source" and msg["source"] == "none":
-                            return
-                    else:
-                        frames.append(msg)
-            reader = asyncio.create_task(read())
-            await ws.send(c.audio_start_control(16000, 1, "f32le"))
-            data = pcm_speech(seconds)
-            for i in range(0, len(data), 1280):
-                await ws.send(data[i:i + 1280])
-                await asyncio.sleep(0.02)
-            await ws.send(c.audio_end_control())
-            await reader
-            return frames
-
     async def stopper(h):
         async with connect(h.ws_url(session="stopper")) as ws:
             await hello_of(ws)
             await ws.send(c.audio_start_control(16000, 1, "f32le"))
             await ws.send(pcm_speech(stop_after, seed=3))
-            frames, error = [], None
-            while True:  # then silence: no audio_end
-                msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 30))
-                if isinstance(msg, dict):
-                    if msg["type"] == "error":
-                        error = msg
-                    if msg.get("change") == "source" and msg["source"] == "none":
-                        return frames, error
-                else:
-                    frames.append(msg)
+            notices = []
+            frames = await frames_until_sourceless(ws, notices)  # then silence: no audio_end
+            return frames, next((n for n in notices if n["type"] == "error"), None)
 
     async def scenario():
         h = await start(enc_engine, upstream_idle=0.4, janitor_interval=0.1)
         try:
-            return await asyncio.gather(steady(h), stopper(h))
+            return await asyncio.gather(stream_upstream(h, "steady", pcm_speech(seconds), pause=0.02), stopper(h))
         finally:
             await h.server.stop()
 
@@ -802,35 +781,12 @@ def test_a_client_faster_than_real_time_never_makes_the_event_loop_wait(enc_engi
     monkeypatch.setattr(UpstreamSource, "take_held", spy_take)
     flood_s, steady_s = 40.0, 2.0
 
-    async def client(h, name, seconds, pace):
-        async with connect(h.ws_url(session=name)) as ws:
-            await hello_of(ws)
-            frames = []
-
-            async def read():
-                while True:
-                    msg = p.decode_server_message(await asyncio.wait_for(ws.recv(), 60))
-                    if isinstance(msg, dict):
-                        if msg.get("change") == "source" and msg["source"] == "none":
-                            return
-                    else:
-                        frames.append(msg)
-            reader = asyncio.create_task(read())
-            await ws.send(c.audio_start_control(16000, 1, "f32le"))
-            data = pcm_speech(seconds, seed=len(name))
-            chunk = 1280 if pace else 16000  # the flood: 250 ms a message, far faster than its steps
-            for i in range(0, len(data), chunk):
-                await ws.send(data[i:i + chunk])
-                if pace:
-                    await asyncio.sleep(0.02)
-            await ws.send(c.audio_end_control())
-            await reader
-            return frames
-
     async def scenario():
         h = await start(enc_engine, max_message=1 << 20)
         try:
-            return await asyncio.gather(client(h, "flood", flood_s, False), client(h, "steady", steady_s, True))
+            # the flood: 250 ms a message, at once — far faster than its steps
+            return await asyncio.gather(stream_upstream(h, "flood", pcm_speech(flood_s, seed=5), 16000, timeout=60),
+                                        stream_upstream(h, "steady", pcm_speech(steady_s, seed=6), pause=0.02))
         finally:
             await h.server.stop()
 
