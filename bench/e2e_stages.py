@@ -24,6 +24,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ENVELOPE_BLOCKS = 100  # 2 s of 20 ms microphone blocks
+# A stream position that falls on a block's end (each step's audio ends on a 20 ms boundary, and
+# so do the page's 20 ms blocks) must find that block, not the next one, whatever the rounding of
+# seconds x rate (47.16 s x 44100 Hz overshoots by 4e-10 samples): positions are compared to block
+# ends within this many samples.
+POSITION_SLACK = 1e-6
 STAGES = ("audio_window", "capture_upstream", "server", "network", "client_buffer", "render")
 
 
@@ -48,15 +53,19 @@ class Upstream:
         ``ENVELOPE_BLOCKS`` blocks: the blocks the page sent at once define it, and a block the
         page posted late (a busy main thread) shows that delay as capture+upstream."""
         i = stream_s * self.rate
-        k = int(np.searchsorted(self.ends, i, side="left"))
+        k = self._block(i)
         if k >= len(self.ends):
             return float("nan")
         return float(self.offsets[k] + i / self.rate)
 
     def sent_time(self, stream_s: float) -> float:
         """When the block holding stream position ``stream_s`` left the page."""
-        k = int(np.searchsorted(self.ends, stream_s * self.rate, side="left"))
+        k = self._block(stream_s * self.rate)
         return float(self.sent[k]) if k < len(self.sent) else float("nan")
+
+    def _block(self, sample: float) -> int:
+        """Index of the block holding the stream up to ``sample`` (the first whose end reaches it)."""
+        return int(np.searchsorted(self.ends, sample - POSITION_SLACK, side="left"))
 
 
 @dataclass

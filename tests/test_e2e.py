@@ -65,6 +65,18 @@ def test_stages_add_up_and_land_where_the_delay_was():
     assert base.rows[0]["audio_window_ms"] == pytest.approx(120.0)
 
 
+def test_a_step_ending_on_a_block_boundary_finds_that_block():
+    # Chromium's fake microphone runs at 44.1 kHz in 882-sample blocks; at hop 40 / lookahead 40
+    # every step's audio ends on a block boundary, and seconds x rate often overshoots it by a
+    # rounding error: the block that ends there (sent when it was captured) must be found, not the
+    # one 20 ms later (a server stage 20 ms short, even negative).
+    up = steady_upstream(seconds=60, rate=44100, block=882, onsets=(1.0,))
+    for j in range(1400):
+        need = (j + 0.5) / 25 + 0.02 + 0.04  # as upstream_stages computes it from a frame's audio_time
+        assert up.sent_time(need) == pytest.approx(up.start + round(need * 50) / 50, abs=1e-6), need
+        assert up.capture_time(need) == pytest.approx(up.start + need, abs=1e-6), need
+
+
 def test_a_shown_time_becomes_buffer_and_render():
     up = steady_upstream()
     frames = server_frames(up)
