@@ -275,13 +275,28 @@ def analyse(pages: dict[str, dict], lookahead_s: float, ws_npz: dict | None,
         # stand in for the bridge's (same loopback socket, same server send)
         paths[name] = measure_path(name, up, onsets, ws_frames, lookahead_s, shown)
     series.update({"envelope_ms": up.envelope.tolist(), "capture_start": up.capture_time(0.0)})
+    # how far the mouth moved over the run (what each 30 % threshold lies between): a window the
+    # model was not trained for can win latency by opening the mouth less, and this shows it
+    jaw = ws_frames.jaw if ws_frames is not None and len(ws_frames.jaw) else np.asarray(series.get("frames", []))[:, 2:3]
+    mouth = {"jaw_rad": _range(jaw)}
+    for name, (times, values) in oscs.items():
+        v = np.asarray(values, np.float64)[np.asarray(times, np.float64) >= up.start]
+        if len(v):
+            mouth[name] = _range(v)
     # the clock check built into the data: no frame emitted before the audio it needed was sent,
     # none received before it was emitted (beyond a few ms of timer resolution)
     violations = sum(1 for res in paths.values() for r in res.rows
                      if r["server_ms"] < -CLOCK_SLACK_MS or r["network_ms"] < -CLOCK_SLACK_MS)
     return {"onsets": [{"stream_s": o.stream_s, "capture": o.capture} for o in onsets],
             "paths": {name: {"summary": res.summary(), "rows": res.rows} for name, res in paths.items()},
-            "page_clock": clocks, "vmc_thresholds": thresholds, "series": series, "clock_violations": violations}
+            "page_clock": clocks, "vmc_thresholds": thresholds, "series": series, "clock_violations": violations,
+            "mouth": mouth}
+
+
+def _range(values) -> dict:
+    """Rest (10th percentile) and open (90th) of a mouth signal over the run."""
+    lo, hi = np.percentile(np.ravel(values), [10, 90]) if np.size(values) else (np.nan, np.nan)
+    return {"p10": round(float(lo), 4), "p90": round(float(hi), 4)}
 
 
 def _healthz(port: int) -> dict:

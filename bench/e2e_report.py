@@ -31,6 +31,9 @@ def markdown(result: dict) -> str:
              f"frames the server shed work for (degraded flag): {s['series'].get('degraded', '?')} of "
              f"{s['series'].get('frame_count', '?')} · viewport {s.get('viewport')} · onsets whose server or network "
              f"stage came out < −5 ms (a clock disagreement): {s.get('clock_violations', '?')}",
+             "mouth over the run, rest (p10) → open (p90): " + " · ".join(
+                 f"{'jaw_x' if k == 'jaw_rad' else k} {v['p10']:.3f} → {v['p90']:.3f}{' rad' if k == 'jaw_rad' else ''}"
+                 for k, v in s.get("mouth", {}).items()),
              "",
              "| path | onsets | total p50 / p95 ms | " + " | ".join(STAGE_NAMES[k] for k in STAGES) + " |",
              "|---|---|---|" + "---|" * len(STAGES)]

@@ -126,6 +126,8 @@ def test_bench_e2e_in_chromium_puts_an_injected_delay_in_the_buffer_stage(tmp_pa
     write_report(result, tmp_path)
     assert (tmp_path / "e2e.png").stat().st_size > 10_000 and "| browser |" in (tmp_path / "e2e.md").read_text()
     assert len(result["onsets"]) >= 4
+    jaw = result["mouth"]["jaw_rad"]  # the mouth's range over the run, reported with the latencies
+    assert jaw["p90"] > jaw["p10"] + 0.02, jaw
     for c in result["clock"].values():
         assert abs(c["offset_ms"]) <= 5 + c["uncertainty_ms"]
     rows = {name: {r["onset_s"]: r for r in p["rows"]} for name, p in result["paths"].items()}
