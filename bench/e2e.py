@@ -97,7 +97,8 @@ class _Proc:
                         self.ready.set()
             self.ready.set()
 
-        threading.Thread(target=drain, daemon=True).start()
+        self.drain = threading.Thread(target=drain, daemon=True)
+        self.drain.start()
         if pattern is None:
             self.ready.set()
 
@@ -115,6 +116,7 @@ class _Proc:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self.drain.join(2.0)  # its last lines (a bridge's buffer summary) are still in the pipe
         return self.proc.returncode
 
 

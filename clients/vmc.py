@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import signal
 import threading
 import time
 
@@ -249,8 +250,13 @@ def run_bridge(args) -> int:
           f"{' (+ARKit)' if args.arkit else ''}; Ctrl-C stops")
     period = 1.0 / args.rate
     start = time.monotonic()
+    # Ctrl-C and SIGTERM (a service manager, a benchmark) set the stop flag the loops check, so the
+    # bridge always closes its socket and prints its summary; installed explicitly because a
+    # process started in the background inherits SIGINT ignored
+    handled = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in handled}
     try:
-        while not ready.wait(0.1):
+        while not ready.wait(0.1) and not stop.is_set():
             if args.seconds is not None and time.monotonic() - start >= args.seconds:
                 break
         if args.print_mapping and holder:
@@ -271,6 +277,8 @@ def run_bridge(args) -> int:
     except KeyboardInterrupt:
         pass
     finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         stop.set()
         client.close()
         thread.join(timeout=2)

@@ -265,6 +265,37 @@ def test_bridge_against_live_server(server, receiver, capsys):  # noqa: F811 - f
     assert "fixed buffer delay p50 100 ms, p95 100 ms" in capsys.readouterr().out
 
 
+def test_bridge_stops_on_sigterm_with_its_summary(server, receiver, capsys):  # noqa: F811 - fixture
+    """SIGTERM (a service manager, bench-e2e) ends the bridge like Ctrl-C: socket closed, summary
+    printed, the previous handler back. A bridge that ignored it would run its full 10 s."""
+    import os
+    import signal
+
+    unhandled = []
+
+    def mine(*_):
+        unhandled.append(1)
+
+    original = signal.signal(signal.SIGTERM, mine)
+    args = types.SimpleNamespace(url=server.ws_url, token=TOKEN, session=None,
+                                 target=f"127.0.0.1:{receiver.port}", rate=60.0, delay_ms=None, arkit=False,
+                                 mapping=None, smooth_ms=None, mouth_gain=None, neck_share=None, mirror=False,
+                                 seconds=10.0, print_mapping=False)
+    timer = threading.Timer(2.5, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        start = time.monotonic()
+        assert run_bridge(args) == 0
+        took = time.monotonic() - start
+        restored = signal.getsignal(signal.SIGTERM)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, original)
+    assert not unhandled and took < 8, took
+    assert restored is mine
+    assert "adaptive buffer delay p50" in capsys.readouterr().out
+
+
 def test_bridge_refused_token_is_a_clear_error(server, receiver):  # noqa: F811 - fixture
     from clients.ws_client import ClientError
 

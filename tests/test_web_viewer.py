@@ -228,8 +228,14 @@ def test_proxy_viewer_renders_frames(browser, proxy_server):
     hud = page.inner_text("#hud")
     assert "connected" in hud and "latency" in hud and "proxy head" in hud
     assert "audio_time" in page.get_attribute("#hud-latency", "title")  # the definition is on the page
-    s = stats(page, "latencyMs", "fps")
+    s = stats(page, "latencyMs", "fps", "antialias")
     assert 0 <= s["latencyMs"] < 5000 and s["fps"] > 0
+    # this Chromium rasterises WebGL in software (SwiftShader): no multisampling unless asked for
+    assert s["antialias"] is False
+    page.close()
+    page = open_viewer(browser, proxy_server, query="&aa=1")
+    assert_renders_motion(page, "proxy")
+    assert stats(page, "antialias")["antialias"] is True
     page.close()
 
 

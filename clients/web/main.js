@@ -17,16 +17,32 @@ const token = params.get('token') || '';
 const session = params.get('session') || '';
 const delayMs = params.get('delay');  // a fixed jitter-buffer delay (ms); default: adaptive
 const blendParam = params.get('blend') || 'auto';  // where FLAME blendshapes are summed: auto|gpu|cpu
+const aaParam = params.get('aa');  // multisampling: 1 on, 0 off; default: on unless WebGL is software-rasterised
 
 const stats = {
   connected: false, state: 'starting', mode: 'proxy', framesReceived: 0, lastSeq: -1, dropped: 0,
   renderCount: 0, framesRendered: 0, underruns: 0, resets: 0, degraded: 0, latencyMs: NaN, jitterMs: NaN, bufferMs: NaN,
   fps: 0, style: null, styles: [], session: null, source: null, micActive: false, micSamples: 0,
-  errors: [], lastMessage: null, hello: null, connects: 0,
+  errors: [], lastMessage: null, hello: null, connects: 0, antialias: null,
 };
 
+// A software rasteriser (SwiftShader, llvmpipe: no GPU) resolves 4x multisampling on the CPU, the
+// same cores the server and this page's JavaScript need: measured in headless Chromium at 320x240,
+// its GPU process went from 1.07 to 0.69 of a core without it, and frames reached the page's
+// JavaScript 7 ms sooner (p50). Such a renderer gets aliased edges instead; ?aa=1 forces them smooth.
+function wantAntialias() {
+  if (aaParam === '0' || aaParam === '1') return aaParam === '1';
+  const probe = document.createElement('canvas').getContext('webgl2');
+  if (!probe) return true;
+  const software = softwareRenderer(probe);
+  const lose = probe.getExtension('WEBGL_lose_context');
+  if (lose) lose.loseContext();
+  return !software;
+}
+const antialias = wantAntialias();
 const canvas = document.getElementById('view');
-const gl = canvas.getContext('webgl2', { antialias: true, preserveDrawingBuffer: false });
+const gl = canvas.getContext('webgl2', { antialias, preserveDrawingBuffer: false });
+stats.antialias = gl ? !!gl.getContextAttributes().antialias : null;
 const hud = new Hud(document, { onStyle: (name) => conn.send({ type: 'style', name }), onMic: toggleMic });
 const playout = new Playout({ delay: delayMs === null ? null : Number(delayMs) / 1000 });
 let renderer = null;
@@ -65,7 +81,7 @@ function showCanvas(mode) {
 async function useVrm(source, label) {
   try {
     const { VrmView } = await import('./vrm.js');
-    vrmView = vrmView || new VrmView(vrmCanvas);
+    vrmView = vrmView || new VrmView(vrmCanvas, { antialias });
     const info = await vrmView.load(source);
     stats.mode = 'vrm';
     stats.vrm = { name: info.name, expressions: info.expressions, source: label };

@@ -9,9 +9,9 @@ import { VRMLoaderPlugin, VRMUtils } from '@pixiv/three-vrm';
 const EXPRESSIONS = ['aa', 'ih', 'ou', 'ee', 'oh', 'blink', 'blinkLeft', 'blinkRight'];
 
 export class VrmView {
-  constructor(canvas) {
+  constructor(canvas, { antialias = true } = {}) {
     this.canvas = canvas;
-    this.renderer = new THREE.WebGLRenderer({ canvas, antialias: true, preserveDrawingBuffer: true });
+    this.renderer = new THREE.WebGLRenderer({ canvas, antialias, preserveDrawingBuffer: true });
     this.renderer.setClearColor(0x1c1f26, 1);
     this.scene = new THREE.Scene();
     this.camera = new THREE.PerspectiveCamera(22, 1, 0.05, 50);
