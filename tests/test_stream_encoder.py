@@ -305,6 +305,28 @@ def test_align_final_uses_provisional_for_the_newest_frames():
     assert align_final(f, p, 2)[0, :, 0].tolist() == [2, 3, 4, 5, -4, -5]
 
 
+def test_encoder_sizes_and_the_bundled_one():
+    """--encoder small is the bundled student's: fewer weights and state than default, and the
+    bundled model directory carries exactly that configuration and those weights."""
+    from diffposetalk.errors import UserError
+    from diffposetalk.model_dir import load_model_dir
+    from diffposetalk.paths import DEFAULT_STREAM_MODEL
+    from diffposetalk.stream_encoder import state_size
+    from training.distill_encoder import encoder_config
+
+    sizes = {}
+    for kind in ("default", "small"):
+        cfg = encoder_config(kind, 128)
+        sizes[kind] = (sum(p.numel() for p in StreamEncoder(cfg).parameters()), state_size(cfg))
+    assert sizes["small"][0] < 0.5 * sizes["default"][0] and sizes["small"][1] < 0.6 * sizes["default"][1]
+    loaded = load_model_dir(DEFAULT_STREAM_MODEL)
+    assert loaded.config.stream_encoder == encoder_config("small", loaded.config.feature_dim).to_dict()
+    bundled = sum(p.numel() for n, p in loaded.model.named_parameters() if n.startswith("stream_encoder."))
+    assert bundled == sizes["small"][0]
+    with pytest.raises(UserError, match="default, small or tiny"):
+        encoder_config("huge", 128)
+
+
 def test_distill_encoder_end_to_end_with_resume(tiny_model_dir, tmp_path):
     import soundfile as sf
 

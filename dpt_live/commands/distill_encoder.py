@@ -20,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--out", required=True, type=Path,
                    help="output model directory: --model with the encoder (checkpoints are written here)")
     p.add_argument("--model", type=Path, help="the model that gets the encoder (default: the teacher)")
-    p.add_argument("--encoder", choices=["default", "tiny"], default="default", help="encoder size (tiny: tests)")
+    p.add_argument("--encoder", choices=["default", "small", "tiny"], default="default",
+                   help="encoder size: default (3 layers of 128), small (2 layers of 96), tiny (tests)")
     p.add_argument("--iters", type=int, default=2000)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--frames", type=int, default=160, help="frames (40 ms) per training example")
