@@ -55,7 +55,9 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run"
                  "--disable-backgrounding-occluded-windows"]
 MAX_CLOCK_OFFSET_S = 0.005
 CLOCK_SLACK_MS = 5.0
-VMC_MOUTH = ("A", "I", "U", "E", "O", "aa", "ih", "ou", "ee", "oh", "jawOpen")  # VRM 0 / VRM 1 / ARKit names
+# a bundle's mouth opening: the sum of its VRM 0 visemes, else of its VRM 1 ones, else ARKit's jawOpen
+VMC_MOUTH = (("A", "I", "U", "E", "O"), ("aa", "ih", "ou", "ee", "oh"), ("jawOpen",))
+LARGEST = "-largest"  # suffix of the same bridge measured by its largest viseme (the first measure)
 MAKE_RUN_ARGS = ["--style", "big_mouth", "--audio", str(REPO / "clients" / "demo" / "speech.flac"), "--loop"]
 
 
@@ -122,7 +124,9 @@ class _Proc:
 
 class OscReceiver:
     """A real OSC/UDP receiver (python-osc) that keeps, per VMC bundle, when it arrived
-    (time.time(), at /VMC/Ext/Blend/Apply) and its mouth value (the largest viseme)."""
+    (time.time(), at /VMC/Ext/Blend/Apply) and its mouth opening: the sum of its visemes (a VRM
+    face's viseme clips are additive morph targets, so what opens on screen is their sum; the
+    largest alone dips when the vowel changes at the same opening), and its largest viseme."""
 
     def __init__(self):
         from pythonosc.dispatcher import Dispatcher
@@ -130,7 +134,8 @@ class OscReceiver:
 
         self.times: list[float] = []
         self.values: list[float] = []
-        self._mouth = 0.0
+        self.largest: list[float] = []
+        self._blends: dict[str, float] = {}
         d = Dispatcher()
         d.map("/VMC/Ext/Blend/Val", self._blend)
         d.map("/VMC/Ext/Blend/Apply", self._apply)
@@ -140,13 +145,15 @@ class OscReceiver:
         self.thread.start()
 
     def _blend(self, _address, name, value):
-        if name in VMC_MOUTH:
-            self._mouth = max(self._mouth, float(value))
+        self._blends[name] = float(value)
 
     def _apply(self, _address, *_):
         self.times.append(time.time())
-        self.values.append(self._mouth)
-        self._mouth = 0.0
+        names = next((group for group in VMC_MOUTH if any(n in self._blends for n in group)), ())
+        values = [self._blends.get(n, 0.0) for n in names] or [0.0]
+        self.values.append(sum(values))
+        self.largest.append(max(values))
+        self._blends = {}
 
     def close(self):
         self.server.shutdown()
@@ -387,6 +394,7 @@ def run_e2e(opts: E2EOptions) -> dict:
     lookahead_s = window.get("lookahead", 80) / 1000
     ws_npz = dict(np.load(rec_path)) if rec_path.exists() else None
     oscs = {name: (r.times, r.values) for name, r in receivers.items()}
+    oscs.update({name + LARGEST: (r.times, r.largest) for name, r in receivers.items()})
     (out / "raw.json").write_text(json.dumps({"pages": pages, "oscs": oscs, "lookahead_s": lookahead_s}))
     (out / "serve.log").write_text("\n".join(serve.lines) + "\n")
     for name, proc in zip(bridges, procs[1 + (opts.ws or bool(bridges)):]):  # their buffer summaries

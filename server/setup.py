@@ -18,7 +18,8 @@ def load_engine(args):
     from streaming.session import StreamConfig
     from streaming.setup import load_for_generation, pick_sampler
 
-    config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, eyes=args.eyes, seed=args.seed,
+    config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, getattr(args, "regen_ms", 0),
+                          eyes=args.eyes, seed=args.seed,
                           audio_encoder=getattr(args, "audio_encoder", "auto"),
                           seam_blend=not args.no_seam_blend, speech_gate=not args.no_speech_gate)
     config.spec()  # window arguments are checked before the model loads

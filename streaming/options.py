@@ -32,6 +32,7 @@ def add_model_args(p: argparse.ArgumentParser, default: Path | None = DEFAULT_MO
 
 # Chosen by measurement (docs/STREAMING.md): hop 80 ms, lookahead 80 ms, left context 1600 ms.
 DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 1600
+DEFAULT_REGEN_MS = 0
 DEFAULT_DDIM_STEPS = 2
 
 
@@ -41,6 +42,10 @@ def add_window_args(p: argparse.ArgumentParser, steps_help: str | None = None) -
                    help="future audio used for the newest frame (multiple of 40)")
     p.add_argument("--context-ms", type=int, default=DEFAULT_CONTEXT_MS,
                    help="past audio the audio encoder sees (multiple of 40)")
+    p.add_argument("--regen-ms", type=int, default=DEFAULT_REGEN_MS,
+                   help="emitted audio each step's denoiser window generates again before the new frames "
+                        "(multiple of 40): at a 40 ms hop, 40 keeps the window a student distilled on 80 ms "
+                        "hops knows (docs/STREAMING.md)")
     p.add_argument("--no-speech-gate", action="store_true",
                    help="streaming: feed room tone and noise to the encoder as they are (default: audio the voice "
                         "activity detector calls non-speech reaches it as silence; docs/STREAMING.md)")

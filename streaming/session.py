@@ -50,6 +50,7 @@ class StreamConfig:
     hop_ms: int = 80
     lookahead_ms: int = 80
     context_ms: int = 1600
+    regen_ms: int = 0  # emitted audio each window generates again first (streaming/windowing.py)
     norm_tau_s: float = 8.0  # running audio statistics time constant
     norm_floor: float = 3e-3  # smallest std the audio is divided by (about -50 dBFS)
     style_fade_s: float = 0.5
@@ -72,7 +73,7 @@ class StreamConfig:
         return self.audio_encoder == "stream" or (self.audio_encoder == "auto" and has_stream_encoder)
 
     def spec(self) -> WindowSpec:
-        return WindowSpec.from_ms(self.hop_ms, self.lookahead_ms, self.context_ms)
+        return WindowSpec.from_ms(self.hop_ms, self.lookahead_ms, self.context_ms, self.regen_ms)
 
 
 @dataclass
@@ -112,10 +113,15 @@ class _Step:
 
     first: int  # its first frame
     end: int  # the audio it needs (samples)
-    n_real: int  # frames with real audio in its window
+    n_real: int  # frames with real audio in its window from its first frame on
     n_emit: int  # frames it emits
     t_start: float  # session clock when it began
     chunk: np.ndarray | None  # streaming encoder: its new samples, normalised and gated
+    regen: int = 0  # emitted frames its window generates again before ``first``
+
+    @property
+    def window_first(self) -> int:
+        return self.first - self.regen
 
 
 class StreamSession:
@@ -140,7 +146,8 @@ class StreamSession:
         self.style = StyleFader(style, motion.null_style, self.config.style_fade_s * FPS)
         self.eyes = ProceduralEyes(self.config.seed + 1) if self.config.eyes else None
         # "previous" condition: starts as the model's learned first-window condition, then holds the
-        # last n_prev emitted frames and their audio features
+        # last n_prev emitted frames and their audio features (and the ``regen`` emitted after them,
+        # which a window generates again)
         self.prev_motion = np.array(motion.start_motion, dtype=np.float32)
         self.prev_audio = np.array(motion.start_audio, dtype=np.float32)
         # a streaming encoder (streaming/motion.py StreamingAudioFeatures) is pushed each step's new
@@ -239,6 +246,7 @@ class StreamSession:
         # frames with real audio: all hop + lookahead, except at the end of the stream
         n_real = spec.new_frames if not final else min(spec.new_frames, total - first)
         n_emit = spec.hop if not final else min(spec.hop, n_real)
+        regen = min(spec.regen, first)  # none before the stream's first frame
         chunk = None
         if self.streaming_audio:
             # gated after normalising: a gated sample becomes 0, the normalised value of silence at the
@@ -248,7 +256,7 @@ class StreamSession:
             chunk, lo, hi = self.ring.read(start, end)
             self._encoded = end
             chunk = self._gated(self.normalizer.normalise(chunk, lo, hi), start)
-        return _Step(first, end, n_real, n_emit, t_start, chunk)
+        return _Step(first, end, n_real, n_emit, t_start, chunk, regen)
 
     def _run_step(self, final: bool, total: int | None = None) -> list[Frame]:
         st = self._prepare(final, total)
@@ -262,14 +270,14 @@ class StreamSession:
 
                     def window():  # on the worker, once the features are in
                         t_feat.append(self.clock() - st.t_start)
-                        return self._window_inputs(first, n_real, self.audio.frames(first, first + n_real))
+                        return self._window_inputs(st, self.audio.frames(st.window_first, first + n_real))
                     motion, inputs = self.motion.sample_after_features(self.audio, st.chunk, window)
                     audio_feat, t_feat = inputs[0], t_feat[0]
                 else:
                     self.audio.push(st.chunk)
-                    real = self.audio.frames(first, first + n_real)
+                    real = self.audio.frames(st.window_first, first + n_real)
                     t_feat = self.clock() - st.t_start
-                    inputs = self._window_inputs(first, n_real, real)
+                    inputs = self._window_inputs(st, real)
                     motion, audio_feat = self.motion.sample(*inputs), inputs[0]
             else:
                 spec = self.spec
@@ -277,7 +285,7 @@ class StreamSession:
                 feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi),
                                                         st.end - spec.window_samples))
                 t_feat = self.clock() - st.t_start
-                inputs = self._window_inputs(first, n_real, feats[spec.context:spec.context + n_real])
+                inputs = self._window_inputs(st, feats[spec.context - st.regen:spec.context + n_real])
                 motion, audio_feat = self.motion.sample(*inputs), inputs[0]
         except StepShed:
             return self._emit_shed(st)
@@ -285,10 +293,11 @@ class StreamSession:
 
     def _emit_sampled(self, st: _Step, motion: np.ndarray, audio_feat: np.ndarray, t_feat: float) -> list[Frame]:
         shed = "steps" if getattr(self.motion, "degraded", False) else None
-        out = self._blend_seam(motion[:st.n_emit].copy())
-        self._pending = motion[st.n_emit:st.n_real].copy()
-        self._pending_audio = audio_feat[st.n_emit:st.n_real].copy()
-        return self._emit(st.first, st.n_emit, out, audio_feat[:st.n_emit], st.t_start, t_feat, shed)
+        r = st.regen  # the regenerated frames were emitted by earlier steps: dropped here
+        out = self._blend_seam(motion[r:r + st.n_emit].copy())
+        self._pending = motion[r + st.n_emit:r + st.n_real].copy()
+        self._pending_audio = audio_feat[r + st.n_emit:r + st.n_real].copy()
+        return self._emit(st.first, st.n_emit, out, audio_feat[r:r + st.n_emit], st.t_start, t_feat, shed)
 
     def _emit_shed(self, st: _Step) -> list[Frame]:
         return self._emit(st.first, st.n_emit, *self._shed_step(st.n_emit), st.t_start,
@@ -360,7 +369,7 @@ class StreamSession:
         def window():  # on the worker, once the features are in
             with self._lock:
                 t_feat.append(self.clock() - st.t_start)
-                return self._window_inputs(first, n_real, self.audio.frames(first, first + n_real))
+                return self._window_inputs(st, self.audio.frames(st.window_first, first + n_real))
 
         def done(motion, inputs, error) -> None:  # on the thread that finished the step
             with self._lock:
@@ -389,15 +398,18 @@ class StreamSession:
         if self._failed is not None:
             raise self._failed
 
-    def _window_inputs(self, first: int, n_real: int, real: np.ndarray) -> tuple:
+    def _window_inputs(self, st: _Step, real: np.ndarray) -> tuple:
         """The denoiser window's conditions, as MotionEngine.sample takes them: the step's real
-        features then silence's up to the window, the indicator, the previous frames, the style."""
-        L = self.motion.n_motions
+        features (from its regenerated frames on) then silence's up to the window, the indicator,
+        the previous frames (those before the regenerated ones), the style."""
+        L, n_prev, n = self.motion.n_motions, self.motion.n_prev, len(real)
         audio_feat = np.tile(self.silence, (L, 1))
-        audio_feat[:n_real] = real
+        audio_feat[:n] = real
         indicator = np.zeros(L, np.float32)
-        indicator[:n_real] = 1
-        return audio_feat, indicator, self.prev_motion, self.prev_audio, self.style.at(first), self.step
+        indicator[:n] = 1
+        end = len(self.prev_motion) - st.regen
+        prev_motion, prev_audio = self.prev_motion[end - n_prev:end], self.prev_audio[end - n_prev:end]
+        return audio_feat, indicator, prev_motion, prev_audio, self.style.at(st.window_first), self.step
 
     def _gated(self, audio: np.ndarray, start: int) -> np.ndarray:
         """Stream samples [start, start + len(audio)) through the speech gate, re-decided every step
@@ -419,9 +431,9 @@ class StreamSession:
     def _emit(self, first: int, n_emit: int, out: np.ndarray, out_audio: np.ndarray, t_start: float,
               t_feat: float, shed: str | None) -> list[Frame]:
         """Continue the conditions with the emitted frames, decode them and make the Frames."""
-        n_prev = self.motion.n_prev
-        self.prev_motion = np.concatenate([self.prev_motion, out])[-n_prev:]
-        self.prev_audio = np.concatenate([self.prev_audio, out_audio])[-n_prev:]
+        keep = self.motion.n_prev + self.spec.regen
+        self.prev_motion = np.concatenate([self.prev_motion, out])[-keep:]
+        self.prev_audio = np.concatenate([self.prev_audio, out_audio])[-keep:]
         exp, pose = self.decoder(out)
         compute = self.clock() - t_start
         if shed is not None:

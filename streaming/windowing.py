@@ -9,6 +9,11 @@ Step k emits frames [k*hop, (k+1)*hop). Its audio window ends ``lookahead`` fram
 emitted frame and starts ``context`` frames before the first one:
 
     |<- context ->|<-- hop (emitted) -->|<- lookahead (regenerated next step) ->|
+
+With ``regen`` (0 by default) the denoiser window also starts ``regen`` frames before the first
+emitted frame: frames already emitted are generated again (and discarded), continuing from the
+frames before them. A 40 ms hop then keeps the layout a student distilled on 80 ms hops knows
+(two real frames before the lookahead), at the latency of the 40 ms hop.
 """
 
 from __future__ import annotations
@@ -32,24 +37,33 @@ class WindowSpec:
     hop: int  # frames emitted per step
     lookahead: int  # future frames generated for the newest emitted frame, then discarded
     context: int  # past frames the audio encoder sees before the first emitted frame
+    regen: int = 0  # emitted frames each denoiser window generates again before the new ones
 
     @classmethod
-    def from_ms(cls, hop_ms: int, lookahead_ms: int, context_ms: int) -> WindowSpec:
+    def from_ms(cls, hop_ms: int, lookahead_ms: int, context_ms: int, regen_ms: int = 0) -> WindowSpec:
         spec = cls(ms_to_frames(hop_ms, "hop"), ms_to_frames(lookahead_ms, "lookahead"),
-                   ms_to_frames(context_ms, "left context"))
+                   ms_to_frames(context_ms, "left context"), ms_to_frames(regen_ms, "regen"))
         if spec.hop < 1:
             raise UserError("hop must be at least one frame (40 ms)")
+        if spec.regen > spec.context:
+            raise UserError(f"regen {regen_ms} ms needs at least as much left context (got {context_ms} ms)")
         return spec
 
     def check_model(self, n_motions: int) -> None:
-        """hop + lookahead frames must fit the denoiser's window (the rest is padding)."""
-        if self.new_frames > n_motions:
-            raise UserError(f"hop + lookahead = {self.new_frames * FRAME_MS} ms exceeds the model's window "
+        """regen + hop + lookahead frames must fit the denoiser's window (the rest is padding)."""
+        if self.denoised_frames > n_motions:
+            what = "regen + hop + lookahead" if self.regen else "hop + lookahead"
+            raise UserError(f"{what} = {self.denoised_frames * FRAME_MS} ms exceeds the model's window "
                             f"of {n_motions * FRAME_MS} ms")
 
     @property
+    def denoised_frames(self) -> int:
+        """Frames with real audio in each denoiser window: regenerated + emitted + lookahead."""
+        return self.regen + self.hop + self.lookahead
+
+    @property
     def new_frames(self) -> int:
-        """Frames with real audio in each denoiser window: emitted + lookahead."""
+        """Frames each step generates that were not emitted yet: emitted + lookahead."""
         return self.hop + self.lookahead
 
     @property
@@ -76,8 +90,11 @@ class WindowSpec:
         return -(-n_frames // self.hop)
 
     def describe(self) -> dict:
-        return {"hop_ms": self.hop * FRAME_MS, "lookahead_ms": self.lookahead * FRAME_MS,
-                "context_ms": self.context * FRAME_MS, "window_ms": self.window_frames * FRAME_MS}
+        out = {"hop_ms": self.hop * FRAME_MS, "lookahead_ms": self.lookahead * FRAME_MS,
+               "context_ms": self.context * FRAME_MS, "window_ms": self.window_frames * FRAME_MS}
+        if self.regen:
+            out["regen_ms"] = self.regen * FRAME_MS
+        return out
 
 
 def frames_in(n_samples: int) -> int:

@@ -146,3 +146,28 @@ def test_bench_e2e_in_chromium_puts_an_injected_delay_in_the_buffer_stage(tmp_pa
     # once), plus render stalls: on a loaded machine single onsets stray, the median does not
     assert 150 < float(np.median(diffs)) < 380, diffs
     assert float(np.median([rows["browser"][o]["client_buffer_ms"] for o in both])) < 100
+
+
+def test_osc_receiver_reads_a_bundles_mouth_as_the_sum_of_its_visemes():
+    """The bench's VMC receiver over real UDP: a bundle's mouth opening is the sum of its VRM 0
+    visemes (additive on a VRM face), its largest viseme is kept as well; the ARKit-only bundle
+    falls back to jawOpen."""
+    import time
+
+    from pythonosc.udp_client import UDPClient
+
+    from bench.e2e import OscReceiver
+    from clients.vmc import VmcBridge
+
+    rx = OscReceiver()
+    try:
+        bridge = VmcBridge.__new__(VmcBridge)  # only its bundle encoder is used here
+        tx = UDPClient("127.0.0.1", rx.port)
+        tx.send(VmcBridge.bundle(bridge, {"A": 0.2, "O": 0.3, "aa": 0.2, "oh": 0.3, "Blink": 0.9}, {}, 1.0))
+        tx.send(VmcBridge.bundle(bridge, {"jawOpen": 0.4, "mouthFunnel": 0.7}, {}, 2.0))
+        deadline = time.time() + 5
+        while len(rx.times) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+    finally:
+        rx.close()
+    assert rx.values == pytest.approx([0.5, 0.4]) and rx.largest == pytest.approx([0.3, 0.4])

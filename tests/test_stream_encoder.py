@@ -588,3 +588,36 @@ def test_asynchronous_steps_are_shed_at_their_last_moment_and_a_failure_reaches_
     assert sink[n1:n2] and all(f.shed == "dropped" for f in sink[n1:n2])
     assert [f.index for f in sink] == list(range(len(sink)))
     assert stats["shed"]["dropped"] == session.shed_steps["dropped"] > 0
+
+
+def test_regen_with_the_streaming_encoder_alone_and_on_the_scheduler(enc_loaded):
+    """--regen-ms on the streaming encoder: a window asks the encoder for its regenerated frame
+    too (final features of an already-emitted frame), and asynchronous steps on a scheduler give
+    what the session gives alone."""
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session, make_scheduler
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    audio = speechlike(1.9, seed=31)
+    config = StreamConfig(40, 80, regen_ms=40, seed=0)
+    alone = build_session(enc_loaded, sampler, Guidance(), config)
+    asked = []
+    frames_of = alone.audio.frames
+    alone.audio.frames = lambda a, b: asked.append((a, b)) or frames_of(a, b)
+    want = _frames(alone, audio)
+    # step k (k >= 1) emits frame k and needs frames k-1 (regenerated) .. k+2 (lookahead)
+    assert asked[:4] == [(0, 3), (0, 4), (1, 5), (2, 6)]
+    plain = _frames(build_session(enc_loaded, sampler, Guidance(), StreamConfig(40, 80, seed=0)), audio)
+    assert plain.shape == want.shape and not np.allclose(plain, want)
+    with make_scheduler(enc_loaded, "torch", gather_ms=5, shed=False) as sched:
+        session = build_session(enc_loaded, sampler, Guidance(), config, scheduler=sched)
+        sink = []
+        assert session.run_async(sink.extend)
+        for j in range(0, len(audio), 320):
+            assert session.feed(audio[j:j + 320]) == []
+        session.end()
+        assert session.finish() == []
+    assert [f.index for f in sink] == list(range(len(want)))
+    np.testing.assert_allclose(np.stack([f.motion for f in sink]), want, atol=1e-5)

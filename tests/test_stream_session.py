@@ -299,3 +299,47 @@ def test_window_samples_must_match_engine(loaded):
     with pytest.raises(ValueError, match="fixed to"):
         StreamSession(wrong, motion, CoefDecoder(loaded.stats, True), config)
     assert config.spec().window_samples == 14 * FRAME_SAMPLES
+
+
+def test_regenerated_frames_keep_the_window_layout(loaded, audio):
+    """--regen-ms: a 40 ms hop whose window starts one emitted frame earlier. Each window (after
+    the first) has regen + hop + lookahead real frames, continues from the frames before the
+    regenerated one, and only the hop's frame is emitted (blended with the previous lookahead)."""
+    config = StreamConfig(40, 80, 400, regen_ms=40)
+    session, _, spy_motion = spy_session(loaded, config)
+    frames = run(session, audio)
+    assert [f.index for f in frames] == list(range(82))
+    n_prev = loaded.config.n_prev_motions
+    emitted = np.stack([f.motion for f in frames])
+    history_m = list(session.motion.start_motion)
+    history_a = list(session.motion.start_audio)
+    pending = np.zeros((0, emitted.shape[1]))
+    for k, (feat, ind, prev_m, prev_a, _style, step, out) in enumerate(spy_motion.calls):
+        r = min(1, k)  # nothing to regenerate before the first frame
+        end = len(history_m) - r
+        np.testing.assert_array_equal(prev_m, np.stack(history_m[end - n_prev:end]))
+        np.testing.assert_array_equal(prev_a, np.stack(history_a[end - n_prev:end]))
+        n_real = int(ind.sum())
+        assert n_real == r + 3 or k >= len(spy_motion.calls) - 2
+        w = 1 / (len(pending) + 1)
+        expected = out[r] if not len(pending) else w * out[r] + (1 - w) * pending[0]
+        np.testing.assert_allclose(emitted[k], expected, rtol=1e-6, atol=1e-6)
+        pending = out[r + 1:n_real]
+        history_m.append(emitted[k])
+        history_a.append(feat[r])
+    # the layout differs from the plain 40 ms hop's (its windows hold hop + lookahead real frames only)
+    plain, _, spy_plain = spy_session(loaded, StreamConfig(40, 80, 400))
+    run(plain, audio)
+    assert int(spy_plain.calls[5][1].sum()) == 3 and int(spy_motion.calls[5][1].sum()) == 4
+
+
+def test_regen_is_checked_against_the_window_and_the_context(loaded):
+    from diffposetalk.errors import UserError
+
+    with pytest.raises(UserError, match="regen 80 ms needs at least as much left context"):
+        StreamConfig(40, 80, 40, regen_ms=80).spec()
+    with pytest.raises(UserError, match="multiple of 40"):
+        StreamConfig(40, 80, 400, regen_ms=20).spec()
+    with pytest.raises(UserError, match="regen \\+ hop \\+ lookahead = .* exceeds the model's window"):
+        n = loaded.config.n_motions  # regen n - 2, hop 1, lookahead 2: one frame too many
+        StreamConfig(40, 80, 40 * n, regen_ms=40 * (n - 2)).spec().check_model(n)

@@ -222,6 +222,7 @@ class EvalOptions:
     hop_ms: int = 80
     lookahead_ms: int = 80
     context_ms: int = 1600
+    regen_ms: int = 0
     bootstrap: int = 0  # speaker-bootstrap resamples for intervals (training/eval_intervals.py); 0: none
 
 
@@ -317,8 +318,8 @@ def evaluate(opts: EvalOptions) -> dict:
             "speakers": len({r["person"] for r in scores.per_clip}), "sampler": opts.sampler,
             "steps": len(sampler.timesteps(model)), "seeds": opts.seeds,
             "kind": cfg.kind, "mode": "stream" if opts.stream else "offline",
-            "window": ({"hop_ms": opts.hop_ms, "lookahead_ms": opts.lookahead_ms, "context_ms": opts.context_ms}
-                       if opts.stream else None),
+            "window": ({"hop_ms": opts.hop_ms, "lookahead_ms": opts.lookahead_ms, "context_ms": opts.context_ms,
+                        **({"regen_ms": opts.regen_ms} if opts.regen_ms else {})} if opts.stream else None),
             "guidance": guidance.scales, "max_seconds": opts.max_seconds, "seconds": round(time.time() - t0, 1),
             "metrics": metrics, "definitions": DEFINITIONS, "per_clip": scores.per_clip}
 
@@ -501,7 +502,7 @@ def _stream_motion(loaded, sampler, guidance, opts: EvalOptions, audio, style, s
 
     out = []
     for r in range(seeds):
-        config = StreamConfig(opts.hop_ms, opts.lookahead_ms, opts.context_ms, seed=r)
+        config = StreamConfig(opts.hop_ms, opts.lookahead_ms, opts.context_ms, opts.regen_ms, seed=r)
         session = open_session(loaded, sampler, guidance, config, style, shape_raw)
         with counter:
             frames = stream_array(session, audio)

@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--hop-ms", type=int, default=80)
     p.add_argument("--lookahead-ms", type=int, default=80)
     p.add_argument("--context-ms", type=int, default=1600)
+    p.add_argument("--regen-ms", type=int, default=0, help="with --stream: see `dpt-live stream --help`")
     p.set_defaults(func=cmd_eval)
 
     register_probe(sub)
