@@ -314,7 +314,7 @@ def test_regenerated_frames_keep_the_window_layout(loaded, audio):
     history_m = list(session.motion.start_motion)
     history_a = list(session.motion.start_audio)
     pending = np.zeros((0, emitted.shape[1]))
-    for k, (feat, ind, prev_m, prev_a, _style, step, out) in enumerate(spy_motion.calls):
+    for k, (feat, ind, prev_m, prev_a, _style, _step, out) in enumerate(spy_motion.calls):
         r = min(1, k)  # nothing to regenerate before the first frame
         end = len(history_m) - r
         np.testing.assert_array_equal(prev_m, np.stack(history_m[end - n_prev:end]))
