@@ -107,4 +107,4 @@ class Engine:
                     "max_batch": self.scheduler.max_batch,
                     "latency_budget_ms": round(self.scheduler.latency_budget_s * 1000)},
                 "window_ms": {"hop": self.config.hop_ms, "lookahead": self.config.lookahead_ms,
-                              "context": self.config.context_ms}}
+                              "context": self.config.context_ms, "regen": self.config.regen_ms}}

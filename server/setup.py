@@ -15,13 +15,10 @@ def load_engine(args):
 
     from diffposetalk.model_dir import load_vector
     from server.engine import Engine
-    from streaming.session import StreamConfig
+    from streaming.options import stream_config_from_args
     from streaming.setup import load_for_generation, pick_sampler
 
-    config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, getattr(args, "regen_ms", 0),
-                          eyes=args.eyes, seed=args.seed,
-                          audio_encoder=getattr(args, "audio_encoder", "auto"),
-                          seam_blend=not args.no_seam_blend, speech_gate=not args.no_speech_gate)
+    config = stream_config_from_args(args)
     config.spec()  # window arguments are checked before the model loads
     if args.threads is None:
         args.threads = 1  # as `stream`: one thread per pipeline (docs/STREAMING.md, wall-clock table)

@@ -30,9 +30,31 @@ def add_model_args(p: argparse.ArgumentParser, default: Path | None = DEFAULT_MO
     p.add_argument("--threads", type=int, help="torch CPU threads")
 
 
-# Chosen by measurement (docs/STREAMING.md): hop 80 ms, lookahead 80 ms, left context 1600 ms.
-DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 80, 80, 1600
-DEFAULT_REGEN_MS = 0
+# Chosen by measurement (docs/STREAMING.md, docs/PERFORMANCE.md "glass-to-glass"): a 40 ms hop
+# (one frame per step: no client buffer for a step's second frame), 80 ms of lookahead, 1600 ms of
+# left context, and with a 40 ms hop one frame regenerated (the layout the bundled student was
+# distilled on: as accurate as 80/80, 35-40 ms sooner on screen).
+DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 40, 80, 1600
+
+
+def default_regen_ms(hop_ms: int, regen_ms: int | None) -> int:
+    """--regen-ms when not given: 40 at a 40 ms hop (regen + hop = the 80 ms a student's windows
+    were distilled with), else 0."""
+    return regen_ms if regen_ms is not None else (40 if hop_ms == 40 else 0)
+
+
+def stream_config_from_args(args):
+    """The StreamConfig of the window/encoder/gate options of add_window_args (and --eyes, --seed,
+    --no-seam-blend where a command has them)."""
+    from streaming.session import StreamConfig
+
+    g = getattr
+    return StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms,
+                        default_regen_ms(args.hop_ms, g(args, "regen_ms", None)),
+                        eyes=g(args, "eyes", False), seed=g(args, "seed", 0),
+                        audio_encoder=g(args, "audio_encoder", "auto"),
+                        seam_blend=not g(args, "no_seam_blend", False),
+                        speech_gate=not g(args, "no_speech_gate", False))
 DEFAULT_DDIM_STEPS = 2
 
 
@@ -42,10 +64,10 @@ def add_window_args(p: argparse.ArgumentParser, steps_help: str | None = None) -
                    help="future audio used for the newest frame (multiple of 40)")
     p.add_argument("--context-ms", type=int, default=DEFAULT_CONTEXT_MS,
                    help="past audio the audio encoder sees (multiple of 40)")
-    p.add_argument("--regen-ms", type=int, default=DEFAULT_REGEN_MS,
+    p.add_argument("--regen-ms", type=int,
                    help="emitted audio each step's denoiser window generates again before the new frames "
-                        "(multiple of 40): at a 40 ms hop, 40 keeps the window a student distilled on 80 ms "
-                        "hops knows (docs/STREAMING.md)")
+                        "(multiple of 40; default 40 at a 40 ms hop, else 0): the window then has the layout a "
+                        "student distilled on 80 ms hops knows (docs/STREAMING.md)")
     p.add_argument("--no-speech-gate", action="store_true",
                    help="streaming: feed room tone and noise to the encoder as they are (default: audio the voice "
                         "activity detector calls non-speech reaches it as silence; docs/STREAMING.md)")

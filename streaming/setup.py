@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 
-from streaming.options import DEFAULT_DDIM_STEPS
+from streaming.options import DEFAULT_DDIM_STEPS, stream_config_from_args
 
 log = logging.getLogger("dpt_live.stream")
 
@@ -45,12 +45,8 @@ def stream_setup(args):
     import torch
 
     from diffposetalk.model_dir import load_vector
-    from streaming.session import StreamConfig
 
-    config = StreamConfig(args.hop_ms, args.lookahead_ms, args.context_ms, getattr(args, "regen_ms", 0),
-                          eyes=args.eyes, seed=args.seed,
-                          audio_encoder=getattr(args, "audio_encoder", "auto"),
-                          seam_blend=not args.no_seam_blend, speech_gate=not args.no_speech_gate)
+    config = stream_config_from_args(args)
     config.spec()  # window arguments are checked before the model loads
     if args.threads is None:
         # one thread unless asked: a step is many small ops, and OpenMP threads that compete for a

@@ -396,7 +396,9 @@ def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
     m = res["metrics"]
     assert res["mode"] == "stream" and res["steps"] == 2 and res["kind"] == "student"
     assert np.isfinite(m["lip_error"]) and m["diversity"] > 0
-    assert m["network_passes_per_audio_second"] == pytest.approx(2 * 25 / 2, rel=0.05)  # 2 passes / 2 frames
+    # the default window: one frame per step (40 ms hop, one regenerated), 2 passes per step
+    assert res["window"] == {"hop_ms": 40, "lookahead_ms": 80, "context_ms": 400, "regen_ms": 40}
+    assert m["network_passes_per_audio_second"] == pytest.approx(2 * 25, rel=0.05)
 
 
 def test_bad_arguments(setup):

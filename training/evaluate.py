@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.metrics import JAW, LIP_DIMS_EXP, lip_error, pearson  # noqa: F401  (re-exported)
+from streaming.options import DEFAULT_CONTEXT_MS, DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, default_regen_ms
 from training.viewer_metrics import DEFINITIONS as VIEWER_DEFINITIONS
 
 DEFINITIONS = {
@@ -219,10 +220,10 @@ class EvalOptions:
     stream: bool = False  # generate through the streaming session (the window below)
     presets: int = 0  # also drive the first N clips with every style preset
     swap_styles: bool = False  # also drive every clip with another test speaker's style
-    hop_ms: int = 80
-    lookahead_ms: int = 80
-    context_ms: int = 1600
-    regen_ms: int = 0
+    hop_ms: int = DEFAULT_HOP_MS
+    lookahead_ms: int = DEFAULT_LOOKAHEAD_MS
+    context_ms: int = DEFAULT_CONTEXT_MS
+    regen_ms: int | None = None  # None: streaming.options.default_regen_ms
     bootstrap: int = 0  # speaker-bootstrap resamples for intervals (training/eval_intervals.py); 0: none
 
 
@@ -319,7 +320,7 @@ def evaluate(opts: EvalOptions) -> dict:
             "steps": len(sampler.timesteps(model)), "seeds": opts.seeds,
             "kind": cfg.kind, "mode": "stream" if opts.stream else "offline",
             "window": ({"hop_ms": opts.hop_ms, "lookahead_ms": opts.lookahead_ms, "context_ms": opts.context_ms,
-                        **({"regen_ms": opts.regen_ms} if opts.regen_ms else {})} if opts.stream else None),
+                        "regen_ms": default_regen_ms(opts.hop_ms, opts.regen_ms)} if opts.stream else None),
             "guidance": guidance.scales, "max_seconds": opts.max_seconds, "seconds": round(time.time() - t0, 1),
             "metrics": metrics, "definitions": DEFINITIONS, "per_clip": scores.per_clip}
 
@@ -502,7 +503,8 @@ def _stream_motion(loaded, sampler, guidance, opts: EvalOptions, audio, style, s
 
     out = []
     for r in range(seeds):
-        config = StreamConfig(opts.hop_ms, opts.lookahead_ms, opts.context_ms, opts.regen_ms, seed=r)
+        config = StreamConfig(opts.hop_ms, opts.lookahead_ms, opts.context_ms,
+                              default_regen_ms(opts.hop_ms, opts.regen_ms), seed=r)
         session = open_session(loaded, sampler, guidance, config, style, shape_raw)
         with counter:
             frames = stream_array(session, audio)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from diffposetalk.errors import UserError
 from dpt_live.commands.arguments import options_from
+from streaming.options import DEFAULT_CONTEXT_MS, DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -39,10 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--swap-styles", action="store_true",
                    help="also drive every clip with another test speaker's style and check which speaker "
                         "the motion is retrieved as (the style's, not the voice's)")
-    p.add_argument("--hop-ms", type=int, default=80)
-    p.add_argument("--lookahead-ms", type=int, default=80)
-    p.add_argument("--context-ms", type=int, default=1600)
-    p.add_argument("--regen-ms", type=int, default=0, help="with --stream: see `dpt-live stream --help`")
+    # with --stream: the window of `dpt-live stream` / `serve` (see their --help)
+    p.add_argument("--hop-ms", type=int, default=DEFAULT_HOP_MS)
+    p.add_argument("--lookahead-ms", type=int, default=DEFAULT_LOOKAHEAD_MS)
+    p.add_argument("--context-ms", type=int, default=DEFAULT_CONTEXT_MS)
+    p.add_argument("--regen-ms", type=int, help="default 40 at a 40 ms hop, else 0")
     p.set_defaults(func=cmd_eval)
 
     register_probe(sub)
