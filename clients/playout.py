@@ -9,8 +9,9 @@ Play time t = now - base - delay.
 - ``delay`` is sized from the measured arrival jitter, not fixed: the ``quantile`` (90 %) of the
   frames' lateness above ``base`` over the last ``window`` frames, plus ``margin``, at most
   ``max_delay`` (150 ms: a server that stalls longer is better shown late than buffered for). A server emits each
-  step's frames together (two per 80 ms hop), so the first frame of a step is one frame period
-  "later" than the last; the buffer needs that spread and the compute jitter, nothing more. The
+  step's frames together (one at the default 40 ms hop, two at an 80 ms hop, where the first frame
+  of a step is one frame period "later" than the last); the buffer needs that spread and the
+  compute jitter, nothing more. The
   delay follows its target at a bounded slew (``grow`` and ``shrink`` s per s), which speeds
   playback up or down a little instead of jumping.
 - ``delay=<seconds>``: a fixed delay instead (the old behaviour; also how a test injects one).
