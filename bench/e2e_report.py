@@ -20,7 +20,8 @@ def markdown(result: dict) -> str:
     w = s.get("window_ms", {})
     lines = [f"### bench-e2e {s.get('label') or ''}".rstrip(), "",
              f"serve {' '.join(s.get('serve_args', []))} · window hop/lookahead/context "
-             f"{w.get('hop')}/{w.get('lookahead')}/{w.get('context')} ms",
+             f"{w.get('hop')}/{w.get('lookahead')}/{w.get('context')} ms"
+             + (f", {w['regen']} ms regenerated" if w.get("regen") else ""),
              "viewers (URL query): " + ", ".join(f"{k} '{v}'" for k, v in s.get("viewers", {}).items())
              + " · VMC bridges: " + (", ".join(f"{k} '{' '.join(v)}'" for k, v in s.get("bridges", {}).items())
                                      or "none"),
