@@ -68,8 +68,9 @@ class RunningNormalizer:
         x = samples.astype(np.float64)
         a = math.exp(-n / self.tau_samples)
         self._w = a * self._w + (1 - a)
-        self._m = a * self._m + (1 - a) * float(x.mean())
-        self._q = a * self._q + (1 - a) * float(np.mean(x * x))
+        # sum and dot product: two passes over the step's samples, no temporaries (every step pays this)
+        self._m = a * self._m + (1 - a) * float(x.sum()) / n
+        self._q = a * self._q + (1 - a) * float(x @ x) / n
 
     @property
     def mean(self) -> float:

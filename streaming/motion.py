@@ -133,8 +133,11 @@ class StreamingAudioFeatures:
                 self._final[E + i - self.delay] = final[i]
         for i in range(len(prov)):
             self._prov[E + i] = prov[i]
+        # frames enter each book in increasing order (a later chunk only overwrites), so the oldest
+        # are at the front: drop from there instead of scanning every key each step
+        limit = self.pushed - self.KEEP
         for book in (self._final, self._prov):
-            for j in [j for j in book if j < self.pushed - self.KEEP]:
+            while book and (j := next(iter(book))) < limit:
                 del book[j]
 
     def frames(self, start: int, stop: int) -> np.ndarray:
