@@ -5,7 +5,7 @@ streaming.factory.build_session)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
@@ -13,6 +13,7 @@ import numpy as np
 from diffposetalk.model import Guidance
 from diffposetalk.model_dir import LoadedModel
 from diffposetalk.sampler import Sampler
+from engines.networks import choose_backend
 from streaming.factory import build_session, make_scheduler
 from streaming.scheduler import BatchScheduler
 from streaming.session import StreamConfig, StreamSession
@@ -37,6 +38,10 @@ class Engine:
     scheduler_options: dict = field(default_factory=dict)  # make_scheduler's (max_batch, latency_budget_ms)
     scheduler: BatchScheduler | None = None  # or a RemoteScheduler: the steps run on Ray Serve replicas
     cluster: object | None = None  # the RayCluster those replicas belong to (server/cluster.py), else None
+    # a session behind its audio (an overloaded server) takes two frames a step until it has caught
+    # up (StreamConfig.catch_up): on CPU runtimes in this process (not TensorRT, whose plans are per
+    # chunk shape, nor a cluster's replicas)
+    catch_up: bool = True
 
     @property
     def styles(self) -> list[str]:
@@ -54,8 +59,18 @@ class Engine:
     def guidance(self, scales: dict[str, float]) -> Guidance:
         return Guidance(scales=dict(scales), mode=self.guidance_mode, dynamic_threshold=self.dynamic_threshold)
 
+    def session_config(self) -> StreamConfig:
+        """The window configuration of the server's sessions: ``config``, catching up where it can."""
+        if not self.catch_up or self.config.catch_up or not self.config.spec().regen:
+            return self.config
+        backend = (self.backend if self.backend != "auto"
+                   else choose_backend("auto", self.build_kwargs.get("precision", "fp32")))
+        if backend == "tensorrt" or not (self.scheduler is None or isinstance(self.scheduler, BatchScheduler)):
+            return self.config
+        return replace(self.config, catch_up=True)
+
     def build(self, style: np.ndarray | None, scales: dict[str, float], on_step=None) -> StreamSession:
-        return build_session(self.loaded, self.sampler, self.guidance(scales), self.config, style,
+        return build_session(self.loaded, self.sampler, self.guidance(scales), self.session_config(), style,
                              self.shape_raw, on_step=on_step, backend=self.backend, scheduler=self.scheduler,
                              **self.build_kwargs)
 

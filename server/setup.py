@@ -33,6 +33,7 @@ def load_engine(args):
                     default_scales=dict(guidance.scales), default_style_name=style.name,
                     default_style=style.vector,
                     build_kwargs=extra, batching=not args.no_batch,
+                    catch_up=not getattr(args, "no_catch_up", False),
                     scheduler_options={"max_batch": args.max_batch, "latency_budget_ms": args.latency_budget_ms})
     if getattr(args, "cluster", None) == "ray":
         start_cluster(engine, args)

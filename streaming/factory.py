@@ -41,6 +41,8 @@ def open_session(loaded: LoadedModel, sampler: Sampler, guidance: Guidance,
     spec.check_model(loaded.config.n_motions)
     stream = config.uses_stream_encoder(loaded.config.stream_encoder is not None)
     chunks = (spec.new_frames * FRAME_SAMPLES, spec.hop * FRAME_SAMPLES)  # a streaming encoder's first / later
+    if config.catch_up_frames():  # ... and a catching-up step's
+        chunks += ((spec.hop + config.catch_up_frames()) * FRAME_SAMPLES,)
     link = None
     if scheduler is not None:
         if scheduler.model is not model or (networks is not None and networks is not scheduler.networks):

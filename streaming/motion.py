@@ -88,13 +88,15 @@ class StreamingAudioFeatures:
     streaming = True
     KEEP = 64  # frames of features kept (a window asks for the newest hop + lookahead)
 
-    def __init__(self, networks: Networks, window_samples: int, first_samples: int, hop_samples: int):
+    def __init__(self, networks: Networks, window_samples: int, first_samples: int, hop_samples: int,
+                 *more_samples: int):
         """window_samples: the session's window (its check); first_samples / hop_samples: the
-        session's first chunk (hop + lookahead) and every later one (hop)."""
-        if window_samples % FRAME_SAMPLES or first_samples % FRAME_SAMPLES or hop_samples % FRAME_SAMPLES:
+        session's first chunk (hop + lookahead) and every later one (hop); more_samples: other
+        chunk sizes its steps may push (a catching-up step's), made ready with the others."""
+        if any(n % FRAME_SAMPLES for n in (window_samples, first_samples, hop_samples, *more_samples)):
             raise ValueError("audio windows and chunks must be whole numbers of motion frames")
         self.networks = networks
-        self.chunks = (first_samples, hop_samples)
+        self.chunks = (first_samples, hop_samples, *more_samples)
         self.window_samples = window_samples  # the session's window (what the HuBERT path would see)
         self.n_frames = window_samples // FRAME_SAMPLES
         self.feature_dim = networks.cfg.feature_dim
@@ -160,7 +162,10 @@ class StreamingAudioFeatures:
         final, _, state = self._run(np.zeros(self.chunks[0], np.float32), state)
         for _ in range(max(1, -(-2 * self.delay // (self.chunks[1] // FRAME_SAMPLES)))):
             final, _, state = self._run(np.zeros(self.chunks[1], np.float32), state)
-        return final[-1].copy()
+        silent = final[-1].copy()
+        for n in self.chunks[2:]:  # the other shapes now, not at a live step (a backend prepares each once)
+            self._run(np.zeros(n, np.float32), state)
+        return silent
 
 
 class NetworkStreamingFeatures(StreamingAudioFeatures):

@@ -482,9 +482,9 @@ class BatchScheduler:
 
     # --- sessions' engines -----------------------------------------------------------------------
     def engines(self, window_samples: int, sampler: Sampler, guidance: Guidance, shape: torch.Tensor,
-                seed: int = 0, label: str | None = None, stream_chunks: tuple[int, int] | None = None):
+                seed: int = 0, label: str | None = None, stream_chunks: tuple[int, ...] | None = None):
         """The two proxy engines of a new session and its link (bind it to the StreamSession).
-        stream_chunks: (first, later) chunk samples of a session on the streaming audio encoder."""
+        stream_chunks: (first, later, other...) chunk samples of a session on the streaming audio encoder."""
         with self._cond:
             if self._closed:
                 raise SchedulerClosed("the batch scheduler is closed")
@@ -991,8 +991,8 @@ class ScheduledStreamingFeatures(StreamingAudioFeatures):
     without that audio, the session emits its continuation frames)."""
 
     def __init__(self, scheduler: BatchScheduler, link: SessionLink, window_samples: int, first_samples: int,
-                 hop_samples: int):
-        super().__init__(scheduler.networks, window_samples, first_samples, hop_samples)
+                 hop_samples: int, *more_samples: int):
+        super().__init__(scheduler.networks, window_samples, first_samples, hop_samples, *more_samples)
         self.scheduler, self.link = scheduler, link
 
     def _run(self, audio, state):

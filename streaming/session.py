@@ -61,6 +61,15 @@ class StreamConfig:
     # audio encoder: "auto" (the model's streaming encoder when it has one, else HuBERT over the
     # window), "stream" or "window"
     audio_encoder: str = "auto"
+    # with regen: a step that begins with the audio of more frames already in (the session is
+    # behind, e.g. on an overloaded server) emits up to ``regen`` more of them and regenerates as
+    # many fewer, so one network pass serves two frames until it has caught up. Off by default:
+    # a file fed faster than real time would then give motion that depends on its block size.
+    catch_up: bool = False
+
+    def catch_up_frames(self) -> int:
+        """Frames a catching-up step may emit beyond the hop (0: it never catches up)."""
+        return self.spec().regen if self.catch_up else 0
 
     def uses_stream_encoder(self, has_stream_encoder: bool) -> bool:
         from diffposetalk.errors import UserError
@@ -118,6 +127,7 @@ class _Step:
     t_start: float  # session clock when it began
     chunk: np.ndarray | None  # streaming encoder: its new samples, normalised and gated
     regen: int = 0  # emitted frames its window generates again before ``first``
+    offset: int = 0  # where ``first`` is in its audio window (HuBERT over the window: context + hop + lookahead)
 
     @property
     def window_first(self) -> int:
@@ -137,6 +147,7 @@ class StreamSession:
                              f"needs {spec.window_samples}")
         self.audio, self.motion, self.decoder = audio, motion, decoder
         self.clock, self.on_step = clock, on_step
+        self.catch_up = self.config.catch_up_frames()
         self.t0 = clock()
         self.start_wall = time.time()  # epoch seconds of session clock 0 (to align with other clocks)
         self.ring = RingBuffer(spec.window_samples + MAX_CHUNK)
@@ -191,7 +202,7 @@ class StreamSession:
         frames: list[Frame] = []
         for i in range(0, len(samples), MAX_CHUNK):
             self.ring.write(samples[i:i + MAX_CHUNK], arrival)
-            while self.ring.written >= self.spec.audio_end(self.step):
+            while self._step_ready():
                 frames += self._run_step(final=False)
         return frames
 
@@ -228,12 +239,27 @@ class StreamSession:
         return out
 
     # --- one step --------------------------------------------------------------------------------
+    def _step_ready(self) -> bool:
+        """Whether the audio of the next step (a hop and its lookahead) is in."""
+        return self.ring.written >= (self.emitted + self.spec.hop + self.spec.lookahead) * FRAME_SAMPLES
+
+    def _step_frames(self) -> int:
+        """Frames the next (not final) step emits: the hop; catching up, also up to ``catch_up``
+        more whose audio and lookahead are in (never on the first step, whose chunk holds the
+        lookahead too: the encoder sees only the chunk shapes warmed at start-up)."""
+        n = self.spec.hop
+        if self.catch_up and self.emitted:
+            ready = self.ring.written // FRAME_SAMPLES - self.spec.lookahead - self.emitted
+            n = max(n, min(n + self.catch_up, ready))
+        return n
+
     def _prepare(self, final: bool, total: int | None) -> _Step:
         """A step's bookkeeping before its network work: its frames, the arrival it is due by,
         the running statistics, and (streaming encoder) its new samples normalised and gated."""
         spec = self.spec
-        first = spec.first_frame(self.step)
-        end = spec.audio_end(self.step)
+        first = self.emitted  # steps follow each other: the next one starts where the last ended
+        step_frames = spec.hop if final else self._step_frames()
+        end = (first + step_frames + spec.lookahead) * FRAME_SAMPLES
         t_start = self.clock()
         arrival = self.ring.arrival_of((first + 1) * FRAME_SAMPLES)
         self.step_arrival = arrival if arrival is not None else t_start
@@ -244,9 +270,10 @@ class StreamSession:
             self.normalizer.update(self.ring.read(self._consumed, new_end)[0])
             self._consumed = new_end
         # frames with real audio: all hop + lookahead, except at the end of the stream
-        n_real = spec.new_frames if not final else min(spec.new_frames, total - first)
-        n_emit = spec.hop if not final else min(spec.hop, n_real)
-        regen = min(spec.regen, first)  # none before the stream's first frame
+        n_real = step_frames + spec.lookahead if not final else min(spec.new_frames, total - first)
+        n_emit = step_frames if not final else min(spec.hop, n_real)
+        # none before the stream's first frame; a catching-up step regenerates what it emits beyond the hop
+        regen = min(spec.regen - (step_frames - spec.hop), first)
         chunk = None
         if self.streaming_audio:
             # gated after normalising: a gated sample becomes 0, the normalised value of silence at the
@@ -256,7 +283,7 @@ class StreamSession:
             chunk, lo, hi = self.ring.read(start, end)
             self._encoded = end
             chunk = self._gated(self.normalizer.normalise(chunk, lo, hi), start)
-        return _Step(first, end, n_real, n_emit, t_start, chunk, regen)
+        return _Step(first, end, n_real, n_emit, t_start, chunk, regen, spec.context + spec.hop - step_frames)
 
     def _run_step(self, final: bool, total: int | None = None) -> list[Frame]:
         st = self._prepare(final, total)
@@ -285,7 +312,7 @@ class StreamSession:
                 feats = self.audio.features(self._gated(self.normalizer.normalise(window, lo, hi),
                                                         st.end - spec.window_samples))
                 t_feat = self.clock() - st.t_start
-                inputs = self._window_inputs(st, feats[spec.context - st.regen:spec.context + n_real])
+                inputs = self._window_inputs(st, feats[st.offset - st.regen:st.offset + n_real])
                 motion, audio_feat = self.motion.sample(*inputs), inputs[0]
         except StepShed:
             return self._emit_shed(st)
@@ -357,7 +384,7 @@ class StreamSession:
         left — and none is in flight (under the lock)."""
         if self._in_flight or self._failed is not None:
             return
-        if self.ring.written >= self.spec.audio_end(self.step):
+        if self._step_ready():
             st = self._prepare(False, None)
         elif self._total is not None and self.emitted < self._total:
             st = self._prepare(True, self._total)

@@ -621,3 +621,70 @@ def test_regen_with_the_streaming_encoder_alone_and_on_the_scheduler(enc_loaded)
         assert session.finish() == []
     assert [f.index for f in sink] == list(range(len(want)))
     np.testing.assert_allclose(np.stack([f.motion for f in sink]), want, atol=1e-5)
+
+
+def test_catching_up_on_the_scheduler_with_the_streaming_encoder(enc_loaded):
+    """A session fed far faster than its steps run (all its audio at once, as a server's
+    overloaded sessions fall behind) catches up two frames a step through the scheduler, its
+    encoder pushed chunks of one and two frames; every frame comes once, in order. The same session
+    without catch-up runs a step per frame."""
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session, make_scheduler
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    audio = speechlike(2.4, seed=33)
+    n = len(audio) // FRAME_SAMPLES
+    out = {}
+    for catch_up in (False, True):
+        config = StreamConfig(40, 80, regen_ms=40, catch_up=catch_up)
+        steps = []
+        with make_scheduler(enc_loaded, "torch", gather_ms=5, shed=False) as sched:
+            session = build_session(enc_loaded, sampler, Guidance(), config, scheduler=sched, on_step=steps.append)
+            pushed = []
+            push_of = session.audio.begin
+            session.audio.begin = lambda a: pushed.append(len(a)) or push_of(a)
+            sink = []
+            assert session.run_async(sink.extend)
+            for j in range(0, len(audio), 320):
+                session.feed(audio[j:j + 320])
+            session.end()
+            session.finish()
+        assert [f.index for f in sink] == list(range(n))
+        out[catch_up] = (steps, pushed)
+    plain_steps, plain_pushed = out[False]
+    steps, pushed = out[True]
+    assert len(plain_steps) == n and set(plain_pushed[1:]) == {640}
+    assert max(s.n_frames for s in steps) == 2 and len(steps) < 0.75 * n  # mostly two frames a step
+    assert set(pushed[1:]) <= {640, 1280} and pushed.count(1280) == sum(s.n_frames == 2 for s in steps)
+
+
+def test_a_catching_up_session_has_its_chunk_shapes_ready_before_its_first_step(enc_loaded):
+    """ONNX Runtime makes one graph per chunk length: a session that may catch up prepares the
+    two-frame chunk's at start-up (its silence features), not at a live step."""
+    pytest.importorskip("onnxruntime")
+    from diffposetalk.model import Guidance
+    from streaming.factory import build_session
+    from streaming.session import StreamConfig
+    from streaming.setup import pick_sampler
+
+    sampler = pick_sampler("ddim", None, enc_loaded)
+    session = build_session(enc_loaded, sampler, Guidance(), StreamConfig(40, 80, regen_ms=40, catch_up=True),
+                            backend="onnxruntime")
+    assert session.audio.chunks == (3 * FRAME_SAMPLES, FRAME_SAMPLES, 2 * FRAME_SAMPLES)
+    assert {chunk for chunk, _ in session.audio.networks._stream} == {640, 1280, 1920}
+
+
+def test_the_server_lets_its_sessions_catch_up_on_cpu_runtimes_only(enc_loaded):
+    from diffposetalk.sampler import DDIMSampler
+    from server.engine import Engine
+    from streaming.session import StreamConfig
+
+    def config(backend, window=(40, 80, 1600, 40)):
+        return Engine(loaded=enc_loaded, sampler=DDIMSampler(1), config=StreamConfig(*window),
+                      backend=backend).session_config()
+
+    assert config("onnxruntime").catch_up and config("torch").catch_up
+    assert not config("tensorrt").catch_up
+    assert not config("torch", (80, 80, 1600, 0)).catch_up  # nothing to catch up with: no regen

@@ -343,3 +343,33 @@ def test_regen_is_checked_against_the_window_and_the_context(loaded):
     with pytest.raises(UserError, match="regen \\+ hop \\+ lookahead = .* exceeds the model's window"):
         n = loaded.config.n_motions  # regen n - 2, hop 1, lookahead 2: one frame too many
         StreamConfig(40, 80, 40 * n, regen_ms=40 * (n - 2)).spec().check_model(n)
+
+
+def test_a_session_behind_its_audio_catches_up_two_frames_a_step(loaded, audio):
+    """StreamConfig.catch_up: a step that begins with the audio of a further frame already in
+    emits it too, regenerating one frame less (the 80 ms hop's layout: one pass, two frames).
+    Fed in 80 ms blocks the session is always one frame behind and catches up every step; fed in
+    20 ms blocks it never is and gives what the session without catch-up gives."""
+    config = StreamConfig(40, 80, 400, regen_ms=40, catch_up=True)
+    session, _, spy = spy_session(loaded, config)
+    frames = run(session, audio, block=1280)
+    assert [f.index for f in frames] == list(range(82))
+    n_prev = loaded.config.n_prev_motions
+    emitted = np.stack([f.motion for f in frames])
+    steps = [f.step for f in frames]
+    sizes = [steps.count(k) for k in range(max(steps) + 1)]
+    # the first step never catches up (its chunk holds the lookahead), the second has one frame
+    # ready (its audio came in the same block as the first's); from then on two every step
+    assert sizes[:2] == [1, 1] and set(sizes[2:-2]) == {2}, sizes
+    history = list(session.motion.start_motion) + list(emitted)
+    first = 2
+    for k in range(2, len(sizes) - 2):
+        ind, prev_m = spy.calls[k][1], spy.calls[k][2]
+        assert int(ind.sum()) == 4  # two emitted + two lookahead, none regenerated
+        end = n_prev + first  # the conditions: the frames just before the step's first (no regen)
+        np.testing.assert_array_equal(prev_m, np.stack(history[end - n_prev:end]))
+        first += sizes[k]
+    slow = run(spy_session(loaded, config)[0], audio, block=320)
+    plain = run(spy_session(loaded, StreamConfig(40, 80, 400, regen_ms=40))[0], audio, block=320)
+    assert {f.step for f in slow} == set(range(82))  # never behind: one frame a step
+    np.testing.assert_array_equal(np.stack([f.motion for f in slow]), np.stack([f.motion for f in plain]))

@@ -47,6 +47,9 @@ def add_server_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-message", type=_positive(int), default=d.max_message,
                    help="largest message a client may send, bytes (larger: closed with 1009)")
     p.add_argument("--max-sessions", type=_positive(int), default=d.max_sessions)
+    p.add_argument("--no-catch-up", action="store_true",
+                   help="a session behind its audio (an overloaded server) keeps one frame per step instead of "
+                        "taking two a step until it has caught up (docs/STREAMING.md, \"Catching up\")")
     p.add_argument("--no-batch", action="store_true",
                    help="each session calls the networks itself at batch 1 (default: one batching scheduler "
                         "serves every session's calls, docs/STREAMING.md)")
