@@ -644,7 +644,7 @@ def test_catching_up_on_the_scheduler_with_the_streaming_encoder(enc_loaded):
             session = build_session(enc_loaded, sampler, Guidance(), config, scheduler=sched, on_step=steps.append)
             pushed = []
             push_of = session.audio.begin
-            session.audio.begin = lambda a: pushed.append(len(a)) or push_of(a)
+            session.audio.begin = lambda a, pushed=pushed, push_of=push_of: pushed.append(len(a)) or push_of(a)
             sink = []
             assert session.run_async(sink.extend)
             for j in range(0, len(audio), 320):
