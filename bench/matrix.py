@@ -49,6 +49,7 @@ from diffposetalk.units import FRAME_SAMPLES, SAMPLE_RATE
 from streaming.factory import BACKENDS
 from streaming.metrics import percentiles_ms, replay_latency
 from streaming.session import StreamConfig
+from streaming.windowing import default_regen_ms
 
 log = logging.getLogger("dpt_live.bench")
 
@@ -401,12 +402,13 @@ def run_matrix(plan: Plan, progress: Callable[[str], None] = print,
                 for hop, la, ctx in plan.windows:
                     row = {"model": name, "kind": loaded.config.kind, "backend": backend[0],
                            "precision": backend[1], "hop_ms": hop, "lookahead_ms": la, "context_ms": ctx,
-                           "style": style_name}
+                           "regen_ms": default_regen_ms(hop), "style": style_name}
                     try:
                         sampler = row_sampler(loaded, plan, steps)
                         n_steps = len(sampler.timesteps(loaded.model))
                         row["denoiser_steps"] = n_steps
-                        config = StreamConfig(hop, la, ctx, seed=plan.seed, seam_blend=plan.seam_blend)
+                        # the window as stream/serve run it (a 40 ms hop regenerates a frame)
+                        config = StreamConfig(hop, la, ctx, row["regen_ms"], seed=plan.seed, seam_blend=plan.seam_blend)
                         flops = None
                         if plan.count_flops:
                             # a streaming encoder encodes a hop per step, not the window
@@ -503,7 +505,7 @@ def time_references(plan: Plan, loaded_models, audio, guidance, clock, cache_dir
 
 def one_line(row: dict) -> str:
     head = (f"{row['model']} {row['backend']} {row['precision']} {row.get('denoiser_steps', '?')} step(s) "
-            f"{row['hop_ms']}/{row['lookahead_ms']}/{row['context_ms']}")
+            f"{row['hop_ms']}/{row['lookahead_ms']}/{row['context_ms']}{'+r' + str(row['regen_ms']) if row.get('regen_ms') else ''}")
     if row["status"] != "ok":
         return f"{head}: {row['status']}: {row['reason']}"
     s = row["step_ms"]

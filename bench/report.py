@@ -14,7 +14,8 @@ def write_json(result: dict, path: Path) -> None:
 
 
 def _window(r: dict) -> str:
-    return f"{r['hop_ms']}/{r['lookahead_ms']}/{r['context_ms']}"
+    """hop/lookahead/context ms, "+rN" when N ms are regenerated (a 40 ms hop, as stream/serve run it)."""
+    return f"{r['hop_ms']}/{r['lookahead_ms']}/{r['context_ms']}" + (f"+r{r['regen_ms']}" if r.get("regen_ms") else "")
 
 
 def _backend(r: dict) -> str:
@@ -136,7 +137,7 @@ def grid_row(row: dict) -> dict:
     out = {"model": row["model"], "hop_ms": row["hop_ms"], "lookahead_ms": row["lookahead_ms"],
            "context_ms": row["context_ms"], "denoiser_steps": row["denoiser_steps"], "rtf": row["rtf"],
            "step_ms": row["step_ms"], "features_ms": row["features_ms"], "latency_ms": row["replayed_latency_ms"],
-           "seams": row["seams"]}
+           "seams": row["seams"], **({"regen_ms": row["regen_ms"]} if row.get("regen_ms") else {})}
     if "fidelity" in row:
         out["fidelity"] = row["fidelity"]
     if row.get("backend", "torch") != "torch" or row.get("precision", "fp32") != "fp32":

@@ -28,7 +28,7 @@ from diffposetalk.synth_audio import speechlike_blocks
 from diffposetalk.units import SAMPLE_RATE
 from streaming.metrics import percentiles_ms
 from streaming.session import StreamConfig
-from streaming.windowing import frames_in
+from streaming.windowing import default_regen_ms, frames_in
 
 # what `stream-bench --model` defaults to: the model `stream` and `serve` run
 DEFAULT_MODELS = (DEFAULT_STREAM_MODEL,)
@@ -84,8 +84,8 @@ def run_long(model: Path, window: tuple[int, int, int], seconds: float, sampler_
     loaded = load_model_dir(model)
     sampler = pick_sampler(sampler_name, steps, loaded)
     style, _ = pick_style(loaded, style_name, seed, random_fallback=False)
-    timed = make_session(loaded, sampler, Guidance(), style, StreamConfig(hop, la, ctx, seed=seed,
-                                                                           seam_blend=seam_blend), clock=tick)
+    config = StreamConfig(hop, la, ctx, default_regen_ms(hop), seed=seed, seam_blend=seam_blend)
+    timed = make_session(loaded, sampler, Guidance(), style, config, clock=tick)
     session, rec = timed.session, timed.recorder  # only the step log: frames are counted, not kept
     report_every = max(seconds / 6, 1.0)
     frames, next_report, t0 = 0, report_every, time.perf_counter()

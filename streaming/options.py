@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from diffposetalk.paths import DEFAULT_MODEL, DEFAULT_STREAM_MODEL
+from streaming.windowing import default_regen_ms
 
 # what --help says each bundled default is
 BUNDLED_MODEL_NAMES = {DEFAULT_MODEL: "the bundled demo teacher, models/demo",
@@ -35,12 +36,6 @@ def add_model_args(p: argparse.ArgumentParser, default: Path | None = DEFAULT_MO
 # left context, and with a 40 ms hop one frame regenerated (the layout the bundled student was
 # distilled on: as accurate as 80/80, 35-40 ms sooner on screen).
 DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, DEFAULT_CONTEXT_MS = 40, 80, 1600
-
-
-def default_regen_ms(hop_ms: int, regen_ms: int | None) -> int:
-    """--regen-ms when not given: 40 at a 40 ms hop (regen + hop = the 80 ms a student's windows
-    were distilled with), else 0."""
-    return regen_ms if regen_ms is not None else (40 if hop_ms == 40 else 0)
 
 
 def stream_config_from_args(args):

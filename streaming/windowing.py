@@ -97,6 +97,12 @@ class WindowSpec:
         return out
 
 
+def default_regen_ms(hop_ms: int, regen_ms: int | None = None) -> int:
+    """--regen-ms when not given: 40 at a 40 ms hop (regen + hop = the 80 ms a student's windows
+    were distilled with), else 0."""
+    return regen_ms if regen_ms is not None else (40 if hop_ms == 40 else 0)
+
+
 def frames_in(n_samples: int) -> int:
     """Motion frames a stream of ``n_samples`` yields: whole 40 ms frames (as offline animate)."""
     return n_samples // FRAME_SAMPLES

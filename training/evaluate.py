@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from diffposetalk.metrics import JAW, LIP_DIMS_EXP, lip_error, pearson  # noqa: F401  (re-exported)
-from streaming.options import DEFAULT_CONTEXT_MS, DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS, default_regen_ms
+from streaming.options import DEFAULT_CONTEXT_MS, DEFAULT_HOP_MS, DEFAULT_LOOKAHEAD_MS
+from streaming.windowing import default_regen_ms
 from training.viewer_metrics import DEFINITIONS as VIEWER_DEFINITIONS
 
 DEFINITIONS = {
@@ -223,7 +224,7 @@ class EvalOptions:
     hop_ms: int = DEFAULT_HOP_MS
     lookahead_ms: int = DEFAULT_LOOKAHEAD_MS
     context_ms: int = DEFAULT_CONTEXT_MS
-    regen_ms: int | None = None  # None: streaming.options.default_regen_ms
+    regen_ms: int | None = None  # None: streaming.windowing.default_regen_ms
     bootstrap: int = 0  # speaker-bootstrap resamples for intervals (training/eval_intervals.py); 0: none
 
 
