@@ -276,6 +276,39 @@ def test_style_swap_conditions_on_another_speaker(setup, tmp_path):
     assert all(m["style_from"] != m["entry"] and m["style_from"].split("/")[0] != m["person"] for m in styled)
 
 
+def test_style_mix_conditions_on_a_mix_with_another_speaker(setup, tmp_path):
+    """--style-mix with --data: some targets are conditioned on w x own style + (1 - w) x another
+    speaker's, deterministically, and the shard says which mix it holds."""
+    from training.distill_data import build_shards, split_styles, style_partner
+    from training.train_data import load_split
+
+    clips = load_split(setup["data"], "train")
+    draws = [style_partner(3, s, i, clips, 0.5) for s in range(30) for i in range(len(clips))]
+    assert draws == [style_partner(3, s, i, clips, 0.5) for s in range(30) for i in range(len(clips))]
+    mixed = [(i % len(clips), d) for i, d in enumerate(draws) if d is not None]
+    assert 0.3 < len(mixed) / len(draws) < 0.7
+    assert all(clips[j].person != clips[i].person and 0.2 <= w <= 0.8 for i, (j, w) in mixed)
+    assert all(style_partner(3, s, 0, clips, 0.0) is None for s in range(30))
+
+    teacher = _teacher(setup)
+    paths = build_shards(teacher, setup["data"], "train", tmp_path, [0, 1], 8, 2, seed=3,
+                         configs=((160, 80),), context_ms=400, style_mix=1.0)
+    stats = {k: v.cpu().numpy() for k, v in teacher.stats.items()}
+    own = split_styles(teacher, clips, stats)
+    n_mixed = 0
+    for path in paths:
+        with np.load(path) as z:
+            meta, style = json.loads(str(z["meta"])), z["style"]
+        if not meta["has_style"]:
+            continue
+        a, b = meta["style_from"].split("+")
+        (ea, wa), (eb, wb) = a.split("*"), b.split("*")
+        assert ea == meta["entry"] and eb.split("/")[0] != meta["person"]
+        np.testing.assert_allclose(style, float(wa) * own[ea] + float(wb) * own[eb], atol=1e-2)
+        n_mixed += 1
+    assert n_mixed
+
+
 # --- the student ----------------------------------------------------------------------------------
 
 def test_student_guidance_inputs(setup):
@@ -319,7 +352,7 @@ def test_distillation_loss_decreases(setup, steps):
     w = dim_weights(cfg.motion_dim, cfg.head_pose, 2.0)
     first = None
     for _ in range(25):
-        loss, terms, per_step = unrolled(student, b, steps, w, 5.0)
+        loss, terms, per_step, _ = unrolled(student, b, steps, w, 5.0)
         first = float(loss.detach()) if first is None else first
         opt.zero_grad()
         loss.backward()
@@ -444,3 +477,94 @@ def test_animate_picks_ddim_for_a_student(tmp_path, speech_like_wav):
     assert np.load(out)["exp"].shape[1] == 50
     assert main(["animate", "--model", str(student), "--audio", str(speech_like_wav), "--sampler", "ddpm",
                  "-o", str(out)]) == 2
+
+
+def test_fewer_previous_frames(setup):
+    """--n-prev 4: the student keeps the teacher's last previous-frame positions and start vectors,
+    trains on the last 4 recorded previous frames, and streams the same in PyTorch and ONNX Runtime."""
+    from diffposetalk.model import Guidance
+    from diffposetalk.model_dir import load_model_dir
+    from diffposetalk.sampler import DDIMSampler
+    from engines.networks import backend_unavailable
+    from streaming.factory import build_session
+    from streaming.runner import stream_array
+    from streaming.session import StreamConfig
+    from training.distill import make_student
+    from training.distill_data import DistillSet
+
+    teacher = _teacher(setup)
+    cfg, student = make_student(teacher, 8, 1, n_prev=4)
+    assert cfg.n_prev_motions == 4 and cfg.seq_len == 12
+    t_state, s_state = teacher.model.state_dict(), student.state_dict()
+    torch.testing.assert_close(s_state["denoising_net.PE"][:, 0], t_state["denoising_net.PE"][:, 0])
+    torch.testing.assert_close(s_state["denoising_net.PE"][:, 1:], t_state["denoising_net.PE"][:, 7:19])
+    torch.testing.assert_close(s_state["start_motion_feat"], t_state["start_motion_feat"][:, 6:])
+    with pytest.raises(UserError, match="--n-prev 11"):
+        make_student(teacher, 8, 1, n_prev=11)
+
+    paths = sorted(setup["targets"].glob("train_set0_*.npz"))
+    full, four = DistillSet(paths, 8), DistillSet(paths, 8, 4)
+    np.testing.assert_array_equal(four.cols["prev_motion"], full.cols["prev_motion"][:, 6:])
+    np.testing.assert_array_equal(four.cols["prev_audio"], full.cols["prev_audio"][:, 6:])
+
+    out = setup["root"] / "s_prev4"
+    argv = setup["base"] + ["--batch", "8", "--quiet", "--no-build", "--steps", "1", "--iters", "3",
+                            "--val-every", "3", "--save-every", "3", "--n-prev", "4", "-o", str(out)]
+    assert _run(argv) == 0
+    a = load_model_dir(out)
+    assert a.config.n_prev_motions == 4 and a.model.start_audio_feat.shape[1] == 4
+    with pytest.raises(UserError, match="not this run's student"):
+        _run(argv[:-4] + ["--n-prev", "6", "-o", str(out), "--iters", "4", "--resume"])
+
+    audio = np.random.default_rng(3).uniform(-0.3, 0.3, 24000).astype(np.float32)
+    motions = {}
+    for backend in ("torch", "onnxruntime"):
+        if backend_unavailable(backend) is not None:
+            continue
+        session = build_session(a, DDIMSampler(1), Guidance(), StreamConfig(80, 80, 400), a.styles["calm"],
+                                backend=backend)
+        motions[backend] = np.stack([f.motion for f in stream_array(session, audio, 320)])
+    assert motions["torch"].shape[0] == 37 and np.isfinite(motions["torch"]).all()
+    if "onnxruntime" in motions:
+        assert np.abs(motions["onnxruntime"] - motions["torch"]).max() < 1e-3
+
+
+def test_rollouts_continue_from_the_students_own_frames(setup):
+    """--rollout: K consecutive steps of one clip, each after the first continuing from the frames
+    the student emitted itself; the losses are finite and training with them runs."""
+    from training.distill import make_student, unrolled
+    from training.distill_data import DistillSet
+    from training.distill_losses import dim_weights
+    from training.distill_rollout import Rollouts, rollout_losses
+
+    ds = DistillSet(sorted(setup["targets"].glob("train_set0_*.npz")), 8)
+    ro = Rollouts(ds, 100)
+    assert ro.hop == 4 and ro.K == 25  # 160 ms hops are the most common in these targets
+    rows = ro.draw(np.random.default_rng(0), 3)
+    assert rows.shape == (3, 25)
+    assert (np.diff(ds.cols["shard"][rows], axis=1) == 0).all()
+    assert (np.diff(ds.cols["first"][rows], axis=1) == ro.hop).all()
+
+    cfg, student = make_student(_teacher(setup), 8, 1)
+    w = dim_weights(cfg.motion_dim, cfg.head_pose, 1.0)
+    with torch.no_grad():
+        r = rollout_losses(student, ds, rows[:, :2], ro.hop, 1, w, "cpu")
+        # by hand: step 0 from the recorded frames, step 1 from step 0's emitted frames
+        b0 = ds.batch(rows[:, 0], "cpu")
+        x0 = unrolled(student, b0, 1, w, 0.0)[3]
+        b1 = ds.batch(rows[:, 1], "cpu")
+        forced = unrolled(student, b1, 1, w, 0.0)[2][0]
+        b1.prev_motion = torch.cat([b0.prev_motion, x0[:, :4]], dim=1)[:, -cfg.n_prev_motions:]
+        free = unrolled(student, b1, 1, w, 0.0)[2][0]
+    c0 = unrolled(student, b0, 1, w, 0.0)[2][0]
+    torch.testing.assert_close(r["coef"], (c0 + free) / 2)
+    assert not torch.isclose(free, forced)
+    assert all(torch.isfinite(v) for v in r.values()) and 0 <= float(r["style"]) <= 2
+
+    out = setup["root"] / "s_rollout"
+    assert _run(setup["base"] + ["--batch", "8", "--quiet", "--no-build", "--steps", "1", "--iters", "2",
+                                 "--val-every", "2", "--save-every", "2", "--rollout", "2", "-o", str(out)]) == 0
+    hist = json.loads((out / "history.json").read_text())
+    assert np.isfinite(hist[-1]["val_rollout_style"]) and hist[-1]["val_rollout_coef"] > 0
+    with pytest.raises(UserError, match="--rollout"):
+        _run(setup["base"] + ["-o", str(setup["root"] / "bad"), "--rollout", "-1"])

@@ -47,10 +47,12 @@ def parse_configs(text: str, window: int) -> tuple[tuple[int, int], ...]:
 
 # --- the student ---------------------------------------------------------------------------------
 
-def make_student(teacher, n_motions: int, steps: int):
+def make_student(teacher, n_motions: int, steps: int, n_prev: int | None = None):
     """A student DiffPoseTalk initialised from a loaded teacher: same networks, window
     ``n_motions``, kind "student"; the new guidance embedding starts at zero (= the teacher's plain
-    conditional pass)."""
+    conditional pass). ``n_prev`` (default the teacher's) previous frames: fewer make every pass
+    cheaper; the student keeps the teacher's *last* previous-frame positions and start vectors, the
+    ones next to the window."""
     import torch
 
     from diffposetalk.model import DiffPoseTalk
@@ -60,16 +62,24 @@ def make_student(teacher, n_motions: int, steps: int):
         raise UserError(f"{teacher.path} is already a distilled student: pass a teacher (--init takes a student)")
     if n_motions < 1 or n_motions > tcfg.n_motions:
         raise UserError(f"--window {n_motions}: must be in 1..{tcfg.n_motions} (the teacher's window)")
+    P = tcfg.n_prev_motions
+    n_prev = P if n_prev is None else n_prev
+    if not 1 <= n_prev <= P:
+        raise UserError(f"--n-prev {n_prev}: must be in 1..{P} (the teacher's previous frames)")
     cfg = dataclasses.replace(
         # the student is trained to output the clean motion (x0) whatever the teacher predicts, so its
         # config says so and the samplers read its output as x0
-        tcfg, n_motions=n_motions, kind="student", student_steps=steps, target="sample",
-        description=f"{steps}-step student distilled from {teacher.path.name} ({n_motions}-frame streaming window)")
+        tcfg, n_motions=n_motions, n_prev_motions=n_prev, kind="student", student_steps=steps, target="sample",
+        description=f"{steps}-step student distilled from {teacher.path.name} ({n_motions}-frame streaming window"
+                    + (f", {n_prev} previous frames)" if n_prev != P else ")"))
     cfg.validate("student")
     student = DiffPoseTalk(cfg)
     state = {k: v.detach().clone().cpu() for k, v in teacher.model.state_dict().items()}
-    if cfg.learnable_pe:
-        state["denoising_net.PE"] = state["denoising_net.PE"][:, :1 + cfg.seq_len].clone()
+    if cfg.learnable_pe:  # [person] + the last n_prev previous-frame positions + the first n_motions
+        pe = state["denoising_net.PE"]
+        state["denoising_net.PE"] = torch.cat([pe[:, :1], pe[:, 1 + P - n_prev:1 + P + n_motions]], dim=1).clone()
+    for k in ("start_audio_feat", "start_motion_feat"):
+        state[k] = state[k][:, P - n_prev:].clone()
     missing, unexpected = student.load_state_dict(state, strict=False)
     if unexpected or any(not k.startswith("denoising_net.guidance_map.") for k in missing):
         raise UserError(f"teacher weights do not fit the student: missing {missing}, unexpected {unexpected}")
@@ -90,7 +100,8 @@ def trainable(student) -> list:
 
 def unrolled(student, b, steps: int, dim_w, vel_weight: float):
     """Run the student's DDIM steps from the teacher's noise; returns (loss, terms of the last step,
-    per-step coef losses). The next step's input is the re-noise of the detached x0."""
+    per-step coef losses, the last step's x0). The next step's input is the re-noise of the
+    detached x0."""
     import torch
 
     from diffposetalk.sampler import DDIMSampler
@@ -116,7 +127,7 @@ def unrolled(student, b, steps: int, dim_w, vel_weight: float):
             abar, abar_next = sched.alpha_bars[t], sched.alpha_bars[ts[i + 1]]
             eps = (x - torch.sqrt(abar) * x0d) / torch.sqrt(1 - abar)
             x = torch.sqrt(abar_next) * x0d + torch.sqrt(1 - abar_next) * eps
-    return loss, terms, per_step
+    return loss, terms, per_step, x0
 
 
 def validate(student, val, idx_batches, steps: int, dim_w, vel_weight: float, device) -> dict:
@@ -128,7 +139,7 @@ def validate(student, val, idx_batches, steps: int, dim_w, vel_weight: float, de
     with torch.no_grad():
         for idx in idx_batches:
             b = val.batch(idx, device)
-            loss, terms, per_step = unrolled(student, b, steps, dim_w, vel_weight)
+            loss, terms, per_step, _ = unrolled(student, b, steps, dim_w, vel_weight)
             w = len(idx) / n
             sums["val_loss"] += float(loss) * w
             sums["val_coef"] += float(terms["coef"]) * w
@@ -165,7 +176,7 @@ def build_targets(opts: DistillOptions, teacher, configs) -> tuple[list[Path], l
                                    **common)
         return train, val
     train = build_shards(teacher, opts.data, "train", opts.targets, sets, max_clips=opts.train_clips,
-                         style_swap=opts.style_swap, **common)
+                         style_swap=opts.style_swap, style_mix=opts.style_mix, **common)
     val = build_shards(teacher, opts.data, "val", opts.targets, [0], max_clips=opts.val_clips, **common)
     return train, val
 
@@ -212,7 +223,7 @@ class DistillOptions(TrainOptions):
     data: Path | None = None  # motion dataset (HDTF_TFHP-layout lmdb or a SynthTalk folder), or
     audio: Path | None = None  # ... speech alone: a folder of .wav/.flac (training/distill_audio.py)
     styles: Path | None = None  # with audio: .npy style vectors (default: the teacher's presets)
-    style_mix: float = 0.0  # with audio: share of targets conditioned on a mix of two given styles
+    style_mix: float = 0.0  # share of targets conditioned on a mix of two styles (given ones / speakers')
     segment_seconds: float = 20.0  # with audio: longer files are cut into segments this long
     steps: int = 2  # student denoising steps (STEP_CHOICES)
     init: Path | None = None  # start from this student instead of the teacher (progressive distillation)
@@ -223,6 +234,7 @@ class DistillOptions(TrainOptions):
     target_set: list[int] | None = None  # build only these sets (with only_targets)
     target_steps: int = 25  # teacher DDIM steps for the targets
     window: int = 8  # student window in frames
+    n_prev: int | None = None  # previous frames the student continues from (None: the teacher's)
     configs: str = "80/80,80/40,160/80"  # hop/lookahead ms pairs the student sees
     context_ms: int = 1600
     val_clips: int = 10
@@ -239,6 +251,8 @@ class DistillOptions(TrainOptions):
     vel_weight: float = 5.0  # velocity term weight
     mouth_weight: float = 1.0  # weight of the mouth dims in the loss
     context_mix: float = 0.0  # probability that a window's previous frames come from another style draw
+    rollout: int = 0  # rollouts per iteration (training/distill_rollout.py); 0: teacher-forced windows only
+    style_weight: float = 1.0  # weight of the rollouts' style term
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -307,6 +321,8 @@ def check_options(opts: DistillOptions) -> tuple[tuple[int, int], ...]:
         raise UserError("--iters and --batch must be positive")
     if not 0.0 <= opts.style_swap <= 1.0:
         raise UserError(f"--style-swap {opts.style_swap}: must be a probability in [0, 1]")
+    if opts.rollout < 0 or opts.style_weight < 0:
+        raise UserError("--rollout and --style-weight must not be negative")
     if not 0.0 <= opts.context_mix <= 1.0:
         raise UserError(f"--context-mix {opts.context_mix}: must be a probability in [0, 1]")
     out = opts.out
@@ -352,10 +368,13 @@ def _initial_student(opts: DistillOptions, teacher):
     from diffposetalk.model_dir import load_model_dir
 
     if not opts.init:
-        return make_student(teacher, opts.window, opts.steps)
+        return make_student(teacher, opts.window, opts.steps, opts.n_prev)
     init = load_model_dir(opts.init, "cpu")
     if init.config.kind != "student" or init.config.n_motions != opts.window:
         raise UserError(f"--init {opts.init}: needs a student with a {opts.window}-frame window")
+    if opts.n_prev is not None and init.config.n_prev_motions != opts.n_prev:
+        raise UserError(f"--init {opts.init}: continues from {init.config.n_prev_motions} previous frames, "
+                        f"not {opts.n_prev} (--n-prev)")
     cfg = dataclasses.replace(init.config, student_steps=opts.steps,
                               description=f"{opts.steps}-step student distilled from "
                                           f"{teacher.path.name}, initialised from {Path(opts.init).name}")
@@ -364,10 +383,12 @@ def _initial_student(opts: DistillOptions, teacher):
 
 def _recorded_options(opts: DistillOptions) -> dict:
     """The options saved with the checkpoints and in distill.json."""
-    return {"teacher": str(opts.teacher), "steps": opts.steps, "window": opts.window, "batch": opts.batch,
+    return {"teacher": str(opts.teacher), "steps": opts.steps, "window": opts.window, "n_prev": opts.n_prev,
+            "batch": opts.batch,
             "seed": opts.seed, "target_sets": opts.target_sets, "target_steps": opts.target_steps,
             "configs": opts.configs, "context_ms": opts.context_ms, "vel_weight": opts.vel_weight,
             "mouth_weight": opts.mouth_weight, "context_mix": opts.context_mix, "lr": opts.lr, "iters": opts.iters,
+            "rollout": opts.rollout, "style_weight": opts.style_weight,
             "init": str(opts.init) if opts.init else None,
             "data": str(opts.data) if opts.data else None, "audio": str(opts.audio) if opts.audio else None,
             "styles": str(opts.styles) if opts.styles else None, "style_mix": opts.style_mix,
@@ -379,11 +400,12 @@ def _resume(opts: DistillOptions, run: StudentRun) -> tuple[int, list]:
     from training.train_state import resume_model_dir
 
     return resume_model_dir(opts.out, run.config, run.student, run.optimizer, run.rng, run.options,
-                            ("teacher", "steps", "window", "batch", "seed", "target_sets",
+                            ("teacher", "steps", "window", "n_prev", "batch", "seed", "target_sets",
                              "target_steps", "configs", "context_ms", "vel_weight",
                              "mouth_weight", "init", "context_mix", "audio", "styles", "style_mix",
+                             "rollout", "style_weight",
                              "segment_seconds"),
-                            "is not this run's student (--teacher/--steps/--window)")
+                            "is not this run's student (--teacher/--steps/--window/--n-prev)")
 
 
 def train_student(opts: DistillOptions, teacher, run: StudentRun, train_paths: list[Path], val_paths: list[Path],
@@ -397,8 +419,8 @@ def train_student(opts: DistillOptions, teacher, run: StudentRun, train_paths: l
     from training.train_state import save_state
 
     out, cfg, student, rng, history = opts.out, run.config, run.student, run.rng, run.history
-    train = DistillSet(train_paths, opts.window)
-    val = DistillSet(val_paths, opts.window)
+    train = DistillSet(train_paths, opts.window, cfg.n_prev_motions)
+    val = DistillSet(val_paths, opts.window, cfg.n_prev_motions)
     want = "window" if opts.stream_encoder is None else "stream"
     for name, part in (("train", train), ("val", val)):
         if part.features != want:
@@ -415,11 +437,25 @@ def train_student(opts: DistillOptions, teacher, run: StudentRun, train_paths: l
     val_idx = np.linspace(0, len(val) - 1, min(len(val), 2048)).astype(int)
     val_batches = [val_idx[i:i + 256] for i in range(0, len(val_idx), 256)]
     recent = defaultdict(lambda: deque(maxlen=50))
+    rollouts = val_rollouts = None
+    if opts.rollout:
+        from training.distill_rollout import Rollouts, rollout_losses
+
+        frames = student.cfg.style_encoder.n_motions if student.style_encoder is not None else 100
+        rollouts, val_rollouts = Rollouts(train, frames), Rollouts(val, frames)
+        val_rows = val_rollouts.draw(np.random.default_rng(0), 16)  # the same val rollouts every time
+        log.info("rollouts: %d steps of %d frames from %d train starts", rollouts.K, rollouts.hop,
+                 len(rollouts.starts))
 
     def train_step() -> dict:
         idx = rng.integers(0, len(train), size=opts.batch)
         prev = train.decorrelate(idx, rng, opts.context_mix) if opts.context_mix > 0 else None
-        loss, terms, _ = unrolled(student, train.batch(idx, device, prev), opts.steps, dim_w, opts.vel_weight)
+        loss, terms, _, _ = unrolled(student, train.batch(idx, device, prev), opts.steps, dim_w, opts.vel_weight)
+        if rollouts is not None:
+            r = rollout_losses(student, train, rollouts.draw(rng, opts.rollout), rollouts.hop, opts.steps, dim_w, device)
+            loss = loss + r["coef"] + opts.vel_weight * r["vel"] + opts.style_weight * r["style"]
+            for k in ("coef", "style"):
+                recent[f"roll_{k}"].append(float(r[k].detach()))
         optimizer_step(run.optimizer, loss, run.params, opts.clip)
         recent["loss"].append(float(loss.detach()))
         for k in ("coef", "vel", "lip"):
@@ -428,11 +464,22 @@ def train_student(opts: DistillOptions, teacher, run: StudentRun, train_paths: l
 
     def validate_now(done: int) -> str:
         v = validate(student, val, val_batches, opts.steps, dim_w, opts.vel_weight, device)
+        if val_rollouts is not None:
+            import torch
+
+            student.eval()
+            with torch.no_grad():
+                r = rollout_losses(student, val, val_rows, val_rollouts.hop, opts.steps, dim_w, device)
+            student.denoising_net.train()
+            v.update({f"val_rollout_{k}": float(x) for k, x in r.items()})
         history.append({"step": done, **{f"train_{k}": float(np.mean(x)) for k, x in recent.items()}, **v})
         per_step = [x for k, x in v.items() if k.startswith("val_coef_step")]
         return (f"step {done}: train {np.mean(recent['loss']):.4f}  val {v['val_loss']:.4f} "
                 f"(coef {v['val_coef']:.4f}, lip {v['val_lip']:.4f}, per step "
-                + " ".join(f"{x:.4f}" for x in per_step) + ")")
+                + " ".join(f"{x:.4f}" for x in per_step) + ")"
+                + ("" if val_rollouts is None else
+                   f"  rollout coef {v['val_rollout_coef']:.4f} vel {v['val_rollout_vel']:.5f} "
+                   f"style {v['val_rollout_style']:.4f}"))
 
     def checkpoint(at: int) -> None:
         save_model_dir(out, cfg, student, stats, teacher.styles)

@@ -176,6 +176,20 @@ def style_donor(seed: int, set_idx: int, clip_idx: int, clips, swap: float) -> i
     return others[int(rng.integers(len(others)))] if others else None
 
 
+def style_partner(seed: int, set_idx: int, clip_idx: int, clips, mix: float) -> tuple[int, float] | None:
+    """With probability ``mix``, (index of another speaker's clip, weight w): the target is then
+    conditioned on w x its own style + (1 - w) x that speaker's, w ~ U[0.2, 0.8] (deterministic per
+    seed/set/clip). Why: styles between the train speakers' give the student a denser sample of the
+    style space than one point per speaker, so unseen speakers' styles are less of an extrapolation."""
+    rng = np.random.default_rng([seed, set_idx, clip_idx, 11])
+    if mix <= 0 or rng.random() >= mix:
+        return None
+    others = [j for j, c in enumerate(clips) if c.person != clips[clip_idx].person]
+    if not others:
+        return None
+    return others[int(rng.integers(len(others)))], float(rng.uniform(0.2, 0.8))
+
+
 @dataclass
 class TargetSource:
     """One clip the teacher generates targets for."""
@@ -193,10 +207,11 @@ StyleChooser = Callable[[int, int, TargetDraw], tuple[np.ndarray | None, str | N
 def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_motions: int, steps: int,
                  seed: int, configs=DEFAULT_CONFIGS, context_ms: int = DEFAULT_CONTEXT_MS,
                  max_clips: int | None = None, progress=None, reverse: bool = False,
-                 style_swap: float = 0.0, encoder=None) -> list[Path]:
+                 style_swap: float = 0.0, style_mix: float = 0.0, encoder=None) -> list[Path]:
     """Build the missing shards of a dataset ``split`` for target sets ``sets``; each target is
     conditioned on its speaker's style from GT (or, with ``style_swap``, another speaker's:
-    :func:`style_donor`). Returns every shard path."""
+    :func:`style_donor`; with ``style_mix``, a mix with another speaker's: :func:`style_partner`).
+    Returns every shard path."""
     from training.train_data import load_split
 
     clips = load_split(data, split, max_clips)
@@ -211,7 +226,11 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
             donor = style_donor(seed, set_idx, i, clips, style_swap)
             entry = clips[donor].entry if donor is not None else clips[i].entry
             style = styles.get(entry)
-            return style, (entry if style is not None else None)
+            partner = style_partner(seed, set_idx, i, clips, style_mix)
+            if style is None or partner is None or styles.get(clips[partner[0]].entry) is None:
+                return style, (entry if style is not None else None)
+            other, w = clips[partner[0]].entry, partner[1]
+            return (w * style + (1 - w) * styles[other]).astype(np.float32), f"{entry}*{w:.2f}+{other}*{1 - w:.2f}"
         return choose
 
     return write_shards(loaded, split, sources, chooser, out, sets, n_motions, steps, seed, configs, context_ms,
@@ -312,9 +331,10 @@ class DistillBatch:
 
 
 class DistillSet:
-    """All steps of a list of shards, kept in memory (features as float16)."""
+    """All steps of a list of shards, kept in memory (features as float16). ``n_prev``: the
+    student's previous frames, the last ones of the recorded (teacher's) previous frames."""
 
-    def __init__(self, paths: list[Path], n_motions: int):
+    def __init__(self, paths: list[Path], n_motions: int, n_prev: int | None = None):
         if not paths:
             raise UserError("no distillation targets found")
         self.L = n_motions
@@ -336,6 +356,12 @@ class DistillSet:
             except (OSError, ValueError, KeyError) as exc:
                 raise UserError(f"{p}: unreadable distillation shard ({exc}); delete it to rebuild") from exc
         self.cols = {k: np.concatenate(v) for k, v in cols.items()}
+        recorded = self.cols["prev_motion"].shape[1]
+        if n_prev is not None and n_prev != recorded:
+            if n_prev > recorded:
+                raise UserError(f"the targets hold {recorded} previous frames per step, the student takes {n_prev}")
+            for k in ("prev_motion", "prev_audio"):  # a view: no copy of the features
+                self.cols[k] = self.cols[k][:, recorded - n_prev:]
         # which audio features the inputs hold: the teacher's window ("window") or a streaming encoder's
         kinds = sorted({s["meta"].get("features", "window") for s in self.shards})
         if len(kinds) > 1:

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="build only this set (repeatable; for parallel builds with --only-targets)")
     g.add_argument("--target-steps", type=int, default=25, help="teacher DDIM steps for the targets")
     g.add_argument("--window", type=int, default=8, help="student window in frames (>= hop + lookahead)")
+    g.add_argument("--n-prev", type=int,
+                   help="previous frames the student continues from (default: the teacher's, 10); fewer cost "
+                        "less per pass (the targets record the teacher's and the student takes the last N)")
     g.add_argument("--configs", default="80/80,80/40,160/80", help="hop/lookahead ms pairs the student sees")
     g.add_argument("--context-ms", type=int, default=1600)
     g.add_argument("--val-clips", type=int, default=10, help="val clips for the validation loss")
@@ -44,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="with --audio: folder of .npy style vectors the targets are conditioned on (default: the "
                         "teacher's styles/ presets); some targets use the null style")
     g.add_argument("--style-mix", type=float, default=0.0,
-                   help="with --audio: share of targets conditioned on a random convex mix of two given styles")
+                   help="share of targets conditioned on a random convex mix of two styles: two given ones "
+                        "(--audio), the speaker's own and another train speaker's (--data; train targets only)")
     g.add_argument("--segment-seconds", type=float, default=20.0,
                    help="with --audio: longer files are cut into segments of this length")
     g.add_argument("--reverse", action="store_true",
@@ -64,6 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--context-mix", type=float, default=0.0,
                    help="probability per training window that its previous frames come from another style "
                         "draw of the same clip, amplitude-jittered (decorrelates context and style)")
+    g.add_argument("--rollout", type=int, default=0,
+                   help="per iteration, this many rollouts: the student runs ~4 s of a clip as a session does, "
+                        "from its own previous frames, with coefficient, velocity and style losses (0: off)")
+    g.add_argument("--style-weight", type=float, default=1.0,
+                   help="weight of the rollouts' style term (1 - cosine of the style encoder's vectors)")
     g.add_argument("--val-every", type=int, default=250)
     g.add_argument("--save-every", type=int, default=250)
     g.add_argument("--seed", type=int, default=0)
@@ -82,5 +91,6 @@ def cmd_distill(args) -> int:
         print(f"targets in {result.targets}: {len(result.train_shards)} train, {len(result.val_shards)} val shards")
     else:
         cfg = result.config
-        print(f"student written to {args.out} ({cfg.student_steps} steps, {cfg.n_motions}-frame window)")
+        print(f"student written to {args.out} ({cfg.student_steps} steps, {cfg.n_motions}-frame window, "
+              f"{cfg.n_prev_motions} previous frames)")
     return 0
