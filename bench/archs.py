@@ -19,6 +19,12 @@ log = logging.getLogger("dpt_live.bench")
 TRAINED = {"demo": (MODELS_DIR / "demo", "demo"), "demo-student": (MODELS_DIR / "demo-student", "demo")}
 
 
+# the bundled student's design (models/demo-student): a 4-frame window (hop + lookahead at 80/80,
+# or one regenerated + one new + two lookahead frames at the default 40/80) continuing from 4
+# previous frames: 1 + 4 + 4 tokens per pass instead of the teacher's 1 + 10 + 100
+STUDENT_WINDOW, STUDENT_PREV = 4, 4
+
+
 def reference_arch(arch: str) -> str:
     """The architecture whose reference sampler an --archs entry is compared with: a bundled
     model's own, a variant's base (full+student -> full)."""
@@ -39,8 +45,9 @@ def stream_encoder_design(feature_dim: int) -> dict:
 
 def arch_config(arch: str):
     """The ModelConfig of an --archs entry: a training/archs size, optionally with modifiers
-    '+student[N]' (a distilled 1-step student with an N-frame window, default 8 as `dpt-live
-    distill`), '+small-encoder' (the demo model's 2-layer 128-d HuBERT in place of the arch's:
+    '+student[N][pK]' (a distilled 1-step student with an N-frame window continuing from K previous
+    frames; default the bundled student's design, :data:`STUDENT_WINDOW` / :data:`STUDENT_PREV`),
+    '+small-encoder' (the demo model's 2-layer 128-d HuBERT in place of the arch's:
     what a distilled small audio encoder would cost) and '+stream-encoder' (a streaming audio
     encoder, :func:`stream_encoder_design`, which sessions then use instead of HuBERT)."""
     import dataclasses
@@ -51,18 +58,20 @@ def arch_config(arch: str):
     base, *mods = arch.split("+")
     if base not in ARCHS:
         raise UserError(f"--archs: unknown architecture {base!r} in {arch!r} (choose from {', '.join(ARCHS)}, "
-                        "optionally +student[N], +small-encoder, +stream-encoder)")
+                        "optionally +student[N][pK], +small-encoder, +stream-encoder)")
     cfg = make_config(base)
     for mod in mods:
-        student = re.fullmatch(r"student(\d*)", mod)
+        student = re.fullmatch(r"student(\d*)(?:p(\d+))?", mod)
         if mod == "small-encoder":
             cfg = dataclasses.replace(cfg, hubert=dict(HUBERT_DEMO), audio_hidden=HUBERT_DEMO["hidden_size"])
         elif student:
-            cfg = dataclasses.replace(cfg, kind="student", student_steps=1, n_motions=int(student.group(1) or 8))
+            cfg = dataclasses.replace(cfg, kind="student", student_steps=1,
+                                      n_motions=int(student.group(1) or STUDENT_WINDOW),
+                                      n_prev_motions=int(student.group(2) or STUDENT_PREV))
         elif mod == "stream-encoder":
             cfg = dataclasses.replace(cfg, stream_encoder=stream_encoder_design(cfg.feature_dim))
         else:
-            raise UserError(f"--archs: unknown modifier {mod!r} in {arch!r} (+student[N], +small-encoder, "
+            raise UserError(f"--archs: unknown modifier {mod!r} in {arch!r} (+student[N][pK], +small-encoder, "
                             "+stream-encoder)")
     cfg.description = f"random weights ({arch}), for timing only: dpt-live bench"
     return cfg.validate(f"--archs {arch}")

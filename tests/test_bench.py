@@ -123,7 +123,7 @@ def test_concurrent_sessions(tiny_model_dir, tmp_path):
 def test_students_use_their_teachers_reference(tmp_path):
     student = make_tiny_model_dir(tmp_path / "student", kind="student", student_steps=1)
     rc = main(["bench", "--archs", "tiny+student", "--cache-dir", str(tmp_path / "cache"), "--model",
-               str(student), "--backends", "torch", "--steps", "2", "--windows", "160/80/400", "--seconds", "1.5",
+               str(student), "--backends", "torch", "--steps", "2", "--windows", "80/80/400", "--seconds", "1.5",
                "--reference-seconds", "1", "--reference-steps", "4", "--json", str(tmp_path / "r.json")])
     assert rc == 0
     r = json.loads((tmp_path / "r.json").read_text())
@@ -221,7 +221,7 @@ def test_stream_bench_long_defaults_to_the_bundled_stream_model(capsys):
 
     if not (DEFAULT_STREAM_MODEL / "config.json").is_file():
         pytest.skip("the bundled stream model is not in this checkout")
-    assert main(["stream-bench", "--long", "2", "--grid", "160/80/400"]) == 0
+    assert main(["stream-bench", "--long", "2", "--grid", "80/80/400"]) == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last.startswith("2 s: 50 frames (floor(seconds x 25) = 50), " + DEFAULT_STREAM_MODEL.name)
 

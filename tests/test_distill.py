@@ -309,6 +309,21 @@ def test_style_mix_conditions_on_a_mix_with_another_speaker(setup, tmp_path):
     assert n_mixed
 
 
+def test_pad_silence_adds_long_pauses_to_the_targets(setup, tmp_path):
+    """--pad-silence S: the teacher generates (and the session records) each clip with S seconds of
+    digital silence before and after it; the shard says so."""
+    from training.distill_data import build_shards
+    from training.train_data import load_split
+
+    clip = load_split(setup["data"], "train")[0]
+    (path, *_) = build_shards(_teacher(setup), setup["data"], "train", tmp_path, [0], 8, 2, seed=3,
+                              configs=((160, 80),), context_ms=400, pad_s=1.0)
+    with np.load(path) as z:
+        meta, teacher, first = json.loads(str(z["meta"])), z["teacher"], z["first"]
+    assert meta["pad_s"] == 1.0 and meta["entry"] == clip.entry
+    assert len(teacher) == clip.n_frames + 50 and first[-1] + 4 >= len(teacher)
+
+
 # --- the student ----------------------------------------------------------------------------------
 
 def test_student_guidance_inputs(setup):
@@ -340,9 +355,9 @@ def test_student_guidance_inputs(setup):
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_distillation_loss_decreases(setup, steps):
-    from training.distill import make_student, trainable, unrolled
+    from training.distill import make_student, trainable
     from training.distill_data import DistillSet
-    from training.distill_losses import dim_weights
+    from training.distill_losses import dim_weights, unrolled
 
     ds = DistillSet(sorted(setup["targets"].glob("train_set0_*.npz")), 8)
     cfg, student = make_student(_teacher(setup), 8, steps)
@@ -430,7 +445,8 @@ def test_cli_checkpoint_resume_and_student_in_the_engines(setup):
     assert res["mode"] == "stream" and res["steps"] == 2 and res["kind"] == "student"
     assert np.isfinite(m["lip_error"]) and m["diversity"] > 0
     # the default window: one frame per step (40 ms hop, one regenerated), 2 passes per step
-    assert res["window"] == {"hop_ms": 40, "lookahead_ms": 80, "context_ms": 400, "regen_ms": 40}
+    assert res["window"] == {"hop_ms": 40, "lookahead_ms": 80, "context_ms": 400, "regen_ms": 40,
+                             "audio_encoder": "window"}
     assert m["network_passes_per_audio_second"] == pytest.approx(2 * 25, rel=0.05)
 
 
@@ -532,9 +548,9 @@ def test_fewer_previous_frames(setup):
 def test_rollouts_continue_from_the_students_own_frames(setup):
     """--rollout: K consecutive steps of one clip, each after the first continuing from the frames
     the student emitted itself; the losses are finite and training with them runs."""
-    from training.distill import make_student, unrolled
+    from training.distill import make_student
     from training.distill_data import DistillSet
-    from training.distill_losses import dim_weights
+    from training.distill_losses import dim_weights, unrolled
     from training.distill_rollout import Rollouts, rollout_losses
 
     ds = DistillSet(sorted(setup["targets"].glob("train_set0_*.npz")), 8)

@@ -98,40 +98,10 @@ def trainable(student) -> list:
     return list(student.denoising_net.parameters())
 
 
-def unrolled(student, b, steps: int, dim_w, vel_weight: float):
-    """Run the student's DDIM steps from the teacher's noise; returns (loss, terms of the last step,
-    per-step coef losses, the last step's x0). The next step's input is the re-noise of the
-    detached x0."""
-    import torch
-
-    from diffposetalk.sampler import DDIMSampler
-    from training.distill_losses import student_losses, total
-
-    sched = student.diffusion_sched
-    ts = DDIMSampler(steps).timesteps(student)
-    n, P = b.x_T.shape[0], student.cfg.n_prev_motions
-    null = student.null_style_feat.expand(n, -1, -1)[:, 0] if student.cfg.use_style else None
-    style = torch.where(b.has_style[:, None], b.style, null) if null is not None else None
-    person = student._person(b.shape, style)
-    x, loss, per_step, terms = b.x_T, 0.0, [], {}
-    for i, t in enumerate(ts):
-        step = torch.full((n,), t, dtype=torch.long, device=x.device)
-        out = student.denoising_net(x, b.audio_feat, person, b.prev_motion, b.prev_audio, step,
-                                    b.indicator if student.cfg.use_indicator else None, b.guidance)
-        x0 = out[:, P:]
-        terms = student_losses(x0, b.target, b.indicator, dim_w)
-        loss = loss + total(terms, vel_weight) / len(ts)
-        per_step.append(terms["coef"].detach())
-        if i + 1 < len(ts):
-            x0d = x0.detach()
-            abar, abar_next = sched.alpha_bars[t], sched.alpha_bars[ts[i + 1]]
-            eps = (x - torch.sqrt(abar) * x0d) / torch.sqrt(1 - abar)
-            x = torch.sqrt(abar_next) * x0d + torch.sqrt(1 - abar_next) * eps
-    return loss, terms, per_step, x0
-
-
 def validate(student, val, idx_batches, steps: int, dim_w, vel_weight: float, device) -> dict:
     import torch
+
+    from training.distill_losses import unrolled
 
     student.eval()
     sums = defaultdict(float)
@@ -161,7 +131,8 @@ def build_targets(opts: DistillOptions, teacher, configs) -> tuple[list[Path], l
     if bad:
         raise UserError(f"--target-set {bad}: must be in 0..{opts.target_sets - 1}")
     common = dict(n_motions=opts.window, steps=opts.target_steps, seed=opts.seed, configs=configs,
-                  context_ms=opts.context_ms, reverse=opts.reverse, encoder=feature_encoder(opts, teacher))
+                  context_ms=opts.context_ms, reverse=opts.reverse, encoder=feature_encoder(opts, teacher),
+                  pad_s=opts.pad_silence)
     if opts.audio is not None:
         from training.distill_audio import load_audio_clips, split_audio_clips
 
@@ -240,6 +211,7 @@ class DistillOptions(TrainOptions):
     val_clips: int = 10
     train_clips: int | None = None  # only the first N train clips
     style_swap: float = 0.0  # share of targets conditioned on another speaker's style
+    pad_silence: float = 0.0  # seconds of digital silence added before and after every clip
     reverse: bool = False  # build the missing shards last clip first
     only_targets: bool = False  # build the targets and stop
     no_build: bool = False  # train on the shards already in targets
@@ -321,6 +293,8 @@ def check_options(opts: DistillOptions) -> tuple[tuple[int, int], ...]:
         raise UserError("--iters and --batch must be positive")
     if not 0.0 <= opts.style_swap <= 1.0:
         raise UserError(f"--style-swap {opts.style_swap}: must be a probability in [0, 1]")
+    if opts.pad_silence < 0:
+        raise UserError(f"--pad-silence {opts.pad_silence}: seconds, not negative")
     if opts.rollout < 0 or opts.style_weight < 0:
         raise UserError("--rollout and --style-weight must not be negative")
     if not 0.0 <= opts.context_mix <= 1.0:
@@ -414,7 +388,7 @@ def train_student(opts: DistillOptions, teacher, run: StudentRun, train_paths: l
     what this student was trained on) go to opts.out."""
     from diffposetalk.model_dir import save_model_dir
     from training.distill_data import DistillSet
-    from training.distill_losses import dim_weights
+    from training.distill_losses import dim_weights, unrolled
     from training.train_loop import optimizer_step, run_training
     from training.train_state import save_state
 

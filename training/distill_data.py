@@ -198,6 +198,20 @@ class TargetSource:
     person: str
     audio: np.ndarray  # (n,) float32 16 kHz
     shape_n: np.ndarray  # normalised FLAME shape (shape_dim,)
+    pad_s: float = 0.0  # digital silence added before and after the clip's own audio
+
+
+def padded(sources: list[TargetSource], pad_s: float) -> list[TargetSource]:
+    """The sources with ``pad_s`` seconds of digital silence before and after each clip: long
+    pauses (the start of a stream, a speaker listening) that datasets of read sentences lack, so
+    the student also learns the teacher's rest after and before speech."""
+    if pad_s <= 0:
+        return sources
+    from diffposetalk.units import SAMPLE_RATE
+
+    z = np.zeros(int(round(pad_s * SAMPLE_RATE)), np.float32)
+    return [TargetSource(c.entry, c.person, np.concatenate([z, c.audio, z]), c.shape_n, c.pad_s + pad_s)
+            for c in sources]
 
 
 # (set, clip index, draw) -> (style or None, where it came from): how a target's style is chosen
@@ -207,7 +221,7 @@ StyleChooser = Callable[[int, int, TargetDraw], tuple[np.ndarray | None, str | N
 def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_motions: int, steps: int,
                  seed: int, configs=DEFAULT_CONFIGS, context_ms: int = DEFAULT_CONTEXT_MS,
                  max_clips: int | None = None, progress=None, reverse: bool = False,
-                 style_swap: float = 0.0, style_mix: float = 0.0, encoder=None) -> list[Path]:
+                 style_swap: float = 0.0, style_mix: float = 0.0, encoder=None, pad_s: float = 0.0) -> list[Path]:
     """Build the missing shards of a dataset ``split`` for target sets ``sets``; each target is
     conditioned on its speaker's style from GT (or, with ``style_swap``, another speaker's:
     :func:`style_donor`; with ``style_mix``, a mix with another speaker's: :func:`style_partner`).
@@ -216,8 +230,8 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
 
     clips = load_split(data, split, max_clips)
     stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
-    sources = [TargetSource(c.entry, c.person, c.audio, ((c.shape - stats["shape_mean"]) / stats["shape_std"])
-                            .astype(np.float32)) for c in clips]
+    sources = padded([TargetSource(c.entry, c.person, c.audio, ((c.shape - stats["shape_mean"]) / stats["shape_std"])
+                                   .astype(np.float32)) for c in clips], pad_s)
 
     def chooser() -> StyleChooser:  # the GT styles are computed only when a shard is missing
         styles = split_styles(loaded, clips, stats) if loaded.config.use_style else {}
@@ -240,7 +254,7 @@ def build_shards(loaded, data: Path, split: str, out: Path, sets: list[int], n_m
 def build_audio_shards(loaded, split: str, clips, styles: dict[str, np.ndarray], style_mix: float, out: Path,
                        sets: list[int], n_motions: int, steps: int, seed: int, configs=DEFAULT_CONFIGS,
                        context_ms: int = DEFAULT_CONTEXT_MS, progress=None, reverse: bool = False,
-                       encoder=None) -> list[Path]:
+                       encoder=None, pad_s: float = 0.0) -> list[Path]:
     """Build the missing shards for speech alone (training/distill_audio.py): ``clips`` are
     AudioClips, every style-conditioned target takes one of ``styles`` (or a mix of two), the face
     is the mean shape. Returns every shard path."""
@@ -248,7 +262,7 @@ def build_audio_shards(loaded, split: str, clips, styles: dict[str, np.ndarray],
 
     stats = {k: v.cpu().numpy() for k, v in loaded.stats.items()}
     mean_face = ((0.0 - stats["shape_mean"]) / stats["shape_std"]).astype(np.float32)
-    sources = [TargetSource(c.entry, c.person, c.audio, mean_face) for c in clips]
+    sources = padded([TargetSource(c.entry, c.person, c.audio, mean_face) for c in clips], pad_s)
     names = sorted(styles)
 
     def chooser() -> StyleChooser:
@@ -298,7 +312,7 @@ def write_shards(loaded, split: str, sources: list[TargetSource], chooser: Calla
                 "w_audio": draw.w_audio, "w_style": draw.w_style, "has_style": draw.has_style,
                 "noise_seed": draw.noise_seed, "teacher_steps": steps, "n_motions": n_motions,
                 "style_from": style_from if style is not None else None,
-                "features": "window" if encoder is None else "stream"}
+                "features": "window" if encoder is None else "stream", "pad_s": c.pad_s}
         tmp = out / (shard_name(split, set_idx, i) + ".partial")  # renamed when complete
         with open(tmp, "wb") as fh:
             np.savez(fh, audio_feat=rec["audio_feat"].astype(np.float16), prev_audio=rec["prev_audio"].astype(np.float16),

@@ -35,3 +35,34 @@ def student_losses(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 def total(terms: dict[str, torch.Tensor], vel_weight: float = W_COEF_VEL) -> torch.Tensor:
     return terms["coef"] + vel_weight * terms["vel"]
+
+
+def unrolled(student, b, steps: int, dim_w, vel_weight: float):
+    """Run the student's DDIM steps from the teacher's noise; returns (loss, terms of the last step,
+    per-step coef losses, the last step's x0). The next step's input is the re-noise of the
+    detached x0."""
+    import torch
+
+    from diffposetalk.sampler import DDIMSampler
+
+    sched = student.diffusion_sched
+    ts = DDIMSampler(steps).timesteps(student)
+    n, P = b.x_T.shape[0], student.cfg.n_prev_motions
+    null = student.null_style_feat.expand(n, -1, -1)[:, 0] if student.cfg.use_style else None
+    style = torch.where(b.has_style[:, None], b.style, null) if null is not None else None
+    person = student._person(b.shape, style)
+    x, loss, per_step, terms = b.x_T, 0.0, [], {}
+    for i, t in enumerate(ts):
+        step = torch.full((n,), t, dtype=torch.long, device=x.device)
+        out = student.denoising_net(x, b.audio_feat, person, b.prev_motion, b.prev_audio, step,
+                                    b.indicator if student.cfg.use_indicator else None, b.guidance)
+        x0 = out[:, P:]
+        terms = student_losses(x0, b.target, b.indicator, dim_w)
+        loss = loss + total(terms, vel_weight) / len(ts)
+        per_step.append(terms["coef"].detach())
+        if i + 1 < len(ts):
+            x0d = x0.detach()
+            abar, abar_next = sched.alpha_bars[t], sched.alpha_bars[ts[i + 1]]
+            eps = (x - torch.sqrt(abar) * x0d) / torch.sqrt(1 - abar)
+            x = torch.sqrt(abar_next) * x0d + torch.sqrt(1 - abar_next) * eps
+    return loss, terms, per_step, x0

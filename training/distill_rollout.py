@@ -1,6 +1,6 @@
 """Rollout losses for a distilled student (`dpt-live distill --rollout N`): train it as it runs.
 
-The per-window loss (training/distill.py ``unrolled``) is teacher-forced: every window continues
+The per-window loss (training/distill_losses.py ``unrolled``) is teacher-forced: every window continues
 from the *teacher's* previous frames. Live, a student continues from its own, so small errors
 compound, and nothing in a 4- or 8-frame window tells it whether 4 s of its motion still carry the
 speaker's style. A rollout takes K consecutive recorded steps of one clip and runs the student
@@ -63,7 +63,7 @@ def rollout_losses(student, ds, rows: np.ndarray, hop: int, steps: int, dim_w, d
     import torch
     import torch.nn.functional as F
 
-    from training.distill import unrolled
+    from training.distill_losses import unrolled
 
     P = student.cfg.n_prev_motions
     hist, emitted, teacher, coef = None, [], [], []

@@ -321,7 +321,10 @@ def evaluate(opts: EvalOptions) -> dict:
             "steps": len(sampler.timesteps(model)), "seeds": opts.seeds,
             "kind": cfg.kind, "mode": "stream" if opts.stream else "offline",
             "window": ({"hop_ms": opts.hop_ms, "lookahead_ms": opts.lookahead_ms, "context_ms": opts.context_ms,
-                        "regen_ms": default_regen_ms(opts.hop_ms, opts.regen_ms)} if opts.stream else None),
+                        "regen_ms": default_regen_ms(opts.hop_ms, opts.regen_ms),
+                        # what made the audio features: the model's streaming encoder when it has one
+                        "audio_encoder": "window" if cfg.stream_encoder is None else "stream"}
+                       if opts.stream else None),
             "guidance": guidance.scales, "max_seconds": opts.max_seconds, "seconds": round(time.time() - t0, 1),
             "metrics": metrics, "definitions": DEFINITIONS, "per_clip": scores.per_clip}
 

@@ -25,7 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--archs", default="demo,full",
                    help="comma-separated: demo, demo-student (the bundled trained models), full (the reference "
                         "size), tiny; "
-                        "+student[N] (1-step student, N-frame window) and +small-encoder (demo-size HuBERT) "
+                        "+student[N][pK] (1-step student, N-frame window, K previous frames; default the bundled "
+                        "student's 4 and 4) and +small-encoder (demo-size HuBERT) "
                         "variants, e.g. full+student; all but the bundled ones get random weights; 'none' for only --model")
     p.add_argument("--model", type=Path, action="append", help="add a model directory (repeatable), e.g. a student")
     p.add_argument("--steps", default="1,2", help="comma-separated DDIM steps (a student runs its own count)")

@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(--audio), the speaker's own and another train speaker's (--data; train targets only)")
     g.add_argument("--segment-seconds", type=float, default=20.0,
                    help="with --audio: longer files are cut into segments of this length")
+    g.add_argument("--pad-silence", type=float, default=0.0, metavar="SECONDS",
+                   help="digital silence added before and after every clip, so the targets hold long pauses "
+                        "(use another --targets folder than unpadded targets)")
     g.add_argument("--reverse", action="store_true",
                    help="build the missing shards last clip first (a second parallel builder)")
     g.add_argument("--only-targets", action="store_true", help="build the targets and stop")
